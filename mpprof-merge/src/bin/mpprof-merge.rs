@@ -1,0 +1,152 @@
+//! `mpprof-merge`: the command-line edge of the merge library.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use mpprof_merge::{check, write, Session};
+
+/// Merge mpprof session directories into one clock-aligned trace.
+#[derive(Parser, Debug)]
+#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    /// Session directories (or single .mpb files) to merge.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Output file; `-` for stdout. The format follows from the extension
+    /// (.json: chrome, .folded: folded, .txt: summary) unless --format is given.
+    #[arg(short, long, default_value = "trace.json")]
+    output: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Rows per table in summaries.
+    #[arg(long, default_value_t = 30)]
+    limit: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Print the cProfile-style summary (per process and whole tree).
+    Summary {
+        /// Session directories.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Rows per table.
+        #[arg(long, default_value_t = 30)]
+        limit: usize,
+    },
+    /// Report per-process health; exit status 1 when the session is damaged.
+    Check {
+        /// Session directories.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Also fail (exit 1) on abrupt ends, lost events and unmatched flows.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// Chrome trace event JSON (ui.perfetto.dev, chrome://tracing).
+    Chrome,
+    /// Perfetto protobuf.
+    Perfetto,
+    /// Folded stacks (inferno, flamegraph.pl).
+    Folded,
+    /// SVG flamegraph.
+    Svg,
+    /// Text summary.
+    Summary,
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn open(inputs: &[PathBuf]) -> Result<Session> {
+    let s = Session::open(inputs)?;
+    for (p, e) in &s.unreadable {
+        eprintln!("warning: skipping {}: {e}", p.display());
+    }
+    for p in &s.processes {
+        for w in &p.file.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    Ok(s)
+}
+
+fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Some(Cmd::Summary { inputs, limit }) => {
+            let s = open(&inputs)?;
+            let stdout = std::io::stdout();
+            write::summary::write(&s, &mut stdout.lock(), limit)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(Cmd::Check { inputs, strict }) => {
+            let s = Session::open(&inputs)?;
+            let h = check::check(&s);
+            check::write_text(&h, &mut std::io::stdout().lock())?;
+            let bad = h.damaged() || (strict && h.imperfect());
+            Ok(if bad { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+        }
+        None => {
+            let format = match cli.format {
+                Some(f) => f,
+                None => format_from_extension(&cli.output)?,
+            };
+            let s = open(&cli.inputs)?;
+            let mut out: Box<dyn Write> = if cli.output == Path::new("-") {
+                Box::new(BufWriter::new(std::io::stdout().lock()))
+            } else {
+                let f = File::create(&cli.output).with_context(|| format!("cannot create {}", cli.output.display()))?;
+                Box::new(BufWriter::with_capacity(1 << 20, f))
+            };
+            let stats = match format {
+                Format::Chrome => write::chrome::write(&s, &mut out)?,
+                Format::Summary => write::summary::write(&s, &mut out, cli.limit)?.stats,
+                Format::Perfetto | Format::Folded | Format::Svg => {
+                    bail!("format {format:?} is not implemented yet; use --format chrome or summary")
+                }
+            };
+            out.flush().with_context(|| format!("cannot write {}", cli.output.display()))?;
+            if cli.output != Path::new("-") {
+                eprintln!(
+                    "wrote {} ({} processes, {} events{})",
+                    cli.output.display(),
+                    s.processes.len(),
+                    stats.events,
+                    if stats.closed_spans > 0 { format!(", {} unfinished spans closed", stats.closed_spans) } else { String::new() }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn format_from_extension(p: &Path) -> Result<Format> {
+    match p.extension().and_then(|e| e.to_str()) {
+        Some("json") => Ok(Format::Chrome),
+        Some("txt") => Ok(Format::Summary),
+        Some("folded") => Ok(Format::Folded),
+        Some("svg") => Ok(Format::Svg),
+        Some("pftrace" | "perfetto" | "pb") => Ok(Format::Perfetto),
+        _ if p == Path::new("-") => Ok(Format::Chrome),
+        _ => bail!("cannot tell the output format from {}; give --format", p.display()),
+    }
+}

@@ -1,0 +1,195 @@
+//! Session health: per process (events, losses, clean or abrupt end, clock
+//! domain and fit) and for the session (flows matched, causality
+//! violations).
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use mpprof::FlowId;
+
+use crate::align::FitMethod;
+use crate::merge::{EventKind, MergeStats, Session};
+
+/// Health of one process.
+#[derive(Clone, Debug)]
+pub struct ProcessHealth {
+    /// Display name.
+    pub name: String,
+    /// Pid.
+    pub pid: u32,
+    /// Host name.
+    pub host: String,
+    /// Clock domain: host id and time namespace.
+    pub domain: String,
+    /// Threads (lanes) that recorded.
+    pub threads: usize,
+    /// Committed records (events and payloads).
+    pub records: u64,
+    /// Events the process could not record.
+    pub lost_events: u64,
+    /// Why events were lost.
+    pub lost_reason: Option<String>,
+    /// Finished cleanly.
+    pub clean: bool,
+    /// Time span, ns.
+    pub span_ns: i64,
+    /// Clock fit method and its worst anchor residual, ns.
+    pub clock_fit: String,
+    /// Torn records skipped.
+    pub torn_records: u64,
+    /// Reader warnings.
+    pub warnings: Vec<String>,
+}
+
+/// Health of the session.
+#[derive(Clone, Debug)]
+pub struct Health {
+    /// Per process.
+    pub processes: Vec<ProcessHealth>,
+    /// Files that could not be read, with the reason.
+    pub unreadable: Vec<String>,
+    /// Flows whose both ends were found.
+    pub flows_matched: u64,
+    /// Flow starts without an end.
+    pub flows_unmatched_out: u64,
+    /// Flow ends without a start.
+    pub flows_unmatched_in: u64,
+    /// Matched flows whose end precedes its start on the merged timeline.
+    pub causality_violations: u64,
+    /// Merge repairs.
+    pub stats: MergeStats,
+}
+
+impl Health {
+    /// Damage that makes the trace incomplete or wrong: unreadable files,
+    /// corrupt data, causality violations.
+    pub fn damaged(&self) -> bool {
+        !self.unreadable.is_empty()
+            || self.processes.iter().any(|p| !p.warnings.is_empty())
+            || self.causality_violations > 0
+            || self.stats.bad_records > 0
+            || self.stats.unreadable_chunks > 0
+    }
+
+    /// Anything short of perfect: damage, abrupt ends, lost events,
+    /// unmatched flows, repaired spans.
+    pub fn imperfect(&self) -> bool {
+        self.damaged()
+            || self.processes.iter().any(|p| !p.clean || p.lost_events > 0)
+            || self.flows_unmatched_in + self.flows_unmatched_out > 0
+            || self.stats.unmatched_exits > 0
+    }
+}
+
+/// Examines a session.
+pub fn check(session: &Session) -> Health {
+    let mut processes = Vec::new();
+    for p in &session.processes {
+        let f = &p.file;
+        let info = f.info.as_ref();
+        let lost_reason = (f.lost_events > 0).then(|| {
+            if f.lost_chunks > 0 {
+                format!("the file could not grow {} times (disk full or file size limit)", f.lost_chunks)
+            } else {
+                "buffer budget used up (MPPROF_BUFFER_MB)".to_owned()
+            }
+        });
+        let method = match p.clock.method {
+            FitMethod::Identity => "monotonic clock".to_owned(),
+            FitMethod::Fit => format!("TSC fit of {} anchors, residual {:.0} ns", f.anchors.len(), p.clock.residual_ns),
+            FitMethod::Estimate => format!("TSC at the writer's frequency estimate ({} anchors, too close to fit)", f.anchors.len()),
+            FitMethod::Assumed => "no anchors: timestamps assumed to be ns (placement unreliable)".to_owned(),
+        };
+        processes.push(ProcessHealth {
+            name: f.display_name(),
+            pid: f.pid,
+            host: info.map(|i| i.hostname.clone()).unwrap_or_default(),
+            domain: info.map(|i| format!("{}/time:{}", i.host_id, i.time_ns)).unwrap_or_else(|| "unknown".into()),
+            threads: f.lanes.len(),
+            records: f.committed_records(),
+            lost_events: f.lost_events,
+            lost_reason,
+            clean: f.clean,
+            span_ns: p.end_ns - p.start_ns,
+            clock_fit: method,
+            torn_records: f.torn_records,
+            warnings: f.warnings.clone(),
+        });
+    }
+    let mut sends: HashMap<FlowId, i64> = HashMap::new();
+    let mut recvs: Vec<(FlowId, i64)> = Vec::new();
+    let mut events = session.events();
+    for e in events.by_ref() {
+        match e.kind {
+            EventKind::FlowOut { flow, .. } => {
+                sends.insert(flow, e.ts);
+            }
+            EventKind::FlowIn { flow, .. } => recvs.push((flow, e.ts)),
+            _ => {}
+        }
+    }
+    let (mut matched, mut violations, mut unmatched_in) = (0, 0, 0);
+    for (flow, ts) in &recvs {
+        match sends.get(flow) {
+            Some(&s) => {
+                matched += 1;
+                if *ts < s {
+                    violations += 1;
+                }
+            }
+            None => unmatched_in += 1,
+        }
+    }
+    let received: std::collections::HashSet<FlowId> = recvs.iter().map(|r| r.0).collect();
+    let unmatched_out = sends.keys().filter(|f| !received.contains(f)).count() as u64;
+    Health {
+        processes,
+        unreadable: session.unreadable.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect(),
+        flows_matched: matched,
+        flows_unmatched_out: unmatched_out,
+        flows_unmatched_in: unmatched_in,
+        causality_violations: violations,
+        stats: events.stats(),
+    }
+}
+
+/// Writes the report as text.
+pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
+    for p in &h.processes {
+        let end = if p.clean { "clean exit" } else { "ENDED ABRUPTLY (killed or crashed; open spans closed at its last event)" };
+        writeln!(out, "{} on {}: {end}", p.name, if p.host.is_empty() { "?" } else { &p.host })?;
+        writeln!(
+            out,
+            "  threads {}, records {}, span {:.3} ms, clock domain {}",
+            p.threads,
+            p.records,
+            p.span_ns as f64 / 1e6,
+            p.domain
+        )?;
+        writeln!(out, "  clock: {}", p.clock_fit)?;
+        if p.lost_events > 0 {
+            writeln!(out, "  LOST {} events: {}", p.lost_events, p.lost_reason.as_deref().unwrap_or("unknown"))?;
+        }
+        if p.torn_records > 0 {
+            writeln!(out, "  {} record(s) being written at the end were torn or uncommitted; skipped", p.torn_records)?;
+        }
+        for w in &p.warnings {
+            writeln!(out, "  warning: {w}")?;
+        }
+    }
+    for u in &h.unreadable {
+        writeln!(out, "UNREADABLE {u}")?;
+    }
+    writeln!(
+        out,
+        "flows: {} matched, {} sent but not received, {} received but not sent; causality violations: {}",
+        h.flows_matched, h.flows_unmatched_out, h.flows_unmatched_in, h.causality_violations
+    )?;
+    let s = &h.stats;
+    writeln!(
+        out,
+        "merge: {} events, {} spans closed by the merge, {} exits without entry, {} malformed records, {} unreadable chunks",
+        s.events, s.closed_spans, s.unmatched_exits, s.bad_records, s.unreadable_chunks
+    )?;
+    writeln!(out, "{}", if h.damaged() { "status: DAMAGED" } else if h.imperfect() { "status: ok with losses or abrupt ends" } else { "status: ok" })
+}

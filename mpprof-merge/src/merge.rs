@@ -1,0 +1,501 @@
+//! The streaming k-way merge: every thread of every process is a
+//! time-ordered stream read a chunk at a time; a heap of stream heads yields
+//! one global time order. Memory grows with the number of threads, not with
+//! the number of events.
+//!
+//! Streams also repair what a crash or overflow leaves: an exit whose entry
+//! is missing is dropped and counted, spans still open at the end of a
+//! process are closed at its last timestamp and marked.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::path::{Path, PathBuf};
+
+use mpprof::format::{kind, SiteKind};
+use mpprof::FlowId;
+
+use crate::align::ClockMap;
+use crate::read::{self, ChunkRef, ProcessFile, RawEvent, Site};
+
+/// How a span ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// Its exit was recorded.
+    Normal,
+    /// Still open when the process ended abruptly (killed, crashed):
+    /// closed at the process's last timestamp.
+    Abrupt,
+    /// Still open when the process finished its file (a thread still
+    /// running at exit): closed at the process's last timestamp.
+    OpenAtExit,
+    /// An inner span whose exit is missing, closed when an outer span
+    /// exited.
+    ExitMissing,
+}
+
+impl End {
+    /// Text for trace arguments, `None` for a normal end.
+    pub fn reason(self) -> Option<&'static str> {
+        match self {
+            End::Normal => None,
+            End::Abrupt => Some("process ended abruptly (killed or crashed) while this span was open"),
+            End::OpenAtExit => Some("still open when the process exited"),
+            End::ExitMissing => Some("exit not recorded; closed with its enclosing span"),
+        }
+    }
+}
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum EventKind {
+    /// A span begins.
+    Enter {
+        /// Callsite id.
+        site: u32,
+    },
+    /// A span ends.
+    Exit {
+        /// Callsite id.
+        site: u32,
+        /// How.
+        end: End,
+    },
+    /// An instant event.
+    Instant {
+        /// Callsite id.
+        site: u32,
+    },
+    /// A counter sample.
+    Counter {
+        /// Callsite id.
+        site: u32,
+        /// Value.
+        value: f64,
+    },
+    /// A flow leaves this thread.
+    FlowOut {
+        /// Callsite id (the flow's name).
+        site: u32,
+        /// Flow id.
+        flow: FlowId,
+    },
+    /// A flow arrives on this thread.
+    FlowIn {
+        /// Callsite id (the flow's name).
+        site: u32,
+        /// Flow id.
+        flow: FlowId,
+    },
+    /// Events were lost here (buffer budget, disk full).
+    Lost {
+        /// How many.
+        count: u64,
+    },
+}
+
+/// One event on the common timeline.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Event {
+    /// CLOCK_MONOTONIC ns (of the reference clock domain).
+    pub ts: i64,
+    /// Index of the process in [`Session::processes`].
+    pub proc: usize,
+    /// Lane (thread) within the process.
+    pub lane: u32,
+    /// Open spans on this thread after the event.
+    pub depth: u32,
+    /// What.
+    pub kind: EventKind,
+}
+
+/// A process of the session, with its clock mapping.
+#[derive(Debug)]
+pub struct Process {
+    /// The decoded file.
+    pub file: ProcessFile,
+    /// Record timestamps to CLOCK_MONOTONIC.
+    pub clock: ClockMap,
+    /// Offset added to align this process's clock domain with the
+    /// reference domain, ns (0 within one domain).
+    pub offset_ns: i64,
+    /// First timestamp (ns, aligned).
+    pub start_ns: i64,
+    /// Last timestamp (ns, aligned): last event or final anchor.
+    pub end_ns: i64,
+}
+
+impl Process {
+    /// Callsite by id.
+    pub fn site(&self, id: u32) -> Option<&Site> {
+        self.file.sites.get(&id)
+    }
+
+    /// Display name of a callsite (`#<id>` if its metadata is missing).
+    pub fn site_name(&self, id: u32) -> std::borrow::Cow<'_, str> {
+        match self.file.sites.get(&id) {
+            Some(s) => std::borrow::Cow::Borrowed(&s.name),
+            None => std::borrow::Cow::Owned(format!("#{id}")),
+        }
+    }
+
+    /// Aligned ns of a record timestamp.
+    pub fn ns(&self, ts: u64) -> i64 {
+        self.clock.to_ns(ts) + self.offset_ns
+    }
+}
+
+/// Errors of [`Session::open`].
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// A session directory could not be listed.
+    #[error("cannot read session directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No usable buffer file.
+    #[error("no readable mpprof buffer files (*.mpb) in {0}")]
+    Empty(String),
+}
+
+/// All processes of one or more session directories.
+#[derive(Debug)]
+pub struct Session {
+    /// Processes, ordered by start time.
+    pub processes: Vec<Process>,
+    /// Files that could not be read at all, with the reason.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+impl Session {
+    /// Reads every buffer file of the given session directories (or single
+    /// `.mpb` files). A file that cannot be read is reported in
+    /// [`Session::unreadable`] and the rest is merged.
+    pub fn open<P: AsRef<Path>>(inputs: &[P]) -> Result<Session, OpenError> {
+        let mut paths = Vec::new();
+        for d in inputs {
+            let d = d.as_ref();
+            if d.is_file() {
+                paths.push(d.to_owned());
+                continue;
+            }
+            paths.extend(read::list_session(d).map_err(|source| OpenError::Dir { path: d.to_owned(), source })?);
+        }
+        let mut processes = Vec::new();
+        let mut unreadable = Vec::new();
+        for p in paths {
+            match read::open(&p) {
+                Ok(f) => processes.push(Process::new(f)),
+                Err(e) => unreadable.push((p, e.to_string())),
+            }
+        }
+        if processes.is_empty() {
+            let names: Vec<String> = inputs.iter().map(|p| p.as_ref().display().to_string()).collect();
+            let mut msg = names.join(", ");
+            for (p, e) in &unreadable {
+                msg.push_str(&format!("\n  {}: {e}", p.display()));
+            }
+            return Err(OpenError::Empty(msg));
+        }
+        processes.sort_by_key(|p| (p.start_ns, p.file.pid));
+        Ok(Session { processes, unreadable })
+    }
+
+    /// Earliest timestamp of the session (ns, aligned).
+    pub fn start_ns(&self) -> i64 {
+        self.processes.iter().map(|p| p.start_ns).min().unwrap_or(0)
+    }
+
+    /// Latest timestamp of the session (ns, aligned).
+    pub fn end_ns(&self) -> i64 {
+        self.processes.iter().map(|p| p.end_ns).max().unwrap_or(0)
+    }
+
+    /// All events of all processes in time order, streamed.
+    pub fn events(&self) -> Events<'_> {
+        let mut streams = Vec::new();
+        for (pi, p) in self.processes.iter().enumerate() {
+            // Losses the lanes' chunk headers do not account for (the budget
+            // ran out, or the file could not grow) are shown once, on the
+            // process's first lane, at its end.
+            let attributed: u64 = p.file.lanes.values().flat_map(|l| &l.chunks).map(|c| c.lost_before).sum();
+            let mut unattributed = p.file.lost_events.saturating_sub(attributed);
+            for (&lane, l) in &p.file.lanes {
+                streams.push(LaneStream::new(self, pi, lane, &l.chunks, std::mem::take(&mut unattributed)));
+            }
+        }
+        let mut heads = Vec::with_capacity(streams.len());
+        let mut heap = BinaryHeap::with_capacity(streams.len());
+        for (i, s) in streams.iter_mut().enumerate() {
+            let e = s.next_event();
+            if let Some(e) = &e {
+                heap.push(Reverse((e.ts, i)));
+            }
+            heads.push(e);
+        }
+        Events { streams, heads, heap }
+    }
+}
+
+impl Process {
+    fn new(file: ProcessFile) -> Process {
+        let clock = ClockMap::fit(file.info.as_ref(), &file.anchors);
+        let mut p = Process { file, clock, offset_ns: 0, start_ns: 0, end_ns: 0 };
+        let (start, end) = p.time_span();
+        p.start_ns = start;
+        p.end_ns = end;
+        p
+    }
+
+    /// First and last timestamps: the first records and last records of all
+    /// lanes and the anchors.
+    fn time_span(&self) -> (i64, i64) {
+        let mut start = i64::MAX;
+        let mut end = i64::MIN;
+        for a in &self.file.anchors {
+            let t = self.ns(a.ts);
+            start = start.min(t);
+            end = end.max(t);
+        }
+        let mut buf = Vec::new();
+        let mut evs = Vec::new();
+        for l in self.file.lanes.values() {
+            for c in [l.chunks.first(), l.chunks.last()].into_iter().flatten() {
+                evs.clear();
+                if read_chunk(&self.file, c, &mut buf, &mut evs).is_ok() {
+                    if let (Some(f), Some(la)) = (evs.first(), evs.last()) {
+                        start = start.min(self.ns(f.ts));
+                        end = end.max(self.ns(la.ts));
+                    }
+                }
+            }
+        }
+        if start > end {
+            (0, 0)
+        } else {
+            (start, end)
+        }
+    }
+}
+
+fn read_chunk(f: &ProcessFile, c: &ChunkRef, bytes: &mut Vec<u8>, out: &mut Vec<RawEvent>) -> std::io::Result<u64> {
+    bytes.resize(c.records as usize * mpprof::format::RECORD_SIZE as usize, 0);
+    let n = read::read_at(&f.file, bytes, c.offset)?;
+    bytes.truncate(n);
+    Ok(read::decode_records(bytes, out))
+}
+
+/// What the merge repaired or could not read, per run of [`Events`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MergeStats {
+    /// Events yielded.
+    pub events: u64,
+    /// Exits without a matching entry (dropped).
+    pub unmatched_exits: u64,
+    /// Spans closed by the merge (abrupt end, open at exit, missing exit).
+    pub closed_spans: u64,
+    /// Malformed records skipped.
+    pub bad_records: u64,
+    /// Chunks that could not be read (I/O errors).
+    pub unreadable_chunks: u64,
+    /// Timestamps that went backwards within a thread (clamped).
+    pub clamped: u64,
+}
+
+struct LaneStream<'a> {
+    proc: usize,
+    lane: u32,
+    p: &'a Process,
+    chunks: &'a [ChunkRef],
+    next_chunk: usize,
+    buf: Vec<RawEvent>,
+    pos: usize,
+    bytes: Vec<u8>,
+    /// Open spans: callsite ids.
+    stack: Vec<u32>,
+    last_ts: i64,
+    /// Events pending before the next record (lost markers, synthetic exits).
+    pending: std::collections::VecDeque<Event>,
+    unattributed_lost: u64,
+    done: bool,
+    stats: MergeStats,
+}
+
+impl<'a> LaneStream<'a> {
+    fn new(s: &'a Session, proc: usize, lane: u32, chunks: &'a [ChunkRef], unattributed_lost: u64) -> LaneStream<'a> {
+        let p = &s.processes[proc];
+        LaneStream {
+            proc,
+            lane,
+            p,
+            chunks,
+            next_chunk: 0,
+            buf: Vec::new(),
+            pos: 0,
+            bytes: Vec::new(),
+            stack: Vec::new(),
+            last_ts: i64::MIN,
+            pending: Default::default(),
+            unattributed_lost,
+            done: false,
+            stats: MergeStats::default(),
+        }
+    }
+
+    fn ev(&self, ts: i64, kind: EventKind) -> Event {
+        Event { ts, proc: self.proc, lane: self.lane, depth: self.stack.len() as u32, kind }
+    }
+
+    /// Next raw record, loading chunks as needed.
+    fn next_raw(&mut self) -> Option<RawEvent> {
+        loop {
+            if self.pos < self.buf.len() {
+                self.pos += 1;
+                return Some(self.buf[self.pos - 1]);
+            }
+            let c = *self.chunks.get(self.next_chunk)?;
+            self.next_chunk += 1;
+            self.buf.clear();
+            self.pos = 0;
+            match read_chunk(&self.p.file, &c, &mut self.bytes, &mut self.buf) {
+                Ok(bad) => self.stats.bad_records += bad,
+                Err(_) => self.stats.unreadable_chunks += 1,
+            }
+            if c.lost_before > 0 {
+                // A gap marker before the chunk's first record; queued ahead
+                // of it, since the caller drains `pending` in order.
+                let ts = self.buf.first().map(|f| self.p.ns(f.ts)).unwrap_or(self.last_ts).max(self.last_ts);
+                self.pending.push_back(self.ev(ts, EventKind::Lost { count: c.lost_before }));
+            }
+        }
+    }
+
+    fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                self.stats.events += 1;
+                return Some(e);
+            }
+            if self.done {
+                return None;
+            }
+            let Some(r) = self.next_raw() else {
+                self.finish();
+                continue;
+            };
+            let mut ts = self.p.ns(r.ts);
+            if ts < self.last_ts {
+                self.stats.clamped += 1;
+                ts = self.last_ts;
+            }
+            self.last_ts = ts;
+            let flow = || {
+                let p = r.payload.unwrap_or_default();
+                FlowId::from_parts(p[0], p[1])
+            };
+            let kind = match r.kind {
+                kind::ENTER => {
+                    self.stack.push(r.site);
+                    EventKind::Enter { site: r.site }
+                }
+                kind::EXIT => {
+                    match self.stack.iter().rposition(|&s| s == r.site) {
+                        None => {
+                            self.stats.unmatched_exits += 1;
+                            continue;
+                        }
+                        Some(at) => {
+                            // Close inner spans whose exit is missing first.
+                            while self.stack.len() > at + 1 {
+                                let site = self.stack.pop().expect("len > at + 1");
+                                self.stats.closed_spans += 1;
+                                let e = self.ev(ts, EventKind::Exit { site, end: End::ExitMissing });
+                                self.pending.push_back(e);
+                            }
+                            self.stack.pop();
+                            let e = self.ev(ts, EventKind::Exit { site: r.site, end: End::Normal });
+                            self.pending.push_back(e);
+                            continue;
+                        }
+                    }
+                }
+                kind::INSTANT => EventKind::Instant { site: r.site },
+                kind::COUNTER => {
+                    let p = r.payload.unwrap_or_default();
+                    let value = if p[1] == 1 { f64::from_bits(p[0]) } else { p[0] as i64 as f64 };
+                    EventKind::Counter { site: r.site, value }
+                }
+                kind::FLOW_OUT => EventKind::FlowOut { site: r.site, flow: flow() },
+                kind::FLOW_IN => EventKind::FlowIn { site: r.site, flow: flow() },
+                _ => {
+                    self.stats.bad_records += 1;
+                    continue;
+                }
+            };
+            let e = self.ev(ts, kind);
+            self.pending.push_back(e);
+        }
+    }
+
+    /// End of the lane: unattributed losses, then close the open spans at the
+    /// process's end.
+    fn finish(&mut self) {
+        self.done = true;
+        let end_ts = self.p.end_ns.max(self.last_ts);
+        if self.unattributed_lost > 0 {
+            let e = self.ev(end_ts, EventKind::Lost { count: self.unattributed_lost });
+            self.pending.push_back(e);
+        }
+        let end = if self.p.file.clean { End::OpenAtExit } else { End::Abrupt };
+        while let Some(site) = self.stack.pop() {
+            self.stats.closed_spans += 1;
+            let e = self.ev(end_ts, EventKind::Exit { site, end });
+            self.pending.push_back(e);
+        }
+    }
+}
+
+/// Iterator over all events in time order. See [`Session::events`].
+pub struct Events<'a> {
+    streams: Vec<LaneStream<'a>>,
+    heads: Vec<Option<Event>>,
+    heap: BinaryHeap<Reverse<(i64, usize)>>,
+}
+
+impl Events<'_> {
+    /// Repairs and problems seen so far, summed over all threads.
+    pub fn stats(&self) -> MergeStats {
+        let mut t = MergeStats::default();
+        for s in &self.streams {
+            t.events += s.stats.events;
+            t.unmatched_exits += s.stats.unmatched_exits;
+            t.closed_spans += s.stats.closed_spans;
+            t.bad_records += s.stats.bad_records;
+            t.unreadable_chunks += s.stats.unreadable_chunks;
+            t.clamped += s.stats.clamped;
+        }
+        t
+    }
+}
+
+impl Iterator for Events<'_> {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        let Reverse((_, i)) = self.heap.pop()?;
+        let e = self.heads[i].take();
+        let next = self.streams[i].next_event();
+        if let Some(n) = &next {
+            self.heap.push(Reverse((n.ts, i)));
+        }
+        self.heads[i] = next;
+        e
+    }
+}
+
+/// Whether a callsite id names a flow endpoint (for writers that label them).
+pub fn is_flow_site(p: &Process, site: u32) -> bool {
+    p.site(site).is_some_and(|s| s.kind == SiteKind::Flow)
+}

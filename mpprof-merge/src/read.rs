@@ -1,0 +1,405 @@
+//! Reading one process's buffer file. Every byte is untrusted: the header
+//! and every chunk header are validated before their numbers are used, and
+//! every problem names the file, the process and the field.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use mpprof::format::{self, chunk, header, kind, Anchor, Meta, Policy, ProcessInfo, SiteKind};
+
+/// Errors that make a file unreadable as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// I/O error while reading.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The header is invalid.
+    #[error("{path}: {what}")]
+    Header {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the field.
+        what: String,
+    },
+    /// A newer writer.
+    #[error("{path}: written by a newer mpprof (format {found}); this reader knows formats up to {known}")]
+    NewerFormat {
+        /// The file.
+        path: PathBuf,
+        /// Version found.
+        found: u32,
+        /// Newest version this reader knows.
+        known: u32,
+    },
+}
+
+/// A callsite as described by the file's metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Site {
+    /// Kind.
+    pub kind: SiteKind,
+    /// Display name.
+    pub name: String,
+    /// Full path.
+    pub path: String,
+    /// Source file.
+    pub file: String,
+    /// Source line.
+    pub line: u32,
+}
+
+/// A chunk of one lane, located and validated.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkRef {
+    /// Byte offset of the first record.
+    pub offset: u64,
+    /// Sequence number within the lane.
+    pub seq: u32,
+    /// Records to read (committed, clamped to what the file holds).
+    pub records: u32,
+    /// Events the lane lost just before this chunk.
+    pub lost_before: u64,
+    /// OS thread id written in the chunk header.
+    pub tid: u32,
+}
+
+/// A thread's stream of chunks.
+#[derive(Clone, Debug, Default)]
+pub struct Lane {
+    /// OS thread id.
+    pub tid: u32,
+    /// Thread name ("" when unnamed or unknown).
+    pub name: String,
+    /// Chunks in sequence order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// One process's file, decoded up to the event records (which are read
+/// lazily, a chunk at a time, by [`crate::merge`]).
+#[derive(Debug)]
+pub struct ProcessFile {
+    /// Path of the file.
+    pub path: PathBuf,
+    /// Open file for reading records.
+    pub file: File,
+    /// Process facts (None if the metadata was lost).
+    pub info: Option<ProcessInfo>,
+    /// Pid (from the header; also in `info`).
+    pub pid: u32,
+    /// Process uid.
+    pub uid: u64,
+    /// Whether the process finished the file (clean exit).
+    pub clean: bool,
+    /// Overflow policy.
+    pub policy: Option<Policy>,
+    /// Events the process could not record.
+    pub lost_events: u64,
+    /// Chunk claims that failed for lack of disk space or file size.
+    pub lost_chunks: u64,
+    /// Metadata entries the process could not store.
+    pub lost_meta: u32,
+    /// Callsites by id.
+    pub sites: BTreeMap<u32, Site>,
+    /// Lanes by lane number.
+    pub lanes: BTreeMap<u32, Lane>,
+    /// Clock anchors in file order.
+    pub anchors: Vec<Anchor>,
+    /// Problems found while reading (the file is still usable).
+    pub warnings: Vec<String>,
+    /// Records after a chunk's commit count that hold data: writes that were
+    /// under way when the process died (torn or uncommitted), skipped.
+    pub torn_records: u64,
+}
+
+impl ProcessFile {
+    /// The process's display name: executable file name and pid.
+    pub fn display_name(&self) -> String {
+        let exe = self.info.as_ref().map(|i| i.exe.as_str()).unwrap_or("");
+        let short = exe.rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("?");
+        format!("{short} (pid {})", self.pid)
+    }
+
+    /// Total records committed in all lanes.
+    pub fn committed_records(&self) -> u64 {
+        self.lanes.values().flat_map(|l| &l.chunks).map(|c| c.records as u64).sum()
+    }
+}
+
+fn le_u16(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes([b[off], b[off + 1]])
+}
+fn le_u32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+fn le_u64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`, or fewer if the file ends.
+pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Opens and validates a buffer file; decodes its metadata and locates its chunks.
+pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
+    let io = |source| ReadError::Io { path: path.to_owned(), source };
+    let bad = |what: String| ReadError::Header { path: path.to_owned(), what };
+    let file = File::open(path).map_err(io)?;
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut h = vec![0u8; format::HEADER_SIZE as usize];
+    let got = read_at(&file, &mut h, 0).map_err(io)?;
+    if got < header::END {
+        return Err(bad(format!(
+            "file is {file_len} bytes, shorter than the {}-byte header: truncated or not an mpprof buffer",
+            header::END
+        )));
+    }
+    if h[header::MAGIC..header::MAGIC + 8] != format::MAGIC {
+        return Err(bad("field `magic`: not an mpprof buffer file".into()));
+    }
+    let version = le_u32(&h, header::VERSION);
+    if version > format::FORMAT_VERSION {
+        return Err(ReadError::NewerFormat { path: path.to_owned(), found: version, known: format::FORMAT_VERSION });
+    }
+    if version == 0 {
+        return Err(bad("field `version` is 0".into()));
+    }
+    let pid = le_u32(&h, header::PID);
+    let bad_field = |field: &str, v: u64, want: String| {
+        bad(format!("process {pid}: field `{field}` is {v}, expected {want}"))
+    };
+    let header_size = le_u32(&h, header::HEADER_SIZE) as u64;
+    if header_size != format::HEADER_SIZE {
+        return Err(bad_field("header_size", header_size, format::HEADER_SIZE.to_string()));
+    }
+    let rec_size = le_u16(&h, header::RECORD_SIZE) as u32;
+    if rec_size != format::RECORD_SIZE {
+        return Err(bad_field("record_size", rec_size as u64, format::RECORD_SIZE.to_string()));
+    }
+    let ch_size = le_u16(&h, header::CHUNK_HEADER_SIZE) as u32;
+    if ch_size != format::CHUNK_HEADER_SIZE {
+        return Err(bad_field("chunk_header_size", ch_size as u64, format::CHUNK_HEADER_SIZE.to_string()));
+    }
+    let chunk_size = le_u32(&h, header::CHUNK_SIZE);
+    if !(format::MIN_CHUNK_SIZE..=format::MAX_CHUNK_SIZE).contains(&chunk_size) || chunk_size % format::RECORD_SIZE != 0 {
+        return Err(bad_field(
+            "chunk_size",
+            chunk_size as u64,
+            format!("a multiple of 16 in {}..={}", format::MIN_CHUNK_SIZE, format::MAX_CHUNK_SIZE),
+        ));
+    }
+    let max_chunks = le_u32(&h, header::MAX_CHUNKS);
+    let next_chunk = le_u32(&h, header::NEXT_CHUNK);
+    let mut pf = ProcessFile {
+        path: path.to_owned(),
+        file,
+        info: None,
+        pid,
+        uid: le_u64(&h, header::PROCESS_UID),
+        clean: le_u32(&h, header::STATE) == format::STATE_FINISHED,
+        policy: Policy::from_u32(le_u32(&h, header::POLICY)),
+        lost_events: le_u64(&h, header::LOST_EVENTS),
+        lost_chunks: le_u64(&h, header::LOST_CHUNKS),
+        lost_meta: le_u32(&h, header::LOST_META),
+        sites: BTreeMap::new(),
+        lanes: BTreeMap::new(),
+        anchors: Vec::new(),
+        warnings: Vec::new(),
+        torn_records: 0,
+    };
+    let name = format!("{} (process {pid})", path.display());
+    if pf.policy.is_none() {
+        pf.warnings.push(format!("{name}: field `policy` has unknown value {}", le_u32(&h, header::POLICY)));
+    }
+    // Slots that can hold a chunk: claimed, within the budget, and (at least
+    // partly) inside the file.
+    let in_file = file_len.saturating_sub(format::HEADER_SIZE).div_ceil(chunk_size as u64);
+    let slots = (next_chunk.min(max_chunks) as u64).min(in_file);
+    if (next_chunk.min(max_chunks) as u64) > in_file {
+        pf.warnings.push(format!(
+            "{name}: field `next_chunk` says {} chunks were claimed but the file ({file_len} bytes) holds {in_file}: truncated file, reading what is there",
+            next_chunk.min(max_chunks)
+        ));
+    }
+    let cap_records = (chunk_size - format::CHUNK_HEADER_SIZE) / format::RECORD_SIZE;
+    let cap_bytes = chunk_size - format::CHUNK_HEADER_SIZE;
+    let mut meta_chunks: Vec<(u32, u64, u32)> = Vec::new();
+    let mut ch = [0u8; format::CHUNK_HEADER_SIZE as usize];
+    for slot in 0..slots {
+        let off = format::HEADER_SIZE + slot * chunk_size as u64;
+        let got = read_at(&pf.file, &mut ch, off).map_err(io)?;
+        if got < chunk::END || le_u32(&ch, chunk::MAGIC) != format::CHUNK_MAGIC {
+            continue; // never claimed, or its disk reservation failed
+        }
+        let data = off + format::CHUNK_HEADER_SIZE as u64;
+        // Bytes of this chunk actually present in the file.
+        let present = file_len.saturating_sub(data).min(cap_bytes as u64) as u32;
+        let committed = le_u32(&ch, chunk::COMMITTED);
+        let lane = le_u32(&ch, chunk::LANE);
+        let seq = le_u32(&ch, chunk::SEQ);
+        match le_u16(&ch, chunk::KIND) {
+            format::CHUNK_META => {
+                let mut bytes = committed;
+                if bytes > cap_bytes {
+                    pf.warnings.push(format!(
+                        "{name}: metadata chunk {slot}: field `committed` is {committed}, more than the chunk's {cap_bytes} bytes; ignoring the chunk"
+                    ));
+                    continue;
+                }
+                if bytes > present {
+                    pf.warnings.push(format!("{name}: metadata chunk {slot} is cut short by the end of the file"));
+                    bytes = present;
+                }
+                meta_chunks.push((seq, data, bytes));
+            }
+            format::CHUNK_EVENTS => {
+                let mut records = committed;
+                if records > cap_records {
+                    pf.warnings.push(format!(
+                        "{name}: lane {lane} chunk {slot}: field `committed` is {committed}, more than the chunk's {cap_records} records; reading none of it"
+                    ));
+                    continue;
+                }
+                if records as u64 * format::RECORD_SIZE as u64 > present as u64 {
+                    pf.warnings.push(format!(
+                        "{name}: lane {lane} chunk {slot} is cut short by the end of the file; {} committed records are missing",
+                        records - present / format::RECORD_SIZE
+                    ));
+                    records = present / format::RECORD_SIZE;
+                }
+                // A record after the commit count that holds data was being
+                // written when the process stopped: detected and skipped.
+                if records < cap_records && !pf.clean {
+                    let mut next = [0u8; format::RECORD_SIZE as usize];
+                    let n = read_at(&pf.file, &mut next, data + records as u64 * format::RECORD_SIZE as u64).map_err(io)?;
+                    if n == next.len() && next.iter().any(|&b| b != 0) {
+                        pf.torn_records += 1;
+                    }
+                }
+                let tid = le_u32(&ch, chunk::TID);
+                let lost_before = le_u64(&ch, chunk::LOST_BEFORE);
+                let l = pf.lanes.entry(lane).or_default();
+                l.tid = tid;
+                l.chunks.push(ChunkRef { offset: data, seq, records, lost_before, tid });
+            }
+            other => pf.warnings.push(format!("{name}: chunk {slot}: field `kind` has unknown value {other}; skipped")),
+        }
+    }
+    for l in pf.lanes.values_mut() {
+        l.chunks.sort_by_key(|c| c.seq);
+    }
+    meta_chunks.sort_by_key(|m| m.0);
+    let mut buf = Vec::new();
+    for (seq, data, bytes) in meta_chunks {
+        buf.resize(bytes as usize, 0);
+        let n = read_at(&pf.file, &mut buf, data).map_err(io)?;
+        buf.truncate(n);
+        decode_meta(&mut pf, &buf, seq, &name);
+    }
+    if pf.info.is_none() {
+        pf.warnings.push(format!("{name}: no process information in the metadata (executable and parent unknown)"));
+    }
+    Ok(pf)
+}
+
+fn decode_meta(pf: &mut ProcessFile, mut b: &[u8], seq: u32, name: &str) {
+    while !b.is_empty() {
+        if b.len() < format::META_LEN_SIZE {
+            pf.warnings.push(format!("{name}: metadata chunk {seq}: {} stray bytes at the end", b.len()));
+            return;
+        }
+        let len = le_u32(b, 0) as usize;
+        let Some(entry) = b.get(format::META_LEN_SIZE..format::META_LEN_SIZE + len) else {
+            pf.warnings.push(format!(
+                "{name}: metadata chunk {seq}: entry length {len} runs past the committed bytes; rest of the chunk skipped"
+            ));
+            return;
+        };
+        match postcard::from_bytes::<Meta>(entry) {
+            Ok(Meta::Process(info)) => pf.info = Some(info),
+            Ok(Meta::Callsite { id, kind, name, path, file, line }) => {
+                pf.sites.insert(id, Site { kind, name, path, file, line });
+            }
+            Ok(Meta::Thread { lane, tid, name }) => {
+                let l = pf.lanes.entry(lane).or_default();
+                l.tid = tid;
+                l.name = name;
+            }
+            Ok(Meta::Anchor(a)) => pf.anchors.push(a),
+            Err(e) => pf.warnings.push(format!("{name}: metadata chunk {seq}: undecodable entry ({e}); skipped")),
+        }
+        b = &b[format::META_LEN_SIZE + len..];
+    }
+}
+
+/// A decoded record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEvent {
+    /// Timestamp in the process clock.
+    pub ts: u64,
+    /// Callsite id.
+    pub site: u32,
+    /// Record kind.
+    pub kind: u8,
+    /// Payload record (flows, counters).
+    pub payload: Option<[u64; 2]>,
+}
+
+/// Decodes the records of one chunk's bytes. Returns the events and how
+/// many records were malformed (unknown kind, payload missing).
+pub fn decode_records(bytes: &[u8], out: &mut Vec<RawEvent>) -> u64 {
+    let mut bad = 0;
+    let mut i = 0;
+    let n = bytes.len() / format::RECORD_SIZE as usize;
+    while i < n {
+        let r = &bytes[i * 16..i * 16 + 16];
+        let ts = le_u64(r, 0);
+        let site = le_u32(r, 8);
+        let k = r[12];
+        i += 1;
+        if !(kind::ENTER..=kind::FLOW_IN).contains(&k) {
+            bad += 1;
+            continue;
+        }
+        let payload = if kind::has_payload(k) {
+            if i >= n {
+                bad += 1;
+                break;
+            }
+            let p = &bytes[i * 16..i * 16 + 16];
+            i += 1;
+            Some([le_u64(p, 0), le_u64(p, 8)])
+        } else {
+            None
+        };
+        out.push(RawEvent { ts, site, kind: k, payload });
+    }
+    bad
+}
+
+/// Lists the buffer files (`*.mpb`) of a session directory, sorted.
+pub fn list_session(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "mpb"))
+        .collect();
+    v.sort();
+    Ok(v)
+}

@@ -1,0 +1,174 @@
+//! Chrome trace event JSON (opens in ui.perfetto.dev and chrome://tracing).
+//!
+//! Slices are `B`/`E` pairs on thread tracks, written as the merge streams
+//! them; flows are v1 flow events (`s` binds to the enclosing slice, `f` with
+//! `"bp":"e"` to the enclosing slice on the receiving side). A flow endpoint
+//! outside any span gets a zero-length host slice so the arrow has something
+//! to bind to. Timestamps are microseconds from the session start with three
+//! decimals, so nanoseconds survive.
+
+use std::io::{self, Write};
+
+use crate::merge::{End, Event, EventKind, MergeStats, Session};
+use crate::write::Tracks;
+
+/// Writes the whole session as Chrome JSON.
+pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
+    let tracks = Tracks::new(session);
+    let t0 = session.start_ns();
+    let mut w = Json { out, t0, first: true };
+    w.out.write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")?;
+    for (pi, p) in session.processes.iter().enumerate() {
+        let pid = tracks.pid(pi);
+        w.begin()?;
+        write!(w.out, "{{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":{pid},\"tid\":{pid},\"args\":{{\"name\":")?;
+        w.string(&p.file.display_name())?;
+        w.out.write_all(b"}}")?;
+        w.begin()?;
+        write!(
+            w.out,
+            "{{\"ph\":\"M\",\"name\":\"process_sort_index\",\"pid\":{pid},\"tid\":{pid},\"args\":{{\"sort_index\":{pi}}}}}"
+        )?;
+        for (&lane, l) in &p.file.lanes {
+            let tid = tracks.tid(pi, lane);
+            w.begin()?;
+            write!(w.out, "{{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":{pid},\"tid\":{tid},\"args\":{{\"name\":")?;
+            let name = if l.name.is_empty() { format!("thread {lane}") } else { l.name.clone() };
+            w.string(&name)?;
+            w.out.write_all(b"}}")?;
+        }
+    }
+    let mut events = session.events();
+    for e in events.by_ref() {
+        w.event(session, &tracks, &e)?;
+    }
+    let stats = events.stats();
+    // Process-level markers: abrupt ends.
+    for (pi, p) in session.processes.iter().enumerate() {
+        if !p.file.clean {
+            let pid = tracks.pid(pi);
+            w.begin()?;
+            write!(w.out, "{{\"ph\":\"i\",\"s\":\"p\",\"name\":\"process ended abruptly\",\"pid\":{pid},\"tid\":{pid},\"ts\":")?;
+            w.ts(p.end_ns)?;
+            w.out.write_all(b",\"args\":{\"detail\":\"the process did not finish its buffer file (killed or crashed); open spans are closed here\"}}")?;
+        }
+    }
+    w.out.write_all(b"\n],\"metadata\":{\"generator\":\"mpprof-merge\"}}\n")?;
+    w.out.flush()?;
+    Ok(stats)
+}
+
+struct Json<'a> {
+    out: &'a mut dyn Write,
+    t0: i64,
+    first: bool,
+}
+
+impl Json<'_> {
+    fn begin(&mut self) -> io::Result<()> {
+        if !self.first {
+            self.out.write_all(b",\n")?;
+        }
+        self.first = false;
+        Ok(())
+    }
+
+    fn ts(&mut self, ns: i64) -> io::Result<()> {
+        let rel = ns - self.t0;
+        let sign = if rel < 0 { "-" } else { "" };
+        let a = rel.unsigned_abs();
+        write!(self.out, "{sign}{}.{:03}", a / 1000, a % 1000)
+    }
+
+    fn string(&mut self, s: &str) -> io::Result<()> {
+        serde_json::to_writer(&mut *self.out, s).map_err(io::Error::other)
+    }
+
+    fn head(&mut self, ph: &str, pid: u32, tid: u32, ts: i64) -> io::Result<()> {
+        self.begin()?;
+        write!(self.out, "{{\"ph\":\"{ph}\",\"pid\":{pid},\"tid\":{tid},\"ts\":")?;
+        self.ts(ts)
+    }
+
+    fn event(&mut self, s: &Session, tracks: &Tracks, e: &Event) -> io::Result<()> {
+        let p = &s.processes[e.proc];
+        let (pid, tid) = (tracks.pid(e.proc), tracks.tid(e.proc, e.lane));
+        match e.kind {
+            EventKind::Enter { site } => {
+                self.head("B", pid, tid, e.ts)?;
+                self.out.write_all(b",\"cat\":\"span\",\"name\":")?;
+                self.string(&p.site_name(site))?;
+                self.out.write_all(b"}")
+            }
+            EventKind::Exit { end, .. } => {
+                self.head("E", pid, tid, e.ts)?;
+                if let Some(reason) = end.reason() {
+                    self.out.write_all(b",\"args\":{\"unfinished\":")?;
+                    self.string(reason)?;
+                    self.out.write_all(if end == End::Abrupt { b",\"ended_abruptly\":true}" } else { b"}" })?;
+                }
+                self.out.write_all(b"}")
+            }
+            EventKind::Instant { site } => {
+                self.head("i", pid, tid, e.ts)?;
+                self.out.write_all(b",\"s\":\"t\",\"cat\":\"event\",\"name\":")?;
+                self.string(&p.site_name(site))?;
+                self.out.write_all(b"}")
+            }
+            EventKind::Counter { site, value } => {
+                self.head("C", pid, tid, e.ts)?;
+                self.out.write_all(b",\"name\":")?;
+                self.string(&p.site_name(site))?;
+                let v = if value.is_finite() { value } else { 0.0 };
+                write!(self.out, ",\"args\":{{\"value\":{v}}}}}")
+            }
+            EventKind::Lost { count } => {
+                self.head("i", pid, tid, e.ts)?;
+                write!(
+                    self.out,
+                    ",\"s\":\"t\",\"cat\":\"mpprof\",\"name\":\"{count} events lost\",\"args\":{{\"lost_events\":{count},\"detail\":\"buffer budget used up or disk full; events around here are missing\"}}}}"
+                )
+            }
+            EventKind::FlowOut { site, flow } | EventKind::FlowIn { site, flow } => {
+                let out = matches!(e.kind, EventKind::FlowOut { .. });
+                let name = p.site_name(site);
+                let host = e.depth == 0;
+                if host {
+                    self.head("B", pid, tid, e.ts)?;
+                    self.out.write_all(b",\"cat\":\"flow\",\"name\":")?;
+                    let label = match (out, &*name) {
+                        (false, "spawn") => "process start".to_owned(),
+                        (true, n) => format!("send {n}"),
+                        (false, n) => format!("recv {n}"),
+                    };
+                    self.string(&label)?;
+                    self.out.write_all(b"}")?;
+                }
+                self.head(if out { "s" } else { "f" }, pid, tid, e.ts)?;
+                write!(self.out, ",\"cat\":\"flow\",\"name\":\"flow\",\"id\":\"0x{:x}\"", flow_key(flow))?;
+                if !out {
+                    self.out.write_all(b",\"bp\":\"e\"")?;
+                }
+                self.out.write_all(b",\"args\":{\"flow\":")?;
+                self.string(&name)?;
+                write!(self.out, ",\"flow_id\":\"{flow}\"}}}}")?;
+                if host {
+                    self.head("E", pid, tid, e.ts)?;
+                    self.out.write_all(b"}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The 64-bit id a flow gets in JSON (Perfetto parses ids as 64-bit). A
+/// mix of both halves; a collision needs ~2^32 flows in one trace.
+pub fn flow_key(f: mpprof::FlowId) -> u64 {
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    mix(f.process() ^ mix(f.seq()))
+}

@@ -1,0 +1,65 @@
+//! Output formats. Each writer consumes the merged event stream once.
+
+pub mod chrome;
+pub mod summary;
+
+use std::collections::{HashMap, HashSet};
+
+use crate::merge::Session;
+
+/// Process and thread ids as shown in the output: the real pid and tid when
+/// they are unique in the session, else synthetic ones (pid reuse, several
+/// hosts, thread ids reused by short-lived threads).
+pub struct Tracks {
+    pids: Vec<u32>,
+    tids: HashMap<(usize, u32), u32>,
+}
+
+impl Tracks {
+    /// Assigns the ids.
+    pub fn new(s: &Session) -> Tracks {
+        let mut used_pids = HashSet::new();
+        let mut pids = Vec::new();
+        let mut synthetic = 0x4000_0000u32;
+        for p in &s.processes {
+            let mut pid = p.file.pid;
+            if pid == 0 || !used_pids.insert(pid) {
+                while !used_pids.insert(synthetic) {
+                    synthetic += 1;
+                }
+                pid = synthetic;
+            }
+            pids.push(pid);
+        }
+        let mut used_tids: HashSet<u32> = pids.iter().copied().collect();
+        let mut assigned = HashSet::new();
+        let mut tids = HashMap::new();
+        for (pi, p) in s.processes.iter().enumerate() {
+            for (&lane, l) in &p.file.lanes {
+                let mut tid = l.tid;
+                // The main thread's tid equals its pid, which is taken already.
+                let is_main = tid == p.file.pid && pids[pi] == tid;
+                let fresh = tid != 0 && (is_main || used_tids.insert(tid)) && assigned.insert(tid);
+                if !fresh {
+                    while !used_tids.insert(synthetic) {
+                        synthetic += 1;
+                    }
+                    tid = synthetic;
+                    assigned.insert(tid);
+                }
+                tids.insert((pi, lane), tid);
+            }
+        }
+        Tracks { pids, tids }
+    }
+
+    /// Output pid of process `i`.
+    pub fn pid(&self, i: usize) -> u32 {
+        self.pids[i]
+    }
+
+    /// Output tid of a lane.
+    pub fn tid(&self, i: usize, lane: u32) -> u32 {
+        self.tids.get(&(i, lane)).copied().unwrap_or(self.pids[i])
+    }
+}

@@ -1,0 +1,236 @@
+//! cProfile-style summary: per process and for the whole process tree,
+//! `ncalls tottime percall cumtime percall filename:lineno(function)`.
+//! As in cProfile, recursive calls count once in `cumtime` (only the
+//! outermost activation of a function adds to it) and `ncalls` shows
+//! `total/primitive` when they differ.
+
+use std::collections::HashMap;
+use std::io::{self, Write};
+
+use crate::merge::{EventKind, MergeStats, Session};
+
+/// A function (callsite) as the summary groups it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FuncKey {
+    /// Label: the full path for functions, the given name otherwise.
+    pub label: String,
+    /// Source file.
+    pub file: String,
+    /// Source line.
+    pub line: u32,
+}
+
+impl FuncKey {
+    /// `file:line(label)`, cProfile's location column.
+    pub fn location(&self) -> String {
+        if self.file.is_empty() {
+            format!("~:0({})", self.label)
+        } else {
+            format!("{}:{}({})", self.file, self.line, self.label)
+        }
+    }
+}
+
+/// Statistics of one function.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FuncStats {
+    /// Calls.
+    pub ncalls: u64,
+    /// Calls that were not recursive (the outermost activation).
+    pub primitive: u64,
+    /// Time in the function itself, excluding callees, ns.
+    pub tottime_ns: i64,
+    /// Time in the function including callees, recursion counted once, ns.
+    pub cumtime_ns: i64,
+    /// Calls that did not end normally (closed by the merge).
+    pub unfinished: u64,
+}
+
+impl FuncStats {
+    fn add(&mut self, o: &FuncStats) {
+        self.ncalls += o.ncalls;
+        self.primitive += o.primitive;
+        self.tottime_ns += o.tottime_ns;
+        self.cumtime_ns += o.cumtime_ns;
+        self.unfinished += o.unfinished;
+    }
+}
+
+/// One process's table.
+#[derive(Clone, Debug)]
+pub struct ProcessSummary {
+    /// Display name (executable and pid).
+    pub name: String,
+    /// Wall time from first to last event, ns.
+    pub wall_ns: i64,
+    /// Whether the process finished cleanly.
+    pub clean: bool,
+    /// Functions, by cumulative time.
+    pub funcs: Vec<(FuncKey, FuncStats)>,
+}
+
+/// The whole summary.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Per process, in start order.
+    pub processes: Vec<ProcessSummary>,
+    /// All processes together, by cumulative time.
+    pub tree: Vec<(FuncKey, FuncStats)>,
+    /// Wall time of the whole tree, ns.
+    pub wall_ns: i64,
+    /// Merge repairs.
+    pub stats: MergeStats,
+}
+
+impl Summary {
+    /// Statistics of the function whose label ends with `name` in the tree.
+    pub fn tree_func(&self, name: &str) -> Option<&FuncStats> {
+        self.tree.iter().find(|(k, _)| k.label == name || k.label.ends_with(&format!("::{name}"))).map(|(_, s)| s)
+    }
+}
+
+struct Frame {
+    site: u32,
+    start: i64,
+    child: i64,
+}
+
+/// Computes the summary from the merged event stream.
+pub fn compute(session: &Session) -> Summary {
+    let n = session.processes.len();
+    let mut per: Vec<HashMap<u32, FuncStats>> = vec![HashMap::new(); n];
+    let mut stacks: HashMap<(usize, u32), Vec<Frame>> = HashMap::new();
+    let mut events = session.events();
+    for e in events.by_ref() {
+        match e.kind {
+            EventKind::Enter { site } => {
+                stacks.entry((e.proc, e.lane)).or_default().push(Frame { site, start: e.ts, child: 0 })
+            }
+            EventKind::Exit { site, end } => {
+                let stack = stacks.entry((e.proc, e.lane)).or_default();
+                let Some(f) = stack.pop() else { continue };
+                debug_assert_eq!(f.site, site, "the merge keeps exits nested");
+                let dur = e.ts - f.start;
+                let recursive = stack.iter().any(|g| g.site == f.site);
+                if let Some(parent) = stack.last_mut() {
+                    parent.child += dur;
+                }
+                let st = per[e.proc].entry(f.site).or_default();
+                st.ncalls += 1;
+                st.tottime_ns += dur - f.child;
+                if !recursive {
+                    st.primitive += 1;
+                    st.cumtime_ns += dur;
+                }
+                if end.reason().is_some() {
+                    st.unfinished += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    let stats = events.stats();
+    let mut tree: HashMap<FuncKey, FuncStats> = HashMap::new();
+    let mut processes = Vec::new();
+    for (pi, p) in session.processes.iter().enumerate() {
+        let mut funcs: Vec<(FuncKey, FuncStats)> = per[pi]
+            .iter()
+            .map(|(&site, st)| {
+                let key = match p.site(site) {
+                    Some(s) => {
+                        let label = if !s.path.is_empty() && s.path.ends_with(&s.name) { s.path.clone() } else { s.name.clone() };
+                        FuncKey { label, file: s.file.clone(), line: s.line }
+                    }
+                    None => FuncKey { label: format!("#{site}"), file: String::new(), line: 0 },
+                };
+                (key, *st)
+            })
+            .collect();
+        for (k, st) in &funcs {
+            tree.entry(k.clone()).or_default().add(st);
+        }
+        sort(&mut funcs);
+        processes.push(ProcessSummary {
+            name: p.file.display_name(),
+            wall_ns: p.end_ns - p.start_ns,
+            clean: p.file.clean,
+            funcs,
+        });
+    }
+    let mut tree: Vec<_> = tree.into_iter().collect();
+    sort(&mut tree);
+    Summary { processes, tree, wall_ns: session.end_ns() - session.start_ns(), stats }
+}
+
+fn sort(v: &mut [(FuncKey, FuncStats)]) {
+    v.sort_by(|a, b| b.1.cumtime_ns.cmp(&a.1.cumtime_ns).then_with(|| a.0.cmp(&b.0)));
+}
+
+fn secs(ns: i64) -> f64 {
+    ns as f64 / 1e9
+}
+
+fn table(out: &mut dyn Write, funcs: &[(FuncKey, FuncStats)], limit: usize) -> io::Result<()> {
+    writeln!(out, "   ncalls  tottime  percall  cumtime  percall filename:lineno(function)")?;
+    for (k, s) in funcs.iter().take(limit) {
+        let ncalls = if s.ncalls == s.primitive { s.ncalls.to_string() } else { format!("{}/{}", s.ncalls, s.primitive) };
+        let per_tot = secs(s.tottime_ns) / s.ncalls.max(1) as f64;
+        let per_cum = secs(s.cumtime_ns) / s.primitive.max(1) as f64;
+        let mark = if s.unfinished > 0 { format!("  [{} unfinished]", s.unfinished) } else { String::new() };
+        writeln!(
+            out,
+            "{ncalls:>9} {:>8.3} {per_tot:>8.3} {:>8.3} {per_cum:>8.3} {}{mark}",
+            secs(s.tottime_ns),
+            secs(s.cumtime_ns),
+            k.location()
+        )?;
+    }
+    if funcs.len() > limit {
+        writeln!(out, "   ... {} more", funcs.len() - limit)?;
+    }
+    Ok(())
+}
+
+fn header(out: &mut dyn Write, title: &str, funcs: &[(FuncKey, FuncStats)], wall_ns: i64) -> io::Result<()> {
+    let calls: u64 = funcs.iter().map(|f| f.1.ncalls).sum();
+    let prim: u64 = funcs.iter().map(|f| f.1.primitive).sum();
+    writeln!(out, "{title}")?;
+    if calls == prim {
+        writeln!(out, "         {calls} function calls in {:.3} seconds (wall)", secs(wall_ns))?;
+    } else {
+        writeln!(out, "         {calls} function calls ({prim} primitive calls) in {:.3} seconds (wall)", secs(wall_ns))?;
+    }
+    writeln!(out)?;
+    writeln!(out, "   Ordered by: cumulative time")?;
+    writeln!(out)
+}
+
+/// Writes the summary as text: the whole tree first, then each process.
+/// `limit` rows per table.
+pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<()> {
+    header(out, &format!("== whole process tree: {} processes ==", s.processes.len()), &s.tree, s.wall_ns)?;
+    table(out, &s.tree, limit)?;
+    for p in &s.processes {
+        writeln!(out)?;
+        let end = if p.clean { "" } else { " [ended abruptly]" };
+        header(out, &format!("== {}{end} ==", p.name), &p.funcs, p.wall_ns)?;
+        table(out, &p.funcs, limit)?;
+    }
+    let st = &s.stats;
+    if st.closed_spans + st.unmatched_exits + st.bad_records + st.unreadable_chunks > 0 {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "note: {} spans closed by the merge (unfinished), {} exits without entry dropped, {} malformed records skipped, {} chunks unreadable",
+            st.closed_spans, st.unmatched_exits, st.bad_records, st.unreadable_chunks
+        )?;
+    }
+    Ok(())
+}
+
+/// Computes and writes the summary.
+pub fn write(session: &Session, out: &mut dyn Write, limit: usize) -> io::Result<Summary> {
+    let s = compute(session);
+    write_text(&s, out, limit)?;
+    Ok(s)
+}

@@ -1,0 +1,350 @@
+//! The per-process buffer file: creation, chunk claims, the metadata log.
+//!
+//! The file is mapped `MAP_SHARED` for its whole budget up front but only
+//! grows (with `posix_fallocate`) when a chunk is claimed, so pages are
+//! backed by reserved disk blocks before anyone writes them: a full disk
+//! turns into a failed claim and counted losses, never into SIGBUS.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use memmap2::MmapRaw;
+
+use crate::format::{self, chunk, header, Meta, Policy};
+
+/// Layout and budget of one process file.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    /// Bytes per chunk, header included.
+    pub chunk_size: u32,
+    /// Chunks the file may hold.
+    pub max_chunks: u32,
+    /// What to do when the budget is used.
+    pub policy: Policy,
+}
+
+/// Chunks always kept for metadata: event chunks stop this many slots short
+/// of the budget, so names can still be written after the events ran out.
+pub const META_RESERVE: u32 = 2;
+
+impl Config {
+    /// Reads `MPPROF_BUFFER_MB` (default 64), `MPPROF_CHUNK_KB` (default
+    /// 256) and `MPPROF_OVERFLOW` (`keep-first`, default, or `keep-last`).
+    /// Invalid values fall back to the default with a warning.
+    pub fn from_env() -> Config {
+        fn num(var: &str, default: u64, min: u64, max: u64) -> u64 {
+            match std::env::var(var) {
+                Err(_) => default,
+                Ok(s) => match s.trim().parse::<u64>() {
+                    Ok(v) if (min..=max).contains(&v) => v,
+                    _ => {
+                        crate::warn(format_args!(
+                            "{var}={s:?} is not a number in {min}..={max}; using {default}"
+                        ));
+                        default
+                    }
+                },
+            }
+        }
+        let chunk_kb = num(
+            "MPPROF_CHUNK_KB",
+            (format::DEFAULT_CHUNK_SIZE / 1024) as u64,
+            (format::MIN_CHUNK_SIZE / 1024) as u64,
+            (format::MAX_CHUNK_SIZE / 1024) as u64,
+        );
+        let chunk_size = (chunk_kb * 1024) as u32;
+        let budget_mb = num("MPPROF_BUFFER_MB", 64, 1, 1 << 20);
+        let max_chunks = ((budget_mb << 20) / chunk_size as u64).clamp(META_RESERVE as u64 + 2, u32::MAX as u64 / 2) as u32;
+        let policy = match std::env::var("MPPROF_OVERFLOW").as_deref() {
+            Err(_) | Ok("keep-first") => Policy::KeepFirst,
+            Ok("keep-last") => Policy::KeepLast,
+            Ok(other) => {
+                crate::warn(format_args!(
+                    "MPPROF_OVERFLOW={other:?} is not `keep-first` or `keep-last`; using keep-first"
+                ));
+                Policy::KeepFirst
+            }
+        };
+        Config { chunk_size, max_chunks, policy }
+    }
+
+    /// Bytes the file may grow to.
+    pub fn file_len(&self) -> u64 {
+        format::HEADER_SIZE + self.chunk_size as u64 * self.max_chunks as u64
+    }
+}
+
+/// A claimed chunk: where its content starts and how much it holds.
+#[derive(Clone, Copy, Debug)]
+pub struct Chunk {
+    /// First byte after the chunk header.
+    pub data: *mut u8,
+    /// The chunk's commit counter.
+    pub committed: *const AtomicU32,
+    /// Capacity in records (event chunks) or bytes (metadata chunks).
+    pub capacity: u32,
+    /// Slot index in the file.
+    pub slot: u32,
+}
+
+/// Why a chunk could not be claimed.
+#[derive(Debug)]
+pub enum ClaimError {
+    /// The budget (`MPPROF_BUFFER_MB`) is used up.
+    Budget,
+    /// The file could not grow (disk full, file size limit, I/O error).
+    Io(io::Error),
+}
+
+/// One process's mapped buffer file.
+pub struct ProcessBuffer {
+    map: MmapRaw,
+    file: File,
+    path: PathBuf,
+    config: Config,
+}
+
+// SAFETY: the mapping is only accessed through atomics (shared fields) or by
+// the single thread that claimed a chunk (its content).
+unsafe impl Sync for ProcessBuffer {}
+// SAFETY: as above; the raw pointers inside MmapRaw are to a process-wide mapping.
+unsafe impl Send for ProcessBuffer {}
+
+impl ProcessBuffer {
+    /// Creates `path` exclusively (never following a symlink), mode 0600,
+    /// writes the header and maps the whole budget.
+    pub fn create(path: &Path, config: Config, uid: u64, pid: u32) -> io::Result<ProcessBuffer> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)?;
+        reserve(&file, 0, format::HEADER_SIZE)?;
+        let map = memmap2::MmapOptions::new().len(config.file_len() as usize).map_raw(&file)?;
+        let buf = ProcessBuffer { map, file, path: path.to_owned(), config };
+        // SAFETY: the header page is inside the file (reserved above) and no
+        // other thread knows this mapping yet.
+        unsafe {
+            let h = buf.map.as_mut_ptr();
+            h.add(header::MAGIC).copy_from_nonoverlapping(format::MAGIC.as_ptr(), 8);
+            put_u32(h, header::VERSION, format::FORMAT_VERSION);
+            put_u32(h, header::HEADER_SIZE, format::HEADER_SIZE as u32);
+            put_u32(h, header::CHUNK_SIZE, config.chunk_size);
+            put_u16(h, header::CHUNK_HEADER_SIZE, format::CHUNK_HEADER_SIZE as u16);
+            put_u16(h, header::RECORD_SIZE, format::RECORD_SIZE as u16);
+            put_u32(h, header::MAX_CHUNKS, config.max_chunks);
+            put_u32(h, header::POLICY, config.policy as u32);
+            put_u64(h, header::PROCESS_UID, uid);
+            put_u32(h, header::PID, pid);
+        }
+        Ok(buf)
+    }
+
+    /// Path of the file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The configuration the file was created with.
+    pub fn config(&self) -> Config {
+        self.config
+    }
+
+    fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: offset is a 4-aligned header field inside the mapped,
+        // reserved header page; AtomicU32 has the layout of u32.
+        unsafe { &*(self.map.as_mut_ptr().add(offset) as *const AtomicU32) }
+    }
+
+    fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        // SAFETY: as in atomic_u32, with an 8-aligned field.
+        unsafe { &*(self.map.as_mut_ptr().add(offset) as *const AtomicU64) }
+    }
+
+    /// Counts events that could not be recorded.
+    pub fn add_lost_events(&self, n: u64) {
+        // Relaxed: a statistic; the reader looks at it after the process ends.
+        self.atomic_u64(header::LOST_EVENTS).fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts metadata entries that could not be stored.
+    pub fn add_lost_meta(&self) {
+        // Relaxed: a statistic, as above.
+        self.atomic_u32(header::LOST_META).fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Marks the file finished (clean exit).
+    pub fn set_finished(&self) {
+        // Release: everything this thread wrote before (final anchor) is
+        // visible to a concurrent reader that sees the flag.
+        self.atomic_u32(header::STATE).store(format::STATE_FINISHED, Ordering::Release);
+    }
+
+    /// Claims a fresh chunk slot and reserves its disk space. Event chunks
+    /// leave [`META_RESERVE`] slots for metadata.
+    pub fn claim(&self, kind: u16, lane: u32, tid: u32, seq: u32, lost_before: u64) -> Result<Chunk, ClaimError> {
+        let limit = match kind {
+            format::CHUNK_META => self.config.max_chunks,
+            _ => self.config.max_chunks - META_RESERVE,
+        };
+        let next = self.atomic_u32(header::NEXT_CHUNK);
+        // Relaxed: the slot number is the only thing exchanged; the chunk's
+        // content is published by its own magic/commit stores.
+        let mut cur = next.load(Ordering::Relaxed);
+        let slot = loop {
+            if cur >= limit {
+                return Err(ClaimError::Budget);
+            }
+            match next.compare_exchange_weak(cur, cur + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => break cur,
+                Err(actual) => cur = actual,
+            }
+        };
+        let offset = format::HEADER_SIZE + slot as u64 * self.config.chunk_size as u64;
+        if let Err(e) = reserve(&self.file, offset, self.config.chunk_size as u64) {
+            // Relaxed: a statistic.
+            self.atomic_u64(header::LOST_CHUNKS).fetch_add(1, Ordering::Relaxed);
+            return Err(ClaimError::Io(e));
+        }
+        // SAFETY: the slot is inside the mapping (slot < max_chunks), its
+        // blocks were just reserved, and this thread owns it exclusively.
+        unsafe { Ok(self.init_chunk(slot, kind, lane, tid, seq, lost_before)) }
+    }
+
+    /// Writes a chunk header and publishes it.
+    ///
+    /// # Safety
+    /// `slot` is inside the mapping and reserved on disk, and the caller owns
+    /// it exclusively.
+    pub unsafe fn init_chunk(&self, slot: u32, kind: u16, lane: u32, tid: u32, seq: u32, lost_before: u64) -> Chunk {
+        let offset = format::HEADER_SIZE as usize + slot as usize * self.config.chunk_size as usize;
+        // SAFETY: guaranteed by the caller.
+        unsafe {
+            let c = self.map.as_mut_ptr().add(offset);
+            let magic = &*(c.add(chunk::MAGIC) as *const AtomicU32);
+            // Relaxed: unpublishing a reused chunk; readers that look while
+            // the process runs treat a chunk without magic as absent.
+            magic.store(0, Ordering::Relaxed);
+            let committed = c.add(chunk::COMMITTED) as *const AtomicU32;
+            (*committed).store(0, Ordering::Relaxed);
+            put_u16(c, chunk::KIND, kind);
+            put_u32(c, chunk::LANE, lane);
+            put_u32(c, chunk::TID, tid);
+            put_u32(c, chunk::SEQ, seq);
+            put_u64(c, chunk::LOST_BEFORE, lost_before);
+            // Release: the header fields above are visible to anyone who
+            // reads the magic with acquire.
+            magic.store(format::CHUNK_MAGIC, Ordering::Release);
+            let capacity = match kind {
+                format::CHUNK_META => self.config.chunk_size - format::CHUNK_HEADER_SIZE,
+                _ => (self.config.chunk_size - format::CHUNK_HEADER_SIZE) / format::RECORD_SIZE,
+            };
+            Chunk { data: c.add(format::CHUNK_HEADER_SIZE as usize), committed, capacity, slot }
+        }
+    }
+}
+
+/// Reserves `[offset, offset+len)` of the file on disk, growing it.
+fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall on an open descriptor.
+    let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), offset as libc::off_t, len as libc::off_t) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(r))
+    }
+}
+
+/// # Safety
+/// `base + off .. + 2` is writable.
+unsafe fn put_u16(base: *mut u8, off: usize, v: u16) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { base.add(off).copy_from_nonoverlapping(v.to_le_bytes().as_ptr(), 2) }
+}
+/// # Safety
+/// `base + off .. + 4` is writable.
+unsafe fn put_u32(base: *mut u8, off: usize, v: u32) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { base.add(off).copy_from_nonoverlapping(v.to_le_bytes().as_ptr(), 4) }
+}
+/// # Safety
+/// `base + off .. + 8` is writable.
+unsafe fn put_u64(base: *mut u8, off: usize, v: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { base.add(off).copy_from_nonoverlapping(v.to_le_bytes().as_ptr(), 8) }
+}
+
+/// Appends postcard-encoded [`Meta`] entries to metadata chunks. Used under
+/// the recorder's metadata lock.
+pub struct MetaLog {
+    chunk: Option<Chunk>,
+    used: u32,
+    seq: u32,
+    scratch: Vec<u8>,
+}
+
+impl MetaLog {
+    /// An empty log; the first append claims a chunk.
+    pub fn new() -> MetaLog {
+        MetaLog { chunk: None, used: 0, seq: 0, scratch: Vec::with_capacity(256) }
+    }
+
+    /// Appends one entry: `[len: u32][postcard bytes]`, then publishes it
+    /// with a release store of the chunk's byte count. Returns false (and
+    /// counts it in the header) when the entry could not be stored.
+    pub fn append(&mut self, buf: &ProcessBuffer, entry: &Meta) -> bool {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&[0; format::META_LEN_SIZE]);
+        let encoded = match postcard::to_extend(entry, std::mem::take(&mut self.scratch)) {
+            Ok(v) => v,
+            Err(_) => {
+                buf.add_lost_meta();
+                return false;
+            }
+        };
+        self.scratch = encoded;
+        let len = self.scratch.len() - format::META_LEN_SIZE;
+        if self.scratch.len() > format::MAX_META_ENTRY {
+            buf.add_lost_meta();
+            return false;
+        }
+        self.scratch[..4].copy_from_slice(&(len as u32).to_le_bytes());
+        let need = self.scratch.len() as u32;
+        let fits = matches!(self.chunk, Some(c) if self.used + need <= c.capacity);
+        if !fits {
+            match buf.claim(format::CHUNK_META, 0, 0, self.seq, 0) {
+                Ok(c) => {
+                    self.chunk = Some(c);
+                    self.used = 0;
+                    self.seq += 1;
+                }
+                Err(_) => {
+                    buf.add_lost_meta();
+                    return false;
+                }
+            }
+        }
+        let c = self.chunk.expect("claimed above");
+        // SAFETY: the entry fits in the chunk (checked above), which this
+        // log owns; committed points into the chunk header.
+        unsafe {
+            c.data.add(self.used as usize).copy_from_nonoverlapping(self.scratch.as_ptr(), self.scratch.len());
+            self.used += need;
+            // Release: the entry bytes above are visible before the count.
+            (*c.committed).store(self.used, Ordering::Release);
+        }
+        true
+    }
+}
+
+impl Default for MetaLog {
+    fn default() -> Self {
+        MetaLog::new()
+    }
+}

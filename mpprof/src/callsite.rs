@@ -1,0 +1,132 @@
+//! Callsites: one `static` per instrumented place, built by a `const fn`,
+//! given a process-wide id on first use (tracing-core's callsite pattern).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::format::{Meta, SiteKind};
+
+/// An instrumented place in the source. Created by the macros; not meant to
+/// be built by hand.
+pub struct Callsite {
+    id: AtomicU32,
+    kind: SiteKind,
+    name: &'static str,
+    path: fn() -> &'static str,
+    file: &'static str,
+    line: u32,
+}
+
+impl Callsite {
+    /// A span callsite (`#[instrument]`, `scope!`).
+    pub const fn new(name: &'static str, path: fn() -> &'static str, file: &'static str, line: u32) -> Callsite {
+        Callsite::with_kind(SiteKind::Span, name, path, file, line)
+    }
+
+    /// A callsite of the given kind.
+    pub const fn with_kind(
+        kind: SiteKind,
+        name: &'static str,
+        path: fn() -> &'static str,
+        file: &'static str,
+        line: u32,
+    ) -> Callsite {
+        Callsite { id: AtomicU32::new(0), kind, name, path, file, line }
+    }
+
+    /// The callsite's id, registering it on first use.
+    #[inline(always)]
+    pub fn id(&'static self) -> u32 {
+        // Relaxed: the id is a plain number; the metadata that names it is
+        // written to the file by the registering thread and read after the
+        // fact, so no memory ordering between threads is needed.
+        let id = self.id.load(Ordering::Relaxed);
+        if id != 0 {
+            return id;
+        }
+        self.register()
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn register(&'static self) -> u32 {
+        let mut reg = REGISTRY.lock();
+        // Relaxed: re-checked under the registry lock, which orders it.
+        let id = self.id.load(Ordering::Relaxed);
+        if id != 0 {
+            return id;
+        }
+        reg.sites.push(self);
+        let id = reg.sites.len() as u32;
+        crate::session::write_meta(&self.meta(id));
+        self.id.store(id, Ordering::Relaxed);
+        id
+    }
+
+    fn meta(&self, id: u32) -> Meta {
+        Meta::Callsite {
+            id,
+            kind: self.kind,
+            name: self.name.to_owned(),
+            path: (self.path)().to_owned(),
+            file: self.file.to_owned(),
+            line: self.line,
+        }
+    }
+}
+
+struct Registry {
+    /// Registered callsites; id `i + 1` is `sites[i]`.
+    sites: Vec<&'static Callsite>,
+    /// Callsites made at run time for names given as strings.
+    dynamic: BTreeMap<(SiteKind, String), &'static Callsite>,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry { sites: Vec::new(), dynamic: BTreeMap::new() });
+
+/// The id of a callsite named at run time (`flow::send("request")`, spawn
+/// spans). Interned: one leaked `Callsite` per distinct (kind, name).
+pub fn intern(kind: SiteKind, name: &str) -> u32 {
+    let site = {
+        let mut reg = REGISTRY.lock();
+        match reg.dynamic.get(&(kind, name.to_owned())) {
+            Some(s) => *s,
+            None => {
+                let s: &'static Callsite = Box::leak(Box::new(Callsite::with_kind(
+                    kind,
+                    Box::leak(name.to_owned().into_boxed_str()),
+                    || "",
+                    "",
+                    0,
+                )));
+                reg.dynamic.insert((kind, name.to_owned()), s);
+                s
+            }
+        }
+    };
+    site.id()
+}
+
+/// Writes the metadata of every registered callsite into a new file (after
+/// fork, or for a new session), then runs `then` (which installs the new
+/// file) while still holding the registry lock, so no callsite registered
+/// concurrently can miss the new file.
+pub fn replay_then<R>(mut write: impl FnMut(&Meta), then: impl FnOnce() -> R) -> R {
+    let reg = REGISTRY.lock();
+    for (i, s) in reg.sites.iter().enumerate() {
+        write(&s.meta(i as u32 + 1));
+    }
+    then()
+}
+
+/// Strips the helper suffix from the type name of the function item the
+/// macro passes, leaving the instrumented function's full path.
+pub fn fn_path<F>(_f: F) -> &'static str {
+    let mut name = std::any::type_name::<F>();
+    for suffix in ["::__mpprof_here", "::__mpprof_path", "::__MPPROF_CALLSITE", "::{{closure}}"] {
+        name = name.strip_suffix(suffix).unwrap_or(name);
+    }
+    name
+}

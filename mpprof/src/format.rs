@@ -1,0 +1,342 @@
+//! The on-disk format of a process buffer file, shared by the recorder and
+//! the merge. `docs/FORMAT.md` draws the same layout as byte diagrams; every
+//! offset used by either side is defined here, once.
+//!
+//! All integers are little-endian and fixed-size; nothing on disk is a
+//! `usize`. A file is:
+//!
+//! ```text
+//! [ file header: HEADER_SIZE bytes ][ chunk 0 ][ chunk 1 ] ... [ chunk max_chunks-1 ]
+//! ```
+//!
+//! Chunk `i` starts at `HEADER_SIZE + i * chunk_size`. A chunk is either an
+//! event chunk (fixed 16-byte records of one thread) or a metadata chunk (an
+//! append-only log of postcard-encoded [`Meta`] entries). Each chunk commits
+//! its content with one counter in its own header, so whatever a killed
+//! process committed is readable and nothing after the counter is trusted.
+//!
+//! **Bump [`FORMAT_VERSION`] whenever any layout below changes** (sizes are
+//! pinned by tests next to the constants).
+
+use serde::{Deserialize, Serialize};
+
+use crate::flow::FlowId;
+
+/// First eight bytes of every buffer file. The `\r\n` catches text-mode
+/// mangling, like PNG's signature.
+pub const MAGIC: [u8; 8] = *b"MPPROF\r\n";
+
+/// Version of the layout described in this module. Bump it on any change of
+/// a size or offset below, or of the meaning of a field.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Size of the file header; chunk 0 starts here. One page, so the chunk area
+/// is page-aligned.
+pub const HEADER_SIZE: u64 = 4096;
+
+/// Size of a chunk header; the first record of an event chunk starts here.
+pub const CHUNK_HEADER_SIZE: u32 = 64;
+
+/// Size of one event record.
+pub const RECORD_SIZE: u32 = 16;
+
+/// Default chunk size (including its header).
+pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
+
+/// Smallest and largest chunk sizes a reader accepts.
+pub const MIN_CHUNK_SIZE: u32 = 4096;
+/// See [`MIN_CHUNK_SIZE`].
+pub const MAX_CHUNK_SIZE: u32 = 64 * 1024 * 1024;
+
+/// Byte offsets of the fields of the file header.
+pub mod header {
+    /// `[u8; 8]`: [`super::MAGIC`].
+    pub const MAGIC: usize = 0;
+    /// `u32`: [`super::FORMAT_VERSION`] of the writer.
+    pub const VERSION: usize = 8;
+    /// `u32`: size of the file header in bytes (offset of chunk 0).
+    pub const HEADER_SIZE: usize = 12;
+    /// `u32`: size of a chunk in bytes, header included.
+    pub const CHUNK_SIZE: usize = 16;
+    /// `u16`: size of a chunk header.
+    pub const CHUNK_HEADER_SIZE: usize = 20;
+    /// `u16`: size of an event record.
+    pub const RECORD_SIZE: usize = 22;
+    /// `u32`: number of chunks the file may hold (its budget).
+    pub const MAX_CHUNKS: usize = 24;
+    /// `u32`: overflow policy, see [`super::Policy`].
+    pub const POLICY: usize = 28;
+    /// `u32` atomic: chunk slots claimed so far (slots `0..NEXT_CHUNK` may
+    /// hold chunks; a slot whose claim failed has no chunk magic).
+    pub const NEXT_CHUNK: usize = 32;
+    /// `u32` atomic: [`super::STATE_RECORDING`] or [`super::STATE_FINISHED`].
+    pub const STATE: usize = 36;
+    /// `u64` atomic: events that could not be recorded (budget, disk).
+    pub const LOST_EVENTS: usize = 40;
+    /// `u64` atomic: chunk claims that failed because the file could not
+    /// grow (disk full, file size limit).
+    pub const LOST_CHUNKS: usize = 48;
+    /// `u64`: the process uid (random, unique per process).
+    pub const PROCESS_UID: usize = 56;
+    /// `u32`: pid of the writer (also in the metadata; here so a file whose
+    /// metadata is unreadable can still be named).
+    pub const PID: usize = 64;
+    /// `u32` atomic: metadata entries that could not be stored (metadata
+    /// space exhausted); names may be missing from the trace.
+    pub const LOST_META: usize = 68;
+    /// End of the defined fields; the rest of the header is zero.
+    pub const END: usize = 72;
+}
+
+/// Byte offsets of the fields of a chunk header.
+pub mod chunk {
+    /// `u32`: [`super::CHUNK_MAGIC`], stored last (release) when the chunk is
+    /// claimed; a chunk without it was never claimed or its claim failed.
+    pub const MAGIC: usize = 0;
+    /// `u16`: [`super::CHUNK_EVENTS`] or [`super::CHUNK_META`].
+    pub const KIND: usize = 4;
+    /// `u32`: the lane (thread index in the process, from 1); 0 for metadata.
+    pub const LANE: usize = 8;
+    /// `u32`: OS thread id of the writer.
+    pub const TID: usize = 12;
+    /// `u32`: sequence number of this chunk within its lane, from 0.
+    pub const SEQ: usize = 16;
+    /// `u32` atomic: committed records (event chunks) or bytes (metadata
+    /// chunks). Stored with release after the content it covers.
+    pub const COMMITTED: usize = 20;
+    /// `u64` atomic: events lost by this lane before the first record of
+    /// this chunk (a gap marker for the merge).
+    pub const LOST_BEFORE: usize = 24;
+    /// End of the defined fields.
+    pub const END: usize = 32;
+}
+
+/// Chunk header magic ("CHNK").
+pub const CHUNK_MAGIC: u32 = u32::from_le_bytes(*b"CHNK");
+/// Chunk kind: 16-byte event records of one thread.
+pub const CHUNK_EVENTS: u16 = 1;
+/// Chunk kind: metadata log.
+pub const CHUNK_META: u16 = 2;
+
+/// File state: the process may still be writing, or died without finishing.
+pub const STATE_RECORDING: u32 = 0;
+/// File state: the process finished the file (clean exit).
+pub const STATE_FINISHED: u32 = 1;
+
+/// What a process does when its buffer budget is used up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(u32)]
+pub enum Policy {
+    /// Stop recording and count what is lost (default).
+    KeepFirst = 0,
+    /// Flight recorder: each thread reuses its own oldest chunk.
+    KeepLast = 1,
+}
+
+impl Policy {
+    /// Decodes the on-disk value.
+    pub fn from_u32(v: u32) -> Option<Policy> {
+        match v {
+            0 => Some(Policy::KeepFirst),
+            1 => Some(Policy::KeepLast),
+            _ => None,
+        }
+    }
+}
+
+/// Record kinds (byte 12 of a record).
+pub mod kind {
+    /// Span entered; `site` is the callsite.
+    pub const ENTER: u8 = 1;
+    /// Span exited; `site` is the callsite.
+    pub const EXIT: u8 = 2;
+    /// Instant event.
+    pub const INSTANT: u8 = 3;
+    /// Counter sample; followed by one payload record: `[value: 8 bytes][type: u64]`
+    /// where type 0 is i64 and 1 is f64.
+    pub const COUNTER: u8 = 4;
+    /// Flow leaves this thread; followed by one payload record holding the
+    /// [`crate::FlowId`] as `[process: u64][seq: u64]`.
+    pub const FLOW_OUT: u8 = 5;
+    /// Flow arrives on this thread; payload as for `FLOW_OUT`.
+    pub const FLOW_IN: u8 = 6;
+
+    /// Whether a record of this kind is followed by one payload record.
+    pub const fn has_payload(k: u8) -> bool {
+        matches!(k, COUNTER | FLOW_OUT | FLOW_IN)
+    }
+}
+
+/// Byte offsets inside a record.
+pub mod record {
+    /// `u64`: timestamp in the process's clock (see [`super::ClockKind`]).
+    pub const TS: usize = 0;
+    /// `u32`: callsite id.
+    pub const SITE: usize = 8;
+    /// `u8`: record kind, see [`super::kind`].
+    pub const KIND: usize = 12;
+}
+
+/// One event record as written by the hot path. `#[repr(C)]` with the field
+/// order of [`record`]; on little-endian targets `site_kind` is
+/// `site | kind << 32`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C, align(16))]
+pub struct RawRecord {
+    /// Timestamp.
+    pub ts: u64,
+    /// `site` in the low 32 bits, `kind` in bits 32..40, the rest zero.
+    pub site_kind: u64,
+}
+
+impl RawRecord {
+    /// Builds the record for `kind` at `site`.
+    #[inline(always)]
+    pub const fn new(ts: u64, site: u32, kind: u8) -> RawRecord {
+        RawRecord { ts, site_kind: site as u64 | (kind as u64) << 32 }
+    }
+}
+
+/// Which clock a process's timestamps come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClockKind {
+    /// Raw time-stamp counter ticks (x86_64 `rdtsc`, aarch64 `cntvct_el0`);
+    /// the merge maps them to CLOCK_MONOTONIC with the anchors.
+    Tsc,
+    /// CLOCK_MONOTONIC nanoseconds.
+    Monotonic,
+}
+
+/// A simultaneous reading of the process clock, CLOCK_MONOTONIC and
+/// CLOCK_REALTIME. `ts` is the midpoint of two clock readings taken around
+/// the two `clock_gettime` calls; `width` is their distance (the anchor's
+/// uncertainty, in clock units).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    /// Process clock.
+    pub ts: u64,
+    /// Uncertainty of `ts`, in process clock units.
+    pub width: u32,
+    /// CLOCK_MONOTONIC, ns.
+    pub mono_ns: u64,
+    /// CLOCK_REALTIME, ns since the Unix epoch.
+    pub real_ns: u64,
+}
+
+/// Facts about the process, written once as the first metadata entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// OS process id.
+    pub pid: u32,
+    /// Parent's process id.
+    pub ppid: u32,
+    /// Random 64-bit process uid (also the `process` half of its flow ids).
+    pub uid: u64,
+    /// Flow that started this process (spawn or fork), if any.
+    pub parent_flow: Option<FlowId>,
+    /// Executable path.
+    pub exe: String,
+    /// Command line.
+    pub argv: Vec<String>,
+    /// Host name.
+    pub hostname: String,
+    /// Host identity used for clock domains: the kernel boot id, or
+    /// `MPPROF_HOST_ID` when set.
+    pub host_id: String,
+    /// Time namespace id (inode of `/proc/self/ns/time`), 0 if unknown.
+    pub time_ns: u64,
+    /// Source of the record timestamps.
+    pub clock: ClockKind,
+    /// Estimated clock frequency (ticks per second) measured or inherited
+    /// by the writer; the merge prefers a fit of the anchors.
+    pub clock_hz: f64,
+    /// Chunk size and budget as configured.
+    pub policy: Policy,
+}
+
+/// What a callsite is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SiteKind {
+    /// A span (function or scope).
+    Span,
+    /// An instant event.
+    Event,
+    /// A counter.
+    Counter,
+    /// A flow endpoint name.
+    Flow,
+}
+
+/// One entry of the metadata log. New variants are appended at the end
+/// (postcard encodes the variant index).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Meta {
+    /// Process facts; the first entry of the log.
+    Process(ProcessInfo),
+    /// A callsite: id as used in records, display name, full path, source location.
+    Callsite {
+        /// Id used in records.
+        id: u32,
+        /// Kind.
+        kind: SiteKind,
+        /// Display name.
+        name: String,
+        /// Full path (module path, for functions including the function).
+        path: String,
+        /// Source file.
+        file: String,
+        /// Source line.
+        line: u32,
+    },
+    /// A thread (lane) and its name.
+    Thread {
+        /// Lane as in chunk headers.
+        lane: u32,
+        /// OS thread id.
+        tid: u32,
+        /// Thread name (may be empty).
+        name: String,
+    },
+    /// A clock anchor.
+    Anchor(Anchor),
+}
+
+/// Largest encoded metadata entry (bytes); longer strings are truncated by
+/// the writer so an entry always fits one metadata chunk.
+pub const MAX_META_ENTRY: usize = 3 * 1024;
+
+/// Bytes of the length prefix of a metadata entry (`u32`).
+pub const META_LEN_SIZE: usize = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // If one of these fails you changed the on-disk layout: bump FORMAT_VERSION,
+    // update docs/FORMAT.md and add a golden file for the new version.
+    #[test]
+    fn record_layout_is_pinned() {
+        assert_eq!(std::mem::size_of::<RawRecord>(), RECORD_SIZE as usize);
+        assert_eq!(std::mem::size_of::<RawRecord>(), 16);
+        assert_eq!(RECORD_SIZE, 16);
+        assert_eq!(CHUNK_HEADER_SIZE, 64);
+        assert_eq!(HEADER_SIZE, 4096);
+        assert_eq!(FORMAT_VERSION, 1);
+        assert!(header::END <= HEADER_SIZE as usize);
+        assert!(chunk::END <= CHUNK_HEADER_SIZE as usize);
+        let r = RawRecord::new(0x0102_0304_0506_0708, 0xAABB_CCDD, kind::EXIT);
+        // SAFETY: RawRecord is repr(C) plain old data of 16 bytes.
+        let bytes: [u8; 16] = unsafe { std::mem::transmute(r) };
+        assert_eq!(bytes[record::TS..record::TS + 8], 0x0102_0304_0506_0708u64.to_le_bytes());
+        assert_eq!(bytes[record::SITE..record::SITE + 4], 0xAABB_CCDDu32.to_le_bytes());
+        assert_eq!(bytes[record::KIND], kind::EXIT);
+        assert_eq!(bytes[13..], [0, 0, 0]);
+    }
+
+    #[test]
+    fn meta_roundtrips_through_postcard() {
+        let m = Meta::Thread { lane: 3, tid: 77, name: "worker".into() };
+        let bytes = postcard::to_stdvec(&m).unwrap();
+        assert_eq!(postcard::from_bytes::<Meta>(&bytes).unwrap(), m);
+    }
+}

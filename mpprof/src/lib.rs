@@ -1,0 +1,198 @@
+//! mpprof: a profiler for programs made of many processes.
+//!
+//! Annotate functions with [`instrument`], start a session in the root
+//! process with [`init`], start children with [`spawn`], and merge the
+//! session directory with `mpprof-merge` into one clock-aligned trace.
+//!
+//! ```no_run
+//! #[mpprof::instrument]
+//! fn step(i: u32) -> u32 { i * 2 }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let _session = mpprof::init()?;
+//!     let mut child = mpprof::spawn(&mut std::process::Command::new("/bin/true"))?;
+//!     {
+//!         let _g = mpprof::scope!("phase 1");
+//!         step(1);
+//!     }
+//!     mpprof::event!("checkpoint");
+//!     mpprof::counter!("queue depth", 3);
+//!     child.wait()?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Each process records into its own memory-mapped file in the session
+//! directory: no daemon, no lock on the hot path, and a process killed with
+//! SIGKILL leaves everything it committed behind. See `docs/ARCHITECTURE.md`.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("mpprof records on Linux only (it relies on /proc, posix_fallocate and MAP_SHARED files)");
+#[cfg(target_endian = "big")]
+compile_error!("the mpprof buffer format is little-endian; big-endian targets are not supported");
+
+mod buffer;
+mod callsite;
+pub mod clock;
+pub mod flow;
+pub mod format;
+mod future;
+mod session;
+mod spawn;
+mod thread;
+
+pub use flow::{FlowId, Traced};
+pub use mpprof_macros::instrument;
+pub use session::{init, session_dir, Error, Session};
+pub use spawn::spawn;
+
+use format::kind;
+
+/// Prints a warning about recording, prefixed so users know where it comes from.
+pub(crate) fn warn(args: std::fmt::Arguments<'_>) {
+    eprintln!("mpprof: warning: {args}");
+}
+
+/// A counter value: integers are stored as `i64`, floats as `f64`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CounterValue {
+    /// An integer sample.
+    Int(i64),
+    /// A floating-point sample.
+    Float(f64),
+}
+
+macro_rules! counter_from {
+    ($($t:ty => $v:ident),*) => {$(
+        impl From<$t> for CounterValue {
+            fn from(v: $t) -> CounterValue { CounterValue::$v(v as _) }
+        }
+    )*};
+}
+counter_from!(i8 => Int, i16 => Int, i32 => Int, i64 => Int, isize => Int, u8 => Int, u16 => Int, u32 => Int,
+    u64 => Int, usize => Int, f32 => Float, f64 => Float);
+
+/// Records a span around the rest of the enclosing block:
+/// `let _g = mpprof::scope!("phase 1");`.
+#[macro_export]
+macro_rules! scope {
+    ($name:expr) => {{
+        static __MPPROF_CALLSITE: $crate::__private::Callsite = $crate::__private::Callsite::new(
+            $name,
+            {
+                fn __mpprof_path() -> &'static str {
+                    ::core::module_path!()
+                }
+                __mpprof_path
+            },
+            ::core::file!(),
+            ::core::line!(),
+        );
+        $crate::__private::SpanGuard::enter(&__MPPROF_CALLSITE)
+    }};
+}
+
+/// Records an instant event: `mpprof::event!("checkpoint");`.
+#[macro_export]
+macro_rules! event {
+    ($name:expr) => {{
+        static __MPPROF_CALLSITE: $crate::__private::Callsite = $crate::__private::Callsite::with_kind(
+            $crate::format::SiteKind::Event,
+            $name,
+            {
+                fn __mpprof_path() -> &'static str {
+                    ::core::module_path!()
+                }
+                __mpprof_path
+            },
+            ::core::file!(),
+            ::core::line!(),
+        );
+        $crate::__private::instant(&__MPPROF_CALLSITE)
+    }};
+}
+
+/// Records a counter sample (any integer or float):
+/// `mpprof::counter!("queue depth", n);`.
+#[macro_export]
+macro_rules! counter {
+    ($name:expr, $value:expr) => {{
+        static __MPPROF_CALLSITE: $crate::__private::Callsite = $crate::__private::Callsite::with_kind(
+            $crate::format::SiteKind::Counter,
+            $name,
+            {
+                fn __mpprof_path() -> &'static str {
+                    ::core::module_path!()
+                }
+                __mpprof_path
+            },
+            ::core::file!(),
+            ::core::line!(),
+        );
+        $crate::__private::counter(&__MPPROF_CALLSITE, $crate::CounterValue::from($value))
+    }};
+}
+
+/// Used by the macros; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    use std::marker::PhantomData;
+
+    pub use crate::callsite::{fn_path, Callsite};
+    pub use crate::future::{instrument_future, Instrumented};
+    use crate::{kind, thread, CounterValue};
+
+    /// Records the exit of a span when dropped (also while unwinding).
+    /// Not `Send`: the exit belongs to the thread of the entry.
+    #[must_use = "the span ends when the guard is dropped"]
+    pub struct SpanGuard {
+        /// Callsite id, 0 when the entry was not recorded.
+        id: u32,
+        _not_send: PhantomData<*const ()>,
+    }
+
+    impl SpanGuard {
+        /// Records the entry of the span at `cs`.
+        #[inline(always)]
+        pub fn enter(cs: &'static Callsite) -> SpanGuard {
+            if !thread::maybe_on() {
+                return SpanGuard { id: 0, _not_send: PhantomData };
+            }
+            let id = cs.id();
+            thread::enter(id);
+            SpanGuard { id, _not_send: PhantomData }
+        }
+    }
+
+    impl Drop for SpanGuard {
+        #[inline(always)]
+        fn drop(&mut self) {
+            if self.id != 0 {
+                thread::exit(self.id);
+            }
+        }
+    }
+
+    /// Records an instant event at `cs`.
+    #[inline]
+    pub fn instant(cs: &'static Callsite) {
+        if thread::maybe_on() {
+            thread::record(cs.id(), kind::INSTANT);
+        }
+    }
+
+    /// Records a counter sample at `cs`.
+    #[inline]
+    pub fn counter(cs: &'static Callsite, v: CounterValue) {
+        if thread::maybe_on() {
+            let payload = match v {
+                CounterValue::Int(i) => [i as u64, 0],
+                CounterValue::Float(f) => [f.to_bits(), 1],
+            };
+            thread::record_with_payload(cs.id(), kind::COUNTER, payload);
+        }
+    }
+}
+

@@ -1,0 +1,493 @@
+//! The recording session of this process: starting (explicitly with
+//! [`init`], or lazily in a child that inherited `MPPROF_DIR`), the process
+//! file, and finishing it on exit.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::buffer::{ClaimError, Chunk, Config, MetaLog, ProcessBuffer};
+use crate::flow::FlowId;
+use crate::format::{self, ClockKind, Meta, ProcessInfo};
+use crate::{callsite, clock};
+
+/// Recording state, read (relaxed) at the top of every hot-path call:
+/// [`OFF`], [`UNKNOWN`] (not yet decided: the first call looks at the
+/// environment), or an epoch `>= 2` naming the current recorder. Threads
+/// compare it with the epoch of their current chunk, so a new recorder (a
+/// new session, or a forked child's own file) is picked up without touching
+/// other threads' state.
+pub(crate) static STATE: AtomicU32 = AtomicU32::new(UNKNOWN);
+/// Not recording.
+pub(crate) const OFF: u32 = 0;
+/// Not yet decided.
+pub(crate) const UNKNOWN: u32 = 1;
+
+/// The current recorder (null when none). Recorders are never freed: a
+/// thread may still hold a pointer into a finished recorder's mapping.
+static CURRENT: AtomicPtr<Recorder> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Serialises starting and finishing.
+static LIFECYCLE: Mutex<()> = Mutex::new(());
+
+/// Epoch of the next recorder.
+static NEXT_EPOCH: AtomicU32 = AtomicU32::new(2);
+
+/// Random process uid, also the `process` half of this process's flow ids.
+static PROCESS_UID: AtomicU64 = AtomicU64::new(0);
+
+/// This process's unique id (64 random bits, drawn on first use).
+pub fn process_uid() -> u64 {
+    // Relaxed: any thread that draws it stores a valid random value; the
+    // compare_exchange keeps the first one.
+    let v = PROCESS_UID.load(Ordering::Relaxed);
+    if v != 0 {
+        return v;
+    }
+    let mut bytes = [0u8; 8];
+    let mut fresh = getrandom::fill(&mut bytes).map(|_| u64::from_le_bytes(bytes)).unwrap_or(0);
+    if fresh == 0 {
+        fresh = fallback_random();
+    }
+    match PROCESS_UID.compare_exchange(0, fresh, Ordering::Relaxed, Ordering::Relaxed) {
+        Ok(_) => fresh,
+        Err(existing) => existing,
+    }
+}
+
+fn fallback_random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(clock::realtime_ns());
+    h.write_u32(std::process::id());
+    h.finish() | 1
+}
+
+/// One process file and what writes to it.
+pub(crate) struct Recorder {
+    pub(crate) buf: ProcessBuffer,
+    pub(crate) epoch: u32,
+    meta: Mutex<MetaLog>,
+    next_lane: AtomicU32,
+    flow_seq: AtomicU64,
+    pub(crate) dir: PathBuf,
+    pub(crate) clock_hz: f64,
+    finished: AtomicBool,
+    last_anchor_mono: AtomicU64,
+}
+
+impl Recorder {
+    /// Appends a metadata entry.
+    pub(crate) fn write_meta(&self, m: &Meta) {
+        self.meta.lock().append(&self.buf, m);
+    }
+
+    /// A new lane number for a thread starting to record.
+    pub(crate) fn new_lane(&self) -> u32 {
+        // Relaxed: only uniqueness matters.
+        self.next_lane.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A new flow id from this process.
+    pub(crate) fn next_flow(&self) -> FlowId {
+        // Relaxed: only uniqueness matters.
+        FlowId::from_parts(process_uid(), self.flow_seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Claims an event chunk for a thread and writes an anchor (at most one
+    /// every 10 ms, so a busy process still maps ticks to time densely).
+    pub(crate) fn claim_events(&self, lane: u32, tid: u32, seq: u32, lost_before: u64) -> Result<Chunk, ClaimError> {
+        let c = self.buf.claim(format::CHUNK_EVENTS, lane, tid, seq, lost_before)?;
+        let now = clock::monotonic_ns();
+        // Relaxed: a rate limit; a race writes one extra anchor.
+        if now.saturating_sub(self.last_anchor_mono.load(Ordering::Relaxed)) > 10_000_000 {
+            self.last_anchor_mono.store(now, Ordering::Relaxed);
+            self.write_meta(&Meta::Anchor(clock::anchor()));
+        }
+        Ok(c)
+    }
+
+    fn finish(&self) {
+        // Relaxed: guarded by LIFECYCLE.
+        if self.finished.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        self.write_meta(&Meta::Anchor(clock::anchor()));
+        self.buf.set_finished();
+    }
+}
+
+/// The recorder for epoch `s`, if it is still the current one.
+#[inline]
+pub(crate) fn recorder_for(s: u32) -> Option<&'static Recorder> {
+    // Acquire: pairs with the release store in `install`, so the recorder's
+    // fields are initialised when seen through the pointer.
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: recorders are leaked, so a non-null pointer stays valid.
+    let r = unsafe { p.as_ref() }?;
+    (r.epoch == s).then_some(r)
+}
+
+/// Writes a metadata entry to the current file, if any.
+pub(crate) fn write_meta(m: &Meta) {
+    // Acquire: as in `recorder_for`.
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: recorders are leaked, so a non-null pointer stays valid.
+    if let Some(r) = unsafe { p.as_ref() } {
+        if !r.finished.load(Ordering::Relaxed) {
+            r.write_meta(m);
+        }
+    }
+}
+
+/// Errors of [`init`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The session directory could not be made or used.
+    #[error("mpprof: cannot use session directory {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The process file could not be created.
+    #[error("mpprof: cannot create buffer file in {path}: {source}")]
+    File {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// Guard of a recording session, returned by [`init`]. Dropping it
+/// finishes this process's file (final clock anchor, clean-exit flag) and
+/// stops recording in this process.
+#[must_use = "recording stops when the Session is dropped"]
+#[derive(Debug)]
+pub struct Session {
+    dir: Option<PathBuf>,
+}
+
+impl Session {
+    /// The session directory, or `None` when recording is disabled
+    /// (`MPPROF=off`).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Finishes the file now (same as dropping the guard).
+    pub fn finish(self) {}
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.dir.is_some() {
+            finish_current();
+        }
+    }
+}
+
+/// Starts recording in this process.
+///
+/// The session directory is `MPPROF_DIR` when set (a process started by
+/// [`crate::spawn`] joins its parent's session this way), else a fresh
+/// directory `./mpprof-out/<time>-<pid>/`. Prints where it records to
+/// stderr, once. With `MPPROF=off` it returns an inert guard and nothing is
+/// recorded. If this process already records (a child whose instrumented
+/// code ran before `init`), the guard refers to that session.
+pub fn init() -> Result<Session, Error> {
+    if disabled_by_env() {
+        STATE.store(OFF, Ordering::Relaxed);
+        return Ok(Session { dir: None });
+    }
+    let _l = LIFECYCLE.lock();
+    // Acquire: as in `recorder_for`.
+    if let Some(r) = unsafe_current() {
+        if !r.finished.load(Ordering::Relaxed) {
+            return Ok(Session { dir: Some(r.dir.clone()) });
+        }
+    }
+    let (dir, fresh) = match std::env::var_os("MPPROF_DIR") {
+        Some(d) if !d.is_empty() => (PathBuf::from(d), false),
+        _ => (fresh_session_dir().map_err(|(path, source)| Error::Dir { path, source })?, true),
+    };
+    if !fresh {
+        check_dir(&dir).map_err(|source| Error::Dir { path: dir.clone(), source })?;
+    }
+    start(&dir, true).map_err(|source| Error::File { path: dir.clone(), source })?;
+    eprintln!("mpprof: recording to {}", dir.display());
+    Ok(Session { dir: Some(dir) })
+}
+
+fn unsafe_current() -> Option<&'static Recorder> {
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: recorders are leaked, so a non-null pointer stays valid.
+    unsafe { p.as_ref() }
+}
+
+/// The directory the current session records into.
+pub fn session_dir() -> Option<PathBuf> {
+    unsafe_current().filter(|r| !r.finished.load(Ordering::Relaxed)).map(|r| r.dir.clone())
+}
+
+fn disabled_by_env() -> bool {
+    matches!(std::env::var("MPPROF").as_deref(), Ok("off" | "0" | "false" | "no"))
+}
+
+/// Makes `./mpprof-out/<utc time>-<pid>` (mode 0700).
+fn fresh_session_dir() -> Result<PathBuf, (PathBuf, io::Error)> {
+    use std::os::unix::fs::DirBuilderExt;
+    let root = PathBuf::from("mpprof-out");
+    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(&root).map_err(|e| (root.clone(), e))?;
+    let secs = clock::realtime_ns() / 1_000_000_000;
+    let (y, mo, d, h, mi, s) = civil_from_unix(secs);
+    let name = format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{}", std::process::id());
+    let dir = root.join(name);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| (dir.clone(), e))?;
+    Ok(dir)
+}
+
+/// UTC calendar fields of a Unix time (Howard Hinnant's days-from-civil,
+/// inverted).
+fn civil_from_unix(secs: u64) -> (u64, u64, u64, u64, u64, u64) {
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y as u64, m as u64, d as u64, rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+/// A session directory given by `MPPROF_DIR` must be a real directory (not
+/// a symlink) owned by us and not writable by others.
+fn check_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let md = std::fs::symlink_metadata(dir)?;
+    if md.file_type().is_symlink() {
+        return Err(io::Error::other("it is a symbolic link"));
+    }
+    if !md.is_dir() {
+        return Err(io::Error::other("it is not a directory"));
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if md.uid() != euid {
+        return Err(io::Error::other(format!("it belongs to uid {}, not to us (uid {euid})", md.uid())));
+    }
+    if md.mode() & 0o022 != 0 {
+        return Err(io::Error::other(format!("it is writable by others (mode {:o})", md.mode() & 0o777)));
+    }
+    Ok(())
+}
+
+/// The first hot-path call in a process that has not decided yet: record
+/// into `MPPROF_DIR` if it is set (a child of [`crate::spawn`]), else turn
+/// recording off for good.
+#[cold]
+pub(crate) fn lazy_start() {
+    let _l = LIFECYCLE.lock();
+    // Relaxed: guarded by LIFECYCLE.
+    if STATE.load(Ordering::Relaxed) != UNKNOWN {
+        return;
+    }
+    let dir = match std::env::var_os("MPPROF_DIR") {
+        Some(d) if !d.is_empty() && !disabled_by_env() => PathBuf::from(d),
+        _ => {
+            STATE.store(OFF, Ordering::Relaxed);
+            return;
+        }
+    };
+    let res = check_dir(&dir).and_then(|()| start(&dir, false));
+    if let Err(e) = res {
+        crate::warn(format_args!(
+            "cannot record into {} ({e}); this process (pid {}) runs without recording and will be missing from the trace",
+            dir.display(),
+            std::process::id()
+        ));
+        STATE.store(OFF, Ordering::Relaxed);
+    }
+}
+
+/// Creates this process's file in `dir` and makes it current.
+fn start(dir: &Path, root: bool) -> io::Result<()> {
+    let clock = clock::select();
+    let clock_hz = clock::estimate_hz(if root { 5 } else { 2 });
+    let uid = process_uid();
+    let pid = std::process::id();
+    let config = Config::from_env();
+    let path = dir.join(format!("{pid}-{uid:016x}.mpb"));
+    let buf = ProcessBuffer::create(&path, config, uid, pid)?;
+    let info = process_info(uid, clock, clock_hz, config);
+    let parent_flow = info.parent_flow;
+    let epoch = NEXT_EPOCH.fetch_add(1, Ordering::Relaxed);
+    let rec: &'static Recorder = Box::leak(Box::new(Recorder {
+        buf,
+        epoch,
+        meta: Mutex::new(MetaLog::new()),
+        next_lane: AtomicU32::new(1),
+        flow_seq: AtomicU64::new(1),
+        dir: dir.to_owned(),
+        clock_hz,
+        finished: AtomicBool::new(false),
+        last_anchor_mono: AtomicU64::new(clock::monotonic_ns()),
+    }));
+    rec.write_meta(&Meta::Process(info));
+    rec.write_meta(&Meta::Anchor(clock::anchor()));
+    callsite::replay_then(
+        |m| rec.write_meta(m),
+        || {
+            // Release: publishes the initialised recorder to `recorder_for`.
+            CURRENT.store(rec as *const Recorder as *mut Recorder, Ordering::Release);
+            // Relaxed: threads that see the new epoch find the recorder
+            // through CURRENT (acquire) before touching it.
+            STATE.store(epoch, Ordering::Relaxed);
+        },
+    );
+    register_exit_hook();
+    if let Some(f) = parent_flow {
+        // The arrow from the parent's spawn point ends here, on the thread
+        // that starts recording, just before its first event.
+        crate::flow::record_in(f, "spawn");
+    }
+    Ok(())
+}
+
+fn process_info(uid: u64, clock: ClockKind, clock_hz: f64, config: Config) -> ProcessInfo {
+    let parent_flow = parent_flow_from_env();
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
+    let mut argv = Vec::new();
+    let mut budget = 2048usize;
+    for a in std::env::args_os() {
+        let a = a.to_string_lossy().into_owned();
+        if a.len() > budget {
+            argv.push("…".to_owned());
+            break;
+        }
+        budget -= a.len();
+        argv.push(a);
+    }
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_owned();
+    let host_id = std::env::var("MPPROF_HOST_ID").ok().filter(|s| !s.is_empty()).unwrap_or(boot_id);
+    ProcessInfo {
+        pid: std::process::id(),
+        // SAFETY: getppid has no preconditions.
+        ppid: unsafe { libc::getppid() } as u32,
+        uid,
+        parent_flow,
+        exe: truncate(exe, 512),
+        argv,
+        hostname: truncate(hostname(), 128),
+        host_id: truncate(host_id, 128),
+        time_ns: time_namespace(),
+        clock,
+        clock_hz,
+        policy: config.policy,
+    }
+}
+
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+/// The flow that started this process: `MPPROF_PARENT_FLOW`, trusted only
+/// when `MPPROF_PARENT_PID` is our parent (a grandchild started without
+/// `mpprof::spawn` inherits the variables but was not started by that flow).
+fn parent_flow_from_env() -> Option<FlowId> {
+    let flow: FlowId = std::env::var("MPPROF_PARENT_FLOW").ok()?.parse().ok()?;
+    let ppid: u32 = std::env::var("MPPROF_PARENT_PID").ok()?.parse().ok()?;
+    // SAFETY: getppid has no preconditions.
+    (ppid == unsafe { libc::getppid() } as u32).then_some(flow)
+}
+
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is writable for its length.
+    let r = unsafe { libc::gethostname(buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    if r != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Inode of this process's time namespace (`time:[N]`), 0 if unknown.
+fn time_namespace() -> u64 {
+    std::fs::read_link("/proc/self/ns/time")
+        .ok()
+        .and_then(|p| {
+            let s = p.to_string_lossy().into_owned();
+            s.strip_prefix("time:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Finishes the current file: final anchor, clean-exit flag, recording off.
+pub(crate) fn finish_current() {
+    let _l = LIFECYCLE.lock();
+    if let Some(r) = unsafe_current() {
+        r.finish();
+        // Relaxed: threads that still see the old epoch write into the
+        // finished (still mapped) file, which the reader tolerates.
+        STATE.store(OFF, Ordering::Relaxed);
+    }
+}
+
+fn register_exit_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn at_exit() {
+        // Never block at exit: if another thread holds the lock (it is
+        // starting or finishing), leave the file unfinished rather than hang.
+        if let Some(_l) = LIFECYCLE.try_lock() {
+            if let Some(r) = unsafe_current() {
+                r.finish();
+            }
+        }
+    }
+    ONCE.call_once(|| {
+        // SAFETY: at_exit is a plain extern "C" fn that never unwinds.
+        unsafe { libc::atexit(at_exit) };
+    });
+}
+
+/// Data for [`crate::spawn`]: the environment a child needs to join this
+/// session, and the recorder to write the spawn flow to.
+pub(crate) fn ensure_recording() -> Option<&'static Recorder> {
+    let mut s = STATE.load(Ordering::Relaxed);
+    if s == UNKNOWN {
+        lazy_start();
+        s = STATE.load(Ordering::Relaxed);
+    }
+    if s == OFF {
+        return None;
+    }
+    recorder_for(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_unix(0), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(civil_from_unix(1_700_000_000), (2023, 11, 14, 22, 13, 20));
+        assert_eq!(civil_from_unix(951_782_400), (2000, 2, 29, 0, 0, 0));
+    }
+}

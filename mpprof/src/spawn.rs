@@ -1,0 +1,37 @@
+//! Starting child processes that record into the same session.
+
+use std::io;
+use std::process::{Child, Command};
+
+use crate::format::{kind, SiteKind};
+use crate::{callsite, flow, session, thread};
+
+/// Spawns `cmd` as a child that records into this process's session.
+///
+/// Records a `spawn <program>` span with a flow start in this process and
+/// passes the session directory and the flow token to the child in its
+/// environment (`MPPROF_DIR`, `MPPROF_PARENT_FLOW`, `MPPROF_PARENT_PID`,
+/// `MPPROF_CLOCK_HZ`); the child records the flow's end when it starts
+/// recording, at its first instrumented call, so the trace shows an arrow
+/// from here to the child's first slice. The child needs no code of its
+/// own beyond being instrumented.
+///
+/// When this process does not record, the command is spawned unchanged.
+pub fn spawn(cmd: &mut Command) -> io::Result<Child> {
+    let Some(r) = session::ensure_recording() else {
+        return cmd.spawn();
+    };
+    let program = cmd.get_program().to_string_lossy();
+    let short = program.rsplit('/').next().unwrap_or(&program);
+    let site = callsite::intern(SiteKind::Span, &format!("spawn {short}"));
+    thread::record(site, kind::ENTER);
+    let token = r.next_flow();
+    flow::record_out(token, "spawn");
+    cmd.env("MPPROF_DIR", &r.dir)
+        .env("MPPROF_PARENT_FLOW", token.to_string())
+        .env("MPPROF_PARENT_PID", std::process::id().to_string())
+        .env("MPPROF_CLOCK_HZ", format!("{}", r.clock_hz));
+    let child = cmd.spawn();
+    thread::record(site, kind::EXIT);
+    child
+}

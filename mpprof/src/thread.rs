@@ -1,0 +1,236 @@
+//! The hot path: each thread writes 16-byte records into its own chunk and
+//! publishes them with one release store of the chunk's commit count.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::buffer::{ClaimError, Chunk};
+use crate::clock;
+use crate::format::{kind, Meta, RawRecord};
+use crate::session::{self, Recorder, OFF, STATE, UNKNOWN};
+
+/// A thread's position in its current chunk. Plain `Cell`s: only the owning
+/// thread touches it. No destructor, so the thread-local is a bare
+/// `#[thread_local]` slot.
+struct Writer {
+    /// Epoch of the recorder the chunk belongs to (0: none).
+    epoch: Cell<u32>,
+    /// Next free record index in the chunk.
+    idx: Cell<u32>,
+    /// Records the chunk holds (0: no chunk).
+    cap: Cell<u32>,
+    /// First record of the chunk.
+    recs: Cell<*mut RawRecord>,
+    /// The chunk's commit counter.
+    commit: Cell<*const AtomicU32>,
+    /// This thread's lane in the current recorder (0: not assigned).
+    lane: Cell<u32>,
+    /// Sequence number of the next chunk of this lane.
+    seq: Cell<u32>,
+    /// Events lost since the last successful claim.
+    lost: Cell<u64>,
+    /// After a failed claim: CLOCK_MONOTONIC time before which no new claim
+    /// is tried (failed claims cost a syscall; a full disk stays full for a
+    /// while). `u64::MAX`: never (budget used up under keep-first).
+    retry_at: Cell<u64>,
+}
+
+thread_local! {
+    static WRITER: Writer = const {
+        Writer {
+            epoch: Cell::new(0),
+            idx: Cell::new(0),
+            cap: Cell::new(0),
+            recs: Cell::new(std::ptr::null_mut()),
+            commit: Cell::new(std::ptr::null()),
+            lane: Cell::new(0),
+            seq: Cell::new(0),
+            lost: Cell::new(0),
+            retry_at: Cell::new(0),
+        }
+    };
+}
+
+/// Records one event. The hot path: one relaxed load of the global state,
+/// the thread-local, one timestamp, one 16-byte store, one release store.
+#[inline(always)]
+pub(crate) fn record(site: u32, kind: u8) {
+    let s = STATE.load(Ordering::Relaxed);
+    if s == OFF {
+        return;
+    }
+    // `try_with`: during thread teardown the slot may be gone; drop the event.
+    let _ = WRITER.try_with(|w| {
+        let i = w.idx.get();
+        if w.epoch.get() == s && i < w.cap.get() {
+            let ts = clock::now();
+            // SAFETY: i < cap, so the record is inside this thread's chunk,
+            // which no other thread writes; commit points into its header.
+            unsafe {
+                w.recs.get().add(i as usize).write(RawRecord::new(ts, site, kind));
+                // Release: the record above is visible before the count that
+                // covers it (readers load the count with acquire).
+                (*w.commit.get()).store(i + 1, Ordering::Release);
+            }
+            w.idx.set(i + 1);
+        } else {
+            slow(w, s, RawRecord::new(0, site, kind), None);
+        }
+    });
+}
+
+/// Records an event followed by its payload record (flows, counters). Both
+/// are committed by one store, so a reader sees both or neither.
+#[inline]
+pub(crate) fn record_with_payload(site: u32, kind: u8, payload: [u64; 2]) {
+    let s = STATE.load(Ordering::Relaxed);
+    if s == OFF {
+        return;
+    }
+    let _ = WRITER.try_with(|w| {
+        let i = w.idx.get();
+        if w.epoch.get() == s && i + 1 < w.cap.get() {
+            let ts = clock::now();
+            // SAFETY: i + 1 < cap: both records are inside this thread's chunk.
+            unsafe { write_pair(w, i, RawRecord::new(ts, site, kind), payload) };
+        } else {
+            slow(w, s, RawRecord::new(0, site, kind), Some(payload));
+        }
+    });
+}
+
+/// # Safety
+/// `i + 1 < w.cap` and `w` holds a live chunk.
+#[inline(always)]
+unsafe fn write_pair(w: &Writer, i: u32, rec: RawRecord, payload: [u64; 2]) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        let p = w.recs.get().add(i as usize);
+        p.write(rec);
+        p.add(1).write(RawRecord { ts: payload[0], site_kind: payload[1] });
+        // Release: both records are visible before the count.
+        (*w.commit.get()).store(i + 2, Ordering::Release);
+    }
+    w.idx.set(i + 2);
+}
+
+/// Everything that is not a plain write into a chunk with room: deciding
+/// whether to record at all, a new recorder, a new lane, a new chunk, or
+/// counting the event as lost.
+#[cold]
+#[inline(never)]
+fn slow(w: &Writer, mut s: u32, rec: RawRecord, payload: Option<[u64; 2]>) {
+    if s == UNKNOWN {
+        session::lazy_start();
+        // Relaxed: lazy_start ran on this thread.
+        s = STATE.load(Ordering::Relaxed);
+        if s == OFF {
+            return;
+        }
+    }
+    let Some(r) = session::recorder_for(s) else { return };
+    if w.epoch.get() != s {
+        // A new recorder (new session, or this is a forked child): forget the
+        // old chunk and lane.
+        w.epoch.set(s);
+        w.idx.set(0);
+        w.cap.set(0);
+        w.lane.set(0);
+        w.seq.set(0);
+        w.lost.set(0);
+        w.retry_at.set(0);
+    }
+    if w.lane.get() == 0 {
+        let lane = r.new_lane();
+        w.lane.set(lane);
+        let t = std::thread::current();
+        r.write_meta(&Meta::Thread { lane, tid: gettid(), name: t.name().unwrap_or("").to_owned() });
+    }
+    let need = if payload.is_some() { 2 } else { 1 };
+    if w.idx.get() + need > w.cap.get() && !new_chunk(w, r) {
+        w.lost.set(w.lost.get() + need as u64);
+        r.buf.add_lost_events(need as u64);
+        return;
+    }
+    let rec = RawRecord { ts: clock::now(), ..rec };
+    let i = w.idx.get();
+    match payload {
+        // SAFETY: new_chunk or the check above guarantees room for `need`.
+        Some(p) => unsafe { write_pair(w, i, rec, p) },
+        None => {
+            // SAFETY: as above, room for one record.
+            unsafe {
+                w.recs.get().add(i as usize).write(rec);
+                // Release: as in `record`.
+                (*w.commit.get()).store(i + 1, Ordering::Release);
+            }
+            w.idx.set(i + 1);
+        }
+    }
+}
+
+/// Claims the next chunk for this thread. False when it cannot (budget used
+/// up, or the file cannot grow).
+fn new_chunk(w: &Writer, r: &Recorder) -> bool {
+    let retry_at = w.retry_at.get();
+    if retry_at != 0 && (retry_at == u64::MAX || clock::monotonic_ns() < retry_at) {
+        return false;
+    }
+    match r.claim_events(w.lane.get(), gettid(), w.seq.get(), w.lost.get()) {
+        Ok(c) => {
+            install(w, c);
+            true
+        }
+        Err(ClaimError::Budget) => {
+            w.cap.set(0);
+            w.retry_at.set(u64::MAX);
+            false
+        }
+        Err(ClaimError::Io(e)) => {
+            if w.retry_at.get() == 0 {
+                crate::warn(format_args!(
+                    "cannot grow {} ({e}); thread {} stops recording until space is available, and lost events are counted",
+                    r.buf.path().display(),
+                    w.lane.get()
+                ));
+            }
+            w.cap.set(0);
+            w.retry_at.set(clock::monotonic_ns() + 100_000_000);
+            false
+        }
+    }
+}
+
+fn install(w: &Writer, c: Chunk) {
+    w.recs.set(c.data as *mut RawRecord);
+    w.commit.set(c.committed);
+    w.cap.set(c.capacity);
+    w.idx.set(0);
+    w.seq.set(w.seq.get() + 1);
+    w.lost.set(0);
+    w.retry_at.set(0);
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// Records a span entry (kind ENTER).
+#[inline(always)]
+pub(crate) fn enter(site: u32) {
+    record(site, kind::ENTER)
+}
+
+/// Records a span exit (kind EXIT).
+#[inline(always)]
+pub(crate) fn exit(site: u32) {
+    record(site, kind::EXIT)
+}
+
+/// Whether recording may be on (not [`OFF`]): one relaxed load.
+#[inline(always)]
+pub(crate) fn maybe_on() -> bool {
+    // Relaxed: a hint; the write re-checks.
+    STATE.load(Ordering::Relaxed) != OFF
+}

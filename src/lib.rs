@@ -1,0 +1,2 @@
+//! The workspace's root package: it owns `examples/`, `tests/` and
+//! `benches/`. This library only holds small helpers they share.

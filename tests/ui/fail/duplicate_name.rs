@@ -1,0 +1,6 @@
+#[mpprof::instrument(name = "first", name = "second")]
+fn step() {}
+
+fn main() {
+    step();
+}
