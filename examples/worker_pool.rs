@@ -22,7 +22,9 @@ fn worker_function(id: u32) -> u64 {
     let mut x = u64::from(id) + 1;
     while Instant::now() < deadline {
         for _ in 0..1000 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
         }
     }
     std::hint::black_box(x)
@@ -36,7 +38,9 @@ fn run_worker(id: u32) {
 
 #[mpprof::instrument]
 fn spawn_workers(exe: &std::path::Path) -> std::io::Result<Vec<std::process::Child>> {
-    (0..WORKERS).map(|i| mpprof::spawn(Command::new(exe).arg("--worker").arg(i.to_string()))).collect()
+    (0..WORKERS)
+        .map(|i| mpprof::spawn(Command::new(exe).arg("--worker").arg(i.to_string())))
+        .collect()
 }
 
 #[mpprof::instrument]
@@ -58,32 +62,23 @@ fn parent() -> std::io::Result<()> {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--worker") {
+    if let Some(id) = mpprof_workspace::arg_value("--worker") {
         // A child: records into the parent's session without any setup.
-        let id: u32 = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        run_worker(id);
+        run_worker(id.parse().unwrap_or(0));
         return Ok(());
     }
-    let trace = args.iter().position(|a| a == "--trace").and_then(|i| args.get(i + 1)).map_or("trace.json", |s| s.as_str());
+    let trace = mpprof_workspace::arg_value("--trace").unwrap_or_else(|| "trace.json".into());
 
     let session = mpprof::init()?;
     let dir = session.dir().map(|d| d.to_owned());
     parent()?;
     drop(session); // finish this process's file before merging
 
-    let Some(dir) = dir else {
-        eprintln!("recording is off (MPPROF=off): nothing to merge");
-        return Ok(());
-    };
-    let merged = mpprof_merge::Session::open(&[&dir])?;
-    let mut out = std::io::BufWriter::new(std::fs::File::create(trace)?);
-    mpprof_merge::write::chrome::write(&merged, &mut out)?;
-    std::io::Write::flush(&mut out)?;
-    mpprof_merge::write::summary::write(&merged, &mut std::io::stdout().lock(), 15)?;
-    eprintln!();
-    eprintln!("session: {}", dir.display());
-    eprintln!("trace:   {trace} ({} processes) -- open it in https://ui.perfetto.dev", merged.processes.len());
-    eprintln!("again:   cargo run -p mpprof-merge -- summary {}", dir.display());
-    Ok(())
+    match dir {
+        Some(dir) => mpprof_workspace::merge_and_report(&dir, trace.as_ref(), 15),
+        None => {
+            eprintln!("recording is off (MPPROF=off): nothing to merge");
+            Ok(())
+        }
+    }
 }

@@ -43,10 +43,18 @@ impl ClockMap {
     pub fn fit(info: Option<&ProcessInfo>, anchors: &[Anchor]) -> ClockMap {
         let clock = info.map(|i| i.clock).unwrap_or(ClockKind::Tsc);
         if clock == ClockKind::Monotonic {
-            return ClockMap { ts0: 0, mono0: 0, ns_per_tick: 1.0, residual_ns: 0.0, method: FitMethod::Identity };
+            return ClockMap {
+                ts0: 0,
+                mono0: 0,
+                ns_per_tick: 1.0,
+                residual_ns: 0.0,
+                method: FitMethod::Identity,
+            };
         }
         let Some(first) = anchors.first() else {
-            let hz = info.map(|i| i.clock_hz).filter(|h| h.is_finite() && *h > 0.0);
+            let hz = info
+                .map(|i| i.clock_hz)
+                .filter(|h| h.is_finite() && *h > 0.0);
             return ClockMap {
                 ts0: 0,
                 mono0: 0,
@@ -55,24 +63,41 @@ impl ClockMap {
                 method: FitMethod::Assumed,
             };
         };
-        let span = anchors.iter().map(|a| a.mono_ns).max().unwrap_or(0) - anchors.iter().map(|a| a.mono_ns).min().unwrap_or(0);
-        let estimate = info.map(|i| i.clock_hz).filter(|h| h.is_finite() && *h > 1e6).map(|h| 1e9 / h);
+        let span = anchors.iter().map(|a| a.mono_ns).max().unwrap_or(0)
+            - anchors.iter().map(|a| a.mono_ns).min().unwrap_or(0);
+        let estimate = info
+            .map(|i| i.clock_hz)
+            .filter(|h| h.is_finite() && *h > 1e6)
+            .map(|h| 1e9 / h);
         // Centre on the first anchor so f64 keeps precision.
-        let xs: Vec<f64> = anchors.iter().map(|a| a.ts.wrapping_sub(first.ts) as i64 as f64).collect();
-        let ys: Vec<f64> = anchors.iter().map(|a| a.mono_ns.wrapping_sub(first.mono_ns) as i64 as f64).collect();
+        let xs: Vec<f64> = anchors
+            .iter()
+            .map(|a| a.ts.wrapping_sub(first.ts) as i64 as f64)
+            .collect();
+        let ys: Vec<f64> = anchors
+            .iter()
+            .map(|a| a.mono_ns.wrapping_sub(first.mono_ns) as i64 as f64)
+            .collect();
         let n = xs.len() as f64;
         let (mx, my) = (xs.iter().sum::<f64>() / n, ys.iter().sum::<f64>() / n);
-        let (sxy, sxx) = xs.iter().zip(&ys).fold((0.0, 0.0), |(sxy, sxx), (x, y)| (sxy + (x - mx) * (y - my), sxx + (x - mx) * (x - mx)));
-        let (slope, method) = if anchors.len() >= 2 && span >= MIN_FIT_SPAN_NS && sxx > 0.0 && sxy / sxx > 0.0 {
-            (sxy / sxx, FitMethod::Fit)
-        } else if let Some(e) = estimate {
-            (e, FitMethod::Estimate)
-        } else {
-            (1.0, FitMethod::Assumed)
-        };
+        let (sxy, sxx) = xs.iter().zip(&ys).fold((0.0, 0.0), |(sxy, sxx), (x, y)| {
+            (sxy + (x - mx) * (y - my), sxx + (x - mx) * (x - mx))
+        });
+        let (slope, method) =
+            if anchors.len() >= 2 && span >= MIN_FIT_SPAN_NS && sxx > 0.0 && sxy / sxx > 0.0 {
+                (sxy / sxx, FitMethod::Fit)
+            } else if let Some(e) = estimate {
+                (e, FitMethod::Estimate)
+            } else {
+                (1.0, FitMethod::Assumed)
+            };
         // Intercept through the mean (least squares), expressed at ts0 = first.ts.
         let intercept = my - slope * mx;
-        let residual_ns = xs.iter().zip(&ys).map(|(x, y)| (intercept + slope * x - y).abs()).fold(0.0, f64::max);
+        let residual_ns = xs
+            .iter()
+            .zip(&ys)
+            .map(|(x, y)| (intercept + slope * x - y).abs())
+            .fold(0.0, f64::max);
         ClockMap {
             ts0: first.ts,
             mono0: first.mono_ns as i64 + intercept.round() as i64,
@@ -95,13 +120,22 @@ mod tests {
     use super::*;
 
     fn a(ts: u64, mono: u64) -> Anchor {
-        Anchor { ts, width: 10, mono_ns: mono, real_ns: mono + 1_000 }
+        Anchor {
+            ts,
+            width: 10,
+            mono_ns: mono,
+            real_ns: mono + 1_000,
+        }
     }
 
     #[test]
     fn fits_a_line_through_anchors() {
         // 3 GHz counter, offset 5 s.
-        let anchors = [a(1_000_000, 5_000_000_000), a(1_000_000 + 300_000_000, 5_100_000_000), a(1_000_000 + 3_000_000_000, 6_000_000_000)];
+        let anchors = [
+            a(1_000_000, 5_000_000_000),
+            a(1_000_000 + 300_000_000, 5_100_000_000),
+            a(1_000_000 + 3_000_000_000, 6_000_000_000),
+        ];
         let m = ClockMap::fit(None, &anchors);
         assert_eq!(m.method, FitMethod::Fit);
         assert!((m.ns_per_tick - 1.0 / 3.0).abs() < 1e-9);

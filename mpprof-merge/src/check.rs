@@ -89,22 +89,36 @@ pub fn check(session: &Session) -> Health {
         let info = f.info.as_ref();
         let lost_reason = (f.lost_events > 0).then(|| {
             if f.lost_chunks > 0 {
-                format!("the file could not grow {} times (disk full or file size limit)", f.lost_chunks)
+                format!(
+                    "the file could not grow {} times (disk full or file size limit)",
+                    f.lost_chunks
+                )
             } else {
                 "buffer budget used up (MPPROF_BUFFER_MB)".to_owned()
             }
         });
         let method = match p.clock.method {
             FitMethod::Identity => "monotonic clock".to_owned(),
-            FitMethod::Fit => format!("TSC fit of {} anchors, residual {:.0} ns", f.anchors.len(), p.clock.residual_ns),
-            FitMethod::Estimate => format!("TSC at the writer's frequency estimate ({} anchors, too close to fit)", f.anchors.len()),
-            FitMethod::Assumed => "no anchors: timestamps assumed to be ns (placement unreliable)".to_owned(),
+            FitMethod::Fit => format!(
+                "TSC fit of {} anchors, residual {:.0} ns",
+                f.anchors.len(),
+                p.clock.residual_ns
+            ),
+            FitMethod::Estimate => format!(
+                "TSC at the writer's frequency estimate ({} anchors, too close to fit)",
+                f.anchors.len()
+            ),
+            FitMethod::Assumed => {
+                "no anchors: timestamps assumed to be ns (placement unreliable)".to_owned()
+            }
         };
         processes.push(ProcessHealth {
             name: f.display_name(),
             pid: f.pid,
             host: info.map(|i| i.hostname.clone()).unwrap_or_default(),
-            domain: info.map(|i| format!("{}/time:{}", i.host_id, i.time_ns)).unwrap_or_else(|| "unknown".into()),
+            domain: info
+                .map(|i| format!("{}/time:{}", i.host_id, i.time_ns))
+                .unwrap_or_else(|| "unknown".into()),
             threads: f.lanes.len(),
             records: f.committed_records(),
             lost_events: f.lost_events,
@@ -144,7 +158,11 @@ pub fn check(session: &Session) -> Health {
     let unmatched_out = sends.keys().filter(|f| !received.contains(f)).count() as u64;
     Health {
         processes,
-        unreadable: session.unreadable.iter().map(|(p, e)| format!("{}: {e}", p.display())).collect(),
+        unreadable: session
+            .unreadable
+            .iter()
+            .map(|(p, e)| format!("{}: {e}", p.display()))
+            .collect(),
         flows_matched: matched,
         flows_unmatched_out: unmatched_out,
         flows_unmatched_in: unmatched_in,
@@ -156,8 +174,17 @@ pub fn check(session: &Session) -> Health {
 /// Writes the report as text.
 pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
     for p in &h.processes {
-        let end = if p.clean { "clean exit" } else { "ENDED ABRUPTLY (killed or crashed; open spans closed at its last event)" };
-        writeln!(out, "{} on {}: {end}", p.name, if p.host.is_empty() { "?" } else { &p.host })?;
+        let end = if p.clean {
+            "clean exit"
+        } else {
+            "ENDED ABRUPTLY (killed or crashed; open spans closed at its last event)"
+        };
+        writeln!(
+            out,
+            "{} on {}: {end}",
+            p.name,
+            if p.host.is_empty() { "?" } else { &p.host }
+        )?;
         writeln!(
             out,
             "  threads {}, records {}, span {:.3} ms, clock domain {}",
@@ -168,10 +195,19 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
         )?;
         writeln!(out, "  clock: {}", p.clock_fit)?;
         if p.lost_events > 0 {
-            writeln!(out, "  LOST {} events: {}", p.lost_events, p.lost_reason.as_deref().unwrap_or("unknown"))?;
+            writeln!(
+                out,
+                "  LOST {} events: {}",
+                p.lost_events,
+                p.lost_reason.as_deref().unwrap_or("unknown")
+            )?;
         }
         if p.torn_records > 0 {
-            writeln!(out, "  {} record(s) being written at the end were torn or uncommitted; skipped", p.torn_records)?;
+            writeln!(
+                out,
+                "  {} record(s) being written at the end were torn or uncommitted; skipped",
+                p.torn_records
+            )?;
         }
         for w in &p.warnings {
             writeln!(out, "  warning: {w}")?;
@@ -191,5 +227,15 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
         "merge: {} events, {} spans closed by the merge, {} exits without entry, {} malformed records, {} unreadable chunks",
         s.events, s.closed_spans, s.unmatched_exits, s.bad_records, s.unreadable_chunks
     )?;
-    writeln!(out, "{}", if h.damaged() { "status: DAMAGED" } else if h.imperfect() { "status: ok with losses or abrupt ends" } else { "status: ok" })
+    writeln!(
+        out,
+        "{}",
+        if h.damaged() {
+            "status: DAMAGED"
+        } else if h.imperfect() {
+            "status: ok with losses or abrupt ends"
+        } else {
+            "status: ok"
+        }
+    )
 }

@@ -38,7 +38,9 @@ impl End {
     pub fn reason(self) -> Option<&'static str> {
         match self {
             End::Normal => None,
-            End::Abrupt => Some("process ended abruptly (killed or crashed) while this span was open"),
+            End::Abrupt => {
+                Some("process ended abruptly (killed or crashed) while this span was open")
+            }
             End::OpenAtExit => Some("still open when the process exited"),
             End::ExitMissing => Some("exit not recorded; closed with its enclosing span"),
         }
@@ -181,7 +183,10 @@ impl Session {
                 paths.push(d.to_owned());
                 continue;
             }
-            paths.extend(read::list_session(d).map_err(|source| OpenError::Dir { path: d.to_owned(), source })?);
+            paths.extend(read::list_session(d).map_err(|source| OpenError::Dir {
+                path: d.to_owned(),
+                source,
+            })?);
         }
         let mut processes = Vec::new();
         let mut unreadable = Vec::new();
@@ -192,7 +197,10 @@ impl Session {
             }
         }
         if processes.is_empty() {
-            let names: Vec<String> = inputs.iter().map(|p| p.as_ref().display().to_string()).collect();
+            let names: Vec<String> = inputs
+                .iter()
+                .map(|p| p.as_ref().display().to_string())
+                .collect();
             let mut msg = names.join(", ");
             for (p, e) in &unreadable {
                 msg.push_str(&format!("\n  {}: {e}", p.display()));
@@ -200,7 +208,10 @@ impl Session {
             return Err(OpenError::Empty(msg));
         }
         processes.sort_by_key(|p| (p.start_ns, p.file.pid));
-        Ok(Session { processes, unreadable })
+        Ok(Session {
+            processes,
+            unreadable,
+        })
     }
 
     /// Earliest timestamp of the session (ns, aligned).
@@ -220,10 +231,22 @@ impl Session {
             // Losses the lanes' chunk headers do not account for (the budget
             // ran out, or the file could not grow) are shown once, on the
             // process's first lane, at its end.
-            let attributed: u64 = p.file.lanes.values().flat_map(|l| &l.chunks).map(|c| c.lost_before).sum();
+            let attributed: u64 = p
+                .file
+                .lanes
+                .values()
+                .flat_map(|l| &l.chunks)
+                .map(|c| c.lost_before)
+                .sum();
             let mut unattributed = p.file.lost_events.saturating_sub(attributed);
             for (&lane, l) in &p.file.lanes {
-                streams.push(LaneStream::new(self, pi, lane, &l.chunks, std::mem::take(&mut unattributed)));
+                streams.push(LaneStream::new(
+                    self,
+                    pi,
+                    lane,
+                    &l.chunks,
+                    std::mem::take(&mut unattributed),
+                ));
             }
         }
         let mut heads = Vec::with_capacity(streams.len());
@@ -235,14 +258,24 @@ impl Session {
             }
             heads.push(e);
         }
-        Events { streams, heads, heap }
+        Events {
+            streams,
+            heads,
+            heap,
+        }
     }
 }
 
 impl Process {
     fn new(file: ProcessFile) -> Process {
         let clock = ClockMap::fit(file.info.as_ref(), &file.anchors);
-        let mut p = Process { file, clock, offset_ns: 0, start_ns: 0, end_ns: 0 };
+        let mut p = Process {
+            file,
+            clock,
+            offset_ns: 0,
+            start_ns: 0,
+            end_ns: 0,
+        };
         let (start, end) = p.time_span();
         p.start_ns = start;
         p.end_ns = end;
@@ -280,7 +313,12 @@ impl Process {
     }
 }
 
-fn read_chunk(f: &ProcessFile, c: &ChunkRef, bytes: &mut Vec<u8>, out: &mut Vec<RawEvent>) -> std::io::Result<u64> {
+fn read_chunk(
+    f: &ProcessFile,
+    c: &ChunkRef,
+    bytes: &mut Vec<u8>,
+    out: &mut Vec<RawEvent>,
+) -> std::io::Result<u64> {
     bytes.resize(c.records as usize * mpprof::format::RECORD_SIZE as usize, 0);
     let n = read::read_at(&f.file, bytes, c.offset)?;
     bytes.truncate(n);
@@ -324,7 +362,13 @@ struct LaneStream<'a> {
 }
 
 impl<'a> LaneStream<'a> {
-    fn new(s: &'a Session, proc: usize, lane: u32, chunks: &'a [ChunkRef], unattributed_lost: u64) -> LaneStream<'a> {
+    fn new(
+        s: &'a Session,
+        proc: usize,
+        lane: u32,
+        chunks: &'a [ChunkRef],
+        unattributed_lost: u64,
+    ) -> LaneStream<'a> {
         let p = &s.processes[proc];
         LaneStream {
             proc,
@@ -345,7 +389,13 @@ impl<'a> LaneStream<'a> {
     }
 
     fn ev(&self, ts: i64, kind: EventKind) -> Event {
-        Event { ts, proc: self.proc, lane: self.lane, depth: self.stack.len() as u32, kind }
+        Event {
+            ts,
+            proc: self.proc,
+            lane: self.lane,
+            depth: self.stack.len() as u32,
+            kind,
+        }
     }
 
     /// Next raw record, loading chunks as needed.
@@ -366,8 +416,18 @@ impl<'a> LaneStream<'a> {
             if c.lost_before > 0 {
                 // A gap marker before the chunk's first record; queued ahead
                 // of it, since the caller drains `pending` in order.
-                let ts = self.buf.first().map(|f| self.p.ns(f.ts)).unwrap_or(self.last_ts).max(self.last_ts);
-                self.pending.push_back(self.ev(ts, EventKind::Lost { count: c.lost_before }));
+                let ts = self
+                    .buf
+                    .first()
+                    .map(|f| self.p.ns(f.ts))
+                    .unwrap_or(self.last_ts)
+                    .max(self.last_ts);
+                self.pending.push_back(self.ev(
+                    ts,
+                    EventKind::Lost {
+                        count: c.lost_before,
+                    },
+                ));
             }
         }
     }
@@ -411,11 +471,23 @@ impl<'a> LaneStream<'a> {
                             while self.stack.len() > at + 1 {
                                 let site = self.stack.pop().expect("len > at + 1");
                                 self.stats.closed_spans += 1;
-                                let e = self.ev(ts, EventKind::Exit { site, end: End::ExitMissing });
+                                let e = self.ev(
+                                    ts,
+                                    EventKind::Exit {
+                                        site,
+                                        end: End::ExitMissing,
+                                    },
+                                );
                                 self.pending.push_back(e);
                             }
                             self.stack.pop();
-                            let e = self.ev(ts, EventKind::Exit { site: r.site, end: End::Normal });
+                            let e = self.ev(
+                                ts,
+                                EventKind::Exit {
+                                    site: r.site,
+                                    end: End::Normal,
+                                },
+                            );
                             self.pending.push_back(e);
                             continue;
                         }
@@ -424,11 +496,24 @@ impl<'a> LaneStream<'a> {
                 kind::INSTANT => EventKind::Instant { site: r.site },
                 kind::COUNTER => {
                     let p = r.payload.unwrap_or_default();
-                    let value = if p[1] == 1 { f64::from_bits(p[0]) } else { p[0] as i64 as f64 };
-                    EventKind::Counter { site: r.site, value }
+                    let value = if p[1] == 1 {
+                        f64::from_bits(p[0])
+                    } else {
+                        p[0] as i64 as f64
+                    };
+                    EventKind::Counter {
+                        site: r.site,
+                        value,
+                    }
                 }
-                kind::FLOW_OUT => EventKind::FlowOut { site: r.site, flow: flow() },
-                kind::FLOW_IN => EventKind::FlowIn { site: r.site, flow: flow() },
+                kind::FLOW_OUT => EventKind::FlowOut {
+                    site: r.site,
+                    flow: flow(),
+                },
+                kind::FLOW_IN => EventKind::FlowIn {
+                    site: r.site,
+                    flow: flow(),
+                },
                 _ => {
                     self.stats.bad_records += 1;
                     continue;
@@ -445,10 +530,19 @@ impl<'a> LaneStream<'a> {
         self.done = true;
         let end_ts = self.p.end_ns.max(self.last_ts);
         if self.unattributed_lost > 0 {
-            let e = self.ev(end_ts, EventKind::Lost { count: self.unattributed_lost });
+            let e = self.ev(
+                end_ts,
+                EventKind::Lost {
+                    count: self.unattributed_lost,
+                },
+            );
             self.pending.push_back(e);
         }
-        let end = if self.p.file.clean { End::OpenAtExit } else { End::Abrupt };
+        let end = if self.p.file.clean {
+            End::OpenAtExit
+        } else {
+            End::Abrupt
+        };
         while let Some(site) = self.stack.pop() {
             self.stats.closed_spans += 1;
             let e = self.ev(end_ts, EventKind::Exit { site, end });

@@ -122,13 +122,21 @@ impl ProcessFile {
     /// The process's display name: executable file name and pid.
     pub fn display_name(&self) -> String {
         let exe = self.info.as_ref().map(|i| i.exe.as_str()).unwrap_or("");
-        let short = exe.rsplit('/').next().filter(|s| !s.is_empty()).unwrap_or("?");
+        let short = exe
+            .rsplit('/')
+            .next()
+            .filter(|s| !s.is_empty())
+            .unwrap_or("?");
         format!("{short} (pid {})", self.pid)
     }
 
     /// Total records committed in all lanes.
     pub fn committed_records(&self) -> u64 {
-        self.lanes.values().flat_map(|l| &l.chunks).map(|c| c.records as u64).sum()
+        self.lanes
+            .values()
+            .flat_map(|l| &l.chunks)
+            .map(|c| c.records as u64)
+            .sum()
     }
 }
 
@@ -158,8 +166,14 @@ pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Resu
 
 /// Opens and validates a buffer file; decodes its metadata and locates its chunks.
 pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
-    let io = |source| ReadError::Io { path: path.to_owned(), source };
-    let bad = |what: String| ReadError::Header { path: path.to_owned(), what };
+    let io = |source| ReadError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let bad = |what: String| ReadError::Header {
+        path: path.to_owned(),
+        what,
+    };
     let file = File::open(path).map_err(io)?;
     let file_len = file.metadata().map_err(io)?.len();
     let mut h = vec![0u8; format::HEADER_SIZE as usize];
@@ -175,33 +189,57 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
     }
     let version = le_u32(&h, header::VERSION);
     if version > format::FORMAT_VERSION {
-        return Err(ReadError::NewerFormat { path: path.to_owned(), found: version, known: format::FORMAT_VERSION });
+        return Err(ReadError::NewerFormat {
+            path: path.to_owned(),
+            found: version,
+            known: format::FORMAT_VERSION,
+        });
     }
     if version == 0 {
         return Err(bad("field `version` is 0".into()));
     }
     let pid = le_u32(&h, header::PID);
     let bad_field = |field: &str, v: u64, want: String| {
-        bad(format!("process {pid}: field `{field}` is {v}, expected {want}"))
+        bad(format!(
+            "process {pid}: field `{field}` is {v}, expected {want}"
+        ))
     };
     let header_size = le_u32(&h, header::HEADER_SIZE) as u64;
     if header_size != format::HEADER_SIZE {
-        return Err(bad_field("header_size", header_size, format::HEADER_SIZE.to_string()));
+        return Err(bad_field(
+            "header_size",
+            header_size,
+            format::HEADER_SIZE.to_string(),
+        ));
     }
     let rec_size = le_u16(&h, header::RECORD_SIZE) as u32;
     if rec_size != format::RECORD_SIZE {
-        return Err(bad_field("record_size", rec_size as u64, format::RECORD_SIZE.to_string()));
+        return Err(bad_field(
+            "record_size",
+            rec_size as u64,
+            format::RECORD_SIZE.to_string(),
+        ));
     }
     let ch_size = le_u16(&h, header::CHUNK_HEADER_SIZE) as u32;
     if ch_size != format::CHUNK_HEADER_SIZE {
-        return Err(bad_field("chunk_header_size", ch_size as u64, format::CHUNK_HEADER_SIZE.to_string()));
+        return Err(bad_field(
+            "chunk_header_size",
+            ch_size as u64,
+            format::CHUNK_HEADER_SIZE.to_string(),
+        ));
     }
     let chunk_size = le_u32(&h, header::CHUNK_SIZE);
-    if !(format::MIN_CHUNK_SIZE..=format::MAX_CHUNK_SIZE).contains(&chunk_size) || chunk_size % format::RECORD_SIZE != 0 {
+    if !(format::MIN_CHUNK_SIZE..=format::MAX_CHUNK_SIZE).contains(&chunk_size)
+        || chunk_size % format::RECORD_SIZE != 0
+    {
         return Err(bad_field(
             "chunk_size",
             chunk_size as u64,
-            format!("a multiple of 16 in {}..={}", format::MIN_CHUNK_SIZE, format::MAX_CHUNK_SIZE),
+            format!(
+                "a multiple of 16 in {}..={}",
+                format::MIN_CHUNK_SIZE,
+                format::MAX_CHUNK_SIZE
+            ),
         ));
     }
     let max_chunks = le_u32(&h, header::MAX_CHUNKS);
@@ -225,11 +263,16 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
     };
     let name = format!("{} (process {pid})", path.display());
     if pf.policy.is_none() {
-        pf.warnings.push(format!("{name}: field `policy` has unknown value {}", le_u32(&h, header::POLICY)));
+        pf.warnings.push(format!(
+            "{name}: field `policy` has unknown value {}",
+            le_u32(&h, header::POLICY)
+        ));
     }
     // Slots that can hold a chunk: claimed, within the budget, and (at least
     // partly) inside the file.
-    let in_file = file_len.saturating_sub(format::HEADER_SIZE).div_ceil(chunk_size as u64);
+    let in_file = file_len
+        .saturating_sub(format::HEADER_SIZE)
+        .div_ceil(chunk_size as u64);
     let slots = (next_chunk.min(max_chunks) as u64).min(in_file);
     if (next_chunk.min(max_chunks) as u64) > in_file {
         pf.warnings.push(format!(
@@ -263,7 +306,9 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                     continue;
                 }
                 if bytes > present {
-                    pf.warnings.push(format!("{name}: metadata chunk {slot} is cut short by the end of the file"));
+                    pf.warnings.push(format!(
+                        "{name}: metadata chunk {slot} is cut short by the end of the file"
+                    ));
                     bytes = present;
                 }
                 meta_chunks.push((seq, data, bytes));
@@ -287,7 +332,12 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                 // written when the process stopped: detected and skipped.
                 if records < cap_records && !pf.clean {
                     let mut next = [0u8; format::RECORD_SIZE as usize];
-                    let n = read_at(&pf.file, &mut next, data + records as u64 * format::RECORD_SIZE as u64).map_err(io)?;
+                    let n = read_at(
+                        &pf.file,
+                        &mut next,
+                        data + records as u64 * format::RECORD_SIZE as u64,
+                    )
+                    .map_err(io)?;
                     if n == next.len() && next.iter().any(|&b| b != 0) {
                         pf.torn_records += 1;
                     }
@@ -296,9 +346,17 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                 let lost_before = le_u64(&ch, chunk::LOST_BEFORE);
                 let l = pf.lanes.entry(lane).or_default();
                 l.tid = tid;
-                l.chunks.push(ChunkRef { offset: data, seq, records, lost_before, tid });
+                l.chunks.push(ChunkRef {
+                    offset: data,
+                    seq,
+                    records,
+                    lost_before,
+                    tid,
+                });
             }
-            other => pf.warnings.push(format!("{name}: chunk {slot}: field `kind` has unknown value {other}; skipped")),
+            other => pf.warnings.push(format!(
+                "{name}: chunk {slot}: field `kind` has unknown value {other}; skipped"
+            )),
         }
     }
     for l in pf.lanes.values_mut() {
@@ -313,7 +371,9 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
         decode_meta(&mut pf, &buf, seq, &name);
     }
     if pf.info.is_none() {
-        pf.warnings.push(format!("{name}: no process information in the metadata (executable and parent unknown)"));
+        pf.warnings.push(format!(
+            "{name}: no process information in the metadata (executable and parent unknown)"
+        ));
     }
     Ok(pf)
 }
@@ -321,7 +381,10 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
 fn decode_meta(pf: &mut ProcessFile, mut b: &[u8], seq: u32, name: &str) {
     while !b.is_empty() {
         if b.len() < format::META_LEN_SIZE {
-            pf.warnings.push(format!("{name}: metadata chunk {seq}: {} stray bytes at the end", b.len()));
+            pf.warnings.push(format!(
+                "{name}: metadata chunk {seq}: {} stray bytes at the end",
+                b.len()
+            ));
             return;
         }
         let len = le_u32(b, 0) as usize;
@@ -333,8 +396,24 @@ fn decode_meta(pf: &mut ProcessFile, mut b: &[u8], seq: u32, name: &str) {
         };
         match postcard::from_bytes::<Meta>(entry) {
             Ok(Meta::Process(info)) => pf.info = Some(info),
-            Ok(Meta::Callsite { id, kind, name, path, file, line }) => {
-                pf.sites.insert(id, Site { kind, name, path, file, line });
+            Ok(Meta::Callsite {
+                id,
+                kind,
+                name,
+                path,
+                file,
+                line,
+            }) => {
+                pf.sites.insert(
+                    id,
+                    Site {
+                        kind,
+                        name,
+                        path,
+                        file,
+                        line,
+                    },
+                );
             }
             Ok(Meta::Thread { lane, tid, name }) => {
                 let l = pf.lanes.entry(lane).or_default();
@@ -342,7 +421,9 @@ fn decode_meta(pf: &mut ProcessFile, mut b: &[u8], seq: u32, name: &str) {
                 l.name = name;
             }
             Ok(Meta::Anchor(a)) => pf.anchors.push(a),
-            Err(e) => pf.warnings.push(format!("{name}: metadata chunk {seq}: undecodable entry ({e}); skipped")),
+            Err(e) => pf.warnings.push(format!(
+                "{name}: metadata chunk {seq}: undecodable entry ({e}); skipped"
+            )),
         }
         b = &b[format::META_LEN_SIZE + len..];
     }
@@ -388,7 +469,12 @@ pub fn decode_records(bytes: &[u8], out: &mut Vec<RawEvent>) -> u64 {
         } else {
             None
         };
-        out.push(RawEvent { ts, site, kind: k, payload });
+        out.push(RawEvent {
+            ts,
+            site,
+            kind: k,
+            payload,
+        });
     }
     bad
 }

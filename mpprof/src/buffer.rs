@@ -58,7 +58,8 @@ impl Config {
         );
         let chunk_size = (chunk_kb * 1024) as u32;
         let budget_mb = num("MPPROF_BUFFER_MB", 64, 1, 1 << 20);
-        let max_chunks = ((budget_mb << 20) / chunk_size as u64).clamp(META_RESERVE as u64 + 2, u32::MAX as u64 / 2) as u32;
+        let max_chunks = ((budget_mb << 20) / chunk_size as u64)
+            .clamp(META_RESERVE as u64 + 2, u32::MAX as u64 / 2) as u32;
         let policy = match std::env::var("MPPROF_OVERFLOW").as_deref() {
             Err(_) | Ok("keep-first") => Policy::KeepFirst,
             Ok("keep-last") => Policy::KeepLast,
@@ -69,7 +70,11 @@ impl Config {
                 Policy::KeepFirst
             }
         };
-        Config { chunk_size, max_chunks, policy }
+        Config {
+            chunk_size,
+            max_chunks,
+            policy,
+        }
     }
 
     /// Bytes the file may grow to.
@@ -87,8 +92,6 @@ pub struct Chunk {
     pub committed: *const AtomicU32,
     /// Capacity in records (event chunks) or bytes (metadata chunks).
     pub capacity: u32,
-    /// Slot index in the file.
-    pub slot: u32,
 }
 
 /// Why a chunk could not be claimed.
@@ -126,17 +129,29 @@ impl ProcessBuffer {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)?;
         reserve(&file, 0, format::HEADER_SIZE)?;
-        let map = memmap2::MmapOptions::new().len(config.file_len() as usize).map_raw(&file)?;
-        let buf = ProcessBuffer { map, file, path: path.to_owned(), config };
+        let map = memmap2::MmapOptions::new()
+            .len(config.file_len() as usize)
+            .map_raw(&file)?;
+        let buf = ProcessBuffer {
+            map,
+            file,
+            path: path.to_owned(),
+            config,
+        };
         // SAFETY: the header page is inside the file (reserved above) and no
         // other thread knows this mapping yet.
         unsafe {
             let h = buf.map.as_mut_ptr();
-            h.add(header::MAGIC).copy_from_nonoverlapping(format::MAGIC.as_ptr(), 8);
+            h.add(header::MAGIC)
+                .copy_from_nonoverlapping(format::MAGIC.as_ptr(), 8);
             put_u32(h, header::VERSION, format::FORMAT_VERSION);
             put_u32(h, header::HEADER_SIZE, format::HEADER_SIZE as u32);
             put_u32(h, header::CHUNK_SIZE, config.chunk_size);
-            put_u16(h, header::CHUNK_HEADER_SIZE, format::CHUNK_HEADER_SIZE as u16);
+            put_u16(
+                h,
+                header::CHUNK_HEADER_SIZE,
+                format::CHUNK_HEADER_SIZE as u16,
+            );
             put_u16(h, header::RECORD_SIZE, format::RECORD_SIZE as u16);
             put_u32(h, header::MAX_CHUNKS, config.max_chunks);
             put_u32(h, header::POLICY, config.policy as u32);
@@ -149,11 +164,6 @@ impl ProcessBuffer {
     /// Path of the file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// The configuration the file was created with.
-    pub fn config(&self) -> Config {
-        self.config
     }
 
     fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
@@ -170,25 +180,35 @@ impl ProcessBuffer {
     /// Counts events that could not be recorded.
     pub fn add_lost_events(&self, n: u64) {
         // Relaxed: a statistic; the reader looks at it after the process ends.
-        self.atomic_u64(header::LOST_EVENTS).fetch_add(n, Ordering::Relaxed);
+        self.atomic_u64(header::LOST_EVENTS)
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts metadata entries that could not be stored.
     pub fn add_lost_meta(&self) {
         // Relaxed: a statistic, as above.
-        self.atomic_u32(header::LOST_META).fetch_add(1, Ordering::Relaxed);
+        self.atomic_u32(header::LOST_META)
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Marks the file finished (clean exit).
     pub fn set_finished(&self) {
         // Release: everything this thread wrote before (final anchor) is
         // visible to a concurrent reader that sees the flag.
-        self.atomic_u32(header::STATE).store(format::STATE_FINISHED, Ordering::Release);
+        self.atomic_u32(header::STATE)
+            .store(format::STATE_FINISHED, Ordering::Release);
     }
 
     /// Claims a fresh chunk slot and reserves its disk space. Event chunks
     /// leave [`META_RESERVE`] slots for metadata.
-    pub fn claim(&self, kind: u16, lane: u32, tid: u32, seq: u32, lost_before: u64) -> Result<Chunk, ClaimError> {
+    pub fn claim(
+        &self,
+        kind: u16,
+        lane: u32,
+        tid: u32,
+        seq: u32,
+        lost_before: u64,
+    ) -> Result<Chunk, ClaimError> {
         let limit = match kind {
             format::CHUNK_META => self.config.max_chunks,
             _ => self.config.max_chunks - META_RESERVE,
@@ -209,7 +229,8 @@ impl ProcessBuffer {
         let offset = format::HEADER_SIZE + slot as u64 * self.config.chunk_size as u64;
         if let Err(e) = reserve(&self.file, offset, self.config.chunk_size as u64) {
             // Relaxed: a statistic.
-            self.atomic_u64(header::LOST_CHUNKS).fetch_add(1, Ordering::Relaxed);
+            self.atomic_u64(header::LOST_CHUNKS)
+                .fetch_add(1, Ordering::Relaxed);
             return Err(ClaimError::Io(e));
         }
         // SAFETY: the slot is inside the mapping (slot < max_chunks), its
@@ -222,7 +243,15 @@ impl ProcessBuffer {
     /// # Safety
     /// `slot` is inside the mapping and reserved on disk, and the caller owns
     /// it exclusively.
-    pub unsafe fn init_chunk(&self, slot: u32, kind: u16, lane: u32, tid: u32, seq: u32, lost_before: u64) -> Chunk {
+    pub unsafe fn init_chunk(
+        &self,
+        slot: u32,
+        kind: u16,
+        lane: u32,
+        tid: u32,
+        seq: u32,
+        lost_before: u64,
+    ) -> Chunk {
         let offset = format::HEADER_SIZE as usize + slot as usize * self.config.chunk_size as usize;
         // SAFETY: guaranteed by the caller.
         unsafe {
@@ -245,7 +274,11 @@ impl ProcessBuffer {
                 format::CHUNK_META => self.config.chunk_size - format::CHUNK_HEADER_SIZE,
                 _ => (self.config.chunk_size - format::CHUNK_HEADER_SIZE) / format::RECORD_SIZE,
             };
-            Chunk { data: c.add(format::CHUNK_HEADER_SIZE as usize), committed, capacity, slot }
+            Chunk {
+                data: c.add(format::CHUNK_HEADER_SIZE as usize),
+                committed,
+                capacity,
+            }
         }
     }
 }
@@ -253,7 +286,9 @@ impl ProcessBuffer {
 /// Reserves `[offset, offset+len)` of the file on disk, growing it.
 fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: plain syscall on an open descriptor.
-    let r = unsafe { libc::posix_fallocate(file.as_raw_fd(), offset as libc::off_t, len as libc::off_t) };
+    let r = unsafe {
+        libc::posix_fallocate(file.as_raw_fd(), offset as libc::off_t, len as libc::off_t)
+    };
     if r == 0 {
         Ok(())
     } else {
@@ -265,19 +300,28 @@ fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
 /// `base + off .. + 2` is writable.
 unsafe fn put_u16(base: *mut u8, off: usize, v: u16) {
     // SAFETY: guaranteed by the caller.
-    unsafe { base.add(off).copy_from_nonoverlapping(v.to_le_bytes().as_ptr(), 2) }
+    unsafe {
+        base.add(off)
+            .copy_from_nonoverlapping(v.to_le_bytes().as_ptr(), 2)
+    }
 }
 /// # Safety
 /// `base + off .. + 4` is writable.
 unsafe fn put_u32(base: *mut u8, off: usize, v: u32) {
     // SAFETY: guaranteed by the caller.
-    unsafe { base.add(off).copy_from_nonoverlapping(v.to_le_bytes().as_ptr(), 4) }
+    unsafe {
+        base.add(off)
+            .copy_from_nonoverlapping(v.to_le_bytes().as_ptr(), 4)
+    }
 }
 /// # Safety
 /// `base + off .. + 8` is writable.
 unsafe fn put_u64(base: *mut u8, off: usize, v: u64) {
     // SAFETY: guaranteed by the caller.
-    unsafe { base.add(off).copy_from_nonoverlapping(v.to_le_bytes().as_ptr(), 8) }
+    unsafe {
+        base.add(off)
+            .copy_from_nonoverlapping(v.to_le_bytes().as_ptr(), 8)
+    }
 }
 
 /// Appends postcard-encoded [`Meta`] entries to metadata chunks. Used under
@@ -292,7 +336,12 @@ pub struct MetaLog {
 impl MetaLog {
     /// An empty log; the first append claims a chunk.
     pub fn new() -> MetaLog {
-        MetaLog { chunk: None, used: 0, seq: 0, scratch: Vec::with_capacity(256) }
+        MetaLog {
+            chunk: None,
+            used: 0,
+            seq: 0,
+            scratch: Vec::with_capacity(256),
+        }
     }
 
     /// Appends one entry: `[len: u32][postcard bytes]`, then publishes it
@@ -334,7 +383,9 @@ impl MetaLog {
         // SAFETY: the entry fits in the chunk (checked above), which this
         // log owns; committed points into the chunk header.
         unsafe {
-            c.data.add(self.used as usize).copy_from_nonoverlapping(self.scratch.as_ptr(), self.scratch.len());
+            c.data
+                .add(self.used as usize)
+                .copy_from_nonoverlapping(self.scratch.as_ptr(), self.scratch.len());
             self.used += need;
             // Release: the entry bytes above are visible before the count.
             (*c.committed).store(self.used, Ordering::Release);

@@ -21,7 +21,12 @@ pub struct Callsite {
 
 impl Callsite {
     /// A span callsite (`#[instrument]`, `scope!`).
-    pub const fn new(name: &'static str, path: fn() -> &'static str, file: &'static str, line: u32) -> Callsite {
+    pub const fn new(
+        name: &'static str,
+        path: fn() -> &'static str,
+        file: &'static str,
+        line: u32,
+    ) -> Callsite {
         Callsite::with_kind(SiteKind::Span, name, path, file, line)
     }
 
@@ -33,7 +38,14 @@ impl Callsite {
         file: &'static str,
         line: u32,
     ) -> Callsite {
-        Callsite { id: AtomicU32::new(0), kind, name, path, file, line }
+        Callsite {
+            id: AtomicU32::new(0),
+            kind,
+            name,
+            path,
+            file,
+            line,
+        }
     }
 
     /// The callsite's id, registering it on first use.
@@ -84,7 +96,10 @@ struct Registry {
     dynamic: BTreeMap<(SiteKind, String), &'static Callsite>,
 }
 
-static REGISTRY: Mutex<Registry> = Mutex::new(Registry { sites: Vec::new(), dynamic: BTreeMap::new() });
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    sites: Vec::new(),
+    dynamic: BTreeMap::new(),
+});
 
 /// The id of a callsite named at run time (`flow::send("request")`, spawn
 /// spans). Interned: one leaked `Callsite` per distinct (kind, name).
@@ -125,7 +140,12 @@ pub fn replay_then<R>(mut write: impl FnMut(&Meta), then: impl FnOnce() -> R) ->
 /// macro passes, leaving the instrumented function's full path.
 pub fn fn_path<F>(_f: F) -> &'static str {
     let mut name = std::any::type_name::<F>();
-    for suffix in ["::__mpprof_here", "::__mpprof_path", "::__MPPROF_CALLSITE", "::{{closure}}"] {
+    for suffix in [
+        "::__mpprof_here",
+        "::__mpprof_path",
+        "::__MPPROF_CALLSITE",
+        "::{{closure}}",
+    ] {
         name = name.strip_suffix(suffix).unwrap_or(name);
     }
     name

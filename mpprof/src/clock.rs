@@ -48,10 +48,15 @@ pub fn realtime_ns() -> u64 {
 }
 
 fn clock_ns(id: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid, writable timespec.
     unsafe { libc::clock_gettime(id, &mut ts) };
-    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(ts.tv_nsec as u64)
 }
 
 /// Decides the clock source (`MPPROF_CLOCK=tsc|monotonic` overrides) and
@@ -147,7 +152,10 @@ pub fn estimate_hz(window_ms: u64) -> f64 {
     if current() == ClockKind::Monotonic {
         return 1e9;
     }
-    if let Some(hz) = std::env::var("MPPROF_CLOCK_HZ").ok().and_then(|s| s.parse::<f64>().ok()) {
+    if let Some(hz) = std::env::var("MPPROF_CLOCK_HZ")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+    {
         if hz.is_finite() && hz > 1e6 {
             return hz;
         }

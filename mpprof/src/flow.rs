@@ -109,7 +109,11 @@ pub fn send(name: &str) -> FlowId {
     match session::ensure_recording() {
         Some(r) => {
             let id = r.next_flow();
-            thread::record_with_payload(callsite::intern(SiteKind::Flow, name), kind::FLOW_OUT, id.payload());
+            thread::record_with_payload(
+                callsite::intern(SiteKind::Flow, name),
+                kind::FLOW_OUT,
+                id.payload(),
+            );
             id
         }
         None => FlowId::from_parts(session::process_uid(), next_untracked()),
@@ -119,7 +123,11 @@ pub fn send(name: &str) -> FlowId {
 /// Ends a flow on this thread: the token arrived (in a message, a request).
 pub fn recv(token: FlowId, name: &str) {
     if session::ensure_recording().is_some() {
-        thread::record_with_payload(callsite::intern(SiteKind::Flow, name), kind::FLOW_IN, token.payload());
+        thread::record_with_payload(
+            callsite::intern(SiteKind::Flow, name),
+            kind::FLOW_IN,
+            token.payload(),
+        );
     }
 }
 
@@ -134,12 +142,20 @@ fn next_untracked() -> u64 {
 
 /// Records a flow start with an id made elsewhere (the spawn path).
 pub(crate) fn record_out(id: FlowId, name: &str) {
-    thread::record_with_payload(callsite::intern(SiteKind::Flow, name), kind::FLOW_OUT, id.payload());
+    thread::record_with_payload(
+        callsite::intern(SiteKind::Flow, name),
+        kind::FLOW_OUT,
+        id.payload(),
+    );
 }
 
 /// Records a flow end with an id received from the parent process.
 pub(crate) fn record_in(id: FlowId, name: &str) {
-    thread::record_with_payload(callsite::intern(SiteKind::Flow, name), kind::FLOW_IN, id.payload());
+    thread::record_with_payload(
+        callsite::intern(SiteKind::Flow, name),
+        kind::FLOW_IN,
+        id.payload(),
+    );
 }
 
 /// A message payload that carries a flow token. Creating it records the
@@ -156,12 +172,20 @@ impl<T> Traced<T> {
     /// Wraps `payload` and records a flow start named after `T`.
     pub fn new(payload: T) -> Traced<T> {
         let name = short_type_name::<T>();
-        Traced { flow: send(&name), name, payload }
+        Traced {
+            flow: send(&name),
+            name,
+            payload,
+        }
     }
 
     /// Wraps `payload` and records a flow start named `name`.
     pub fn named(name: &str, payload: T) -> Traced<T> {
-        Traced { flow: send(name), name: name.to_owned(), payload }
+        Traced {
+            flow: send(name),
+            name: name.to_owned(),
+            payload,
+        }
     }
 
     /// The flow token.
@@ -206,13 +230,18 @@ mod tests {
         assert_eq!(s.parse::<FlowId>().unwrap(), f);
         assert!("xyz".parse::<FlowId>().is_err());
         assert!("0123456789abcdef000000000000002".parse::<FlowId>().is_err());
-        assert!("+123456789abcdef000000000000002a".parse::<FlowId>().is_err());
+        assert!("+123456789abcdef000000000000002a"
+            .parse::<FlowId>()
+            .is_err());
     }
 
     #[test]
     fn serde_forms() {
         let f = FlowId::from_parts(7, 9);
-        assert_eq!(serde_json::to_string(&f).unwrap(), "\"00000000000000070000000000000009\"");
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            "\"00000000000000070000000000000009\""
+        );
         let back: FlowId = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
         assert_eq!(back, f);
         let bin = postcard::to_stdvec(&f).unwrap();

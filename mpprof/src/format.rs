@@ -193,7 +193,10 @@ impl RawRecord {
     /// Builds the record for `kind` at `site`.
     #[inline(always)]
     pub const fn new(ts: u64, site: u32, kind: u8) -> RawRecord {
-        RawRecord { ts, site_kind: site as u64 | (kind as u64) << 32 }
+        RawRecord {
+            ts,
+            site_kind: site as u64 | (kind as u64) << 32,
+        }
     }
 }
 
@@ -327,15 +330,25 @@ mod tests {
         let r = RawRecord::new(0x0102_0304_0506_0708, 0xAABB_CCDD, kind::EXIT);
         // SAFETY: RawRecord is repr(C) plain old data of 16 bytes.
         let bytes: [u8; 16] = unsafe { std::mem::transmute(r) };
-        assert_eq!(bytes[record::TS..record::TS + 8], 0x0102_0304_0506_0708u64.to_le_bytes());
-        assert_eq!(bytes[record::SITE..record::SITE + 4], 0xAABB_CCDDu32.to_le_bytes());
+        assert_eq!(
+            bytes[record::TS..record::TS + 8],
+            0x0102_0304_0506_0708u64.to_le_bytes()
+        );
+        assert_eq!(
+            bytes[record::SITE..record::SITE + 4],
+            0xAABB_CCDDu32.to_le_bytes()
+        );
         assert_eq!(bytes[record::KIND], kind::EXIT);
         assert_eq!(bytes[13..], [0, 0, 0]);
     }
 
     #[test]
     fn meta_roundtrips_through_postcard() {
-        let m = Meta::Thread { lane: 3, tid: 77, name: "worker".into() };
+        let m = Meta::Thread {
+            lane: 3,
+            tid: 77,
+            name: "worker".into(),
+        };
         let bytes = postcard::to_stdvec(&m).unwrap();
         assert_eq!(postcard::from_bytes::<Meta>(&bytes).unwrap(), m);
     }

@@ -29,7 +29,9 @@
 #![warn(missing_docs, clippy::undocumented_unsafe_blocks)]
 
 #[cfg(not(target_os = "linux"))]
-compile_error!("mpprof records on Linux only (it relies on /proc, posix_fallocate and MAP_SHARED files)");
+compile_error!(
+    "mpprof records on Linux only (it relies on /proc, posix_fallocate and MAP_SHARED files)"
+);
 #[cfg(target_endian = "big")]
 compile_error!("the mpprof buffer format is little-endian; big-endian targets are not supported");
 
@@ -98,18 +100,19 @@ macro_rules! scope {
 #[macro_export]
 macro_rules! event {
     ($name:expr) => {{
-        static __MPPROF_CALLSITE: $crate::__private::Callsite = $crate::__private::Callsite::with_kind(
-            $crate::format::SiteKind::Event,
-            $name,
-            {
-                fn __mpprof_path() -> &'static str {
-                    ::core::module_path!()
-                }
-                __mpprof_path
-            },
-            ::core::file!(),
-            ::core::line!(),
-        );
+        static __MPPROF_CALLSITE: $crate::__private::Callsite =
+            $crate::__private::Callsite::with_kind(
+                $crate::format::SiteKind::Event,
+                $name,
+                {
+                    fn __mpprof_path() -> &'static str {
+                        ::core::module_path!()
+                    }
+                    __mpprof_path
+                },
+                ::core::file!(),
+                ::core::line!(),
+            );
         $crate::__private::instant(&__MPPROF_CALLSITE)
     }};
 }
@@ -119,18 +122,19 @@ macro_rules! event {
 #[macro_export]
 macro_rules! counter {
     ($name:expr, $value:expr) => {{
-        static __MPPROF_CALLSITE: $crate::__private::Callsite = $crate::__private::Callsite::with_kind(
-            $crate::format::SiteKind::Counter,
-            $name,
-            {
-                fn __mpprof_path() -> &'static str {
-                    ::core::module_path!()
-                }
-                __mpprof_path
-            },
-            ::core::file!(),
-            ::core::line!(),
-        );
+        static __MPPROF_CALLSITE: $crate::__private::Callsite =
+            $crate::__private::Callsite::with_kind(
+                $crate::format::SiteKind::Counter,
+                $name,
+                {
+                    fn __mpprof_path() -> &'static str {
+                        ::core::module_path!()
+                    }
+                    __mpprof_path
+                },
+                ::core::file!(),
+                ::core::line!(),
+            );
         $crate::__private::counter(&__MPPROF_CALLSITE, $crate::CounterValue::from($value))
     }};
 }
@@ -158,11 +162,17 @@ pub mod __private {
         #[inline(always)]
         pub fn enter(cs: &'static Callsite) -> SpanGuard {
             if !thread::maybe_on() {
-                return SpanGuard { id: 0, _not_send: PhantomData };
+                return SpanGuard {
+                    id: 0,
+                    _not_send: PhantomData,
+                };
             }
             let id = cs.id();
             thread::enter(id);
-            SpanGuard { id, _not_send: PhantomData }
+            SpanGuard {
+                id,
+                _not_send: PhantomData,
+            }
         }
     }
 
@@ -195,4 +205,3 @@ pub mod __private {
         }
     }
 }
-

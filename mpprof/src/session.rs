@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::buffer::{ClaimError, Chunk, Config, MetaLog, ProcessBuffer};
+use crate::buffer::{Chunk, ClaimError, Config, MetaLog, ProcessBuffer};
 use crate::flow::FlowId;
 use crate::format::{self, ClockKind, Meta, ProcessInfo};
 use crate::{callsite, clock};
@@ -47,7 +47,9 @@ pub fn process_uid() -> u64 {
         return v;
     }
     let mut bytes = [0u8; 8];
-    let mut fresh = getrandom::fill(&mut bytes).map(|_| u64::from_le_bytes(bytes)).unwrap_or(0);
+    let mut fresh = getrandom::fill(&mut bytes)
+        .map(|_| u64::from_le_bytes(bytes))
+        .unwrap_or(0);
     if fresh == 0 {
         fresh = fallback_random();
     }
@@ -98,8 +100,16 @@ impl Recorder {
 
     /// Claims an event chunk for a thread and writes an anchor (at most one
     /// every 10 ms, so a busy process still maps ticks to time densely).
-    pub(crate) fn claim_events(&self, lane: u32, tid: u32, seq: u32, lost_before: u64) -> Result<Chunk, ClaimError> {
-        let c = self.buf.claim(format::CHUNK_EVENTS, lane, tid, seq, lost_before)?;
+    pub(crate) fn claim_events(
+        &self,
+        lane: u32,
+        tid: u32,
+        seq: u32,
+        lost_before: u64,
+    ) -> Result<Chunk, ClaimError> {
+        let c = self
+            .buf
+            .claim(format::CHUNK_EVENTS, lane, tid, seq, lost_before)?;
         let now = clock::monotonic_ns();
         // Relaxed: a rate limit; a race writes one extra anchor.
         if now.saturating_sub(self.last_anchor_mono.load(Ordering::Relaxed)) > 10_000_000 {
@@ -208,17 +218,28 @@ pub fn init() -> Result<Session, Error> {
     // Acquire: as in `recorder_for`.
     if let Some(r) = unsafe_current() {
         if !r.finished.load(Ordering::Relaxed) {
-            return Ok(Session { dir: Some(r.dir.clone()) });
+            return Ok(Session {
+                dir: Some(r.dir.clone()),
+            });
         }
     }
     let (dir, fresh) = match std::env::var_os("MPPROF_DIR") {
         Some(d) if !d.is_empty() => (PathBuf::from(d), false),
-        _ => (fresh_session_dir().map_err(|(path, source)| Error::Dir { path, source })?, true),
+        _ => (
+            fresh_session_dir().map_err(|(path, source)| Error::Dir { path, source })?,
+            true,
+        ),
     };
     if !fresh {
-        check_dir(&dir).map_err(|source| Error::Dir { path: dir.clone(), source })?;
+        check_dir(&dir).map_err(|source| Error::Dir {
+            path: dir.clone(),
+            source,
+        })?;
     }
-    start(&dir, true).map_err(|source| Error::File { path: dir.clone(), source })?;
+    start(&dir, true).map_err(|source| Error::File {
+        path: dir.clone(),
+        source,
+    })?;
     eprintln!("mpprof: recording to {}", dir.display());
     Ok(Session { dir: Some(dir) })
 }
@@ -231,23 +252,38 @@ fn unsafe_current() -> Option<&'static Recorder> {
 
 /// The directory the current session records into.
 pub fn session_dir() -> Option<PathBuf> {
-    unsafe_current().filter(|r| !r.finished.load(Ordering::Relaxed)).map(|r| r.dir.clone())
+    unsafe_current()
+        .filter(|r| !r.finished.load(Ordering::Relaxed))
+        .map(|r| r.dir.clone())
 }
 
 fn disabled_by_env() -> bool {
-    matches!(std::env::var("MPPROF").as_deref(), Ok("off" | "0" | "false" | "no"))
+    matches!(
+        std::env::var("MPPROF").as_deref(),
+        Ok("off" | "0" | "false" | "no")
+    )
 }
 
 /// Makes `./mpprof-out/<utc time>-<pid>` (mode 0700).
 fn fresh_session_dir() -> Result<PathBuf, (PathBuf, io::Error)> {
     use std::os::unix::fs::DirBuilderExt;
     let root = PathBuf::from("mpprof-out");
-    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(&root).map_err(|e| (root.clone(), e))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(&root)
+        .map_err(|e| (root.clone(), e))?;
     let secs = clock::realtime_ns() / 1_000_000_000;
     let (y, mo, d, h, mi, s) = civil_from_unix(secs);
-    let name = format!("{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{}", std::process::id());
+    let name = format!(
+        "{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{}",
+        std::process::id()
+    );
     let dir = root.join(name);
-    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| (dir.clone(), e))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| (dir.clone(), e))?;
     Ok(dir)
 }
 
@@ -265,7 +301,14 @@ fn civil_from_unix(secs: u64) -> (u64, u64, u64, u64, u64, u64) {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    (y as u64, m as u64, d as u64, rem / 3600, rem / 60 % 60, rem % 60)
+    (
+        y as u64,
+        m as u64,
+        d as u64,
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+    )
 }
 
 /// A session directory given by `MPPROF_DIR` must be a real directory (not
@@ -282,10 +325,16 @@ fn check_dir(dir: &Path) -> io::Result<()> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if md.uid() != euid {
-        return Err(io::Error::other(format!("it belongs to uid {}, not to us (uid {euid})", md.uid())));
+        return Err(io::Error::other(format!(
+            "it belongs to uid {}, not to us (uid {euid})",
+            md.uid()
+        )));
     }
     if md.mode() & 0o022 != 0 {
-        return Err(io::Error::other(format!("it is writable by others (mode {:o})", md.mode() & 0o777)));
+        return Err(io::Error::other(format!(
+            "it is writable by others (mode {:o})",
+            md.mode() & 0o777
+        )));
     }
     Ok(())
 }
@@ -364,7 +413,9 @@ fn start(dir: &Path, root: bool) -> io::Result<()> {
 
 fn process_info(uid: u64, clock: ClockKind, clock_hz: f64, config: Config) -> ProcessInfo {
     let parent_flow = parent_flow_from_env();
-    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     let mut argv = Vec::new();
     let mut budget = 2048usize;
     for a in std::env::args_os() {
@@ -376,8 +427,14 @@ fn process_info(uid: u64, clock: ClockKind, clock_hz: f64, config: Config) -> Pr
         budget -= a.len();
         argv.push(a);
     }
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim().to_owned();
-    let host_id = std::env::var("MPPROF_HOST_ID").ok().filter(|s| !s.is_empty()).unwrap_or(boot_id);
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let host_id = std::env::var("MPPROF_HOST_ID")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or(boot_id);
     ProcessInfo {
         pid: std::process::id(),
         // SAFETY: getppid has no preconditions.

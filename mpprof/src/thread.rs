@@ -4,7 +4,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::buffer::{ClaimError, Chunk};
+use crate::buffer::{Chunk, ClaimError};
 use crate::clock;
 use crate::format::{kind, Meta, RawRecord};
 use crate::session::{self, Recorder, OFF, STATE, UNKNOWN};
@@ -67,7 +67,10 @@ pub(crate) fn record(site: u32, kind: u8) {
             // SAFETY: i < cap, so the record is inside this thread's chunk,
             // which no other thread writes; commit points into its header.
             unsafe {
-                w.recs.get().add(i as usize).write(RawRecord::new(ts, site, kind));
+                w.recs
+                    .get()
+                    .add(i as usize)
+                    .write(RawRecord::new(ts, site, kind));
                 // Release: the record above is visible before the count that
                 // covers it (readers load the count with acquire).
                 (*w.commit.get()).store(i + 1, Ordering::Release);
@@ -107,7 +110,10 @@ unsafe fn write_pair(w: &Writer, i: u32, rec: RawRecord, payload: [u64; 2]) {
     unsafe {
         let p = w.recs.get().add(i as usize);
         p.write(rec);
-        p.add(1).write(RawRecord { ts: payload[0], site_kind: payload[1] });
+        p.add(1).write(RawRecord {
+            ts: payload[0],
+            site_kind: payload[1],
+        });
         // Release: both records are visible before the count.
         (*w.commit.get()).store(i + 2, Ordering::Release);
     }
@@ -128,7 +134,9 @@ fn slow(w: &Writer, mut s: u32, rec: RawRecord, payload: Option<[u64; 2]>) {
             return;
         }
     }
-    let Some(r) = session::recorder_for(s) else { return };
+    let Some(r) = session::recorder_for(s) else {
+        return;
+    };
     if w.epoch.get() != s {
         // A new recorder (new session, or this is a forked child): forget the
         // old chunk and lane.
@@ -144,7 +152,11 @@ fn slow(w: &Writer, mut s: u32, rec: RawRecord, payload: Option<[u64; 2]>) {
         let lane = r.new_lane();
         w.lane.set(lane);
         let t = std::thread::current();
-        r.write_meta(&Meta::Thread { lane, tid: gettid(), name: t.name().unwrap_or("").to_owned() });
+        r.write_meta(&Meta::Thread {
+            lane,
+            tid: gettid(),
+            name: t.name().unwrap_or("").to_owned(),
+        });
     }
     let need = if payload.is_some() { 2 } else { 1 };
     if w.idx.get() + need > w.cap.get() && !new_chunk(w, r) {
@@ -152,7 +164,10 @@ fn slow(w: &Writer, mut s: u32, rec: RawRecord, payload: Option<[u64; 2]>) {
         r.buf.add_lost_events(need as u64);
         return;
     }
-    let rec = RawRecord { ts: clock::now(), ..rec };
+    let rec = RawRecord {
+        ts: clock::now(),
+        ..rec
+    };
     let i = w.idx.get();
     match payload {
         // SAFETY: new_chunk or the check above guarantees room for `need`.

@@ -11,7 +11,11 @@ use mpprof_merge::{check, write, Session};
 
 /// Merge mpprof session directories into one clock-aligned trace.
 #[derive(Parser, Debug)]
-#[command(version, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -103,7 +107,11 @@ fn run() -> Result<ExitCode> {
             let h = check::check(&s);
             check::write_text(&h, &mut std::io::stdout().lock())?;
             let bad = h.damaged() || (strict && h.imperfect());
-            Ok(if bad { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+            Ok(if bad {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         None => {
             let format = match cli.format {
@@ -114,24 +122,32 @@ fn run() -> Result<ExitCode> {
             let mut out: Box<dyn Write> = if cli.output == Path::new("-") {
                 Box::new(BufWriter::new(std::io::stdout().lock()))
             } else {
-                let f = File::create(&cli.output).with_context(|| format!("cannot create {}", cli.output.display()))?;
+                let f = File::create(&cli.output)
+                    .with_context(|| format!("cannot create {}", cli.output.display()))?;
                 Box::new(BufWriter::with_capacity(1 << 20, f))
             };
             let stats = match format {
                 Format::Chrome => write::chrome::write(&s, &mut out)?,
                 Format::Summary => write::summary::write(&s, &mut out, cli.limit)?.stats,
                 Format::Perfetto | Format::Folded | Format::Svg => {
-                    bail!("format {format:?} is not implemented yet; use --format chrome or summary")
+                    bail!(
+                        "format {format:?} is not implemented yet; use --format chrome or summary"
+                    )
                 }
             };
-            out.flush().with_context(|| format!("cannot write {}", cli.output.display()))?;
+            out.flush()
+                .with_context(|| format!("cannot write {}", cli.output.display()))?;
             if cli.output != Path::new("-") {
                 eprintln!(
                     "wrote {} ({} processes, {} events{})",
                     cli.output.display(),
                     s.processes.len(),
                     stats.events,
-                    if stats.closed_spans > 0 { format!(", {} unfinished spans closed", stats.closed_spans) } else { String::new() }
+                    if stats.closed_spans > 0 {
+                        format!(", {} unfinished spans closed", stats.closed_spans)
+                    } else {
+                        String::new()
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -147,6 +163,9 @@ fn format_from_extension(p: &Path) -> Result<Format> {
         Some("svg") => Ok(Format::Svg),
         Some("pftrace" | "perfetto" | "pb") => Ok(Format::Perfetto),
         _ if p == Path::new("-") => Ok(Format::Chrome),
-        _ => bail!("cannot tell the output format from {}; give --format", p.display()),
+        _ => bail!(
+            "cannot tell the output format from {}; give --format",
+            p.display()
+        ),
     }
 }

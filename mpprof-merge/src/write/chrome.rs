@@ -16,8 +16,13 @@ use crate::write::Tracks;
 pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
     let tracks = Tracks::new(session);
     let t0 = session.start_ns();
-    let mut w = Json { out, t0, first: true };
-    w.out.write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")?;
+    let mut w = Json {
+        out,
+        t0,
+        first: true,
+    };
+    w.out
+        .write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")?;
     for (pi, p) in session.processes.iter().enumerate() {
         let pid = tracks.pid(pi);
         w.begin()?;
@@ -33,7 +38,11 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
             let tid = tracks.tid(pi, lane);
             w.begin()?;
             write!(w.out, "{{\"ph\":\"M\",\"name\":\"thread_name\",\"pid\":{pid},\"tid\":{tid},\"args\":{{\"name\":")?;
-            let name = if l.name.is_empty() { format!("thread {lane}") } else { l.name.clone() };
+            let name = if l.name.is_empty() {
+                format!("thread {lane}")
+            } else {
+                l.name.clone()
+            };
             w.string(&name)?;
             w.out.write_all(b"}}")?;
         }
@@ -53,7 +62,8 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
             w.out.write_all(b",\"args\":{\"detail\":\"the process did not finish its buffer file (killed or crashed); open spans are closed here\"}}")?;
         }
     }
-    w.out.write_all(b"\n],\"metadata\":{\"generator\":\"mpprof-merge\"}}\n")?;
+    w.out
+        .write_all(b"\n],\"metadata\":{\"generator\":\"mpprof-merge\"}}\n")?;
     w.out.flush()?;
     Ok(stats)
 }
@@ -86,7 +96,10 @@ impl Json<'_> {
 
     fn head(&mut self, ph: &str, pid: u32, tid: u32, ts: i64) -> io::Result<()> {
         self.begin()?;
-        write!(self.out, "{{\"ph\":\"{ph}\",\"pid\":{pid},\"tid\":{tid},\"ts\":")?;
+        write!(
+            self.out,
+            "{{\"ph\":\"{ph}\",\"pid\":{pid},\"tid\":{tid},\"ts\":"
+        )?;
         self.ts(ts)
     }
 
@@ -105,13 +118,18 @@ impl Json<'_> {
                 if let Some(reason) = end.reason() {
                     self.out.write_all(b",\"args\":{\"unfinished\":")?;
                     self.string(reason)?;
-                    self.out.write_all(if end == End::Abrupt { b",\"ended_abruptly\":true}" } else { b"}" })?;
+                    self.out.write_all(if end == End::Abrupt {
+                        b",\"ended_abruptly\":true}"
+                    } else {
+                        b"}"
+                    })?;
                 }
                 self.out.write_all(b"}")
             }
             EventKind::Instant { site } => {
                 self.head("i", pid, tid, e.ts)?;
-                self.out.write_all(b",\"s\":\"t\",\"cat\":\"event\",\"name\":")?;
+                self.out
+                    .write_all(b",\"s\":\"t\",\"cat\":\"event\",\"name\":")?;
                 self.string(&p.site_name(site))?;
                 self.out.write_all(b"}")
             }
@@ -145,7 +163,11 @@ impl Json<'_> {
                     self.out.write_all(b"}")?;
                 }
                 self.head(if out { "s" } else { "f" }, pid, tid, e.ts)?;
-                write!(self.out, ",\"cat\":\"flow\",\"name\":\"flow\",\"id\":\"0x{:x}\"", flow_key(flow))?;
+                write!(
+                    self.out,
+                    ",\"cat\":\"flow\",\"name\":\"flow\",\"id\":\"0x{:x}\"",
+                    flow_key(flow)
+                )?;
                 if !out {
                     self.out.write_all(b",\"bp\":\"e\"")?;
                 }

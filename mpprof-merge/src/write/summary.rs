@@ -85,7 +85,10 @@ pub struct Summary {
 impl Summary {
     /// Statistics of the function whose label ends with `name` in the tree.
     pub fn tree_func(&self, name: &str) -> Option<&FuncStats> {
-        self.tree.iter().find(|(k, _)| k.label == name || k.label.ends_with(&format!("::{name}"))).map(|(_, s)| s)
+        self.tree
+            .iter()
+            .find(|(k, _)| k.label == name || k.label.ends_with(&format!("::{name}")))
+            .map(|(_, s)| s)
     }
 }
 
@@ -103,9 +106,11 @@ pub fn compute(session: &Session) -> Summary {
     let mut events = session.events();
     for e in events.by_ref() {
         match e.kind {
-            EventKind::Enter { site } => {
-                stacks.entry((e.proc, e.lane)).or_default().push(Frame { site, start: e.ts, child: 0 })
-            }
+            EventKind::Enter { site } => stacks.entry((e.proc, e.lane)).or_default().push(Frame {
+                site,
+                start: e.ts,
+                child: 0,
+            }),
             EventKind::Exit { site, end } => {
                 let stack = stacks.entry((e.proc, e.lane)).or_default();
                 let Some(f) = stack.pop() else { continue };
@@ -138,10 +143,22 @@ pub fn compute(session: &Session) -> Summary {
             .map(|(&site, st)| {
                 let key = match p.site(site) {
                     Some(s) => {
-                        let label = if !s.path.is_empty() && s.path.ends_with(&s.name) { s.path.clone() } else { s.name.clone() };
-                        FuncKey { label, file: s.file.clone(), line: s.line }
+                        let label = if !s.path.is_empty() && s.path.ends_with(&s.name) {
+                            s.path.clone()
+                        } else {
+                            s.name.clone()
+                        };
+                        FuncKey {
+                            label,
+                            file: s.file.clone(),
+                            line: s.line,
+                        }
                     }
-                    None => FuncKey { label: format!("#{site}"), file: String::new(), line: 0 },
+                    None => FuncKey {
+                        label: format!("#{site}"),
+                        file: String::new(),
+                        line: 0,
+                    },
                 };
                 (key, *st)
             })
@@ -159,11 +176,20 @@ pub fn compute(session: &Session) -> Summary {
     }
     let mut tree: Vec<_> = tree.into_iter().collect();
     sort(&mut tree);
-    Summary { processes, tree, wall_ns: session.end_ns() - session.start_ns(), stats }
+    Summary {
+        processes,
+        tree,
+        wall_ns: session.end_ns() - session.start_ns(),
+        stats,
+    }
 }
 
 fn sort(v: &mut [(FuncKey, FuncStats)]) {
-    v.sort_by(|a, b| b.1.cumtime_ns.cmp(&a.1.cumtime_ns).then_with(|| a.0.cmp(&b.0)));
+    v.sort_by(|a, b| {
+        b.1.cumtime_ns
+            .cmp(&a.1.cumtime_ns)
+            .then_with(|| a.0.cmp(&b.0))
+    });
 }
 
 fn secs(ns: i64) -> f64 {
@@ -171,12 +197,23 @@ fn secs(ns: i64) -> f64 {
 }
 
 fn table(out: &mut dyn Write, funcs: &[(FuncKey, FuncStats)], limit: usize) -> io::Result<()> {
-    writeln!(out, "   ncalls  tottime  percall  cumtime  percall filename:lineno(function)")?;
+    writeln!(
+        out,
+        "   ncalls  tottime  percall  cumtime  percall filename:lineno(function)"
+    )?;
     for (k, s) in funcs.iter().take(limit) {
-        let ncalls = if s.ncalls == s.primitive { s.ncalls.to_string() } else { format!("{}/{}", s.ncalls, s.primitive) };
+        let ncalls = if s.ncalls == s.primitive {
+            s.ncalls.to_string()
+        } else {
+            format!("{}/{}", s.ncalls, s.primitive)
+        };
         let per_tot = secs(s.tottime_ns) / s.ncalls.max(1) as f64;
         let per_cum = secs(s.cumtime_ns) / s.primitive.max(1) as f64;
-        let mark = if s.unfinished > 0 { format!("  [{} unfinished]", s.unfinished) } else { String::new() };
+        let mark = if s.unfinished > 0 {
+            format!("  [{} unfinished]", s.unfinished)
+        } else {
+            String::new()
+        };
         writeln!(
             out,
             "{ncalls:>9} {:>8.3} {per_tot:>8.3} {:>8.3} {per_cum:>8.3} {}{mark}",
@@ -191,14 +228,27 @@ fn table(out: &mut dyn Write, funcs: &[(FuncKey, FuncStats)], limit: usize) -> i
     Ok(())
 }
 
-fn header(out: &mut dyn Write, title: &str, funcs: &[(FuncKey, FuncStats)], wall_ns: i64) -> io::Result<()> {
+fn header(
+    out: &mut dyn Write,
+    title: &str,
+    funcs: &[(FuncKey, FuncStats)],
+    wall_ns: i64,
+) -> io::Result<()> {
     let calls: u64 = funcs.iter().map(|f| f.1.ncalls).sum();
     let prim: u64 = funcs.iter().map(|f| f.1.primitive).sum();
     writeln!(out, "{title}")?;
     if calls == prim {
-        writeln!(out, "         {calls} function calls in {:.3} seconds (wall)", secs(wall_ns))?;
+        writeln!(
+            out,
+            "         {calls} function calls in {:.3} seconds (wall)",
+            secs(wall_ns)
+        )?;
     } else {
-        writeln!(out, "         {calls} function calls ({prim} primitive calls) in {:.3} seconds (wall)", secs(wall_ns))?;
+        writeln!(
+            out,
+            "         {calls} function calls ({prim} primitive calls) in {:.3} seconds (wall)",
+            secs(wall_ns)
+        )?;
     }
     writeln!(out)?;
     writeln!(out, "   Ordered by: cumulative time")?;
@@ -208,7 +258,12 @@ fn header(out: &mut dyn Write, title: &str, funcs: &[(FuncKey, FuncStats)], wall
 /// Writes the summary as text: the whole tree first, then each process.
 /// `limit` rows per table.
 pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<()> {
-    header(out, &format!("== whole process tree: {} processes ==", s.processes.len()), &s.tree, s.wall_ns)?;
+    header(
+        out,
+        &format!("== whole process tree: {} processes ==", s.processes.len()),
+        &s.tree,
+        s.wall_ns,
+    )?;
     table(out, &s.tree, limit)?;
     for p in &s.processes {
         writeln!(out)?;

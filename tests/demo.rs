@@ -1,0 +1,229 @@
+//! The worker-pool demo, end to end: run the example, then check the merged
+//! trace and summary as a user would read them.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+
+/// Checks the Chrome JSON invariants Perfetto's importer relies on and
+/// returns the events. Slices nest (B/E balanced per thread, never an E
+/// without B), every flow has exactly one `s` and one `f` with the same
+/// (cat, name, id), and each binds to a slice: `s` inside an open slice,
+/// `f` with `bp: "e"` inside an open slice.
+pub fn check_chrome(json: &[u8]) -> Vec<Value> {
+    let v: Value = serde_json::from_slice(json).expect("valid JSON");
+    let evs = v["traceEvents"].as_array().expect("traceEvents").clone();
+    let mut depth: HashMap<(u64, u64), i64> = HashMap::new();
+    let mut starts = HashMap::new();
+    let mut ends = HashMap::new();
+    for e in &evs {
+        let ph = e["ph"].as_str().expect("ph");
+        if ph == "M" {
+            continue;
+        }
+        let key = (
+            e["pid"].as_u64().expect("pid"),
+            e["tid"].as_u64().expect("tid"),
+        );
+        assert!(e["ts"].is_number(), "ts on {e}");
+        let d = depth.entry(key).or_default();
+        match ph {
+            "B" => *d += 1,
+            "E" => {
+                *d -= 1;
+                assert!(*d >= 0, "E without B: {e}");
+            }
+            "s" | "f" => {
+                assert!(*d > 0, "flow event outside any slice cannot bind: {e}");
+                let id = (
+                    e["cat"].as_str().unwrap().to_owned(),
+                    e["name"].as_str().unwrap().to_owned(),
+                    e["id"].as_str().unwrap().to_owned(),
+                );
+                if ph == "s" {
+                    assert!(starts.insert(id, e.clone()).is_none(), "flow id reused");
+                } else {
+                    assert_eq!(e["bp"], "e");
+                    assert!(ends.insert(id, e.clone()).is_none(), "flow id reused");
+                }
+            }
+            "i" | "C" => {}
+            other => panic!("unexpected phase {other}"),
+        }
+    }
+    assert!(
+        depth.values().all(|&d| d == 0),
+        "unbalanced slices: {depth:?}"
+    );
+    for (id, f) in &ends {
+        let s = starts
+            .get(id)
+            .unwrap_or_else(|| panic!("flow end without start: {f}"));
+        assert!(
+            s["ts"].as_f64() <= f["ts"].as_f64(),
+            "flow {id:?} received before sent"
+        );
+    }
+    evs
+}
+
+#[test]
+fn worker_pool_demo_shows_every_worker_and_every_spawn_arrow() {
+    let cwd = common::session_dir();
+    let out = std::process::Command::new(common::example("worker_pool"))
+        .current_dir(cwd.path())
+        .env_remove("MPPROF_DIR")
+        .env_remove("MPPROF")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    // The summary names the workers' function with its 10 calls.
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("(worker_pool::worker_function)"))
+        .expect("worker_function in summary");
+    assert_eq!(line.split_whitespace().next(), Some("10"), "{line}");
+    assert!(stdout.contains("== whole process tree: 11 processes =="));
+
+    let json = std::fs::read(cwd.path().join("trace.json")).unwrap();
+    let evs = check_chrome(&json);
+    let procs: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["ph"] == "M" && e["name"] == "process_name")
+        .collect();
+    assert_eq!(procs.len(), 11);
+    assert!(procs.iter().all(|p| p["args"]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("worker_pool (pid ")));
+
+    // The parent is the process with the spawn flows.
+    let sends: Vec<&Value> = evs.iter().filter(|e| e["ph"] == "s").collect();
+    assert_eq!(sends.len(), 10, "10 spawn arrows");
+    let parent = sends[0]["pid"].as_u64().unwrap();
+    assert!(sends
+        .iter()
+        .all(|s| s["pid"].as_u64() == Some(parent) && s["args"]["flow"] == "spawn"));
+    let ends: HashMap<&str, &Value> = evs
+        .iter()
+        .filter(|e| e["ph"] == "f")
+        .map(|e| (e["id"].as_str().unwrap(), e))
+        .collect();
+    let ts = |e: &Value| e["ts"].as_f64().unwrap();
+    let parent_events: Vec<f64> = evs
+        .iter()
+        .filter(|e| e["ph"] != "M" && e["pid"].as_u64() == Some(parent))
+        .map(ts)
+        .collect();
+    let (p0, p1) = (
+        parent_events.iter().cloned().fold(f64::MAX, f64::min),
+        parent_events.iter().cloned().fold(f64::MIN, f64::max),
+    );
+    let mut children = HashSet::new();
+    for s in &sends {
+        let f = ends[s["id"].as_str().unwrap()];
+        let child = f["pid"].as_u64().unwrap();
+        assert_ne!(child, parent);
+        assert!(children.insert(child), "one arrow per child");
+        // The child's first event is the arrow's end, after its start.
+        let first = evs
+            .iter()
+            .filter(|e| e["ph"] != "M" && e["pid"].as_u64() == Some(child))
+            .map(ts)
+            .fold(f64::MAX, f64::min);
+        assert!(
+            ts(s) <= first && first == ts(f),
+            "child {child} starts after the spawn"
+        );
+    }
+    assert_eq!(children.len(), 10);
+    // All worker_function slices lie inside the parent's lifetime.
+    let mut open: HashMap<(u64, u64), f64> = HashMap::new();
+    let mut n = 0;
+    for e in &evs {
+        let key = (
+            e["pid"].as_u64().unwrap_or(0),
+            e["tid"].as_u64().unwrap_or(0),
+        );
+        if e["ph"] == "B" && e["name"] == "worker_function" {
+            open.insert(key, ts(e));
+        } else if e["ph"] == "E" {
+            if let Some(b) = open.remove(&key) {
+                assert!(children.contains(&key.0));
+                assert!(
+                    p0 <= b && ts(e) <= p1,
+                    "worker_function [{b}, {}] outside parent [{p0}, {p1}]",
+                    ts(e)
+                );
+                assert!(ts(e) - b >= 9_000.0, "about 10 ms of work");
+                n += 1;
+            }
+        }
+    }
+    assert_eq!(n, 10);
+}
+
+#[test]
+fn pipeline_messages_carry_flows_in_both_directions() {
+    let cwd = common::session_dir();
+    let out = std::process::Command::new(common::example("pipeline"))
+        .current_dir(cwd.path())
+        .env_remove("MPPROF_DIR")
+        .env_remove("MPPROF")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let evs = check_chrome(&std::fs::read(cwd.path().join("trace.json")).unwrap());
+    let procs = evs
+        .iter()
+        .filter(|e| e["ph"] == "M" && e["name"] == "process_name")
+        .count();
+    assert_eq!(procs, 2);
+    let mut by_name: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
+    let starts: HashMap<&str, &Value> = evs
+        .iter()
+        .filter(|e| e["ph"] == "s")
+        .map(|e| (e["id"].as_str().unwrap(), e))
+        .collect();
+    for f in evs.iter().filter(|e| e["ph"] == "f") {
+        let s = starts[f["id"].as_str().unwrap()];
+        by_name
+            .entry(f["args"]["flow"].as_str().unwrap().to_owned())
+            .or_default()
+            .push((s["pid"].as_u64().unwrap(), f["pid"].as_u64().unwrap()));
+    }
+    let req = &by_name["Request"];
+    let resp = &by_name["Response"];
+    assert_eq!((req.len(), resp.len(), by_name["spawn"].len()), (20, 20, 1));
+    let (client, worker) = req[0];
+    assert_ne!(client, worker);
+    assert!(
+        req.iter().all(|&x| x == (client, worker)),
+        "requests go client -> worker"
+    );
+    assert!(
+        resp.iter().all(|&x| x == (worker, client)),
+        "responses go worker -> client"
+    );
+    let s = mpprof_merge::Session::open(&[std::fs::read_dir(cwd.path().join("mpprof-out"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()])
+    .unwrap();
+    let h = mpprof_merge::check::check(&s);
+    assert_eq!((h.flows_matched, h.causality_violations), (41, 0));
+    assert!(!h.imperfect(), "a clean run is reported as clean");
+}

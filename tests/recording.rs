@@ -1,0 +1,319 @@
+//! Recording in real child processes: nesting, panics, threads, SIGKILL,
+//! disabled recording.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+
+use common::{child_role, self_command, session_dir, span_sequence};
+use mpprof_merge::merge::End;
+use mpprof_merge::{EventKind, Session};
+
+#[mpprof::instrument]
+fn fact(n: u64) -> u64 {
+    if n <= 1 {
+        return 1;
+    }
+    n * fact(n - 1)
+}
+
+#[mpprof::instrument]
+fn inner_that_panics() {
+    panic!("boom (expected by the test)");
+}
+
+#[mpprof::instrument]
+fn outer_catches() -> bool {
+    std::panic::catch_unwind(inner_that_panics).is_err()
+}
+
+#[mpprof::instrument(name = "fallible")]
+fn fallible(fail: bool) -> Result<u32, String> {
+    let v: u32 = if fail { "x" } else { "7" }
+        .parse()
+        .map_err(|_| "not a number".to_string())?;
+    Ok(v)
+}
+
+#[test]
+fn recursion_panics_and_early_returns_nest_correctly() {
+    child_role("nesting", || {
+        assert_eq!(fact(4), 24);
+        std::panic::set_hook(Box::new(|_| {}));
+        assert!(outer_catches());
+        assert!(fallible(true).is_err());
+        assert_eq!(fallible(false), Ok(7));
+        {
+            let _g = mpprof::scope!("block");
+            mpprof::event!("checkpoint");
+            mpprof::counter!("depth", 3);
+            mpprof::counter!("ratio", 0.5);
+        }
+    });
+    let dir = session_dir();
+    let st = self_command(
+        "recursion_panics_and_early_returns_nest_correctly",
+        "nesting",
+        dir.path(),
+    )
+    .status()
+    .unwrap();
+    assert!(st.success());
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert_eq!(s.processes.len(), 1);
+    let p = &s.processes[0];
+    assert!(p.file.clean, "the child exited normally");
+    let lane = *p.file.lanes.keys().next().unwrap();
+    let seq = span_sequence(&s, 0, lane);
+    let expect: Vec<&str> = vec![
+        "+fact",
+        "+fact",
+        "+fact",
+        "+fact",
+        "-fact",
+        "-fact",
+        "-fact",
+        "-fact",
+        "+outer_catches",
+        "+inner_that_panics",
+        "-inner_that_panics",
+        "-outer_catches",
+        "+fallible",
+        "-fallible",
+        "+fallible",
+        "-fallible",
+        "+block",
+        "-block",
+    ];
+    assert_eq!(seq, expect);
+    // Every exit ended normally; instant and counters were recorded inside the block.
+    let evs: Vec<_> = s.events().collect();
+    assert!(evs
+        .iter()
+        .all(|e| !matches!(e.kind, EventKind::Exit { end, .. } if end != End::Normal)));
+    let counters: Vec<f64> = evs
+        .iter()
+        .filter_map(|e| {
+            if let EventKind::Counter { value, .. } = e.kind {
+                Some(value)
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(counters, vec![3.0, 0.5]);
+    assert_eq!(
+        evs.iter()
+            .filter(|e| matches!(e.kind, EventKind::Instant { .. }))
+            .count(),
+        1
+    );
+    // Timestamps are ordered and the function path is known.
+    assert!(evs.windows(2).all(|w| w[0].ts <= w[1].ts));
+    let site = p.file.sites.values().find(|x| x.name == "fact").unwrap();
+    assert_eq!(site.path, "recording::fact");
+    assert!(site.file.ends_with("recording.rs"));
+    // cProfile semantics: 4 calls, 1 primitive.
+    let sum = mpprof_merge::write::summary::compute(&s);
+    let f = sum.tree_func("fact").unwrap();
+    assert_eq!((f.ncalls, f.primitive), (4, 1));
+    assert!(f.cumtime_ns >= 0 && f.tottime_ns <= f.cumtime_ns);
+}
+
+#[mpprof::instrument]
+fn tiny(i: u64) -> u64 {
+    i.wrapping_mul(3)
+}
+
+const THREADS: usize = 8;
+const CALLS: u64 = if cfg!(miri) { 100 } else { 100_000 };
+
+#[test]
+fn eight_threads_keep_every_event_in_order() {
+    child_role("threads", || {
+        let hs: Vec<_> = (0..THREADS)
+            .map(|t| {
+                std::thread::Builder::new()
+                    .name(format!("worker-{t}"))
+                    .spawn(move || (0..CALLS).fold(0u64, |a, i| a ^ tiny(i)))
+                    .unwrap()
+            })
+            .collect();
+        for h in hs {
+            std::hint::black_box(h.join().unwrap());
+        }
+    });
+    let dir = session_dir();
+    let st = self_command(
+        "eight_threads_keep_every_event_in_order",
+        "threads",
+        dir.path(),
+    )
+    .status()
+    .unwrap();
+    assert!(st.success());
+    let s = Session::open(&[dir.path()]).unwrap();
+    let p = &s.processes[0];
+    assert_eq!(p.file.lost_events, 0);
+    let workers: Vec<u32> = p
+        .file
+        .lanes
+        .iter()
+        .filter(|(_, l)| l.name.starts_with("worker-"))
+        .map(|(&k, _)| k)
+        .collect();
+    assert_eq!(workers.len(), THREADS);
+    let mut per_lane = std::collections::HashMap::<u32, (u64, u64, bool, i64)>::new();
+    for e in s.events() {
+        let c = per_lane.entry(e.lane).or_insert((0, 0, true, i64::MIN));
+        // In order: alternating enter/exit, nondecreasing time.
+        match e.kind {
+            EventKind::Enter { .. } => {
+                c.2 &= c.0 == c.1;
+                c.0 += 1
+            }
+            EventKind::Exit { end, .. } => {
+                c.2 &= c.0 == c.1 + 1 && end == End::Normal;
+                c.1 += 1
+            }
+            _ => c.2 = false,
+        }
+        c.2 &= e.ts >= c.3;
+        c.3 = e.ts;
+    }
+    for lane in workers {
+        let (enters, exits, ordered, _) = per_lane[&lane];
+        assert_eq!((enters, exits), (CALLS, CALLS), "lane {lane}");
+        assert!(ordered, "lane {lane} events out of order");
+    }
+}
+
+#[mpprof::instrument]
+fn doomed_outer(out: &mut dyn std::io::Write) {
+    let mut i = 0u64;
+    loop {
+        step(i);
+        i += 1;
+        // The witness: `i` steps have returned (their exits are committed).
+        if i.is_multiple_of(1000) {
+            writeln!(out, "{i}").unwrap();
+            out.flush().unwrap();
+        }
+    }
+}
+
+#[mpprof::instrument]
+fn step(i: u64) -> u64 {
+    std::hint::black_box(i * 7)
+}
+
+#[test]
+fn sigkill_keeps_every_committed_event_and_marks_the_open_span() {
+    child_role("doomed", || {
+        doomed_outer(&mut std::io::stdout().lock());
+    });
+    let dir = session_dir();
+    let mut child = self_command(
+        "sigkill_keeps_every_committed_event_and_marks_the_open_span",
+        "doomed",
+        dir.path(),
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut witnessed = 0u64;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Ok(n) = line.trim().parse::<u64>() {
+            witnessed = n;
+            if n >= 50_000 {
+                break;
+            }
+        }
+    }
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    assert!(witnessed >= 50_000);
+    let s = Session::open(&[dir.path()]).unwrap();
+    let p = &s.processes[0];
+    assert!(!p.file.clean, "a killed process has no clean-exit flag");
+    let mut steps = 0u64;
+    let mut outer_end = None;
+    for e in s.events() {
+        if let EventKind::Exit { site, end } = e.kind {
+            let name = p.site_name(site);
+            if name == "step" && end == End::Normal {
+                steps += 1;
+            }
+            if name == "doomed_outer" {
+                outer_end = Some(end);
+            }
+        }
+    }
+    assert!(
+        steps >= witnessed,
+        "recovered {steps} steps, the child witnessed {witnessed}"
+    );
+    assert_eq!(
+        outer_end,
+        Some(End::Abrupt),
+        "the open span is closed by the merge and marked abrupt"
+    );
+    let health = mpprof_merge::check::check(&s);
+    assert!(!health.processes[0].clean);
+    // The Chrome output marks it too.
+    let mut json = Vec::new();
+    mpprof_merge::write::chrome::write(&s, &mut json).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let marked = v["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["ph"] == "E" && e["args"]["ended_abruptly"] == true);
+    assert!(marked);
+}
+
+#[test]
+fn without_a_session_nothing_is_written() {
+    child_role("no-session", || {
+        std::env::set_current_dir(std::env::var("MPPROF_TEST_CWD").unwrap()).unwrap();
+        assert_eq!(fact(5), 120);
+        let _g = mpprof::scope!("nothing");
+        assert!(mpprof::session_dir().is_none());
+    });
+    child_role("off", || {
+        assert_eq!(fact(5), 120);
+        let s = mpprof::init().unwrap();
+        assert!(s.dir().is_none());
+    });
+    let cwd = session_dir();
+    let st = self_command(
+        "without_a_session_nothing_is_written",
+        "no-session",
+        cwd.path(),
+    )
+    .env_remove("MPPROF_DIR")
+    .env("MPPROF_TEST_CWD", cwd.path())
+    .status()
+    .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).unwrap().count(),
+        0,
+        "no files without a session"
+    );
+    let dir = session_dir();
+    let st = self_command("without_a_session_nothing_is_written", "off", dir.path())
+        .env("MPPROF", "off")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "MPPROF=off writes nothing"
+    );
+}
