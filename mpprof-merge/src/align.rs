@@ -100,7 +100,7 @@ impl ClockMap {
             .fold(0.0, f64::max);
         ClockMap {
             ts0: first.ts,
-            mono0: first.mono_ns as i64 + intercept.round() as i64,
+            mono0: (first.mono_ns as i64).saturating_add(intercept.round() as i64),
             ns_per_tick: slope,
             residual_ns,
             method,
@@ -111,7 +111,8 @@ impl ClockMap {
     #[inline]
     pub fn to_ns(&self, ts: u64) -> i64 {
         let d = ts.wrapping_sub(self.ts0) as i64;
-        self.mono0 + (d as f64 * self.ns_per_tick).round() as i64
+        self.mono0
+            .saturating_add((d as f64 * self.ns_per_tick).round() as i64)
     }
 }
 

@@ -124,7 +124,7 @@ pub fn check(session: &Session) -> Health {
             lost_events: f.lost_events,
             lost_reason,
             clean: f.clean,
-            span_ns: p.end_ns - p.start_ns,
+            span_ns: p.end_ns.saturating_sub(p.start_ns),
             clock_fit: method,
             torn_records: f.torn_records,
             warnings: f.warnings.clone(),

@@ -84,7 +84,7 @@ impl Json<'_> {
     }
 
     fn ts(&mut self, ns: i64) -> io::Result<()> {
-        let rel = ns - self.t0;
+        let rel = ns.saturating_sub(self.t0);
         let sign = if rel < 0 { "-" } else { "" };
         let a = rel.unsigned_abs();
         write!(self.out, "{sign}{}.{:03}", a / 1000, a % 1000)

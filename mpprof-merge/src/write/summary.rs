@@ -50,8 +50,8 @@ impl FuncStats {
     fn add(&mut self, o: &FuncStats) {
         self.ncalls += o.ncalls;
         self.primitive += o.primitive;
-        self.tottime_ns += o.tottime_ns;
-        self.cumtime_ns += o.cumtime_ns;
+        self.tottime_ns = self.tottime_ns.saturating_add(o.tottime_ns);
+        self.cumtime_ns = self.cumtime_ns.saturating_add(o.cumtime_ns);
         self.unfinished += o.unfinished;
     }
 }
@@ -115,17 +115,17 @@ pub fn compute(session: &Session) -> Summary {
                 let stack = stacks.entry((e.proc, e.lane)).or_default();
                 let Some(f) = stack.pop() else { continue };
                 debug_assert_eq!(f.site, site, "the merge keeps exits nested");
-                let dur = e.ts - f.start;
+                let dur = e.ts.saturating_sub(f.start);
                 let recursive = stack.iter().any(|g| g.site == f.site);
                 if let Some(parent) = stack.last_mut() {
-                    parent.child += dur;
+                    parent.child = parent.child.saturating_add(dur);
                 }
                 let st = per[e.proc].entry(f.site).or_default();
                 st.ncalls += 1;
-                st.tottime_ns += dur - f.child;
+                st.tottime_ns = st.tottime_ns.saturating_add(dur.saturating_sub(f.child));
                 if !recursive {
                     st.primitive += 1;
-                    st.cumtime_ns += dur;
+                    st.cumtime_ns = st.cumtime_ns.saturating_add(dur);
                 }
                 if end.reason().is_some() {
                     st.unfinished += 1;
@@ -169,7 +169,7 @@ pub fn compute(session: &Session) -> Summary {
         sort(&mut funcs);
         processes.push(ProcessSummary {
             name: p.file.display_name(),
-            wall_ns: p.end_ns - p.start_ns,
+            wall_ns: p.end_ns.saturating_sub(p.start_ns),
             clean: p.file.clean,
             funcs,
         });
@@ -179,7 +179,7 @@ pub fn compute(session: &Session) -> Summary {
     Summary {
         processes,
         tree,
-        wall_ns: session.end_ns() - session.start_ns(),
+        wall_ns: session.end_ns().saturating_sub(session.start_ns()),
         stats,
     }
 }

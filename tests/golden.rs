@@ -1,0 +1,138 @@
+//! A committed buffer file per format version, decoded by today's reader.
+//! When the format changes, bump `FORMAT_VERSION`, keep the old golden file
+//! (the reader must still read it or reject it clearly) and add a new one:
+//! `MPPROF_BLESS=1 cargo test --test golden` writes `tests/data/v<N>.mpb`.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::{child_role, self_command, session_dir, span_sequence};
+use mpprof::format::FORMAT_VERSION;
+use mpprof_merge::Session;
+
+#[mpprof::instrument]
+fn golden_outer() {
+    golden_inner(1);
+    golden_inner(2);
+}
+
+#[mpprof::instrument(name = "inner")]
+fn golden_inner(x: u32) -> u32 {
+    mpprof::counter!("x", x);
+    x
+}
+
+fn data(version: u32) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/v{version}.mpb"))
+}
+
+#[test]
+fn golden_files_decode() {
+    child_role("golden", || {
+        golden_outer();
+        mpprof::event!("end");
+    });
+    if std::env::var_os("MPPROF_BLESS").is_some() {
+        let dir = session_dir();
+        let st = self_command("golden_files_decode", "golden", dir.path())
+            .env("MPPROF_CHUNK_KB", "4")
+            .env("MPPROF_BUFFER_MB", "1")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let f = mpprof_merge::read::list_session(dir.path())
+            .unwrap()
+            .remove(0);
+        let mut bytes = std::fs::read(f).unwrap();
+        scrub(&mut bytes);
+        std::fs::write(data(FORMAT_VERSION), bytes).unwrap();
+    }
+    for v in 1..=FORMAT_VERSION {
+        let s = Session::open(&[data(v)]).unwrap_or_else(|e| panic!("golden v{v}: {e}"));
+        let p = &s.processes[0];
+        assert!(
+            p.file.clean && p.file.warnings.is_empty(),
+            "golden v{v}: {:?}",
+            p.file.warnings
+        );
+        let lane = *p.file.lanes.keys().next().unwrap();
+        assert_eq!(
+            span_sequence(&s, 0, lane),
+            [
+                "+golden_outer",
+                "+inner",
+                "-inner",
+                "+inner",
+                "-inner",
+                "-golden_outer"
+            ],
+            "golden v{v}"
+        );
+        let counters: Vec<f64> = s
+            .events()
+            .filter_map(|e| match e.kind {
+                mpprof_merge::EventKind::Counter { value, .. } => Some(value),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(counters, [1.0, 2.0]);
+        let info = p.file.info.as_ref().unwrap();
+        assert!(info.exe.contains("golden"));
+        assert_eq!(
+            p.file
+                .sites
+                .values()
+                .filter(|x| x.path == "golden::golden_inner")
+                .count(),
+            1
+        );
+    }
+}
+
+/// Replaces the machine-specific facts (paths, host name, boot id) in the
+/// process entry of the first metadata chunk, so the committed file names
+/// nothing of the machine that made it.
+fn scrub(bytes: &mut [u8]) {
+    use mpprof::format::{chunk, Meta, CHUNK_HEADER_SIZE, CHUNK_META, HEADER_SIZE};
+    let chunk_size = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+    let mut off = HEADER_SIZE as usize;
+    while off + chunk_size <= bytes.len() {
+        let kind = u16::from_le_bytes(
+            bytes[off + chunk::KIND..off + chunk::KIND + 2]
+                .try_into()
+                .unwrap(),
+        );
+        if kind == CHUNK_META {
+            break;
+        }
+        off += chunk_size;
+    }
+    let c = off + chunk::COMMITTED;
+    let committed = u32::from_le_bytes(bytes[c..c + 4].try_into().unwrap()) as usize;
+    let data = off + CHUNK_HEADER_SIZE as usize;
+    let mut entries = Vec::new();
+    let mut at = 0;
+    while at < committed {
+        let len = u32::from_le_bytes(bytes[data + at..data + at + 4].try_into().unwrap()) as usize;
+        let mut m: Meta = postcard::from_bytes(&bytes[data + at + 4..data + at + 4 + len]).unwrap();
+        if let Meta::Process(info) = &mut m {
+            info.exe = "/golden/golden".into();
+            info.argv = vec!["/golden/golden".into()];
+            info.hostname = "golden-host".into();
+            info.host_id = "00000000-0000-0000-0000-000000000000".into();
+        }
+        entries.push(m);
+        at += 4 + len;
+    }
+    let mut out = Vec::new();
+    for m in &entries {
+        let e = postcard::to_stdvec(m).unwrap();
+        out.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        out.extend_from_slice(&e);
+    }
+    assert!(out.len() <= chunk_size - CHUNK_HEADER_SIZE as usize);
+    bytes[data..data + committed].fill(0);
+    bytes[data..data + out.len()].copy_from_slice(&out);
+    bytes[c..c + 4].copy_from_slice(&(out.len() as u32).to_le_bytes());
+}
