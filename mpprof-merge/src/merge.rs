@@ -88,10 +88,15 @@ pub enum EventKind {
         /// Flow id.
         flow: FlowId,
     },
-    /// Events were lost here (buffer budget, disk full).
+    /// Events were lost here: buffer budget used up or disk full, or (with
+    /// `overwritten`) the flight recorder overwrote this thread's oldest
+    /// events, which all came before this point.
     Lost {
         /// How many.
         count: u64,
+        /// Overwritten by the flight recorder (keep-last) rather than never
+        /// recorded.
+        overwritten: bool,
     },
 }
 
@@ -231,13 +236,7 @@ impl Session {
             // Losses the lanes' chunk headers do not account for (the budget
             // ran out, or the file could not grow) are shown once, on the
             // process's first lane, at its end.
-            let attributed: u64 = p
-                .file
-                .lanes
-                .values()
-                .flat_map(|l| &l.chunks)
-                .map(|c| c.lost_before)
-                .sum();
+            let attributed: u64 = p.file.lanes.values().map(lane_losses).sum();
             let mut unattributed = p.file.lost_events.saturating_sub(attributed);
             for (&lane, l) in &p.file.lanes {
                 streams.push(LaneStream::new(
@@ -311,6 +310,15 @@ impl Process {
             (start, end)
         }
     }
+}
+
+/// Losses a lane's chunk headers account for: gaps before chunks, after its
+/// last chunk, and what the flight recorder overwrote.
+fn lane_losses(l: &read::Lane) -> u64 {
+    let before: u64 = l.chunks.iter().map(|c| c.lost_before).sum();
+    let after = l.chunks.last().map_or(0, |c| c.lost_after);
+    let overwritten = l.chunks.iter().map(|c| c.overwritten).max().unwrap_or(0);
+    before + after + overwritten
 }
 
 fn read_chunk(
@@ -398,6 +406,14 @@ impl<'a> LaneStream<'a> {
         }
     }
 
+    /// Pushes a loss marker at `ts`.
+    fn lost(&mut self, ts: i64, count: u64, overwritten: bool) {
+        if count > 0 {
+            let e = self.ev(ts, EventKind::Lost { count, overwritten });
+            self.pending.push_back(e);
+        }
+    }
+
     /// Next raw record, loading chunks as needed.
     fn next_raw(&mut self) -> Option<RawEvent> {
         loop {
@@ -413,22 +429,19 @@ impl<'a> LaneStream<'a> {
                 Ok(bad) => self.stats.bad_records += bad,
                 Err(_) => self.stats.unreadable_chunks += 1,
             }
-            if c.lost_before > 0 {
-                // A gap marker before the chunk's first record; queued ahead
-                // of it, since the caller drains `pending` in order.
-                let ts = self
-                    .buf
-                    .first()
-                    .map(|f| self.p.ns(f.ts))
-                    .unwrap_or(self.last_ts)
-                    .max(self.last_ts);
-                self.pending.push_back(self.ev(
-                    ts,
-                    EventKind::Lost {
-                        count: c.lost_before,
-                    },
-                ));
+            // Gap markers before the chunk's first record; queued ahead of it,
+            // since the caller drains `pending` in order.
+            let ts = self
+                .buf
+                .first()
+                .map(|f| self.p.ns(f.ts))
+                .unwrap_or(self.last_ts)
+                .max(self.last_ts);
+            if self.next_chunk == 1 {
+                let overwritten = self.chunks.iter().map(|c| c.overwritten).max().unwrap_or(0);
+                self.lost(ts, overwritten, true);
             }
+            self.lost(ts, c.lost_before, false);
         }
     }
 
@@ -529,15 +542,9 @@ impl<'a> LaneStream<'a> {
     fn finish(&mut self) {
         self.done = true;
         let end_ts = self.p.end_ns.max(self.last_ts);
-        if self.unattributed_lost > 0 {
-            let e = self.ev(
-                end_ts,
-                EventKind::Lost {
-                    count: self.unattributed_lost,
-                },
-            );
-            self.pending.push_back(e);
-        }
+        let after = self.chunks.last().map_or(0, |c| c.lost_after);
+        self.lost(end_ts, after, false);
+        self.lost(end_ts, self.unattributed_lost, false);
         let end = if self.p.file.clean {
             End::OpenAtExit
         } else {

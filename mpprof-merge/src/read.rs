@@ -66,6 +66,10 @@ pub struct ChunkRef {
     pub records: u32,
     /// Events the lane lost just before this chunk.
     pub lost_before: u64,
+    /// Events of the lane overwritten (keep-last) before this chunk was claimed.
+    pub overwritten: u64,
+    /// Events the lane lost after this chunk filled up (last chunk only).
+    pub lost_after: u64,
     /// OS thread id written in the chunk header.
     pub tid: u32,
 }
@@ -344,6 +348,8 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                 }
                 let tid = le_u32(&ch, chunk::TID);
                 let lost_before = le_u64(&ch, chunk::LOST_BEFORE);
+                let overwritten = le_u64(&ch, chunk::OVERWRITTEN);
+                let lost_after = le_u64(&ch, chunk::LOST_AFTER);
                 let l = pf.lanes.entry(lane).or_default();
                 l.tid = tid;
                 l.chunks.push(ChunkRef {
@@ -351,6 +357,8 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                     seq,
                     records,
                     lost_before,
+                    overwritten,
+                    lost_after,
                     tid,
                 });
             }

@@ -86,6 +86,10 @@ impl Config {
 /// A claimed chunk: where its content starts and how much it holds.
 #[derive(Clone, Copy, Debug)]
 pub struct Chunk {
+    /// The chunk header.
+    pub header: *mut u8,
+    /// Slot index in the file.
+    pub slot: u32,
     /// First byte after the chunk header.
     pub data: *mut u8,
     /// The chunk's commit counter.
@@ -161,6 +165,11 @@ impl ProcessBuffer {
         Ok(buf)
     }
 
+    /// The overflow policy.
+    pub fn policy(&self) -> Policy {
+        self.config.policy
+    }
+
     /// Path of the file.
     pub fn path(&self) -> &Path {
         &self.path
@@ -201,15 +210,8 @@ impl ProcessBuffer {
 
     /// Claims a fresh chunk slot and reserves its disk space. Event chunks
     /// leave [`META_RESERVE`] slots for metadata.
-    pub fn claim(
-        &self,
-        kind: u16,
-        lane: u32,
-        tid: u32,
-        seq: u32,
-        lost_before: u64,
-    ) -> Result<Chunk, ClaimError> {
-        let limit = match kind {
+    pub fn claim(&self, init: &ChunkInit) -> Result<Chunk, ClaimError> {
+        let limit = match init.kind {
             format::CHUNK_META => self.config.max_chunks,
             _ => self.config.max_chunks - META_RESERVE,
         };
@@ -235,7 +237,32 @@ impl ProcessBuffer {
         }
         // SAFETY: the slot is inside the mapping (slot < max_chunks), its
         // blocks were just reserved, and this thread owns it exclusively.
-        unsafe { Ok(self.init_chunk(slot, kind, lane, tid, seq, lost_before)) }
+        unsafe { Ok(self.init_chunk(slot, init)) }
+    }
+
+    /// Flight recorder: starts `slot`, an event chunk the calling thread
+    /// owns, over again. Returns the chunk and how many records it held (now
+    /// overwritten, and added to `init.overwritten` in the new header).
+    ///
+    /// # Safety
+    /// `slot` was claimed by the calling thread as an event chunk and is not
+    /// its current chunk any more (or is, and the caller forgets its old
+    /// position).
+    pub unsafe fn reuse(&self, slot: u32, init: &ChunkInit) -> (Chunk, u32) {
+        let offset = format::HEADER_SIZE as usize + slot as usize * self.config.chunk_size as usize;
+        // SAFETY: the slot is a claimed, reserved chunk of this thread.
+        let old = unsafe {
+            let committed =
+                &*(self.map.as_mut_ptr().add(offset + chunk::COMMITTED) as *const AtomicU32);
+            // Relaxed: only this thread writes the count.
+            committed.load(Ordering::Relaxed)
+        };
+        let init = ChunkInit {
+            overwritten: init.overwritten + old as u64,
+            ..*init
+        };
+        // SAFETY: guaranteed by the caller.
+        (unsafe { self.init_chunk(slot, &init) }, old)
     }
 
     /// Writes a chunk header and publishes it.
@@ -243,43 +270,68 @@ impl ProcessBuffer {
     /// # Safety
     /// `slot` is inside the mapping and reserved on disk, and the caller owns
     /// it exclusively.
-    pub unsafe fn init_chunk(
-        &self,
-        slot: u32,
-        kind: u16,
-        lane: u32,
-        tid: u32,
-        seq: u32,
-        lost_before: u64,
-    ) -> Chunk {
+    unsafe fn init_chunk(&self, slot: u32, init: &ChunkInit) -> Chunk {
         let offset = format::HEADER_SIZE as usize + slot as usize * self.config.chunk_size as usize;
         // SAFETY: guaranteed by the caller.
         unsafe {
             let c = self.map.as_mut_ptr().add(offset);
             let magic = &*(c.add(chunk::MAGIC) as *const AtomicU32);
-            // Relaxed: unpublishing a reused chunk; readers that look while
-            // the process runs treat a chunk without magic as absent.
+            // Relaxed: unpublishing a reused chunk; a reader that looks while
+            // the process runs treats a chunk without magic as absent.
             magic.store(0, Ordering::Relaxed);
             let committed = c.add(chunk::COMMITTED) as *const AtomicU32;
             (*committed).store(0, Ordering::Relaxed);
-            put_u16(c, chunk::KIND, kind);
-            put_u32(c, chunk::LANE, lane);
-            put_u32(c, chunk::TID, tid);
-            put_u32(c, chunk::SEQ, seq);
-            put_u64(c, chunk::LOST_BEFORE, lost_before);
+            put_u16(c, chunk::KIND, init.kind);
+            put_u32(c, chunk::LANE, init.lane);
+            put_u32(c, chunk::TID, init.tid);
+            put_u32(c, chunk::SEQ, init.seq);
+            put_u64(c, chunk::LOST_BEFORE, init.lost_before);
+            put_u64(c, chunk::OVERWRITTEN, init.overwritten);
+            put_u64(c, chunk::LOST_AFTER, 0);
             // Release: the header fields above are visible to anyone who
             // reads the magic with acquire.
             magic.store(format::CHUNK_MAGIC, Ordering::Release);
-            let capacity = match kind {
+            let capacity = match init.kind {
                 format::CHUNK_META => self.config.chunk_size - format::CHUNK_HEADER_SIZE,
                 _ => (self.config.chunk_size - format::CHUNK_HEADER_SIZE) / format::RECORD_SIZE,
             };
             Chunk {
+                header: c,
                 data: c.add(format::CHUNK_HEADER_SIZE as usize),
                 committed,
                 capacity,
+                slot,
             }
         }
+    }
+}
+
+/// The header fields of a chunk being claimed.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkInit {
+    /// [`format::CHUNK_EVENTS`] or [`format::CHUNK_META`].
+    pub kind: u16,
+    /// Lane (0 for metadata).
+    pub lane: u32,
+    /// OS thread id.
+    pub tid: u32,
+    /// Sequence number within the lane.
+    pub seq: u32,
+    /// Events the lane lost just before this chunk.
+    pub lost_before: u64,
+    /// Events of the lane overwritten so far (keep-last).
+    pub overwritten: u64,
+}
+
+impl Chunk {
+    /// Records, in the chunk header at `header`, how many events the lane
+    /// lost after this chunk filled up.
+    pub fn set_lost_after_at(header: *mut u8, n: u64) {
+        // SAFETY: callers pass the header of a chunk of the current recorder
+        // (mapped for the life of the process); the field is 8-aligned.
+        let a = unsafe { &*(header.add(chunk::LOST_AFTER) as *const AtomicU64) };
+        // Relaxed: a statistic read after the process ends.
+        a.store(n, Ordering::Relaxed);
     }
 }
 
@@ -367,7 +419,15 @@ impl MetaLog {
         let need = self.scratch.len() as u32;
         let fits = matches!(self.chunk, Some(c) if self.used + need <= c.capacity);
         if !fits {
-            match buf.claim(format::CHUNK_META, 0, 0, self.seq, 0) {
+            let init = ChunkInit {
+                kind: format::CHUNK_META,
+                lane: 0,
+                tid: 0,
+                seq: self.seq,
+                lost_before: 0,
+                overwritten: 0,
+            };
+            match buf.claim(&init) {
                 Ok(c) => {
                     self.chunk = Some(c);
                     self.used = 0;

@@ -104,11 +104,18 @@ pub mod chunk {
     /// `u32` atomic: committed records (event chunks) or bytes (metadata
     /// chunks). Stored with release after the content it covers.
     pub const COMMITTED: usize = 20;
-    /// `u64` atomic: events lost by this lane before the first record of
-    /// this chunk (a gap marker for the merge).
+    /// `u64`: events lost by this lane (budget, disk) just before the first
+    /// record of this chunk: a gap marker for the merge.
     pub const LOST_BEFORE: usize = 24;
+    /// `u64`: events of this lane overwritten by the flight recorder
+    /// (`keep-last`) before this chunk was (re)claimed, cumulative. The
+    /// lane's oldest surviving event follows a gap of the largest value.
+    pub const OVERWRITTEN: usize = 32;
+    /// `u64` atomic: events lost by this lane after this chunk filled up
+    /// (no further chunk could be claimed). Meaningful on a lane's last chunk.
+    pub const LOST_AFTER: usize = 40;
     /// End of the defined fields.
-    pub const END: usize = 32;
+    pub const END: usize = 48;
 }
 
 /// Chunk header magic ("CHNK").

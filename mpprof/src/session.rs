@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::buffer::{Chunk, ClaimError, Config, MetaLog, ProcessBuffer};
+use crate::buffer::{Chunk, ChunkInit, ClaimError, Config, MetaLog, ProcessBuffer};
 use crate::flow::FlowId;
-use crate::format::{self, ClockKind, Meta, ProcessInfo};
+use crate::format::{ClockKind, Meta, ProcessInfo};
 use crate::{callsite, clock};
 
 /// Recording state, read (relaxed) at the top of every hot-path call:
@@ -77,6 +77,7 @@ pub(crate) struct Recorder {
     pub(crate) dir: PathBuf,
     pub(crate) clock_hz: f64,
     finished: AtomicBool,
+    start_mono: u64,
     last_anchor_mono: AtomicU64,
 }
 
@@ -98,25 +99,29 @@ impl Recorder {
         FlowId::from_parts(process_uid(), self.flow_seq.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Claims an event chunk for a thread and writes an anchor (at most one
-    /// every 10 ms, so a busy process still maps ticks to time densely).
-    pub(crate) fn claim_events(
-        &self,
-        lane: u32,
-        tid: u32,
-        seq: u32,
-        lost_before: u64,
-    ) -> Result<Chunk, ClaimError> {
-        let c = self
-            .buf
-            .claim(format::CHUNK_EVENTS, lane, tid, seq, lost_before)?;
+    /// Claims an event chunk for a thread (and maybe writes an anchor).
+    pub(crate) fn claim_events(&self, init: &ChunkInit) -> Result<Chunk, ClaimError> {
+        let c = self.buf.claim(init)?;
+        self.maybe_anchor();
+        Ok(c)
+    }
+
+    /// Writes a clock anchor unless one was written recently: every 10 ms
+    /// during the first second (so even a short or killed process has a
+    /// well-spread fit), then every second (so a long run's metadata grows
+    /// by about 100 KB an hour).
+    pub(crate) fn maybe_anchor(&self) {
         let now = clock::monotonic_ns();
+        let interval = if now.saturating_sub(self.start_mono) < 1_000_000_000 {
+            10_000_000
+        } else {
+            1_000_000_000
+        };
         // Relaxed: a rate limit; a race writes one extra anchor.
-        if now.saturating_sub(self.last_anchor_mono.load(Ordering::Relaxed)) > 10_000_000 {
+        if now.saturating_sub(self.last_anchor_mono.load(Ordering::Relaxed)) > interval {
             self.last_anchor_mono.store(now, Ordering::Relaxed);
             self.write_meta(&Meta::Anchor(clock::anchor()));
         }
-        Ok(c)
     }
 
     fn finish(&self) {
@@ -388,6 +393,7 @@ fn start(dir: &Path, root: bool) -> io::Result<()> {
         dir: dir.to_owned(),
         clock_hz,
         finished: AtomicBool::new(false),
+        start_mono: clock::monotonic_ns(),
         last_anchor_mono: AtomicU64::new(clock::monotonic_ns()),
     }));
     rec.write_meta(&Meta::Process(info));

@@ -1,12 +1,13 @@
 //! The hot path: each thread writes 16-byte records into its own chunk and
 //! publishes them with one release store of the chunk's commit count.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::buffer::{Chunk, ClaimError};
+use crate::buffer::{Chunk, ChunkInit, ClaimError};
 use crate::clock;
-use crate::format::{kind, Meta, RawRecord};
+use crate::format::{self, kind, Meta, Policy, RawRecord};
 use crate::session::{self, Recorder, OFF, STATE, UNKNOWN};
 
 /// A thread's position in its current chunk. Plain `Cell`s: only the owning
@@ -29,6 +30,10 @@ struct Writer {
     seq: Cell<u32>,
     /// Events lost since the last successful claim.
     lost: Cell<u64>,
+    /// Events of this lane overwritten by the flight recorder so far.
+    overwritten: Cell<u64>,
+    /// Header of the current (or last) chunk, null when none.
+    hdr: Cell<*mut u8>,
     /// After a failed claim: CLOCK_MONOTONIC time before which no new claim
     /// is tried (failed claims cost a syscall; a full disk stays full for a
     /// while). `u64::MAX`: never (budget used up under keep-first).
@@ -46,9 +51,14 @@ thread_local! {
             lane: Cell::new(0),
             seq: Cell::new(0),
             lost: Cell::new(0),
+            overwritten: Cell::new(0),
+            hdr: Cell::new(std::ptr::null_mut()),
             retry_at: Cell::new(0),
         }
     };
+    /// Slow-path state: the event chunks this thread owns in the current
+    /// recorder, oldest first (the flight recorder reuses the front one).
+    static OWNED: RefCell<(u32, VecDeque<u32>)> = const { RefCell::new((0, VecDeque::new())) };
 }
 
 /// Records one event. The hot path: one relaxed load of the global state,
@@ -146,6 +156,8 @@ fn slow(w: &Writer, mut s: u32, rec: RawRecord, payload: Option<[u64; 2]>) {
         w.lane.set(0);
         w.seq.set(0);
         w.lost.set(0);
+        w.overwritten.set(0);
+        w.hdr.set(std::ptr::null_mut());
         w.retry_at.set(0);
     }
     if w.lane.get() == 0 {
@@ -162,6 +174,10 @@ fn slow(w: &Writer, mut s: u32, rec: RawRecord, payload: Option<[u64; 2]>) {
     if w.idx.get() + need > w.cap.get() && !new_chunk(w, r) {
         w.lost.set(w.lost.get() + need as u64);
         r.buf.add_lost_events(need as u64);
+        if !w.hdr.get().is_null() {
+            // The gap is after the last chunk this lane has.
+            Chunk::set_lost_after_at(w.hdr.get(), w.lost.get());
+        }
         return;
     }
     let rec = RawRecord {
@@ -184,15 +200,43 @@ fn slow(w: &Writer, mut s: u32, rec: RawRecord, payload: Option<[u64; 2]>) {
     }
 }
 
-/// Claims the next chunk for this thread. False when it cannot (budget used
-/// up, or the file cannot grow).
+/// Claims the next chunk for this thread. Under `keep-last`, when the
+/// budget is used up, the thread starts its own oldest chunk over. False
+/// when there is no chunk to write to (budget used up under `keep-first`,
+/// or the file cannot grow).
 fn new_chunk(w: &Writer, r: &Recorder) -> bool {
     let retry_at = w.retry_at.get();
     if retry_at != 0 && (retry_at == u64::MAX || clock::monotonic_ns() < retry_at) {
         return false;
     }
-    match r.claim_events(w.lane.get(), gettid(), w.seq.get(), w.lost.get()) {
+    let init = ChunkInit {
+        kind: format::CHUNK_EVENTS,
+        lane: w.lane.get(),
+        tid: gettid(),
+        seq: w.seq.get(),
+        lost_before: w.lost.get(),
+        overwritten: w.overwritten.get(),
+    };
+    match r.claim_events(&init) {
         Ok(c) => {
+            owned(w, |o| o.push_back(c.slot));
+            install(w, c);
+            true
+        }
+        Err(ClaimError::Budget) if r.buf.policy() == Policy::KeepLast => {
+            let Some(slot) = owned(w, |o| o.pop_front()) else {
+                // Never had a chunk: nothing of its own to overwrite.
+                w.retry_at.set(u64::MAX);
+                w.cap.set(0);
+                return false;
+            };
+            // SAFETY: `slot` was claimed by this thread in this recorder
+            // (OWNED is reset with the epoch) and the thread is done with it.
+            let (c, old) = unsafe { r.buf.reuse(slot, &init) };
+            r.buf.add_lost_events(old as u64);
+            w.overwritten.set(w.overwritten.get() + old as u64);
+            r.maybe_anchor();
+            owned(w, |o| o.push_back(c.slot));
             install(w, c);
             true
         }
@@ -216,9 +260,21 @@ fn new_chunk(w: &Writer, r: &Recorder) -> bool {
     }
 }
 
+/// Runs `f` on this thread's list of owned chunks for the writer's epoch.
+fn owned<R>(w: &Writer, f: impl FnOnce(&mut VecDeque<u32>) -> R) -> R {
+    OWNED.with(|o| {
+        let mut o = o.borrow_mut();
+        if o.0 != w.epoch.get() {
+            *o = (w.epoch.get(), VecDeque::new());
+        }
+        f(&mut o.1)
+    })
+}
+
 fn install(w: &Writer, c: Chunk) {
     w.recs.set(c.data as *mut RawRecord);
     w.commit.set(c.committed);
+    w.hdr.set(c.header);
     w.cap.set(c.capacity);
     w.idx.set(0);
     w.seq.set(w.seq.get() + 1);

@@ -140,11 +140,16 @@ impl Json<'_> {
                 let v = if value.is_finite() { value } else { 0.0 };
                 write!(self.out, ",\"args\":{{\"value\":{v}}}}}")
             }
-            EventKind::Lost { count } => {
+            EventKind::Lost { count, overwritten } => {
                 self.head("i", pid, tid, e.ts)?;
+                let (name, detail) = if overwritten {
+                    ("events overwritten", "flight recorder (keep-last): this thread's older events were overwritten; the trace of this thread starts here")
+                } else {
+                    ("events lost", "buffer budget used up or disk full: this thread's events around here are missing")
+                };
                 write!(
                     self.out,
-                    ",\"s\":\"t\",\"cat\":\"mpprof\",\"name\":\"{count} events lost\",\"args\":{{\"lost_events\":{count},\"detail\":\"buffer budget used up or disk full; events around here are missing\"}}}}"
+                    ",\"s\":\"t\",\"cat\":\"mpprof\",\"name\":\"{count} {name}\",\"args\":{{\"lost_events\":{count},\"detail\":\"{detail}\"}}}}"
                 )
             }
             EventKind::FlowOut { site, flow } | EventKind::FlowIn { site, flow } => {

@@ -1,0 +1,267 @@
+//! Recording never hurts the application and never loses what it
+//! committed: budgets and overflow policies, a file that cannot grow,
+//! hostile session directories. Real child processes, real files.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Output;
+
+use common::{child_role, self_command, session_dir};
+use mpprof_merge::{EventKind, Session};
+
+#[mpprof::instrument]
+fn call(i: u64) -> u64 {
+    std::hint::black_box(i.wrapping_mul(31))
+}
+
+#[mpprof::instrument]
+fn last_call() {}
+
+const CALLS: u64 = 200_000;
+
+/// The child's work: CALLS calls, then one `last_call`, and the result on
+/// stdout (the application's output must stay right whatever happens to
+/// recording).
+fn work() {
+    let sum = (0..CALLS).fold(0u64, |a, i| a.wrapping_add(call(i)));
+    last_call();
+    println!("sum={sum}");
+}
+
+fn expected_sum() -> u64 {
+    (0..CALLS).fold(0u64, |a, i| a.wrapping_add(i.wrapping_mul(31)))
+}
+
+fn run(role: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> Output {
+    let mut c = self_command("overflow_policies_count_every_lost_event", role, dir);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("sum={}", expected_sum())),
+        "the application's result is intact"
+    );
+    out
+}
+
+/// (committed records, lost events, lost markers (count, overwritten), last_call seen).
+fn tally(dir: &std::path::Path) -> (u64, u64, Vec<(u64, bool)>, bool) {
+    let s = Session::open(&[dir]).unwrap();
+    let p = &s.processes[0];
+    let mut markers = Vec::new();
+    let mut last = false;
+    for e in s.events() {
+        match e.kind {
+            EventKind::Lost { count, overwritten } => markers.push((count, overwritten)),
+            EventKind::Exit { site, .. } if p.site_name(site) == "last_call" => last = true,
+            _ => {}
+        }
+    }
+    (
+        p.file.committed_records(),
+        p.file.lost_events,
+        markers,
+        last,
+    )
+}
+
+#[test]
+fn overflow_policies_count_every_lost_event() {
+    child_role("work", work);
+    let small = [("MPPROF_BUFFER_MB", "1"), ("MPPROF_CHUNK_KB", "64")];
+
+    // keep-first: the first events are kept, the rest counted exactly.
+    let dir = session_dir();
+    run("work", dir.path(), &small);
+    let (kept, lost, markers, last) = tally(dir.path());
+    assert_eq!(
+        kept + lost,
+        2 * CALLS + 2,
+        "every event is either kept or counted"
+    );
+    assert!(lost > 0 && kept > 0);
+    assert_eq!(
+        markers,
+        vec![(lost, false)],
+        "one gap marker at the end of the thread"
+    );
+    assert!(!last, "keep-first drops the newest events");
+    let size = std::fs::metadata(mpprof_merge::read::list_session(dir.path()).unwrap()[0].clone())
+        .unwrap()
+        .len();
+    assert!(size <= (1 << 20) + 4096, "file within its budget: {size}");
+    let h = mpprof_merge::check::check(&Session::open(&[dir.path()]).unwrap());
+    assert!(h.processes[0]
+        .lost_reason
+        .as_deref()
+        .unwrap()
+        .contains("budget"));
+
+    // keep-last: the newest events are kept, the overwritten ones counted exactly.
+    let dir = session_dir();
+    run(
+        "work",
+        dir.path(),
+        &[small[0], small[1], ("MPPROF_OVERFLOW", "keep-last")],
+    );
+    let (kept, lost, markers, last) = tally(dir.path());
+    assert_eq!(
+        kept + lost,
+        2 * CALLS + 2,
+        "every event is either kept or counted"
+    );
+    assert!(lost > 0);
+    assert_eq!(
+        markers,
+        vec![(lost, true)],
+        "one overwritten marker at the start of the thread"
+    );
+    assert!(last, "the flight recorder keeps the last events");
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert!(
+        s.processes[0]
+            .file
+            .sites
+            .values()
+            .any(|x| x.name == "last_call"),
+        "names survive overflow"
+    );
+}
+
+#[test]
+fn a_file_that_cannot_grow_costs_events_not_the_application() {
+    child_role("fsize", || {
+        // SAFETY: setting a resource limit and a signal disposition for this
+        // process at start, before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let lim = libc::rlimit {
+                rlim_cur: 512 << 10,
+                rlim_max: 512 << 10,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+        }
+        work();
+    });
+    let dir = session_dir();
+    let mut c = self_command(
+        "a_file_that_cannot_grow_costs_events_not_the_application",
+        "fsize",
+        dir.path(),
+    );
+    let out = c.env("MPPROF_CHUNK_KB", "64").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("sum={}", expected_sum())));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.matches("mpprof: warning: cannot grow").count(),
+        1,
+        "one warning: {stderr}"
+    );
+    let (kept, lost, _, _) = tally(dir.path());
+    assert_eq!(kept + lost, 2 * CALLS + 2);
+    assert!(lost > 0);
+    let s = Session::open(&[dir.path()]).unwrap();
+    let h = mpprof_merge::check::check(&s);
+    assert!(
+        h.processes[0]
+            .lost_reason
+            .as_deref()
+            .unwrap()
+            .contains("could not grow"),
+        "{:?}",
+        h.processes[0]
+    );
+    assert!(h.processes[0].clean, "the process still finished its file");
+}
+
+#[test]
+fn hostile_session_directories_are_refused_with_one_warning() {
+    child_role("hostile", || {
+        assert_eq!(call(2), 62);
+        last_call();
+        assert!(mpprof::session_dir().is_none());
+    });
+    let base = session_dir();
+    let b = base.path();
+    std::fs::write(b.join("a-file"), b"").unwrap();
+    std::fs::create_dir(b.join("real")).unwrap();
+    std::os::unix::fs::symlink(b.join("real"), b.join("link")).unwrap();
+    std::fs::create_dir(b.join("open")).unwrap();
+    std::fs::set_permissions(b.join("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::create_dir(b.join("theirs")).unwrap();
+    // SAFETY: chown(2) on a path we made; as non-root it fails, and the
+    // case is skipped.
+    let chowned = unsafe {
+        let p = std::ffi::CString::new(b.join("theirs").as_os_str().as_encoded_bytes()).unwrap();
+        libc::chown(p.as_ptr(), 65534, 65534) == 0
+    };
+    let mut cases = vec![
+        ("missing", "No such file"),
+        ("a-file", "not a directory"),
+        ("link", "symbolic link"),
+        ("open", "writable by others"),
+    ];
+    if chowned {
+        cases.push(("theirs", "belongs to uid 65534"));
+    }
+    for (name, why) in cases {
+        let dir = b.join(name);
+        let out = self_command(
+            "hostile_session_directories_are_refused_with_one_warning",
+            "hostile",
+            &dir,
+        )
+        .output()
+        .unwrap();
+        assert!(out.status.success(), "{name}: the application runs on");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let warnings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("mpprof: warning"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{name}: {stderr}");
+        assert!(warnings[0].contains(why), "{name}: {}", warnings[0]);
+    }
+    // Nothing was written through the link or into the others.
+    for d in ["real", "open", "theirs"] {
+        assert_eq!(
+            std::fs::read_dir(b.join(d)).unwrap().count(),
+            0,
+            "{d} stays empty"
+        );
+    }
+}
+
+#[test]
+fn session_files_are_private() {
+    child_role("private", || {
+        call(1);
+    });
+    let dir = session_dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(
+        self_command("session_files_are_private", "private", dir.path())
+            .status()
+            .unwrap()
+            .success()
+    );
+    for f in mpprof_merge::read::list_session(dir.path()).unwrap() {
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+}
