@@ -265,3 +265,139 @@ fn session_files_are_private() {
         );
     }
 }
+
+#[mpprof::instrument]
+fn before_fork() {}
+
+#[mpprof::instrument]
+fn in_fork_child() -> u64 {
+    (0..1000).map(call).sum()
+}
+
+#[mpprof::instrument]
+fn fork_and_wait() -> i32 {
+    // SAFETY: fork(2) in a single-threaded test child; the forked child
+    // only runs Rust code that the atfork handlers prepared for, then exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        in_fork_child();
+        std::process::exit(0);
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child we just forked.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    status
+}
+
+#[test]
+fn fork_without_exec_records_into_a_file_of_its_own() {
+    child_role("forker", || {
+        before_fork();
+        assert_eq!(fork_and_wait(), 0);
+        last_call();
+    });
+    let dir = session_dir();
+    let st = self_command(
+        "fork_without_exec_records_into_a_file_of_its_own",
+        "forker",
+        dir.path(),
+    )
+    .status()
+    .unwrap();
+    assert!(st.success());
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert_eq!(
+        s.processes.len(),
+        2,
+        "the forked child has a file of its own"
+    );
+    let names = |pi: usize| -> Vec<String> {
+        s.events()
+            .filter(|e| e.proc == pi)
+            .filter_map(|e| match e.kind {
+                EventKind::Enter { site } => Some(s.processes[pi].site_name(site).into_owned()),
+                _ => None,
+            })
+            .collect()
+    };
+    let (parent, child) = if names(0).contains(&"before_fork".to_owned()) {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    let pn = names(parent);
+    let cn = names(child);
+    assert!(pn.contains(&"fork_and_wait".to_owned()) && pn.contains(&"last_call".to_owned()));
+    assert!(
+        !pn.contains(&"in_fork_child".to_owned()),
+        "the child never wrote into the parent's file"
+    );
+    assert_eq!(cn.iter().filter(|n| *n == "in_fork_child").count(), 1);
+    assert_eq!(cn.iter().filter(|n| *n == "call").count(), 1000);
+    let (pf, cf) = (&s.processes[parent].file, &s.processes[child].file);
+    assert!(pf.clean && cf.clean);
+    assert_ne!(pf.uid, cf.uid, "the child has its own process uid");
+    assert_eq!(cf.info.as_ref().unwrap().ppid, pf.pid);
+    let h = mpprof_merge::check::check(&s);
+    assert_eq!(
+        (h.flows_matched, h.causality_violations),
+        (1, 0),
+        "one flow from the fork point"
+    );
+}
+
+#[test]
+fn a_thousand_short_lived_threads_share_chunks() {
+    child_role("churn", || {
+        for batch in 0..125 {
+            let hs: Vec<_> = (0..8)
+                .map(|t| {
+                    std::thread::Builder::new()
+                        .name(format!("short-{batch}-{t}"))
+                        .spawn(move || (0..3).map(call).sum::<u64>())
+                        .unwrap()
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+        }
+    });
+    let dir = session_dir();
+    let st = self_command(
+        "a_thousand_short_lived_threads_share_chunks",
+        "churn",
+        dir.path(),
+    )
+    .status()
+    .unwrap();
+    assert!(st.success());
+    let file = mpprof_merge::read::list_session(dir.path())
+        .unwrap()
+        .remove(0);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let s = Session::open(&[dir.path()]).unwrap();
+    let p = &s.processes[0];
+    assert_eq!(p.file.lost_events, 0);
+    let mut per_lane = std::collections::HashMap::<u32, u32>::new();
+    for e in s.events() {
+        if let EventKind::Exit { site, .. } = e.kind {
+            assert_eq!(p.site_name(site), "call");
+            *per_lane.entry(e.lane).or_default() += 1;
+        }
+    }
+    assert_eq!(per_lane.len(), 1000, "every thread's events are kept");
+    assert!(per_lane.values().all(|&n| n == 3));
+    for (lane, l) in &p.file.lanes {
+        if per_lane.contains_key(lane) {
+            assert!(
+                l.name.starts_with("short-"),
+                "lane {lane} named {:?}",
+                l.name
+            );
+        }
+    }
+    // 1000 threads, but chunks are handed on: a few chunks, not 1000.
+    assert!(size < 8 << 20, "file size {size} bytes");
+    eprintln!("1000 threads x 3 calls: file {} KiB", size / 1024);
+}

@@ -55,6 +55,23 @@ pub struct Site {
     pub line: u32,
 }
 
+/// A thread continued another (finished) thread's chunk from record `start`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Handoff {
+    /// Chunk slot.
+    pub slot: u32,
+    /// First record of the new owner.
+    pub start: u32,
+    /// The new owner's lane.
+    pub lane: u32,
+    /// Its OS thread id.
+    pub tid: u32,
+    /// Sequence number of the segment within the lane.
+    pub seq: u32,
+    /// Events the lane lost just before the segment.
+    pub lost_before: u64,
+}
+
 /// A chunk of one lane, located and validated.
 #[derive(Clone, Copy, Debug)]
 pub struct ChunkRef {
@@ -117,6 +134,8 @@ pub struct ProcessFile {
     pub anchors: Vec<Anchor>,
     /// Problems found while reading (the file is still usable).
     pub warnings: Vec<String>,
+    /// Chunks continued by another thread (already applied to `lanes`).
+    pub handoffs: Vec<Handoff>,
     /// Records after a chunk's commit count that hold data: writes that were
     /// under way when the process died (torn or uncommitted), skipped.
     pub torn_records: u64,
@@ -264,6 +283,7 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
         anchors: Vec::new(),
         warnings: Vec::new(),
         torn_records: 0,
+        handoffs: Vec::new(),
     };
     let name = format!("{} (process {pid})", path.display());
     if pf.policy.is_none() {
@@ -287,6 +307,7 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
     let cap_records = (chunk_size - format::CHUNK_HEADER_SIZE) / format::RECORD_SIZE;
     let cap_bytes = chunk_size - format::CHUNK_HEADER_SIZE;
     let mut meta_chunks: Vec<(u32, u64, u32)> = Vec::new();
+    let mut event_chunks: Vec<(u32, u32, ChunkRef)> = Vec::new();
     let mut ch = [0u8; format::CHUNK_HEADER_SIZE as usize];
     for slot in 0..slots {
         let off = format::HEADER_SIZE + slot * chunk_size as u64;
@@ -332,17 +353,23 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                     ));
                     records = present / format::RECORD_SIZE;
                 }
-                // A record after the commit count that holds data was being
-                // written when the process stopped: detected and skipped.
+                // A record after the commit count that holds data newer than
+                // the last committed one was being written when the process
+                // stopped: detected (counted) and skipped. (Older data there
+                // is a flight-recorder leftover.)
                 if records < cap_records && !pf.clean {
-                    let mut next = [0u8; format::RECORD_SIZE as usize];
+                    let first = records.saturating_sub(1);
+                    let mut two = [0u8; 2 * format::RECORD_SIZE as usize];
                     let n = read_at(
                         &pf.file,
-                        &mut next,
-                        data + records as u64 * format::RECORD_SIZE as u64,
+                        &mut two,
+                        data + first as u64 * format::RECORD_SIZE as u64,
                     )
                     .map_err(io)?;
-                    if n == next.len() && next.iter().any(|&b| b != 0) {
+                    let next = &two[(records - first) as usize * 16..][..16];
+                    let last_ts = if records > 0 { le_u64(&two, 0) } else { 0 };
+                    if n == two.len() && next.iter().any(|&b| b != 0) && le_u64(next, 0) >= last_ts
+                    {
                         pf.torn_records += 1;
                     }
                 }
@@ -350,25 +377,24 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                 let lost_before = le_u64(&ch, chunk::LOST_BEFORE);
                 let overwritten = le_u64(&ch, chunk::OVERWRITTEN);
                 let lost_after = le_u64(&ch, chunk::LOST_AFTER);
-                let l = pf.lanes.entry(lane).or_default();
-                l.tid = tid;
-                l.chunks.push(ChunkRef {
-                    offset: data,
-                    seq,
-                    records,
-                    lost_before,
-                    overwritten,
-                    lost_after,
-                    tid,
-                });
+                event_chunks.push((
+                    slot as u32,
+                    lane,
+                    ChunkRef {
+                        offset: data,
+                        seq,
+                        records,
+                        lost_before,
+                        overwritten,
+                        lost_after,
+                        tid,
+                    },
+                ));
             }
             other => pf.warnings.push(format!(
                 "{name}: chunk {slot}: field `kind` has unknown value {other}; skipped"
             )),
         }
-    }
-    for l in pf.lanes.values_mut() {
-        l.chunks.sort_by_key(|c| c.seq);
     }
     meta_chunks.sort_by_key(|m| m.0);
     let mut buf = Vec::new();
@@ -378,12 +404,59 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
         buf.truncate(n);
         decode_meta(&mut pf, &buf, seq, &name);
     }
+    split_handoffs(&mut pf, event_chunks, cap_records, &name);
+    for l in pf.lanes.values_mut() {
+        l.chunks.sort_by_key(|c| c.seq);
+    }
     if pf.info.is_none() {
         pf.warnings.push(format!(
             "{name}: no process information in the metadata (executable and parent unknown)"
         ));
     }
     Ok(pf)
+}
+
+/// Assigns event chunks to lanes. A chunk continued by other threads
+/// ([`Meta::Handoff`]) is split: records before the first hand-off belong
+/// to the lane in its header, each later run to the lane that took it over.
+fn split_handoffs(pf: &mut ProcessFile, chunks: Vec<(u32, u32, ChunkRef)>, cap: u32, name: &str) {
+    let mut handoffs = std::mem::take(&mut pf.handoffs);
+    handoffs.sort_by_key(|h| (h.slot, h.start));
+    for (slot, lane, c) in chunks {
+        let mine: Vec<&Handoff> = handoffs.iter().filter(|h| h.slot == slot).collect();
+        let first_end = mine.first().map_or(c.records, |h| h.start.min(c.records));
+        let l = pf.lanes.entry(lane).or_default();
+        if l.tid == 0 {
+            l.tid = c.tid;
+        }
+        l.chunks.push(ChunkRef {
+            records: first_end,
+            ..c
+        });
+        for (i, h) in mine.iter().enumerate() {
+            if h.start > cap {
+                pf.warnings.push(format!("{name}: hand-off of chunk {slot}: field `start` is {}, past the chunk's {cap} records; skipped", h.start));
+                continue;
+            }
+            let end = mine
+                .get(i + 1)
+                .map_or(c.records, |n| n.start)
+                .min(c.records);
+            let l = pf.lanes.entry(h.lane).or_default();
+            if l.tid == 0 {
+                l.tid = h.tid;
+            }
+            l.chunks.push(ChunkRef {
+                offset: c.offset + h.start as u64 * format::RECORD_SIZE as u64,
+                seq: h.seq,
+                records: end.saturating_sub(h.start),
+                lost_before: h.lost_before,
+                overwritten: 0,
+                lost_after: if i + 1 == mine.len() { c.lost_after } else { 0 },
+                tid: h.tid,
+            });
+        }
+    }
 }
 
 fn decode_meta(pf: &mut ProcessFile, mut b: &[u8], seq: u32, name: &str) {
@@ -429,6 +502,21 @@ fn decode_meta(pf: &mut ProcessFile, mut b: &[u8], seq: u32, name: &str) {
                 l.name = name;
             }
             Ok(Meta::Anchor(a)) => pf.anchors.push(a),
+            Ok(Meta::Handoff {
+                slot,
+                start,
+                lane,
+                tid,
+                seq,
+                lost_before,
+            }) => pf.handoffs.push(Handoff {
+                slot,
+                start,
+                lane,
+                tid,
+                seq,
+                lost_before,
+            }),
             Err(e) => pf.warnings.push(format!(
                 "{name}: metadata chunk {seq}: undecodable entry ({e}); skipped"
             )),

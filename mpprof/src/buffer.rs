@@ -98,6 +98,12 @@ pub struct Chunk {
     pub capacity: u32,
 }
 
+// SAFETY: the pointers are into the process-wide mapping, which is never
+// unmapped; a Chunk moves between threads only through the recorder's
+// hand-off list, whose mutex orders the old owner's writes before the new
+// owner's.
+unsafe impl Send for Chunk {}
+
 /// Why a chunk could not be claimed.
 #[derive(Debug)]
 pub enum ClaimError {

@@ -17,6 +17,9 @@ pub struct Callsite {
     path: fn() -> &'static str,
     file: &'static str,
     line: u32,
+    /// The path as a string, for callsites made at run time
+    /// ([`Callsite::leak_dynamic`]); `None` for the macros' callsites.
+    dyn_path: Option<&'static str>,
 }
 
 impl Callsite {
@@ -45,7 +48,26 @@ impl Callsite {
             path,
             file,
             line,
+            dyn_path: None,
         }
+    }
+
+    /// A callsite described at run time (one per `tracing` callsite, made by
+    /// the tracing layer): leaked, so call it once per distinct site.
+    pub(crate) fn leak_dynamic(
+        kind: SiteKind,
+        name: &str,
+        path: &str,
+        file: &str,
+        line: u32,
+    ) -> &'static Callsite {
+        fn leak(s: &str) -> &'static str {
+            Box::leak(s.to_owned().into_boxed_str())
+        }
+        Box::leak(Box::new(Callsite {
+            dyn_path: Some(leak(path)),
+            ..Callsite::with_kind(kind, leak(name), || "", leak(file), line)
+        }))
     }
 
     /// The callsite's id, registering it on first use.
@@ -82,7 +104,7 @@ impl Callsite {
             id,
             kind: self.kind,
             name: self.name.to_owned(),
-            path: (self.path)().to_owned(),
+            path: self.dyn_path.unwrap_or_else(|| (self.path)()).to_owned(),
             file: self.file.to_owned(),
             line: self.line,
         }
@@ -100,6 +122,18 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     sites: Vec::new(),
     dynamic: BTreeMap::new(),
 });
+
+/// Holds the registry lock across `fork()` (see `session::register_fork_hook`).
+pub(crate) fn lock_for_fork() {
+    std::mem::forget(REGISTRY.lock());
+}
+
+/// Releases the lock taken by [`lock_for_fork`], in the parent or the child.
+pub(crate) fn unlock_after_fork() {
+    // SAFETY: locked by `lock_for_fork` on this thread, which still owns it
+    // (in the child it is the only thread).
+    unsafe { REGISTRY.force_unlock() };
+}
 
 /// The id of a callsite named at run time (`flow::send("request")`, spawn
 /// spans). Interned: one leaked `Callsite` per distinct (kind, name).

@@ -28,7 +28,11 @@ pub const MAGIC: [u8; 8] = *b"MPPROF\r\n";
 
 /// Version of the layout described in this module. Bump it on any change of
 /// a size or offset below, or of the meaning of a field.
-pub const FORMAT_VERSION: u32 = 1;
+///
+/// - 1: first version.
+/// - 2: chunk header fields `OVERWRITTEN` and `LOST_AFTER` (zero in version
+///   1 files, so they read the same), and [`Meta::Handoff`].
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Size of the file header; chunk 0 starts here. One page, so the chunk area
 /// is page-aligned.
@@ -309,6 +313,23 @@ pub enum Meta {
     },
     /// A clock anchor.
     Anchor(Anchor),
+    /// A thread took over the rest of a chunk that a finished thread left
+    /// partly used: records `start..` of chunk `slot` belong to `lane` (added
+    /// in format 2).
+    Handoff {
+        /// Chunk slot.
+        slot: u32,
+        /// First record of the new owner.
+        start: u32,
+        /// The new owner's lane.
+        lane: u32,
+        /// Its OS thread id.
+        tid: u32,
+        /// Sequence number of this segment within the lane.
+        seq: u32,
+        /// Events the lane lost just before this segment.
+        lost_before: u64,
+    },
 }
 
 /// Largest encoded metadata entry (bytes); longer strings are truncated by
@@ -331,7 +352,7 @@ mod tests {
         assert_eq!(RECORD_SIZE, 16);
         assert_eq!(CHUNK_HEADER_SIZE, 64);
         assert_eq!(HEADER_SIZE, 4096);
-        assert_eq!(FORMAT_VERSION, 1);
+        assert_eq!(FORMAT_VERSION, 2);
         assert!(header::END <= HEADER_SIZE as usize);
         assert!(chunk::END <= CHUNK_HEADER_SIZE as usize);
         let r = RawRecord::new(0x0102_0304_0506_0708, 0xAABB_CCDD, kind::EXIT);

@@ -77,6 +77,10 @@ pub(crate) struct Recorder {
     pub(crate) dir: PathBuf,
     pub(crate) clock_hz: f64,
     finished: AtomicBool,
+    /// Partly used chunks left by finished threads, with the next free
+    /// record index: new threads continue them before claiming fresh ones,
+    /// so thread churn does not eat the budget.
+    handoffs: Mutex<Vec<(Chunk, u32)>>,
     start_mono: u64,
     last_anchor_mono: AtomicU64,
 }
@@ -104,6 +108,16 @@ impl Recorder {
         let c = self.buf.claim(init)?;
         self.maybe_anchor();
         Ok(c)
+    }
+
+    /// Offers the rest of a finished thread's chunk to the next thread.
+    pub(crate) fn hand_off(&self, c: Chunk, next: u32) {
+        self.handoffs.lock().push((c, next));
+    }
+
+    /// Takes a partly used chunk left by a finished thread, if any.
+    pub(crate) fn take_handoff(&self) -> Option<(Chunk, u32)> {
+        self.handoffs.lock().pop()
     }
 
     /// Writes a clock anchor unless one was written recently: every 10 ms
@@ -241,7 +255,7 @@ pub fn init() -> Result<Session, Error> {
             source,
         })?;
     }
-    start(&dir, true).map_err(|source| Error::File {
+    start(&dir, true, None).map_err(|source| Error::File {
         path: dir.clone(),
         source,
     })?;
@@ -354,6 +368,20 @@ pub(crate) fn lazy_start() {
     if STATE.load(Ordering::Relaxed) != UNKNOWN {
         return;
     }
+    // A child forked (without exec) from a recording process records into
+    // the parent's session, in a file of its own.
+    let forked = FORK_INFO.lock().take();
+    if let Some((dir, flow)) = forked {
+        if let Err(e) = start(&dir, false, Some((flow, "fork"))) {
+            crate::warn(format_args!(
+                "cannot record the forked child (pid {}) into {} ({e}); it runs without recording",
+                std::process::id(),
+                dir.display()
+            ));
+            STATE.store(OFF, Ordering::Relaxed);
+        }
+        return;
+    }
     let dir = match std::env::var_os("MPPROF_DIR") {
         Some(d) if !d.is_empty() && !disabled_by_env() => PathBuf::from(d),
         _ => {
@@ -361,7 +389,7 @@ pub(crate) fn lazy_start() {
             return;
         }
     };
-    let res = check_dir(&dir).and_then(|()| start(&dir, false));
+    let res = check_dir(&dir).and_then(|()| start(&dir, false, None));
     if let Err(e) = res {
         crate::warn(format_args!(
             "cannot record into {} ({e}); this process (pid {}) runs without recording and will be missing from the trace",
@@ -372,8 +400,10 @@ pub(crate) fn lazy_start() {
     }
 }
 
-/// Creates this process's file in `dir` and makes it current.
-fn start(dir: &Path, root: bool) -> io::Result<()> {
+/// Creates this process's file in `dir` and makes it current. `origin` is
+/// the flow that started this process when it is not the one passed by
+/// `spawn` in the environment (a fork).
+fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::Result<()> {
     let clock = clock::select();
     let clock_hz = clock::estimate_hz(if root { 5 } else { 2 });
     let uid = process_uid();
@@ -381,8 +411,12 @@ fn start(dir: &Path, root: bool) -> io::Result<()> {
     let config = Config::from_env();
     let path = dir.join(format!("{pid}-{uid:016x}.mpb"));
     let buf = ProcessBuffer::create(&path, config, uid, pid)?;
-    let info = process_info(uid, clock, clock_hz, config);
-    let parent_flow = info.parent_flow;
+    let mut info = process_info(uid, clock, clock_hz, config);
+    let (parent_flow, flow_name) = match origin {
+        Some((f, name)) => (Some(f), name),
+        None => (info.parent_flow, "spawn"),
+    };
+    info.parent_flow = parent_flow;
     let epoch = NEXT_EPOCH.fetch_add(1, Ordering::Relaxed);
     let rec: &'static Recorder = Box::leak(Box::new(Recorder {
         buf,
@@ -393,6 +427,7 @@ fn start(dir: &Path, root: bool) -> io::Result<()> {
         dir: dir.to_owned(),
         clock_hz,
         finished: AtomicBool::new(false),
+        handoffs: Mutex::new(Vec::new()),
         start_mono: clock::monotonic_ns(),
         last_anchor_mono: AtomicU64::new(clock::monotonic_ns()),
     }));
@@ -409,10 +444,11 @@ fn start(dir: &Path, root: bool) -> io::Result<()> {
         },
     );
     register_exit_hook();
+    register_fork_hook();
     if let Some(f) = parent_flow {
         // The arrow from the parent's spawn point ends here, on the thread
         // that starts recording, just before its first event.
-        crate::flow::record_in(f, "spawn");
+        crate::flow::record_in(f, flow_name);
     }
     Ok(())
 }
@@ -526,6 +562,55 @@ fn register_exit_hook() {
     ONCE.call_once(|| {
         // SAFETY: at_exit is a plain extern "C" fn that never unwinds.
         unsafe { libc::atexit(at_exit) };
+    });
+}
+
+/// What a forked child needs to join the session: the directory and the
+/// flow from the fork point. Set by the prepare handler in the parent.
+static FORK_INFO: Mutex<Option<(PathBuf, FlowId)>> = Mutex::new(None);
+
+/// `fork()` without `exec`: the child must not write into the parent's
+/// mapping (it is MAP_SHARED, so it would corrupt the parent's chunks), so
+/// it forgets the parent's recorder and starts a file of its own at its
+/// next event, with a flow from the fork point. The handlers take the locks
+/// that the child's start needs, so no other thread can hold them across
+/// the fork.
+fn register_fork_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    extern "C" fn prepare() {
+        let info = unsafe_current()
+            .filter(|r| {
+                !r.finished.load(Ordering::Relaxed) && STATE.load(Ordering::Relaxed) == r.epoch
+            })
+            .map(|r| {
+                let flow = r.next_flow();
+                crate::flow::record_out(flow, "fork");
+                (r.dir.clone(), flow)
+            });
+        *FORK_INFO.lock() = info;
+        std::mem::forget(LIFECYCLE.lock());
+        callsite::lock_for_fork();
+    }
+    extern "C" fn parent() {
+        callsite::unlock_after_fork();
+        // SAFETY: locked by `prepare` on this thread, which still owns it.
+        unsafe { LIFECYCLE.force_unlock() };
+    }
+    extern "C" fn child() {
+        callsite::unlock_after_fork();
+        // SAFETY: locked by `prepare` on this thread; in the child this
+        // thread is the only one.
+        unsafe { LIFECYCLE.force_unlock() };
+        // Only atomic stores and this thread's own cells from here: the
+        // child's recording starts lazily, in ordinary context.
+        PROCESS_UID.store(0, Ordering::Relaxed);
+        CURRENT.store(std::ptr::null_mut(), Ordering::Release);
+        STATE.store(UNKNOWN, Ordering::Relaxed);
+        crate::thread::forget_chunk();
+    }
+    ONCE.call_once(|| {
+        // SAFETY: the handlers are extern "C" fns that never unwind.
+        unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
     });
 }
 

@@ -34,6 +34,8 @@ struct Writer {
     overwritten: Cell<u64>,
     /// Header of the current (or last) chunk, null when none.
     hdr: Cell<*mut u8>,
+    /// Slot of the current chunk.
+    slot: Cell<u32>,
     /// After a failed claim: CLOCK_MONOTONIC time before which no new claim
     /// is tried (failed claims cost a syscall; a full disk stays full for a
     /// while). `u64::MAX`: never (budget used up under keep-first).
@@ -53,12 +55,14 @@ thread_local! {
             lost: Cell::new(0),
             overwritten: Cell::new(0),
             hdr: Cell::new(std::ptr::null_mut()),
+            slot: Cell::new(0),
             retry_at: Cell::new(0),
         }
     };
     /// Slow-path state: the event chunks this thread owns in the current
     /// recorder, oldest first (the flight recorder reuses the front one).
-    static OWNED: RefCell<(u32, VecDeque<u32>)> = const { RefCell::new((0, VecDeque::new())) };
+    /// Its destructor hands the thread's partly used chunk on at exit.
+    static OWNED: RefCell<Owned> = const { RefCell::new(Owned { epoch: 0, slots: VecDeque::new() }) };
 }
 
 /// Records one event. The hot path: one relaxed load of the global state,
@@ -217,14 +221,31 @@ fn new_chunk(w: &Writer, r: &Recorder) -> bool {
         lost_before: w.lost.get(),
         overwritten: w.overwritten.get(),
     };
+    if let Some((c, start)) = r.take_handoff() {
+        // Continue a finished thread's chunk: say so in the metadata first,
+        // so the reader attributes the records from `start` on to this lane.
+        r.write_meta(&Meta::Handoff {
+            slot: c.slot,
+            start,
+            lane: init.lane,
+            tid: init.tid,
+            seq: init.seq,
+            lost_before: init.lost_before,
+        });
+        // Registers the exit hand-off for this thread too (not owned: a
+        // continued chunk is never reused by the flight recorder).
+        owned(w, |_| ());
+        install(w, c, start);
+        return true;
+    }
     match r.claim_events(&init) {
         Ok(c) => {
             owned(w, |o| o.push_back(c.slot));
-            install(w, c);
+            install(w, c, 0);
             true
         }
         Err(ClaimError::Budget) if r.buf.policy() == Policy::KeepLast => {
-            let Some(slot) = owned(w, |o| o.pop_front()) else {
+            let Some(slot) = owned(w, |o| o.pop_front()).flatten() else {
                 // Never had a chunk: nothing of its own to overwrite.
                 w.retry_at.set(u64::MAX);
                 w.cap.set(0);
@@ -237,7 +258,7 @@ fn new_chunk(w: &Writer, r: &Recorder) -> bool {
             w.overwritten.set(w.overwritten.get() + old as u64);
             r.maybe_anchor();
             owned(w, |o| o.push_back(c.slot));
-            install(w, c);
+            install(w, c, 0);
             true
         }
         Err(ClaimError::Budget) => {
@@ -260,23 +281,62 @@ fn new_chunk(w: &Writer, r: &Recorder) -> bool {
     }
 }
 
-/// Runs `f` on this thread's list of owned chunks for the writer's epoch.
-fn owned<R>(w: &Writer, f: impl FnOnce(&mut VecDeque<u32>) -> R) -> R {
-    OWNED.with(|o| {
-        let mut o = o.borrow_mut();
-        if o.0 != w.epoch.get() {
-            *o = (w.epoch.get(), VecDeque::new());
-        }
-        f(&mut o.1)
-    })
+/// The event chunks a thread claimed itself (not continued from another
+/// thread), for the flight recorder to reuse.
+struct Owned {
+    epoch: u32,
+    slots: VecDeque<u32>,
 }
 
-fn install(w: &Writer, c: Chunk) {
+impl Drop for Owned {
+    /// The thread is exiting: offer the unused rest of its chunk to the next
+    /// thread that needs one (1,000 short-lived threads then share chunks
+    /// instead of taking 1,000 of them), and stop writing into it.
+    fn drop(&mut self) {
+        let _ = WRITER.try_with(|w| {
+            let (i, cap) = (w.idx.get(), w.cap.get());
+            if cap > i + 16 {
+                if let Some(r) = session::recorder_for(w.epoch.get()) {
+                    let c = Chunk {
+                        header: w.hdr.get(),
+                        slot: w.slot.get(),
+                        data: w.recs.get() as *mut u8,
+                        committed: w.commit.get(),
+                        capacity: cap,
+                    };
+                    r.hand_off(c, i);
+                }
+            }
+            w.cap.set(0);
+            w.idx.set(0);
+        });
+    }
+}
+
+/// Runs `f` on this thread's list of owned chunks for the writer's epoch;
+/// `None` while the thread is exiting.
+fn owned<R>(w: &Writer, f: impl FnOnce(&mut VecDeque<u32>) -> R) -> Option<R> {
+    OWNED
+        .try_with(|o| {
+            let mut o = o.borrow_mut();
+            if o.epoch != w.epoch.get() {
+                // Not `*o = ..`: dropping an `Owned` hands the chunk off.
+                o.epoch = w.epoch.get();
+                o.slots.clear();
+            }
+            f(&mut o.slots)
+        })
+        .ok()
+}
+
+/// Makes `c` the thread's chunk, writing from record `start`.
+fn install(w: &Writer, c: Chunk, start: u32) {
     w.recs.set(c.data as *mut RawRecord);
     w.commit.set(c.committed);
     w.hdr.set(c.header);
+    w.slot.set(c.slot);
     w.cap.set(c.capacity);
-    w.idx.set(0);
+    w.idx.set(start);
     w.seq.set(w.seq.get() + 1);
     w.lost.set(0);
     w.retry_at.set(0);
@@ -285,6 +345,17 @@ fn install(w: &Writer, c: Chunk) {
 fn gettid() -> u32 {
     // SAFETY: gettid has no preconditions.
     unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// Forgets this thread's chunk (in a forked child: the chunk is the
+/// parent's). Touches only this thread's cells.
+pub(crate) fn forget_chunk() {
+    let _ = WRITER.try_with(|w| {
+        w.epoch.set(0);
+        w.cap.set(0);
+        w.idx.set(0);
+        w.hdr.set(std::ptr::null_mut());
+    });
 }
 
 /// Records a span entry (kind ENTER).

@@ -160,7 +160,7 @@ impl Json<'_> {
                     self.head("B", pid, tid, e.ts)?;
                     self.out.write_all(b",\"cat\":\"flow\",\"name\":")?;
                     let label = match (out, &*name) {
-                        (false, "spawn") => "process start".to_owned(),
+                        (false, "spawn" | "fork") => "process start".to_owned(),
                         (true, n) => format!("send {n}"),
                         (false, n) => format!("recv {n}"),
                     };
