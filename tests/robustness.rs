@@ -401,3 +401,100 @@ fn a_thousand_short_lived_threads_share_chunks() {
     assert!(size < 8 << 20, "file size {size} bytes");
     eprintln!("1000 threads x 3 calls: file {} KiB", size / 1024);
 }
+
+#[mpprof::instrument]
+fn kill_loop(out: std::sync::Arc<std::sync::Mutex<std::io::Stdout>>, t: usize) {
+    let mut i = 0u64;
+    loop {
+        call(i);
+        i += 1;
+        if i.is_multiple_of(64) {
+            // The witness: `i` calls of this thread have returned, so their
+            // exits are committed.
+            use std::io::Write;
+            let mut o = out.lock().unwrap();
+            writeln!(o, "{t} {i}").unwrap();
+            o.flush().unwrap();
+        }
+    }
+}
+
+#[test]
+fn sigkill_at_random_moments_never_loses_a_committed_event() {
+    child_role("killme", || {
+        let out = std::sync::Arc::new(std::sync::Mutex::new(std::io::stdout()));
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                let out = out.clone();
+                std::thread::Builder::new().name(format!("w{t}")).spawn(move || kill_loop(out, t)).unwrap()
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+    });
+    use std::io::Read;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut torn = 0;
+    let mut total_witnessed = 0;
+    for round in 0..100 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let delay_us = rng % 8_000;
+        let dir = session_dir();
+        let mut child = self_command("sigkill_at_random_moments_never_loses_a_committed_event", "killme", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(delay_us));
+        // SAFETY: kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        let mut text = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+        let mut witnessed = [0u64; 4];
+        for line in text.lines() {
+            let mut it = line.split_whitespace();
+            if let (Some(t), Some(n)) = (it.next().and_then(|t| t.parse::<usize>().ok()), it.next().and_then(|n| n.parse().ok())) {
+                if t < 4 {
+                    witnessed[t] = witnessed[t].max(n);
+                }
+            }
+        }
+        total_witnessed += witnessed.iter().sum::<u64>();
+        let s = match Session::open(&[dir.path()]) {
+            Ok(s) => s,
+            Err(e) => {
+                assert_eq!(witnessed, [0; 4], "round {round} (delay {delay_us} us): {e}");
+                continue;
+            }
+        };
+        let p = &s.processes[0];
+        assert!(!p.file.clean, "round {round}: killed, so not clean");
+        torn += p.file.torn_records;
+        let mut calls = [0u64; 4];
+        let mut abrupt = [false; 4];
+        for e in s.events() {
+            let Some(t) = p.file.lanes.get(&e.lane).and_then(|l| l.name.strip_prefix('w')).and_then(|t| t.parse::<usize>().ok())
+            else {
+                continue;
+            };
+            if let EventKind::Exit { site, end } = e.kind {
+                match &*p.site_name(site) {
+                    "call" if end == mpprof_merge::merge::End::Normal => calls[t] += 1,
+                    "kill_loop" => abrupt[t] = end == mpprof_merge::merge::End::Abrupt,
+                    _ => {}
+                }
+            }
+        }
+        for t in 0..4 {
+            assert!(calls[t] >= witnessed[t], "round {round} thread {t}: recovered {} calls, witnessed {}", calls[t], witnessed[t]);
+            if witnessed[t] > 0 {
+                assert!(abrupt[t], "round {round} thread {t}: the open span is marked as ended abruptly");
+            }
+        }
+    }
+    eprintln!("100 kills: {total_witnessed} witnessed calls all recovered; {torn} torn records detected and skipped");
+    assert!(total_witnessed > 0, "the kills landed while the children worked");
+}
