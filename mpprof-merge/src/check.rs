@@ -54,8 +54,14 @@ pub struct Health {
     pub flows_unmatched_out: u64,
     /// Flow ends without a start.
     pub flows_unmatched_in: u64,
-    /// Matched flows whose end precedes its start on the merged timeline.
+    /// Matched flows whose end precedes its start on the merged timeline
+    /// (after clock-domain alignment).
     pub causality_violations: u64,
+    /// Cross-domain flows received before sent with REALTIME placement
+    /// only, i.e. before alignment.
+    pub violations_before_alignment: u64,
+    /// The clock-domain alignment.
+    pub alignment: crate::align::domains::Alignment,
     /// Merge repairs.
     pub stats: MergeStats,
 }
@@ -167,6 +173,8 @@ pub fn check(session: &Session) -> Health {
         flows_unmatched_out: unmatched_out,
         flows_unmatched_in: unmatched_in,
         causality_violations: violations,
+        violations_before_alignment: session.alignment.violations_before,
+        alignment: session.alignment.clone(),
         stats: events.stats(),
     }
 }
@@ -221,6 +229,36 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
         "flows: {} matched, {} sent but not received, {} received but not sent; causality violations: {}",
         h.flows_matched, h.flows_unmatched_out, h.flows_unmatched_in, h.causality_violations
     )?;
+    if h.alignment.domains.len() > 1 {
+        writeln!(
+            out,
+            "clock domains: {} (reference {}); {} cross-domain flows, min latency {} ns",
+            h.alignment.domains.len(),
+            h.alignment.domains[0].domain,
+            h.alignment.cross_flows,
+            h.alignment.min_latency_ns
+        )?;
+        for d in &h.alignment.domains[1..] {
+            let b =
+                |v: Option<i64>| v.map_or("-".to_owned(), |x| format!("{:.6} s", x as f64 / 1e9));
+            writeln!(
+                out,
+                "  {}: offset {:.6} s [{} .. {}] from {} messages; REALTIME said {:.6} s; {}",
+                d.domain,
+                d.offset_ns as f64 / 1e9,
+                b(d.lower_ns),
+                b(d.upper_ns),
+                d.messages,
+                d.realtime_offset_ns as f64 / 1e9,
+                d.quality.label()
+            )?;
+        }
+        writeln!(
+            out,
+            "  causality violations: {} before alignment, {} after",
+            h.alignment.violations_before, h.alignment.violations_after
+        )?;
+    }
     let s = &h.stats;
     writeln!(
         out,

@@ -167,6 +167,9 @@ pub enum OpenError {
     Empty(String),
 }
 
+/// Smallest one-way message latency assumed when aligning clock domains, ns.
+pub const DEFAULT_MIN_LATENCY_NS: i64 = 1_000;
+
 /// All processes of one or more session directories.
 #[derive(Debug)]
 pub struct Session {
@@ -174,6 +177,8 @@ pub struct Session {
     pub processes: Vec<Process>,
     /// Files that could not be read at all, with the reason.
     pub unreadable: Vec<(PathBuf, String)>,
+    /// How the clock domains were aligned.
+    pub alignment: crate::align::domains::Alignment,
 }
 
 impl Session {
@@ -212,8 +217,10 @@ impl Session {
             }
             return Err(OpenError::Empty(msg));
         }
+        let alignment = crate::align::domains::align(&mut processes, DEFAULT_MIN_LATENCY_NS);
         processes.sort_by_key(|p| (p.start_ns, p.file.pid));
         Ok(Session {
+            alignment,
             processes,
             unreadable,
         })

@@ -134,13 +134,26 @@ pub fn anchor() -> Anchor {
             ts: t0 + width / 2,
             width: width.min(u32::MAX as u64) as u32,
             mono_ns: mono,
-            real_ns: real,
+            real_ns: real.wrapping_add_signed(realtime_skew()),
         };
         if best.is_none_or(|b| a.width < b.width) {
             best = Some(a);
         }
     }
     best.expect("four iterations ran")
+}
+
+/// `MPPROF_TEST_REALTIME_SKEW_NS`: pretend this host's wall clock is off by
+/// that many ns (tests of the cross-host alignment use it to make REALTIME
+/// a wrong first guess, as it is between real hosts).
+fn realtime_skew() -> i64 {
+    static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *SKEW.get_or_init(|| {
+        std::env::var("MPPROF_TEST_REALTIME_SKEW_NS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 /// Estimates the process clock frequency in ticks per second. Inherited from

@@ -34,6 +34,13 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
             w.out,
             "{{\"ph\":\"M\",\"name\":\"process_sort_index\",\"pid\":{pid},\"tid\":{pid},\"args\":{{\"sort_index\":{pi}}}}}"
         )?;
+        if let Some(info) = &p.file.info {
+            // Which host and clock domain, for sessions that span several.
+            w.begin()?;
+            write!(w.out, "{{\"ph\":\"M\",\"name\":\"process_labels\",\"pid\":{pid},\"tid\":{pid},\"args\":{{\"labels\":")?;
+            w.string(&format!("host {}", info.hostname))?;
+            w.out.write_all(b"}}")?;
+        }
         for (&lane, l) in &p.file.lanes {
             let tid = tracks.tid(pi, lane);
             w.begin()?;

@@ -1,0 +1,253 @@
+//! Clock domains with a known truth: one side of a ping-pong runs in a
+//! Linux time namespace whose CLOCK_MONOTONIC is 86,400 s ahead, claims to
+//! be another host, and has a wall clock 7 ms off. The merge must recover
+//! the offset from the messages alone, within the latency bound, with no
+//! receive before its send.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use common::{child_role, session_dir, ROLE};
+use mpprof::flow;
+use mpprof_merge::align::domains::Quality;
+use mpprof_merge::Session;
+
+const ROUNDS: usize = 2000;
+const NS_OFFSET_S: i64 = 86_400;
+const SKEW_NS: i64 = 7_000_000;
+
+#[mpprof::instrument]
+fn pong_side() {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let Some(tok) = line.strip_prefix("ping ") else {
+            break;
+        };
+        flow::recv(tok.parse().unwrap(), "ping");
+        let back = flow::send("pong");
+        writeln!(out, "pong {back}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+#[mpprof::instrument]
+fn ping_side(mut to: impl Write, from: impl BufRead) {
+    let mut lines = from.lines();
+    for _ in 0..ROUNDS {
+        let tok = flow::send("ping");
+        writeln!(to, "ping {tok}").unwrap();
+        to.flush().unwrap();
+        // Skip what the test harness of the child prints to stdout.
+        let line = lines
+            .by_ref()
+            .map(Result::unwrap)
+            .find(|l| l.starts_with("pong "))
+            .unwrap();
+        flow::recv(line["pong ".len()..].parse().unwrap(), "pong");
+    }
+    writeln!(to, "bye").unwrap();
+}
+
+/// Whether `unshare -T` works here (root, kernel with time namespaces).
+fn time_namespaces_work() -> bool {
+    Command::new("unshare")
+        .args(["-T", "--monotonic", "10", "true"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn a_time_namespace_on_another_host_is_aligned_from_the_messages() {
+    child_role("pong", pong_side);
+    child_role("ping", || {
+        let exe = std::env::current_exe().unwrap();
+        let dir_b = std::env::var("PONG_DIR").unwrap();
+        let mut child = Command::new("unshare")
+            .args(["-T", "--monotonic", &NS_OFFSET_S.to_string()])
+            .arg(exe)
+            .args([
+                "a_time_namespace_on_another_host_is_aligned_from_the_messages",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(ROLE, "pong")
+            .env("MPPROF_DIR", dir_b)
+            .env("MPPROF_HOST_ID", "host-b")
+            .env("MPPROF_TEST_REALTIME_SKEW_NS", SKEW_NS.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let to = child.stdin.take().unwrap();
+        let from = BufReader::new(child.stdout.take().unwrap());
+        ping_side(to, from);
+        assert!(child.wait().unwrap().success());
+    });
+    if !time_namespaces_work() {
+        eprintln!("SKIPPED: `unshare -T` is not permitted here (needs root and time namespaces); the alignment is not tested");
+        return;
+    }
+    let (a, b) = (session_dir(), session_dir());
+    let st = common::self_command(
+        "a_time_namespace_on_another_host_is_aligned_from_the_messages",
+        "ping",
+        a.path(),
+    )
+    .env("PONG_DIR", b.path())
+    .env("MPPROF_HOST_ID", "host-a")
+    .status()
+    .unwrap();
+    assert!(st.success());
+
+    let s = Session::open(&[a.path(), b.path()]).unwrap();
+    assert_eq!(s.processes.len(), 2);
+    let al = &s.alignment;
+    assert_eq!(al.domains.len(), 2, "{al:#?}");
+    let d = &al.domains[1];
+    assert!(d.domain.starts_with("host-b/"), "{al:#?}");
+    assert_eq!(d.quality, Quality::TwoSided);
+    let truth = -NS_OFFSET_S * 1_000_000_000;
+    let (lo, hi) = (d.lower_ns.unwrap(), d.upper_ns.unwrap());
+    assert!(
+        lo <= truth && truth <= hi,
+        "the truth {truth} lies in [{lo}, {hi}]"
+    );
+    let half_width = (hi - lo) / 2;
+    assert!((d.offset_ns - truth).abs() <= half_width);
+    assert!(
+        hi - lo < 2_000_000,
+        "bound width {} ns: loopback latency should bound it tightly",
+        hi - lo
+    );
+    assert!(
+        (d.realtime_offset_ns - truth - SKEW_NS).abs() < 1_000_000,
+        "the REALTIME guess is off by the skew"
+    );
+    assert_eq!(al.cross_flows, 2 * ROUNDS as u64);
+    assert!(
+        al.violations_before > 0,
+        "the skewed REALTIME guess alone puts receives before sends"
+    );
+    assert_eq!(al.violations_after, 0);
+    let h = mpprof_merge::check::check(&s);
+    assert_eq!(h.causality_violations, 0);
+    assert_eq!(h.flows_matched, 2 * ROUNDS as u64);
+    eprintln!(
+        "offset error {} ns, uncertainty ±{half_width} ns over {} messages; violations {} -> 0",
+        d.offset_ns - truth,
+        d.messages,
+        al.violations_before
+    );
+}
+
+#[mpprof::instrument]
+fn relay(next: Option<&str>) {
+    let mut out: Option<(std::process::Child, std::process::ChildStdin)> = next.map(|dir| {
+        let mut c = Command::new("unshare")
+            .args(["-T", "--monotonic", "1000"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "one_way_messages_give_an_honest_one_sided_bound",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(ROLE, "sink")
+            .env("MPPROF_DIR", dir)
+            .env("MPPROF_HOST_ID", "host-c")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let i = c.stdin.take().unwrap();
+        (c, i)
+    });
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let Some(tok) = line.strip_prefix("msg ") else {
+            break;
+        };
+        flow::recv(tok.parse().unwrap(), "msg");
+        if let Some((_, to)) = &mut out {
+            writeln!(to, "msg {}", flow::send("msg")).unwrap();
+        }
+    }
+    if let Some((mut c, to)) = out {
+        drop(to);
+        assert!(c.wait().unwrap().success());
+    }
+}
+
+#[test]
+fn one_way_messages_give_an_honest_one_sided_bound() {
+    child_role("sink", || relay(None));
+    child_role("middle", || {
+        relay(Some(&std::env::var("SINK_DIR").unwrap()))
+    });
+    child_role("source", || {
+        let mut c = Command::new("unshare")
+            .args(["-T", "--monotonic", "5000"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "one_way_messages_give_an_honest_one_sided_bound",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(ROLE, "middle")
+            .env("MPPROF_DIR", std::env::var("MIDDLE_DIR").unwrap())
+            .env("MPPROF_HOST_ID", "host-b")
+            .env("MPPROF_TEST_REALTIME_SKEW_NS", "-3000000")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut to = c.stdin.take().unwrap();
+        for _ in 0..200 {
+            writeln!(to, "msg {}", flow::send("msg")).unwrap();
+        }
+        drop(to);
+        assert!(c.wait().unwrap().success());
+    });
+    if !time_namespaces_work() {
+        eprintln!(
+            "SKIPPED: `unshare -T` is not permitted here; the one-sided alignment is not tested"
+        );
+        return;
+    }
+    let (a, b, c) = (session_dir(), session_dir(), session_dir());
+    let st = common::self_command(
+        "one_way_messages_give_an_honest_one_sided_bound",
+        "source",
+        a.path(),
+    )
+    .env("MIDDLE_DIR", b.path())
+    .env("SINK_DIR", c.path())
+    .env("MPPROF_HOST_ID", "host-a")
+    .status()
+    .unwrap();
+    assert!(st.success());
+    let s = Session::open(&[a.path(), b.path(), c.path()]).unwrap();
+    let al = &s.alignment;
+    assert_eq!(al.domains.len(), 3, "{al:#?}");
+    for d in &al.domains[1..] {
+        assert_eq!(d.quality, Quality::OneSided, "{al:#?}");
+        // Messages only flow into each later domain, so only a lower bound
+        // on its offset exists (they cannot arrive before they left); the
+        // chosen offset respects it.
+        assert!(
+            d.upper_ns.is_none() && d.offset_ns >= d.lower_ns.unwrap(),
+            "{d:#?}"
+        );
+    }
+    // Host b's monotonic clock is 5000 s ahead: its true offset is -5000 s,
+    // which must satisfy the bound.
+    let b_dom = &al.domains[1];
+    assert!(b_dom.domain.starts_with("host-b/"));
+    assert!(-5_000_000_000_000 >= b_dom.lower_ns.unwrap());
+    assert_eq!(al.violations_after, 0);
+    assert_eq!(al.cross_flows, 400);
+}
