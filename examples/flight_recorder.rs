@@ -27,7 +27,10 @@ fn status_kib(field: &str) -> u64 {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let millions: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(200);
+    let millions: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
     // SAFETY (for the reader): set before any thread exists and before
     // recording starts, which reads them.
     std::env::set_var("MPPROF_OVERFLOW", "keep-last");
@@ -59,10 +62,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             last_seen |= p.site_name(site) == "the_very_last_call";
         }
     }
-    println!("events recorded:  {} million in {secs:.1} s ({:.1} ns per event)", millions, secs * 1e9 / (2 * calls) as f64);
-    println!("events kept:      {} (the newest), overwritten: {} (counted exactly)", p.file.committed_records(), p.file.lost_events);
+    println!(
+        "events recorded:  {} million in {secs:.1} s ({:.1} ns per event)",
+        millions,
+        secs * 1e9 / (2 * calls) as f64
+    );
+    println!(
+        "events kept:      {} (the newest), overwritten: {} (counted exactly)",
+        p.file.committed_records(),
+        p.file.lost_events
+    );
     println!("spans in trace:   {kept}; last call present: {last_seen}");
-    println!("buffer file:      {:.1} MiB (budget {} MiB)", size as f64 / 1048576.0, std::env::var("MPPROF_BUFFER_MB")?);
+    println!(
+        "buffer file:      {:.1} MiB (budget {} MiB)",
+        size as f64 / 1048576.0,
+        std::env::var("MPPROF_BUFFER_MB")?
+    );
     println!("peak RSS:         {:.1} MiB", hwm as f64 / 1024.0);
     assert!(last_seen && p.file.committed_records() + p.file.lost_events == 2 * calls + 2);
     std::fs::remove_dir_all(&dir)?;

@@ -426,7 +426,10 @@ fn sigkill_at_random_moments_never_loses_a_committed_event() {
         let hs: Vec<_> = (0..4)
             .map(|t| {
                 let out = out.clone();
-                std::thread::Builder::new().name(format!("w{t}")).spawn(move || kill_loop(out, t)).unwrap()
+                std::thread::Builder::new()
+                    .name(format!("w{t}"))
+                    .spawn(move || kill_loop(out, t))
+                    .unwrap()
             })
             .collect();
         for h in hs {
@@ -443,20 +446,32 @@ fn sigkill_at_random_moments_never_loses_a_committed_event() {
         rng ^= rng << 17;
         let delay_us = rng % 8_000;
         let dir = session_dir();
-        let mut child = self_command("sigkill_at_random_moments_never_loses_a_committed_event", "killme", dir.path())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = self_command(
+            "sigkill_at_random_moments_never_loses_a_committed_event",
+            "killme",
+            dir.path(),
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
         std::thread::sleep(std::time::Duration::from_micros(delay_us));
         // SAFETY: kill(2) of our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
         child.wait().unwrap();
         let mut text = String::new();
-        child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
         let mut witnessed = [0u64; 4];
         for line in text.lines() {
             let mut it = line.split_whitespace();
-            if let (Some(t), Some(n)) = (it.next().and_then(|t| t.parse::<usize>().ok()), it.next().and_then(|n| n.parse().ok())) {
+            if let (Some(t), Some(n)) = (
+                it.next().and_then(|t| t.parse::<usize>().ok()),
+                it.next().and_then(|n| n.parse().ok()),
+            ) {
                 if t < 4 {
                     witnessed[t] = witnessed[t].max(n);
                 }
@@ -466,7 +481,10 @@ fn sigkill_at_random_moments_never_loses_a_committed_event() {
         let s = match Session::open(&[dir.path()]) {
             Ok(s) => s,
             Err(e) => {
-                assert_eq!(witnessed, [0; 4], "round {round} (delay {delay_us} us): {e}");
+                assert_eq!(
+                    witnessed, [0; 4],
+                    "round {round} (delay {delay_us} us): {e}"
+                );
                 continue;
             }
         };
@@ -476,7 +494,12 @@ fn sigkill_at_random_moments_never_loses_a_committed_event() {
         let mut calls = [0u64; 4];
         let mut abrupt = [false; 4];
         for e in s.events() {
-            let Some(t) = p.file.lanes.get(&e.lane).and_then(|l| l.name.strip_prefix('w')).and_then(|t| t.parse::<usize>().ok())
+            let Some(t) = p
+                .file
+                .lanes
+                .get(&e.lane)
+                .and_then(|l| l.name.strip_prefix('w'))
+                .and_then(|t| t.parse::<usize>().ok())
             else {
                 continue;
             };
@@ -489,12 +512,23 @@ fn sigkill_at_random_moments_never_loses_a_committed_event() {
             }
         }
         for t in 0..4 {
-            assert!(calls[t] >= witnessed[t], "round {round} thread {t}: recovered {} calls, witnessed {}", calls[t], witnessed[t]);
+            assert!(
+                calls[t] >= witnessed[t],
+                "round {round} thread {t}: recovered {} calls, witnessed {}",
+                calls[t],
+                witnessed[t]
+            );
             if witnessed[t] > 0 {
-                assert!(abrupt[t], "round {round} thread {t}: the open span is marked as ended abruptly");
+                assert!(
+                    abrupt[t],
+                    "round {round} thread {t}: the open span is marked as ended abruptly"
+                );
             }
         }
     }
     eprintln!("100 kills: {total_witnessed} witnessed calls all recovered; {torn} torn records detected and skipped");
-    assert!(total_witnessed > 0, "the kills landed while the children worked");
+    assert!(
+        total_witnessed > 0,
+        "the kills landed while the children worked"
+    );
 }

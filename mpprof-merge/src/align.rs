@@ -190,7 +190,7 @@ mod tests {
 pub mod domains {
     use std::collections::HashMap;
 
-    use mpprof::format::{kind, RECORD_SIZE};
+    use mpprof::format::kind;
     use mpprof::FlowId;
 
     use crate::merge::Process;
@@ -293,18 +293,10 @@ pub mod domains {
         ins: &mut Vec<(FlowId, usize, i64)>,
         d: usize,
     ) {
-        let mut bytes = Vec::new();
-        let mut evs = Vec::new();
         for l in p.file.lanes.values() {
             for c in &l.chunks {
-                bytes.resize(c.records as usize * RECORD_SIZE as usize, 0);
-                let Ok(n) = read::read_at(&p.file.file, &mut bytes, c.offset) else {
-                    continue;
-                };
-                bytes.truncate(n);
-                evs.clear();
-                read::decode_records(&bytes, &mut evs);
-                for e in &evs {
+                let mut r = read::RecordReader::new(*c);
+                while let Some(e) = r.next_event(&p.file.file) {
                     let Some(pl) = e.payload else { continue };
                     let f = FlowId::from_parts(pl[0], pl[1]);
                     match e.kind {

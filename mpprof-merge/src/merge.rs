@@ -15,7 +15,7 @@ use mpprof::format::{kind, SiteKind};
 use mpprof::FlowId;
 
 use crate::align::ClockMap;
-use crate::read::{self, ChunkRef, ProcessFile, RawEvent, Site};
+use crate::read::{self, ChunkRef, ProcessFile, RawEvent, RecordReader, Site};
 
 /// How a span ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -298,16 +298,22 @@ impl Process {
             start = start.min(t);
             end = end.max(t);
         }
-        let mut buf = Vec::new();
-        let mut evs = Vec::new();
         for l in self.file.lanes.values() {
-            for c in [l.chunks.first(), l.chunks.last()].into_iter().flatten() {
-                evs.clear();
-                if read_chunk(&self.file, c, &mut buf, &mut evs).is_ok() {
-                    if let (Some(f), Some(la)) = (evs.first(), evs.last()) {
-                        start = start.min(self.ns(f.ts));
-                        end = end.max(self.ns(la.ts));
-                    }
+            if let Some(f) = l
+                .chunks
+                .first()
+                .and_then(|c| RecordReader::new(*c).next_event(&self.file.file))
+            {
+                start = start.min(self.ns(f.ts));
+            }
+            if let Some(c) = l.chunks.last() {
+                let mut r = RecordReader::new(*c);
+                let mut last = None;
+                while let Some(e) = r.next_event(&self.file.file) {
+                    last = Some(e);
+                }
+                if let Some(e) = last {
+                    end = end.max(self.ns(e.ts));
                 }
             }
         }
@@ -326,18 +332,6 @@ fn lane_losses(l: &read::Lane) -> u64 {
     let after = l.chunks.last().map_or(0, |c| c.lost_after);
     let overwritten = l.chunks.iter().map(|c| c.overwritten).max().unwrap_or(0);
     before + after + overwritten
-}
-
-fn read_chunk(
-    f: &ProcessFile,
-    c: &ChunkRef,
-    bytes: &mut Vec<u8>,
-    out: &mut Vec<RawEvent>,
-) -> std::io::Result<u64> {
-    bytes.resize(c.records as usize * mpprof::format::RECORD_SIZE as usize, 0);
-    let n = read::read_at(&f.file, bytes, c.offset)?;
-    bytes.truncate(n);
-    Ok(read::decode_records(bytes, out))
 }
 
 /// What the merge repaired or could not read, per run of [`Events`].
@@ -363,9 +357,7 @@ struct LaneStream<'a> {
     p: &'a Process,
     chunks: &'a [ChunkRef],
     next_chunk: usize,
-    buf: Vec<RawEvent>,
-    pos: usize,
-    bytes: Vec<u8>,
+    reader: Option<RecordReader>,
     /// Open spans: callsite ids.
     stack: Vec<u32>,
     last_ts: i64,
@@ -391,9 +383,7 @@ impl<'a> LaneStream<'a> {
             p,
             chunks,
             next_chunk: 0,
-            buf: Vec::new(),
-            pos: 0,
-            bytes: Vec::new(),
+            reader: None,
             stack: Vec::new(),
             last_ts: i64::MIN,
             pending: Default::default(),
@@ -421,26 +411,26 @@ impl<'a> LaneStream<'a> {
         }
     }
 
-    /// Next raw record, loading chunks as needed.
+    /// Next raw record, loading chunks (a block at a time) as needed.
     fn next_raw(&mut self) -> Option<RawEvent> {
+        let file = &self.p.file.file;
         loop {
-            if self.pos < self.buf.len() {
-                self.pos += 1;
-                return Some(self.buf[self.pos - 1]);
+            if let Some(r) = &mut self.reader {
+                if let Some(e) = r.next_event(file) {
+                    return Some(e);
+                }
+                self.stats.bad_records += r.bad;
+                self.stats.unreadable_chunks += u64::from(r.io_errors > 0);
+                self.reader = None;
             }
             let c = *self.chunks.get(self.next_chunk)?;
             self.next_chunk += 1;
-            self.buf.clear();
-            self.pos = 0;
-            match read_chunk(&self.p.file, &c, &mut self.bytes, &mut self.buf) {
-                Ok(bad) => self.stats.bad_records += bad,
-                Err(_) => self.stats.unreadable_chunks += 1,
-            }
-            // Gap markers before the chunk's first record; queued ahead of it,
-            // since the caller drains `pending` in order.
-            let ts = self
-                .buf
-                .first()
+            let mut r = RecordReader::new(c);
+            let first = r.next_event(file);
+            self.reader = Some(r);
+            // Gap markers before the chunk's first record; queued ahead of
+            // it, since the caller drains `pending` in order.
+            let ts = first
                 .map(|f| self.p.ns(f.ts))
                 .unwrap_or(self.last_ts)
                 .max(self.last_ts);
@@ -449,6 +439,9 @@ impl<'a> LaneStream<'a> {
                 self.lost(ts, overwritten, true);
             }
             self.lost(ts, c.lost_before, false);
+            if first.is_some() {
+                return first;
+            }
         }
     }
 

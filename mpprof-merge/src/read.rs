@@ -538,41 +538,114 @@ pub struct RawEvent {
     pub payload: Option<[u64; 2]>,
 }
 
-/// Decodes the records of one chunk's bytes. Returns the events and how
-/// many records were malformed (unknown kind, payload missing).
-pub fn decode_records(bytes: &[u8], out: &mut Vec<RawEvent>) -> u64 {
+/// Decodes records from `bytes` into `out`. Returns how many records were
+/// malformed (unknown kind, payload missing at the end of the chunk) and how
+/// many were consumed: when `at_end` is false, an event whose payload record
+/// lies past `bytes` is left for the next call.
+pub fn decode_records(bytes: &[u8], out: &mut Vec<RawEvent>, at_end: bool) -> (u64, usize) {
     let mut bad = 0;
     let mut i = 0;
     let n = bytes.len() / format::RECORD_SIZE as usize;
     while i < n {
         let r = &bytes[i * 16..i * 16 + 16];
-        let ts = le_u64(r, 0);
-        let site = le_u32(r, 8);
         let k = r[12];
-        i += 1;
         if !(kind::ENTER..=kind::FLOW_IN).contains(&k) {
             bad += 1;
+            i += 1;
             continue;
         }
         let payload = if kind::has_payload(k) {
-            if i >= n {
-                bad += 1;
+            if i + 1 >= n {
+                if at_end {
+                    bad += 1;
+                    i = n;
+                }
                 break;
             }
-            let p = &bytes[i * 16..i * 16 + 16];
-            i += 1;
+            let p = &bytes[(i + 1) * 16..(i + 1) * 16 + 16];
             Some([le_u64(p, 0), le_u64(p, 8)])
         } else {
             None
         };
         out.push(RawEvent {
-            ts,
-            site,
+            ts: le_u64(r, 0),
+            site: le_u32(r, 8),
             kind: k,
             payload,
         });
+        i += if payload.is_some() { 2 } else { 1 };
     }
-    bad
+    (bad, i)
+}
+
+/// Records read per block: the merge keeps one block per thread in memory,
+/// so its memory is bounded by the number of threads, not by chunk size.
+pub const BLOCK_RECORDS: u32 = 1024;
+
+/// Streams the events of one chunk, a block at a time.
+#[derive(Debug)]
+pub struct RecordReader {
+    chunk: ChunkRef,
+    next: u32,
+    bytes: Vec<u8>,
+    buf: Vec<RawEvent>,
+    pos: usize,
+    /// Malformed records skipped so far.
+    pub bad: u64,
+    /// Blocks that could not be read.
+    pub io_errors: u64,
+}
+
+impl RecordReader {
+    /// A reader positioned at the chunk's first record.
+    pub fn new(chunk: ChunkRef) -> RecordReader {
+        RecordReader {
+            chunk,
+            next: 0,
+            bytes: Vec::new(),
+            buf: Vec::new(),
+            pos: 0,
+            bad: 0,
+            io_errors: 0,
+        }
+    }
+
+    /// The chunk being read.
+    pub fn chunk(&self) -> &ChunkRef {
+        &self.chunk
+    }
+
+    /// The next event, or `None` at the end of the chunk.
+    pub fn next_event(&mut self, file: &File) -> Option<RawEvent> {
+        loop {
+            if let Some(e) = self.buf.get(self.pos) {
+                self.pos += 1;
+                return Some(*e);
+            }
+            if self.next >= self.chunk.records {
+                return None;
+            }
+            let want = (self.chunk.records - self.next).min(BLOCK_RECORDS);
+            let at_end = self.next + want == self.chunk.records;
+            self.bytes
+                .resize(want as usize * format::RECORD_SIZE as usize, 0);
+            let off = self.chunk.offset + self.next as u64 * format::RECORD_SIZE as u64;
+            self.buf.clear();
+            self.pos = 0;
+            match read_at(file, &mut self.bytes, off) {
+                Ok(n) if n == self.bytes.len() => {
+                    let (bad, used) = decode_records(&self.bytes, &mut self.buf, at_end);
+                    self.bad += bad;
+                    // Always advance, even past a lone trailing event.
+                    self.next += (used as u32).max(1).min(want);
+                }
+                _ => {
+                    self.io_errors += 1;
+                    self.next = self.chunk.records;
+                }
+            }
+        }
+    }
 }
 
 /// Lists the buffer files (`*.mpb`) of a session directory, sorted.

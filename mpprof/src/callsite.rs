@@ -54,6 +54,7 @@ impl Callsite {
 
     /// A callsite described at run time (one per `tracing` callsite, made by
     /// the tracing layer): leaked, so call it once per distinct site.
+    #[cfg_attr(not(feature = "tracing"), allow(dead_code))]
     pub(crate) fn leak_dynamic(
         kind: SiteKind,
         name: &str,

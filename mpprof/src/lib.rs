@@ -44,11 +44,34 @@ mod future;
 mod session;
 mod spawn;
 mod thread;
+mod traceparent;
+#[cfg(feature = "tracing")]
+mod tracing_layer;
 
 pub use flow::{FlowId, Traced};
 pub use mpprof_macros::instrument;
 pub use session::{init, session_dir, Error, Session};
 pub use spawn::spawn;
+pub use traceparent::TraceparentError;
+#[cfg(feature = "tracing")]
+pub use tracing_layer::TracingLayer;
+
+/// A `tracing_subscriber` layer that records `tracing` spans (enter/exit,
+/// like `#[instrument]`) and events (instant events named by their
+/// message) into this process's mpprof buffer. Composes with other layers:
+///
+/// ```no_run
+/// use tracing_subscriber::prelude::*;
+/// tracing_subscriber::registry().with(mpprof::tracing_layer()).init();
+/// ```
+///
+/// Recording starts the same way as for `#[instrument]` (with [`init`], or
+/// lazily in a child started by [`spawn`]). Span fields are left out unless
+/// asked for with [`TracingLayer::with_fields`].
+#[cfg(feature = "tracing")]
+pub fn tracing_layer() -> TracingLayer {
+    TracingLayer::default()
+}
 
 use format::kind;
 

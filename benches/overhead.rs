@@ -1,0 +1,711 @@
+//! Cost of one instrumented call (enter + exit), side by side with the
+//! physical floor and with other profilers. See docs/PERFORMANCE.md for the
+//! results and how to read them.
+//!
+//! Every case calls an `#[inline(never)]` function with the same body,
+//! `black_box(x) ^ 1`; only the instrumentation around it differs:
+//!
+//! - `floor/*`: no instrumentation, one `rdtsc`, one `Instant::now()`, and
+//!   the ideal recorder written by hand: two 16-byte records (one `rdtsc`
+//!   each) into a thread-local chunk, each published by a release store of
+//!   the chunk's commit count. Three places to write to: a heap ring that
+//!   wraps (cache-hot), a `MAP_SHARED` file ring that wraps (mapped pages,
+//!   resident after the first lap), and a `MAP_SHARED` file streamed into
+//!   fresh chunks claimed with `posix_fallocate` like mpprof's keep-first
+//!   recorder does (so every 4 KiB page is a first-touch fault). The last
+//!   one is the physical floor of mpprof's design.
+//! - `mpprof/*`: disabled (no session), then enabled through
+//!   `#[mpprof::instrument]` and `mpprof::scope!`.
+//! - `threads/*`: two threads calling concurrently, time per call per thread.
+//! - `peers/*`: tracing (registry without layers, and with tracing-chrome),
+//!   puffin, tracy-client.
+//!
+//! The recorder is process-global and cannot be switched back on once its
+//! session is dropped, so the order is fixed: the disabled case runs first
+//! (no `MPPROF_DIR`, so the first call switches recording off), then
+//! `mpprof::init()` with a session in a temporary directory. Files written
+//! by the streaming cases are punched out (`FALLOC_FL_PUNCH_HOLE`) between
+//! samples, outside the timed loops, so disk and page-cache use stay flat
+//! however long criterion measures; the hot path still writes to fresh pages
+//! as it does in real use.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::hint::black_box;
+use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Barrier, Mutex, OnceLock};
+use std::thread::LocalKey;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkGroup, Criterion};
+use mpprof::format;
+
+// ---------------------------------------------------------------------------
+// The function every case calls.
+
+#[inline(never)]
+fn plain(x: u64) -> u64 {
+    black_box(x) ^ 1
+}
+
+/// The timestamp the ideal recorder takes: `rdtsc`, as mpprof does on x86_64.
+#[inline(always)]
+fn tsc() -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: rdtsc has no preconditions on x86_64.
+        unsafe { core::arch::x86_64::_rdtsc() }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        mpprof::clock::now()
+    }
+}
+
+#[inline(never)]
+fn with_rdtsc(x: u64) -> u64 {
+    let t = tsc();
+    black_box(t);
+    black_box(x) ^ 1
+}
+
+#[inline(never)]
+fn with_instant(x: u64) -> u64 {
+    black_box(Instant::now());
+    black_box(x) ^ 1
+}
+
+// ---------------------------------------------------------------------------
+// The ideal recorder: what mpprof's hot path does, without the session state.
+
+const CHUNK_SIZE: usize = format::DEFAULT_CHUNK_SIZE as usize;
+const CHUNK_HEADER: usize = format::CHUNK_HEADER_SIZE as usize;
+const CHUNK_RECORDS: u32 = ((CHUNK_SIZE - CHUNK_HEADER) / 16) as u32;
+
+#[repr(C)]
+struct Rec {
+    ts: u64,
+    site_kind: u64,
+}
+
+/// A thread's position in its chunk (the same fields as mpprof's `Writer`).
+struct Ideal {
+    recs: Cell<*mut Rec>,
+    idx: Cell<u32>,
+    cap: Cell<u32>,
+    commit: Cell<*const AtomicU32>,
+    slot: Cell<u32>,
+}
+
+impl Ideal {
+    const fn new() -> Ideal {
+        Ideal {
+            recs: Cell::new(std::ptr::null_mut()),
+            idx: Cell::new(0),
+            cap: Cell::new(0),
+            commit: Cell::new(std::ptr::null()),
+            slot: Cell::new(u32::MAX),
+        }
+    }
+
+    /// Points the writer at a chunk that starts at `base` (64-byte header,
+    /// commit count at the same offset as in mpprof's chunk header).
+    fn install(&self, base: *mut u8) {
+        // SAFETY: base points to a CHUNK_SIZE-byte chunk owned by this thread.
+        unsafe {
+            let commit = base.add(format::chunk::COMMITTED) as *const AtomicU32;
+            (*commit).store(0, Ordering::Relaxed);
+            self.commit.set(commit);
+            self.recs.set(base.add(CHUNK_HEADER) as *mut Rec);
+        }
+        self.idx.set(0);
+        self.cap.set(CHUNK_RECORDS);
+    }
+}
+
+thread_local! {
+    static HEAP_RING: Ideal = const { Ideal::new() };
+    static FILE_RING: Ideal = const { Ideal::new() };
+    static FILE_STREAM: Ideal = const { Ideal::new() };
+    static FILE_STREAM_POPULATED: Ideal = const { Ideal::new() };
+}
+
+/// One record: check room, timestamp, 16-byte store, release store of the
+/// commit count. `refill` (cold) provides a chunk when there is no room.
+#[inline(always)]
+fn ideal_record(key: &'static LocalKey<Ideal>, site: u32, kind: u8, refill: fn(&Ideal)) {
+    key.with(|w| {
+        let mut i = w.idx.get();
+        if i >= w.cap.get() {
+            refill(w);
+            i = 0;
+        }
+        let ts = tsc();
+        // SAFETY: i < cap: the record is inside this thread's chunk.
+        unsafe {
+            w.recs.get().add(i as usize).write(Rec {
+                ts,
+                site_kind: site as u64 | (kind as u64) << 32,
+            });
+            (*w.commit.get()).store(i + 1, Ordering::Release);
+        }
+        w.idx.set(i + 1);
+    });
+}
+
+/// Heap ring: one leaked chunk per thread, reused when full.
+#[cold]
+#[inline(never)]
+fn refill_heap(w: &Ideal) {
+    if w.recs.get().is_null() {
+        let chunk: &'static mut [u64] = vec![0u64; CHUNK_SIZE / 8].leak();
+        w.install(chunk.as_mut_ptr() as *mut u8);
+    } else {
+        w.idx.set(0);
+    }
+}
+
+/// File ring: one chunk of a small MAP_SHARED file, reused when full.
+#[cold]
+#[inline(never)]
+fn refill_file_ring(w: &Ideal) {
+    if w.recs.get().is_null() {
+        let file = tempfile::tempfile().expect("temp file");
+        file.set_len(CHUNK_SIZE as u64).expect("set_len");
+        let map = memmap2::MmapOptions::new()
+            .len(CHUNK_SIZE)
+            .map_raw(&file)
+            .expect("mmap");
+        let base = map.as_mut_ptr();
+        std::mem::forget(map);
+        w.install(base);
+    } else {
+        w.idx.set(0);
+    }
+}
+
+/// The streamed file: chunks claimed in order with one atomic bump and
+/// `posix_fallocate`, as mpprof's keep-first recorder does, in a mapping as
+/// large as the bench gives mpprof (1 TiB), so that, like mpprof, it keeps
+/// growing the file into fresh address space. (Wrapping around a smaller
+/// file measured about 20 % faster here: punched-out slots refault into
+/// existing page tables and the file size no longer changes.)
+struct Stream {
+    map: memmap2::MmapRaw,
+    file: File,
+    next: AtomicU32,
+    /// Chunks their thread left, to punch out between samples.
+    retired: Mutex<Vec<u32>>,
+}
+
+/// Chunks in the streamed file: 1 TiB of address space (`count_mode` makes
+/// it 64 MiB, which valgrind can map).
+static STREAM_SLOTS: AtomicU32 = AtomicU32::new(1 << 22);
+
+fn stream() -> &'static Stream {
+    static S: OnceLock<Stream> = OnceLock::new();
+    S.get_or_init(|| {
+        let file = tempfile::tempfile().expect("temp file");
+        let map = memmap2::MmapOptions::new()
+            .len(CHUNK_SIZE * STREAM_SLOTS.load(Ordering::Relaxed) as usize)
+            .map_raw(&file)
+            .expect("mmap");
+        Stream {
+            map,
+            file,
+            next: AtomicU32::new(0),
+            retired: Mutex::new(Vec::new()),
+        }
+    })
+}
+
+#[cold]
+#[inline(never)]
+fn refill_stream(w: &Ideal) {
+    claim_stream(w, false);
+}
+
+/// The same, then `madvise(MADV_POPULATE_WRITE)` on the new chunk: its pages
+/// are faulted in by one system call at claim time instead of one page fault
+/// per 4 KiB on the hot path (Linux 5.14 and later).
+#[cold]
+#[inline(never)]
+fn refill_stream_populated(w: &Ideal) {
+    claim_stream(w, true);
+}
+
+fn claim_stream(w: &Ideal, populate: bool) {
+    let s = stream();
+    if w.slot.get() != u32::MAX {
+        s.retired.lock().unwrap().push(w.slot.get());
+    }
+    let slot = s.next.fetch_add(1, Ordering::Relaxed) % STREAM_SLOTS.load(Ordering::Relaxed);
+    let off = slot as usize * CHUNK_SIZE;
+    // SAFETY: plain syscall on an open descriptor.
+    let r = unsafe {
+        libc::posix_fallocate(
+            s.file.as_raw_fd(),
+            off as libc::off_t,
+            CHUNK_SIZE as libc::off_t,
+        )
+    };
+    assert_eq!(r, 0, "posix_fallocate");
+    w.slot.set(slot);
+    // SAFETY: off + CHUNK_SIZE is inside the mapping.
+    let base = unsafe { s.map.as_mut_ptr().add(off) };
+    if populate {
+        // SAFETY: the range is inside the mapping; populating has no other effect.
+        let r = unsafe { libc::madvise(base.cast(), CHUNK_SIZE, libc::MADV_POPULATE_WRITE) };
+        assert_eq!(
+            r,
+            0,
+            "MADV_POPULATE_WRITE: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    w.install(base);
+}
+
+fn stream_reclaim() {
+    let s = stream();
+    let slots = std::mem::take(&mut *s.retired.lock().unwrap());
+    for slot in slots {
+        punch(&s.file, slot as u64 * CHUNK_SIZE as u64, CHUNK_SIZE as u64);
+    }
+}
+
+fn punch(file: &File, off: u64, len: u64) {
+    // SAFETY: plain syscall on an open descriptor.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    assert_eq!(r, 0, "punch hole: {}", std::io::Error::last_os_error());
+}
+
+macro_rules! ideal_fn {
+    ($name:ident, $key:ident, $refill:ident) => {
+        #[inline(never)]
+        fn $name(x: u64) -> u64 {
+            ideal_record(&$key, 1, format::kind::ENTER, $refill);
+            let r = black_box(x) ^ 1;
+            ideal_record(&$key, 1, format::kind::EXIT, $refill);
+            r
+        }
+    };
+}
+ideal_fn!(ideal_heap_ring, HEAP_RING, refill_heap);
+ideal_fn!(ideal_file_ring, FILE_RING, refill_file_ring);
+ideal_fn!(ideal_file_stream, FILE_STREAM, refill_stream);
+ideal_fn!(
+    ideal_file_stream_populated,
+    FILE_STREAM_POPULATED,
+    refill_stream_populated
+);
+
+// ---------------------------------------------------------------------------
+// mpprof.
+
+#[mpprof::instrument]
+#[inline(never)]
+fn mpprof_instrument(x: u64) -> u64 {
+    black_box(x) ^ 1
+}
+
+#[inline(never)]
+fn mpprof_scope(x: u64) -> u64 {
+    let _g = mpprof::scope!("scope");
+    black_box(x) ^ 1
+}
+
+/// Punches out the event chunks of the process file that are full (their
+/// writer has moved on and never writes them again). Metadata chunks and
+/// chunks still being written are kept.
+struct Reclaimer {
+    file: File,
+    chunk_size: u64,
+    capacity: u32,
+    cursor: u32,
+    pending: Vec<u32>,
+    punched: u64,
+}
+
+impl Reclaimer {
+    fn new(path: &Path) -> Reclaimer {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open process file");
+        let chunk_size = read_u32(&file, format::header::CHUNK_SIZE as u64) as u64;
+        Reclaimer {
+            file,
+            chunk_size,
+            capacity: ((chunk_size - format::CHUNK_HEADER_SIZE as u64) / format::RECORD_SIZE as u64)
+                as u32,
+            cursor: 0,
+            pending: Vec::new(),
+            punched: 0,
+        }
+    }
+
+    fn reclaim(&mut self) {
+        let next = read_u32(&self.file, format::header::NEXT_CHUNK as u64);
+        let mut todo = std::mem::take(&mut self.pending);
+        todo.extend(self.cursor..next);
+        self.cursor = next;
+        for slot in todo {
+            let off = format::HEADER_SIZE + slot as u64 * self.chunk_size;
+            let mut h = [0u8; format::chunk::END];
+            self.file
+                .read_exact_at(&mut h, off)
+                .expect("read chunk header");
+            let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap());
+            let kind = u16::from_le_bytes([h[format::chunk::KIND], h[format::chunk::KIND + 1]]);
+            if u32_at(format::chunk::MAGIC) != format::CHUNK_MAGIC {
+                self.pending.push(slot); // claimed, header not written yet
+            } else if kind != format::CHUNK_EVENTS {
+                // metadata: keep
+            } else if u32_at(format::chunk::COMMITTED) == self.capacity {
+                punch(&self.file, off, self.chunk_size);
+                self.punched += 1;
+            } else {
+                self.pending.push(slot);
+            }
+        }
+    }
+}
+
+fn read_u32(file: &File, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    file.read_exact_at(&mut b, off).expect("read header");
+    u32::from_le_bytes(b)
+}
+
+// ---------------------------------------------------------------------------
+// Peers.
+
+#[tracing::instrument(level = "info", skip_all)]
+#[inline(never)]
+fn tracing_instrument(x: u64) -> u64 {
+    black_box(x) ^ 1
+}
+
+#[inline(never)]
+fn puffin_scope(x: u64) -> u64 {
+    puffin::profile_scope!("work");
+    black_box(x) ^ 1
+}
+
+#[inline(never)]
+fn tracy_span(x: u64) -> u64 {
+    let _s = tracy_client::span!("work");
+    black_box(x) ^ 1
+}
+
+// ---------------------------------------------------------------------------
+// Drivers.
+
+/// Times `iters` calls of `f` on this thread.
+#[inline(always)]
+fn run(iters: u64, f: fn(u64) -> u64) -> Duration {
+    let t = Instant::now();
+    for i in 0..iters {
+        black_box(f(black_box(i)));
+    }
+    t.elapsed()
+}
+
+/// Two threads, `iters` calls each, started together; the slower thread's
+/// time (so the result is time per call per thread). Each thread makes one
+/// call before the start line, so thread setup (mpprof: lane and first
+/// chunk) is not timed, as it is not in the single-thread cases.
+fn run_two(iters: u64, f: fn(u64) -> u64) -> Duration {
+    let start = Barrier::new(2);
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    black_box(f(0));
+                    start.wait();
+                    run(iters, f)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("bench thread"))
+            .max()
+            .expect("two threads")
+    })
+}
+
+fn case(
+    g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    f: fn(u64) -> u64,
+) {
+    g.bench_function(name, |b| b.iter_custom(|iters| run(iters, f)));
+}
+
+/// A case whose samples write to a file that is punched out afterwards.
+fn case_reclaimed(
+    g: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    mut driver: impl FnMut(u64) -> Duration,
+    mut reclaim: impl FnMut(),
+) {
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let d = driver(iters);
+            reclaim();
+            d
+        })
+    });
+}
+
+fn main() {
+    // The disabled case must see no session: forget any inherited one.
+    std::env::remove_var("MPPROF_DIR");
+    std::env::remove_var("MPPROF");
+    if let Ok(n) = std::env::var("OVERHEAD_CALLS") {
+        count_mode(n.parse().expect("OVERHEAD_CALLS is a number"));
+        return;
+    }
+
+    let mut c = Criterion::default().configure_from_args();
+
+    let mut g = c.benchmark_group("floor");
+    case(&mut g, "baseline", plain);
+    case(&mut g, "rdtsc", with_rdtsc);
+    case(&mut g, "instant_now", with_instant);
+    case(&mut g, "ideal_heap_ring", ideal_heap_ring);
+    case(&mut g, "ideal_file_ring", ideal_file_ring);
+    case_reclaimed(
+        &mut g,
+        "ideal_file_stream",
+        |n| run(n, ideal_file_stream),
+        stream_reclaim,
+    );
+    case_reclaimed(
+        &mut g,
+        "ideal_file_stream_populated",
+        |n| run(n, ideal_file_stream_populated),
+        stream_reclaim,
+    );
+    g.finish();
+
+    // Recording is not started: the first call finds no MPPROF_DIR and
+    // switches it off for good (until init).
+    let mut g = c.benchmark_group("mpprof");
+    case(&mut g, "disabled_instrument", mpprof_instrument);
+    case(&mut g, "disabled_scope", mpprof_scope);
+
+    // Now record, into a session in a temporary directory, keep-first (the
+    // default). The budget is the largest allowed (1 TiB of address space;
+    // the file is sparse and full chunks are punched out between samples),
+    // so no event is lost however long criterion runs.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = dir.path().join("keep-first");
+    std::fs::create_dir(&first).expect("session dir");
+    std::env::set_var("MPPROF_DIR", &first);
+    std::env::set_var("MPPROF_BUFFER_MB", (1u64 << 20).to_string());
+    std::env::set_var("MPPROF_OVERFLOW", "keep-first");
+    let session = mpprof::init().expect("mpprof::init");
+    let path = process_file(&first);
+    let mut reclaimer = Reclaimer::new(&path);
+    mpprof_instrument(0);
+    mpprof_scope(0);
+    println!("mpprof clock: {:?}", mpprof::clock::current());
+    case_reclaimed(
+        &mut g,
+        "enabled_instrument",
+        |n| run(n, mpprof_instrument),
+        || reclaimer.reclaim(),
+    );
+    case_reclaimed(
+        &mut g,
+        "enabled_scope",
+        |n| run(n, mpprof_scope),
+        || reclaimer.reclaim(),
+    );
+    g.finish();
+
+    let mut g = c.benchmark_group("threads");
+    case_reclaimed(&mut g, "baseline_x2", |n| run_two(n, plain), || {});
+    case_reclaimed(
+        &mut g,
+        "ideal_file_stream_x2",
+        |n| run_two(n, ideal_file_stream),
+        stream_reclaim,
+    );
+    case_reclaimed(
+        &mut g,
+        "mpprof_x2",
+        |n| run_two(n, mpprof_instrument),
+        || reclaimer.reclaim(),
+    );
+    g.finish();
+
+    drop(session);
+    report_session(&path, reclaimer.punched);
+
+    // A second session, keep-last (the flight recorder) with the smallest
+    // budget: the thread cycles through two 256 KiB chunks that stay mapped
+    // and cached, which is what the ideal rings above do.
+    let last = dir.path().join("keep-last");
+    std::fs::create_dir(&last).expect("session dir");
+    std::env::set_var("MPPROF_DIR", &last);
+    std::env::set_var("MPPROF_BUFFER_MB", "1");
+    std::env::set_var("MPPROF_OVERFLOW", "keep-last");
+    let session = mpprof::init().expect("mpprof::init");
+    let mut g = c.benchmark_group("mpprof");
+    case(&mut g, "flight_recorder_instrument", mpprof_instrument);
+    g.finish();
+    drop(session);
+    report_session(&process_file(&last), 0);
+
+    peers(&mut c, dir.path());
+    c.final_summary();
+}
+
+/// `OVERHEAD_CALLS=N`: no criterion; N calls of each case, for counting
+/// instructions under `valgrind --tool=callgrind` (each case's loop is its
+/// own function, so `callgrind_annotate --inclusive=yes` gives its total).
+fn count_mode(n: u64) {
+    #[inline(never)]
+    fn loop_baseline(n: u64) {
+        run(n, plain);
+    }
+    #[inline(never)]
+    fn loop_ideal_heap_ring(n: u64) {
+        run(n, ideal_heap_ring);
+    }
+    #[inline(never)]
+    fn loop_ideal_file_stream(n: u64) {
+        run(n, ideal_file_stream);
+    }
+    #[inline(never)]
+    fn loop_mpprof_disabled(n: u64) {
+        // (A distinct body, or LLVM merges it with loop_mpprof_enabled.)
+        black_box(1u8);
+        run(n, mpprof_instrument);
+    }
+    #[inline(never)]
+    fn loop_mpprof_enabled(n: u64) {
+        run(n, mpprof_instrument);
+    }
+    #[inline(never)]
+    fn loop_mpprof_scope(n: u64) {
+        run(n, mpprof_scope);
+    }
+    STREAM_SLOTS.store(256, Ordering::Relaxed);
+    // First calls outside the loops: lazy set-up (thread-locals, chunks,
+    // callsite registration) is not what is counted.
+    for f in [plain, ideal_heap_ring, ideal_file_stream, mpprof_instrument] {
+        f(0);
+    }
+    loop_baseline(n);
+    loop_ideal_heap_ring(n);
+    loop_ideal_file_stream(n);
+    loop_mpprof_disabled(n);
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::env::set_var("MPPROF_DIR", dir.path());
+    std::env::set_var("MPPROF_BUFFER_MB", "4096");
+    let session = mpprof::init().expect("mpprof::init");
+    mpprof_instrument(0);
+    mpprof_scope(0);
+    loop_mpprof_enabled(n);
+    loop_mpprof_scope(n);
+    drop(session);
+    report_session(&process_file(dir.path()), 0);
+}
+
+fn process_file(dir: &Path) -> PathBuf {
+    let files = mpprof_merge::read::list_session(dir).expect("list session");
+    assert_eq!(files.len(), 1, "one process file in {}", dir.display());
+    files.into_iter().next().expect("one file")
+}
+
+/// The recording must have lost nothing (keep-first), or the enabled numbers
+/// include the lost-event path; the flight recorder (keep-last) counts what
+/// it overwrote as lost, and nothing else.
+fn report_session(path: &Path, punched: u64) {
+    let f = mpprof_merge::read::open(path).expect("read the process file");
+    let overwritten: u64 = f
+        .lanes
+        .values()
+        .filter_map(|l| l.chunks.last())
+        .map(|c| c.overwritten)
+        .sum();
+    println!(
+        "mpprof session {:?}: {} records in the file, {} full chunks punched out between samples, \
+         {} overwritten (keep-last), lost events {}, lost chunks {}, clean {}",
+        f.policy,
+        f.committed_records(),
+        punched,
+        overwritten,
+        f.lost_events,
+        f.lost_chunks,
+        f.clean
+    );
+    assert_eq!(
+        f.lost_events, overwritten,
+        "events were lost: the enabled numbers are wrong"
+    );
+    assert_eq!(
+        f.lost_chunks, 0,
+        "chunks were lost: the enabled numbers are wrong"
+    );
+}
+
+fn peers(c: &mut Criterion, dir: &Path) {
+    let mut g = c.benchmark_group("peers");
+    // Their queues grow while measuring: keep the samples few and short.
+    g.warm_up_time(Duration::from_millis(500));
+    g.measurement_time(Duration::from_secs(2));
+    g.sample_size(30);
+
+    // Scoped (thread-local) dispatchers, so that both subscribers can be
+    // measured in one process; a global default saves one thread-local
+    // look-up per call.
+    {
+        let registry = tracing_subscriber::registry();
+        let _d = tracing::subscriber::set_default(registry);
+        case(&mut g, "tracing_registry", tracing_instrument);
+    }
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        let (chrome, flush) = tracing_chrome::ChromeLayerBuilder::new()
+            .file(dir.join("tracing-chrome.json"))
+            .build();
+        let _d = tracing::subscriber::set_default(tracing_subscriber::registry().with(chrome));
+        case(&mut g, "tracing_chrome", tracing_instrument);
+        drop(_d);
+        drop(flush);
+    }
+
+    puffin::set_scopes_on(true);
+    g.bench_function("puffin", |b| {
+        b.iter_custom(|iters| {
+            let d = {
+                puffin::profile_scope!("sample");
+                run(iters, puffin_scope)
+            };
+            puffin::GlobalProfiler::lock().new_frame();
+            d
+        })
+    });
+    puffin::set_scopes_on(false);
+
+    let _client = tracy_client::Client::start();
+    case(&mut g, "tracy", tracy_span);
+    g.finish();
+}

@@ -1,0 +1,131 @@
+//! Slowdown of a function doing about 1 µs of arithmetic when it is
+//! instrumented with `#[mpprof::instrument]` and recording is on. See
+//! docs/PERFORMANCE.md.
+//!
+//! Besides the two criterion cases, prints the slowdown in percent from an
+//! interleaved A/B measurement (alternating rounds, median of the per-round
+//! ratios), which is less sensitive to a busy machine than two separate runs.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+
+/// Rounds of a dependent multiply-rotate-xor chain: about 1 µs here.
+const ROUNDS: u32 = 850;
+
+#[inline(always)]
+fn arithmetic(x: u64) -> u64 {
+    let mut h = black_box(x) | 1;
+    for i in 0..ROUNDS {
+        h = (h.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17)) ^ i as u64;
+    }
+    h
+}
+
+#[inline(never)]
+fn work(x: u64) -> u64 {
+    arithmetic(x)
+}
+
+#[mpprof::instrument]
+#[inline(never)]
+fn work_instrumented(x: u64) -> u64 {
+    arithmetic(x)
+}
+
+fn run(iters: u64, f: fn(u64) -> u64) -> Duration {
+    let t = Instant::now();
+    for i in 0..iters {
+        black_box(f(black_box(i)));
+    }
+    t.elapsed()
+}
+
+/// Interleaved A/B: alternating rounds of plain and instrumented calls,
+/// median of the per-round ratios (in test mode, one short round just to
+/// run the code).
+fn ab(label: &str) {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let (rounds, calls) = if bench { (31, 20_000) } else { (1, 100) };
+    let mut ratios = Vec::with_capacity(rounds);
+    let mut plain_ns = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let a = run(calls, work);
+        let b = run(calls, work_instrumented);
+        ratios.push(b.as_secs_f64() / a.as_secs_f64());
+        plain_ns.push(a.as_secs_f64() * 1e9 / calls as f64);
+    }
+    ratios.sort_by(f64::total_cmp);
+    plain_ns.sort_by(f64::total_cmp);
+    let median = ratios[rounds / 2];
+    println!(
+        "real_work ({label}): plain call {:.0} ns (median), instrumented/plain median {:.4} \
+         => slowdown {:+.2} % (min {:+.2} %, max {:+.2} %, {} rounds)",
+        plain_ns[rounds / 2],
+        median,
+        (median - 1.0) * 100.0,
+        (ratios[0] - 1.0) * 100.0,
+        (ratios[rounds - 1] - 1.0) * 100.0,
+        rounds
+    );
+}
+
+/// Starts a session in `dir` with the given overflow policy and budget.
+fn start(dir: &std::path::Path, policy: &str, budget_mb: &str) -> mpprof::Session {
+    std::fs::create_dir(dir).expect("session dir");
+    std::env::set_var("MPPROF_DIR", dir);
+    std::env::set_var("MPPROF_BUFFER_MB", budget_mb);
+    std::env::set_var("MPPROF_OVERFLOW", policy);
+    mpprof::init().expect("mpprof::init")
+}
+
+/// Lost events of the session's process file (keep-last counts what it
+/// overwrote as lost).
+fn lost(dir: &std::path::Path) -> u64 {
+    let files = mpprof_merge::read::list_session(dir).expect("list session");
+    let f = mpprof_merge::read::open(&files[0]).expect("read the process file");
+    println!(
+        "mpprof session {:?}: {} records, lost events {}",
+        f.policy,
+        f.committed_records(),
+        f.lost_events
+    );
+    f.lost_events
+}
+
+fn main() {
+    std::env::remove_var("MPPROF");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut c = Criterion::default().configure_from_args();
+
+    // Keep-first (the default): every record goes to a fresh page of the
+    // file. About 30 MB a second of records at this call rate; 4 GiB of
+    // sparse budget is far more than a run writes.
+    let first = dir.path().join("keep-first");
+    let session = start(&first, "keep-first", "4096");
+    let mut g = c.benchmark_group("real_work");
+    g.bench_function("plain", |b| b.iter_custom(|n| run(n, work)));
+    g.bench_function("instrumented", |b| {
+        b.iter_custom(|n| run(n, work_instrumented))
+    });
+    g.finish();
+    ab("keep-first");
+    drop(session);
+    assert_eq!(lost(&first), 0, "events were lost: the numbers are wrong");
+
+    // Keep-last with the smallest budget: the flight recorder cycles
+    // through two chunks that stay mapped, so no page faults.
+    let last = dir.path().join("keep-last");
+    let session = start(&last, "keep-last", "1");
+    let mut g = c.benchmark_group("real_work");
+    g.bench_function("instrumented_flight_recorder", |b| {
+        b.iter_custom(|n| run(n, work_instrumented))
+    });
+    g.finish();
+    ab("keep-last");
+    drop(session);
+    lost(&last);
+
+    c.final_summary();
+}
