@@ -20,8 +20,8 @@ use syn::{ForeignItemFn, Item, ItemFn};
 use crate::attr::InstrumentArgs;
 
 /// Records a span, named after the function (or `name = "..."`), from each
-/// call of the function until it returns, panics or, for an `async fn`, until
-/// its future completes or is dropped.
+/// call of the function until it returns or panics. For an `async fn`, each
+/// poll of its future is a span on the thread that polled it.
 ///
 /// See the `mpprof` crate for the documentation.
 #[proc_macro_attribute]

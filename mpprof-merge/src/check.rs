@@ -50,8 +50,11 @@ pub struct Health {
     pub unreadable: Vec<String>,
     /// Flows whose both ends were found.
     pub flows_matched: u64,
-    /// Flow starts without an end.
+    /// Flow starts without an end (fork points excluded).
     pub flows_unmatched_out: u64,
+    /// Fork points whose child did not record (it exec'd another program,
+    /// or made no instrumented call): expected, not counted as damage.
+    pub forks_without_recording_child: u64,
     /// Flow ends without a start.
     pub flows_unmatched_in: u64,
     /// Matched flows whose end precedes its start on the merged timeline
@@ -136,13 +139,16 @@ pub fn check(session: &Session) -> Health {
             warnings: f.warnings.clone(),
         });
     }
-    let mut sends: HashMap<FlowId, i64> = HashMap::new();
+    // Send time and whether the flow is a fork point (a forked child that
+    // execs another program never records the other end: not a defect).
+    let mut sends: HashMap<FlowId, (i64, bool)> = HashMap::new();
     let mut recvs: Vec<(FlowId, i64)> = Vec::new();
     let mut events = session.events();
     for e in events.by_ref() {
         match e.kind {
-            EventKind::FlowOut { flow, .. } => {
-                sends.insert(flow, e.ts);
+            EventKind::FlowOut { flow, site } => {
+                let fork = session.processes[e.proc].site_name(site) == "fork";
+                sends.insert(flow, (e.ts, fork));
             }
             EventKind::FlowIn { flow, .. } => recvs.push((flow, e.ts)),
             _ => {}
@@ -151,7 +157,7 @@ pub fn check(session: &Session) -> Health {
     let (mut matched, mut violations, mut unmatched_in) = (0, 0, 0);
     for (flow, ts) in &recvs {
         match sends.get(flow) {
-            Some(&s) => {
+            Some(&(s, _)) => {
                 matched += 1;
                 if *ts < s {
                     violations += 1;
@@ -161,7 +167,16 @@ pub fn check(session: &Session) -> Health {
         }
     }
     let received: std::collections::HashSet<FlowId> = recvs.iter().map(|r| r.0).collect();
-    let unmatched_out = sends.keys().filter(|f| !received.contains(f)).count() as u64;
+    let (mut unmatched_out, mut forks_unmatched) = (0, 0);
+    for (f, (_, fork)) in &sends {
+        if !received.contains(f) {
+            if *fork {
+                forks_unmatched += 1;
+            } else {
+                unmatched_out += 1;
+            }
+        }
+    }
     Health {
         processes,
         unreadable: session
@@ -171,6 +186,7 @@ pub fn check(session: &Session) -> Health {
             .collect(),
         flows_matched: matched,
         flows_unmatched_out: unmatched_out,
+        forks_without_recording_child: forks_unmatched,
         flows_unmatched_in: unmatched_in,
         causality_violations: violations,
         violations_before_alignment: session.alignment.violations_before,
@@ -229,6 +245,13 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
         "flows: {} matched, {} sent but not received, {} received but not sent; causality violations: {}",
         h.flows_matched, h.flows_unmatched_out, h.flows_unmatched_in, h.causality_violations
     )?;
+    if h.forks_without_recording_child > 0 {
+        writeln!(
+            out,
+            "  ({} fork points without a recording child: exec'd or not instrumented)",
+            h.forks_without_recording_child
+        )?;
+    }
     if h.alignment.domains.len() > 1 {
         writeln!(
             out,

@@ -353,23 +353,29 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                     ));
                     records = present / format::RECORD_SIZE;
                 }
-                // A record after the commit count that holds data newer than
-                // the last committed one was being written when the process
-                // stopped: detected (counted) and skipped. (Older data there
-                // is a flight-recorder leftover.)
+                // A record after the commit count that looks like one this
+                // chunk's writer was storing when the process stopped (a
+                // record kind or nothing yet past the timestamp, zero padding,
+                // a timestamp not older than the chunk's first record) is
+                // counted as torn and skipped. Older data there is a
+                // flight-recorder leftover from the chunk's previous use.
                 if records < cap_records && !pf.clean {
-                    let first = records.saturating_sub(1);
-                    let mut two = [0u8; 2 * format::RECORD_SIZE as usize];
-                    let n = read_at(
-                        &pf.file,
-                        &mut two,
-                        data + first as u64 * format::RECORD_SIZE as u64,
-                    )
-                    .map_err(io)?;
-                    let next = &two[(records - first) as usize * 16..][..16];
-                    let last_ts = if records > 0 { le_u64(&two, 0) } else { 0 };
-                    if n == two.len() && next.iter().any(|&b| b != 0) && le_u64(next, 0) >= last_ts
-                    {
+                    let mut first = [0u8; format::RECORD_SIZE as usize];
+                    let mut next = [0u8; format::RECORD_SIZE as usize];
+                    let rec = format::RECORD_SIZE as u64;
+                    let ok = read_at(&pf.file, &mut first, data).map_err(io)? == first.len()
+                        && read_at(&pf.file, &mut next, data + records as u64 * rec).map_err(io)?
+                            == next.len();
+                    let reused = le_u64(&ch, chunk::OVERWRITTEN) > 0;
+                    let plausible = next[12] <= kind::FLOW_IN
+                        && next[13..] == [0, 0, 0]
+                        && le_u64(&next, 0) != 0;
+                    let recent = if records > 0 {
+                        le_u64(&next, 0) >= le_u64(&first, 0)
+                    } else {
+                        !reused
+                    };
+                    if ok && plausible && recent {
                         pf.torn_records += 1;
                     }
                 }
@@ -425,12 +431,15 @@ fn split_handoffs(pf: &mut ProcessFile, chunks: Vec<(u32, u32, ChunkRef)>, cap: 
     for (slot, lane, c) in chunks {
         let mine: Vec<&Handoff> = handoffs.iter().filter(|h| h.slot == slot).collect();
         let first_end = mine.first().map_or(c.records, |h| h.start.min(c.records));
+        // Losses after the chunk filled belong to its last owner.
+        let lost_after = if mine.is_empty() { c.lost_after } else { 0 };
         let l = pf.lanes.entry(lane).or_default();
         if l.tid == 0 {
             l.tid = c.tid;
         }
         l.chunks.push(ChunkRef {
             records: first_end,
+            lost_after,
             ..c
         });
         for (i, h) in mine.iter().enumerate() {

@@ -137,8 +137,27 @@ pub(crate) fn unlock_after_fork() {
 }
 
 /// The id of a callsite named at run time (`flow::send("request")`, spawn
-/// spans). Interned: one leaked `Callsite` per distinct (kind, name).
+/// spans). Interned: one leaked `Callsite` per distinct (kind, name). A
+/// small per-thread cache of recent names makes repeated calls cost a few
+/// string compares: no lock, no allocation.
 pub fn intern(kind: SiteKind, name: &str) -> u32 {
+    const CACHED: usize = 16;
+    thread_local! {
+        static RECENT: std::cell::RefCell<Vec<(SiteKind, &'static str, u32)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let hit = RECENT
+        .try_with(|r| {
+            r.borrow()
+                .iter()
+                .find(|(k, n, _)| *k == kind && *n == name)
+                .map(|e| e.2)
+        })
+        .ok()
+        .flatten();
+    if let Some(id) = hit {
+        return id;
+    }
     let site = {
         let mut reg = REGISTRY.lock();
         match reg.dynamic.get(&(kind, name.to_owned())) {
@@ -156,7 +175,15 @@ pub fn intern(kind: SiteKind, name: &str) -> u32 {
             }
         }
     };
-    site.id()
+    let id = site.id();
+    let _ = RECENT.try_with(|r| {
+        let mut r = r.borrow_mut();
+        if r.len() == CACHED {
+            r.remove(0);
+        }
+        r.push((kind, site.name, id));
+    });
+    id
 }
 
 /// Writes the metadata of every registered callsite into a new file (after

@@ -264,7 +264,7 @@ pub struct ProcessInfo {
     /// Estimated clock frequency (ticks per second) measured or inherited
     /// by the writer; the merge prefers a fit of the anchors.
     pub clock_hz: f64,
-    /// Chunk size and budget as configured.
+    /// Overflow policy as configured.
     pub policy: Policy,
 }
 
@@ -332,8 +332,10 @@ pub enum Meta {
     },
 }
 
-/// Largest encoded metadata entry (bytes); longer strings are truncated by
-/// the writer so an entry always fits one metadata chunk.
+/// Largest encoded metadata entry (bytes), so an entry always fits one
+/// metadata chunk. The writer truncates the process entry's strings to stay
+/// under it; any other entry over it is not stored and counted in the
+/// header's `LOST_META`.
 pub const MAX_META_ENTRY: usize = 3 * 1024;
 
 /// Bytes of the length prefix of a metadata entry (`u32`).

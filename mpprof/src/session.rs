@@ -35,6 +35,10 @@ static LIFECYCLE: Mutex<()> = Mutex::new(());
 /// Epoch of the next recorder.
 static NEXT_EPOCH: AtomicU32 = AtomicU32::new(2);
 
+/// Sequence numbers of this process's flow ids (process-wide, so a second
+/// session in the same process never repeats an id).
+static FLOW_SEQ: AtomicU64 = AtomicU64::new(1);
+
 /// Random process uid, also the `process` half of this process's flow ids.
 static PROCESS_UID: AtomicU64 = AtomicU64::new(0);
 
@@ -73,7 +77,6 @@ pub(crate) struct Recorder {
     pub(crate) epoch: u32,
     meta: Mutex<MetaLog>,
     next_lane: AtomicU32,
-    flow_seq: AtomicU64,
     pub(crate) dir: PathBuf,
     pub(crate) clock_hz: f64,
     finished: AtomicBool,
@@ -100,7 +103,7 @@ impl Recorder {
     /// A new flow id from this process.
     pub(crate) fn next_flow(&self) -> FlowId {
         // Relaxed: only uniqueness matters.
-        FlowId::from_parts(process_uid(), self.flow_seq.fetch_add(1, Ordering::Relaxed))
+        FlowId::from_parts(process_uid(), FLOW_SEQ.fetch_add(1, Ordering::Relaxed))
     }
 
     /// Claims an event chunk for a thread (and maybe writes an anchor).
@@ -298,11 +301,19 @@ fn fresh_session_dir() -> Result<PathBuf, (PathBuf, io::Error)> {
         "{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{}",
         std::process::id()
     );
-    let dir = root.join(name);
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| (dir.clone(), e))?;
+    // A second session of this process in the same second gets a suffix.
+    let mut dir = root.join(&name);
+    let mut n = 1;
+    loop {
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1000 => {
+                n += 1;
+                dir = root.join(format!("{name}.{n}"));
+            }
+            Err(e) => return Err((dir, e)),
+        }
+    }
     Ok(dir)
 }
 
@@ -409,7 +420,12 @@ fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::
     let uid = process_uid();
     let pid = std::process::id();
     let config = Config::from_env();
-    let path = dir.join(format!("{pid}-{uid:016x}.mpb"));
+    // One file per recorder: a process that starts a second session in the
+    // same directory (or a forked child, which has a new uid) gets a new name.
+    let path = match NEXT_EPOCH.load(Ordering::Relaxed) {
+        2 => dir.join(format!("{pid}-{uid:016x}.mpb")),
+        e => dir.join(format!("{pid}-{uid:016x}-{e}.mpb")),
+    };
     let buf = ProcessBuffer::create(&path, config, uid, pid)?;
     let mut info = process_info(uid, clock, clock_hz, config);
     let (parent_flow, flow_name) = match origin {
@@ -423,7 +439,6 @@ fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::
         epoch,
         meta: Mutex::new(MetaLog::new()),
         next_lane: AtomicU32::new(1),
-        flow_seq: AtomicU64::new(1),
         dir: dir.to_owned(),
         clock_hz,
         finished: AtomicBool::new(false),
@@ -459,14 +474,16 @@ fn process_info(uid: u64, clock: ClockKind, clock_hz: f64, config: Config) -> Pr
         .map(|p| p.display().to_string())
         .unwrap_or_default();
     let mut argv = Vec::new();
+    // Keep the process entry well inside one metadata entry: each argument
+    // costs its bytes plus up to 5 bytes of length prefix.
     let mut budget = 2048usize;
     for a in std::env::args_os() {
         let a = a.to_string_lossy().into_owned();
-        if a.len() > budget {
+        if a.len() + 5 > budget || argv.len() >= 256 {
             argv.push("…".to_owned());
             break;
         }
-        budget -= a.len();
+        budget -= a.len() + 5;
         argv.push(a);
     }
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
@@ -578,6 +595,8 @@ static FORK_INFO: Mutex<Option<(PathBuf, FlowId)>> = Mutex::new(None);
 fn register_fork_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     extern "C" fn prepare() {
+        // Lock first: two threads forking at once must not swap flows.
+        std::mem::forget(LIFECYCLE.lock());
         let info = unsafe_current()
             .filter(|r| {
                 !r.finished.load(Ordering::Relaxed) && STATE.load(Ordering::Relaxed) == r.epoch
@@ -588,7 +607,6 @@ fn register_fork_hook() {
                 (r.dir.clone(), flow)
             });
         *FORK_INFO.lock() = info;
-        std::mem::forget(LIFECYCLE.lock());
         callsite::lock_for_fork();
     }
     extern "C" fn parent() {

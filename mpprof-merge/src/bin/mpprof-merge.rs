@@ -118,6 +118,9 @@ fn run() -> Result<ExitCode> {
                 Some(f) => f,
                 None => format_from_extension(&cli.output)?,
             };
+            if format == Format::Perfetto {
+                bail!("the Perfetto protobuf writer is not implemented yet; write Chrome JSON (-o trace.json), which ui.perfetto.dev opens");
+            }
             let s = open(&cli.inputs)?;
             let mut out: Box<dyn Write> = if cli.output == Path::new("-") {
                 Box::new(BufWriter::new(std::io::stdout().lock()))
@@ -129,11 +132,9 @@ fn run() -> Result<ExitCode> {
             let stats = match format {
                 Format::Chrome => write::chrome::write(&s, &mut out)?,
                 Format::Summary => write::summary::write(&s, &mut out, cli.limit)?.stats,
-                Format::Perfetto | Format::Folded | Format::Svg => {
-                    bail!(
-                        "format {format:?} is not implemented yet; use --format chrome or summary"
-                    )
-                }
+                Format::Folded => write::folded::write(&s, &mut out)?,
+                Format::Svg => write::folded::write_svg(&s, &mut out)?,
+                Format::Perfetto => unreachable!("refused above"),
             };
             out.flush()
                 .with_context(|| format!("cannot write {}", cli.output.display()))?;

@@ -1,6 +1,7 @@
 //! Output formats. Each writer consumes the merged event stream once.
 
 pub mod chrome;
+pub mod folded;
 pub mod summary;
 
 use std::collections::{HashMap, HashSet};

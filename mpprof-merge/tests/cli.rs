@@ -1,0 +1,98 @@
+//! The command line as a user meets it: formats, errors, exit codes.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_mpprof-merge"))
+}
+
+/// A session directory holding the committed golden buffer file.
+fn golden_session() -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/v2.mpb");
+    std::fs::copy(src, d.path().join("golden.mpb")).unwrap();
+    d
+}
+
+#[test]
+fn every_format_is_written() {
+    let s = golden_session();
+    for (file, check) in [
+        ("t.json", "\"traceEvents\""),
+        ("t.folded", "golden;golden_outer;inner "),
+        ("t.svg", "<svg"),
+        ("t.txt", "ncalls  tottime  percall  cumtime  percall"),
+    ] {
+        let out = s.path().join(file);
+        let st = bin().arg(s.path()).arg("-o").arg(&out).output().unwrap();
+        assert!(
+            st.status.success(),
+            "{file}: {}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.contains(check), "{file}: {text}");
+    }
+    let st = bin().args(["summary"]).arg(s.path()).output().unwrap();
+    assert!(st.status.success());
+    assert!(String::from_utf8_lossy(&st.stdout).contains("golden::golden_outer"));
+}
+
+#[test]
+fn check_reports_health_and_sets_the_exit_status() {
+    let s = golden_session();
+    let st = bin().arg("check").arg(s.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(st.status.success(), "{text}");
+    assert!(
+        text.contains("clean exit") && text.contains("status: ok"),
+        "{text}"
+    );
+
+    // A damaged file makes `check` fail and name it.
+    let bad = tempfile::tempdir().unwrap();
+    std::fs::write(bad.path().join("x.mpb"), b"MPPROF\r\n garbage").unwrap();
+    std::fs::copy(s.path().join("golden.mpb"), bad.path().join("golden.mpb")).unwrap();
+    let st = bin().arg("check").arg(bad.path()).output().unwrap();
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert_eq!(st.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("UNREADABLE") && text.contains("x.mpb"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_no_output_file() {
+    let s = golden_session();
+    // Unknown flag: clap's usage error.
+    let st = bin().arg(s.path()).arg("--frobnicate").output().unwrap();
+    assert_eq!(st.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("--frobnicate"));
+    // Missing directory.
+    let st = bin()
+        .arg("/nonexistent/session")
+        .arg("-o")
+        .arg(s.path().join("t.json"))
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&st.stderr).starts_with("Error: "));
+    // Unknown extension and a format not written yet: refused before any file is made.
+    for name in ["t.xyz", "t.pftrace"] {
+        let out = s.path().join(name);
+        let st = bin().arg(s.path()).arg("-o").arg(&out).output().unwrap();
+        assert_eq!(st.status.code(), Some(1), "{name}");
+        assert!(!out.exists(), "{name} must not be created");
+    }
+    // An unwritable output path.
+    let st = bin()
+        .arg(s.path())
+        .arg("-o")
+        .arg("/nonexistent/dir/t.json")
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&st.stderr).contains("cannot create /nonexistent/dir/t.json"));
+}
