@@ -15,16 +15,25 @@ static USE_TSC: AtomicBool = AtomicBool::new(false);
 /// The current timestamp in the process clock.
 #[inline(always)]
 pub fn now() -> u64 {
+    // Relaxed: see USE_TSC.
+    now_with(USE_TSC.load(Ordering::Relaxed))
+}
+
+/// The current timestamp: the time-stamp counter when `tsc`, else
+/// CLOCK_MONOTONIC ns. The hot path passes the clock choice it already has
+/// in a register (the low bit of the recording epoch) instead of loading it.
+#[inline(always)]
+pub fn now_with(tsc: bool) -> u64 {
     #[cfg(target_arch = "x86_64")]
     {
-        if USE_TSC.load(Ordering::Relaxed) {
+        if tsc {
             // SAFETY: rdtsc has no preconditions on x86_64.
             return unsafe { core::arch::x86_64::_rdtsc() };
         }
     }
     #[cfg(target_arch = "aarch64")]
     {
-        if USE_TSC.load(Ordering::Relaxed) {
+        if tsc {
             let v: u64;
             // SAFETY: cntvct_el0 is readable from EL0 on Linux (the kernel
             // enables user access to the virtual counter).
@@ -32,6 +41,7 @@ pub fn now() -> u64 {
             return v;
         }
     }
+    let _ = tsc;
     monotonic_ns()
 }
 

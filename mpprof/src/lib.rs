@@ -184,14 +184,15 @@ pub mod __private {
         /// Records the entry of the span at `cs`.
         #[inline(always)]
         pub fn enter(cs: &'static Callsite) -> SpanGuard {
-            if !thread::maybe_on() {
+            let s = thread::state();
+            if s == crate::session::OFF {
                 return SpanGuard {
                     id: 0,
                     _not_send: PhantomData,
                 };
             }
             let id = cs.id();
-            thread::enter(id);
+            thread::record_in(s, id, kind::ENTER);
             SpanGuard {
                 id,
                 _not_send: PhantomData,

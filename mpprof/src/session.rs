@@ -15,15 +15,23 @@ use crate::{callsite, clock};
 
 /// Recording state, read (relaxed) at the top of every hot-path call:
 /// [`OFF`], [`UNKNOWN`] (not yet decided: the first call looks at the
-/// environment), or an epoch `>= 2` naming the current recorder. Threads
+/// environment), or an epoch `>= 4` naming the current recorder. Threads
 /// compare it with the epoch of their current chunk, so a new recorder (a
 /// new session, or a forked child's own file) is picked up without touching
-/// other threads' state.
+/// other threads' state. The epoch's low bit says whether timestamps come
+/// from the time-stamp counter ([`epoch_uses_tsc`]), so the hot path needs
+/// no separate load for the clock choice.
 pub(crate) static STATE: AtomicU32 = AtomicU32::new(UNKNOWN);
 /// Not recording.
 pub(crate) const OFF: u32 = 0;
 /// Not yet decided.
-pub(crate) const UNKNOWN: u32 = 1;
+pub(crate) const UNKNOWN: u32 = 2;
+
+/// Whether an epoch's timestamps come from the time-stamp counter.
+#[inline(always)]
+pub(crate) const fn epoch_uses_tsc(epoch: u32) -> bool {
+    epoch & 1 != 0
+}
 
 /// The current recorder (null when none). Recorders are never freed: a
 /// thread may still hold a pointer into a finished recorder's mapping.
@@ -32,8 +40,8 @@ static CURRENT: AtomicPtr<Recorder> = AtomicPtr::new(std::ptr::null_mut());
 /// Serialises starting and finishing.
 static LIFECYCLE: Mutex<()> = Mutex::new(());
 
-/// Epoch of the next recorder.
-static NEXT_EPOCH: AtomicU32 = AtomicU32::new(2);
+/// Epoch of the next recorder (even; the low bit is added for the TSC).
+static NEXT_EPOCH: AtomicU32 = AtomicU32::new(4);
 
 /// Sequence numbers of this process's flow ids (process-wide, so a second
 /// session in the same process never repeats an id).
@@ -423,8 +431,8 @@ fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::
     // One file per recorder: a process that starts a second session in the
     // same directory (or a forked child, which has a new uid) gets a new name.
     let path = match NEXT_EPOCH.load(Ordering::Relaxed) {
-        2 => dir.join(format!("{pid}-{uid:016x}.mpb")),
-        e => dir.join(format!("{pid}-{uid:016x}-{e}.mpb")),
+        4 => dir.join(format!("{pid}-{uid:016x}.mpb")),
+        e => dir.join(format!("{pid}-{uid:016x}-{}.mpb", e / 2 - 1)),
     };
     let buf = ProcessBuffer::create(&path, config, uid, pid)?;
     let mut info = process_info(uid, clock, clock_hz, config);
@@ -433,7 +441,7 @@ fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::
         None => (info.parent_flow, "spawn"),
     };
     info.parent_flow = parent_flow;
-    let epoch = NEXT_EPOCH.fetch_add(1, Ordering::Relaxed);
+    let epoch = NEXT_EPOCH.fetch_add(2, Ordering::Relaxed) | u32::from(clock == ClockKind::Tsc);
     let rec: &'static Recorder = Box::leak(Box::new(Recorder {
         buf,
         epoch,

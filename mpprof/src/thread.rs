@@ -70,30 +70,63 @@ thread_local! {
 #[inline(always)]
 pub(crate) fn record(site: u32, kind: u8) {
     let s = STATE.load(Ordering::Relaxed);
-    if s == OFF {
-        return;
+    if s != OFF {
+        record_in(s, site, kind);
     }
+}
+
+/// [`record`] for a caller that already loaded the state `s` (not OFF).
+#[inline(always)]
+pub(crate) fn record_in(s: u32, site: u32, kind: u8) {
     // `try_with`: during thread teardown the slot may be gone; drop the event.
     let _ = WRITER.try_with(|w| {
         let i = w.idx.get();
         if w.epoch.get() == s && i < w.cap.get() {
-            let ts = clock::now();
+            let ts = clock::now_with(session::epoch_uses_tsc(s));
             // SAFETY: i < cap, so the record is inside this thread's chunk,
             // which no other thread writes; commit points into its header.
-            unsafe {
-                w.recs
-                    .get()
-                    .add(i as usize)
-                    .write(RawRecord::new(ts, site, kind));
-                // Release: the record above is visible before the count that
-                // covers it (readers load the count with acquire).
-                (*w.commit.get()).store(i + 1, Ordering::Release);
-            }
-            w.idx.set(i + 1);
+            unsafe { write_one(w, i, RawRecord::new(ts, site, kind)) };
         } else {
             slow(w, s, RawRecord::new(0, site, kind), None);
         }
     });
+}
+
+/// Records a span exit. No global load: the exit goes where its entry went,
+/// into the thread's current chunk, even if the session has just finished
+/// (the file stays mapped and the reader takes what is committed). A thread
+/// without room (or in a forked child, whose chunk was forgotten) takes the
+/// slow path, which looks at the state.
+#[inline(always)]
+pub(crate) fn exit(site: u32) {
+    let _ = WRITER.try_with(|w| {
+        let i = w.idx.get();
+        if i < w.cap.get() {
+            let ts = clock::now_with(session::epoch_uses_tsc(w.epoch.get()));
+            // SAFETY: as in `record_in`.
+            unsafe { write_one(w, i, RawRecord::new(ts, site, kind::EXIT)) };
+        } else {
+            // Relaxed: as in `record`.
+            let s = STATE.load(Ordering::Relaxed);
+            if s != OFF {
+                slow(w, s, RawRecord::new(0, site, kind::EXIT), None);
+            }
+        }
+    });
+}
+
+/// # Safety
+/// `i < w.cap` and `w` holds a live chunk.
+#[inline(always)]
+unsafe fn write_one(w: &Writer, i: u32, rec: RawRecord) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        w.recs.get().add(i as usize).write(rec);
+        // Release: the record above is visible before the count that
+        // covers it (readers load the count with acquire).
+        (*w.commit.get()).store(i + 1, Ordering::Release);
+    }
+    w.idx.set(i + 1);
 }
 
 /// Records an event followed by its payload record (flows, counters). Both
@@ -107,7 +140,7 @@ pub(crate) fn record_with_payload(site: u32, kind: u8, payload: [u64; 2]) {
     let _ = WRITER.try_with(|w| {
         let i = w.idx.get();
         if w.epoch.get() == s && i + 1 < w.cap.get() {
-            let ts = clock::now();
+            let ts = clock::now_with(session::epoch_uses_tsc(s));
             // SAFETY: i + 1 < cap: both records are inside this thread's chunk.
             unsafe { write_pair(w, i, RawRecord::new(ts, site, kind), payload) };
         } else {
@@ -185,22 +218,15 @@ fn slow(w: &Writer, mut s: u32, rec: RawRecord, payload: Option<[u64; 2]>) {
         return;
     }
     let rec = RawRecord {
-        ts: clock::now(),
+        ts: clock::now_with(session::epoch_uses_tsc(s)),
         ..rec
     };
     let i = w.idx.get();
     match payload {
         // SAFETY: new_chunk or the check above guarantees room for `need`.
         Some(p) => unsafe { write_pair(w, i, rec, p) },
-        None => {
-            // SAFETY: as above, room for one record.
-            unsafe {
-                w.recs.get().add(i as usize).write(rec);
-                // Release: as in `record`.
-                (*w.commit.get()).store(i + 1, Ordering::Release);
-            }
-            w.idx.set(i + 1);
-        }
+        // SAFETY: as above, room for one record.
+        None => unsafe { write_one(w, i, rec) },
     }
 }
 
@@ -358,21 +384,21 @@ pub(crate) fn forget_chunk() {
     });
 }
 
-/// Records a span entry (kind ENTER).
+/// The recording state: [`OFF`], or something for [`record_in`]. One
+/// relaxed load (a hint: the write re-checks against the thread's epoch).
 #[inline(always)]
-pub(crate) fn enter(site: u32) {
-    record(site, kind::ENTER)
-}
-
-/// Records a span exit (kind EXIT).
-#[inline(always)]
-pub(crate) fn exit(site: u32) {
-    record(site, kind::EXIT)
+pub(crate) fn state() -> u32 {
+    STATE.load(Ordering::Relaxed)
 }
 
 /// Whether recording may be on (not [`OFF`]): one relaxed load.
 #[inline(always)]
 pub(crate) fn maybe_on() -> bool {
-    // Relaxed: a hint; the write re-checks.
-    STATE.load(Ordering::Relaxed) != OFF
+    state() != OFF
+}
+
+/// Records a span entry (kind ENTER).
+#[inline(always)]
+pub(crate) fn enter(site: u32) {
+    record(site, kind::ENTER)
 }
