@@ -49,7 +49,7 @@ pub fn check_chrome(json: &[u8]) -> Vec<Value> {
                     assert!(ends.insert(id, e.clone()).is_none(), "flow id reused");
                 }
             }
-            "i" | "C" => {}
+            "i" | "C" | "b" | "e" => {}
             other => panic!("unexpected phase {other}"),
         }
     }

@@ -88,6 +88,21 @@ pub enum EventKind {
         /// Flow id.
         flow: FlowId,
     },
+    /// An async span (a future's life across polls and threads) begins.
+    AsyncBegin {
+        /// Callsite id.
+        site: u32,
+        /// Async span id, unique within the process.
+        id: u64,
+    },
+    /// An async span ends (completed or dropped); may be on another thread
+    /// than its beginning.
+    AsyncEnd {
+        /// Callsite id.
+        site: u32,
+        /// Async span id.
+        id: u64,
+    },
     /// Events were lost here: buffer budget used up or disk full, or (with
     /// `overwritten`) the flight recorder overwrote this thread's oldest
     /// events, which all came before this point.
@@ -523,6 +538,14 @@ impl<'a> LaneStream<'a> {
                     site: r.site,
                     flow: flow(),
                 },
+                kind::ASYNC_BEGIN | kind::ASYNC_END => {
+                    let id = r.payload.unwrap_or_default()[0];
+                    if r.kind == kind::ASYNC_BEGIN {
+                        EventKind::AsyncBegin { site: r.site, id }
+                    } else {
+                        EventKind::AsyncEnd { site: r.site, id }
+                    }
+                }
                 kind::FLOW_IN => EventKind::FlowIn {
                     site: r.site,
                     flow: flow(),

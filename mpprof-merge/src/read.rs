@@ -367,9 +367,8 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                         && read_at(&pf.file, &mut next, data + records as u64 * rec).map_err(io)?
                             == next.len();
                     let reused = le_u64(&ch, chunk::OVERWRITTEN) > 0;
-                    let plausible = next[12] <= kind::FLOW_IN
-                        && next[13..] == [0, 0, 0]
-                        && le_u64(&next, 0) != 0;
+                    let plausible =
+                        next[12] <= kind::LAST && next[13..] == [0, 0, 0] && le_u64(&next, 0) != 0;
                     let recent = if records > 0 {
                         le_u64(&next, 0) >= le_u64(&first, 0)
                     } else {
@@ -558,7 +557,7 @@ pub fn decode_records(bytes: &[u8], out: &mut Vec<RawEvent>, at_end: bool) -> (u
     while i < n {
         let r = &bytes[i * 16..i * 16 + 16];
         let k = r[12];
-        if !(kind::ENTER..=kind::FLOW_IN).contains(&k) {
+        if !(kind::ENTER..=kind::LAST).contains(&k) {
             bad += 1;
             i += 1;
             continue;

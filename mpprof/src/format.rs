@@ -32,7 +32,8 @@ pub const MAGIC: [u8; 8] = *b"MPPROF\r\n";
 /// - 1: first version.
 /// - 2: chunk header fields `OVERWRITTEN` and `LOST_AFTER` (zero in version
 ///   1 files, so they read the same), and [`Meta::Handoff`].
-pub const FORMAT_VERSION: u32 = 2;
+/// - 3: record kinds `ASYNC_BEGIN` and `ASYNC_END`.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// Size of the file header; chunk 0 starts here. One page, so the chunk area
 /// is page-aligned.
@@ -171,10 +172,19 @@ pub mod kind {
     pub const FLOW_OUT: u8 = 5;
     /// Flow arrives on this thread; payload as for `FLOW_OUT`.
     pub const FLOW_IN: u8 = 6;
+    /// An async span (a future's whole life, across polls and threads)
+    /// begins; followed by one payload record `[async id: u64][0]`. The id is
+    /// unique within the process. (Format 3.)
+    pub const ASYNC_BEGIN: u8 = 7;
+    /// The async span with the payload's id ends (the future completed or
+    /// was dropped). (Format 3.)
+    pub const ASYNC_END: u8 = 8;
+    /// The largest kind this version writes.
+    pub const LAST: u8 = ASYNC_END;
 
     /// Whether a record of this kind is followed by one payload record.
     pub const fn has_payload(k: u8) -> bool {
-        matches!(k, COUNTER | FLOW_OUT | FLOW_IN)
+        matches!(k, COUNTER | FLOW_OUT | FLOW_IN | ASYNC_BEGIN | ASYNC_END)
     }
 }
 
@@ -354,7 +364,7 @@ mod tests {
         assert_eq!(RECORD_SIZE, 16);
         assert_eq!(CHUNK_HEADER_SIZE, 64);
         assert_eq!(HEADER_SIZE, 4096);
-        assert_eq!(FORMAT_VERSION, 2);
+        assert_eq!(FORMAT_VERSION, 3);
         assert!(header::END <= HEADER_SIZE as usize);
         assert!(chunk::END <= CHUNK_HEADER_SIZE as usize);
         let r = RawRecord::new(0x0102_0304_0506_0708, 0xAABB_CCDD, kind::EXIT);

@@ -76,7 +76,9 @@ pub fn site_name(s: &Session, e: &Event) -> Option<String> {
         | EventKind::Instant { site }
         | EventKind::Counter { site, .. }
         | EventKind::FlowOut { site, .. }
-        | EventKind::FlowIn { site, .. } => site,
+        | EventKind::FlowIn { site, .. }
+        | EventKind::AsyncBegin { site, .. }
+        | EventKind::AsyncEnd { site, .. } => site,
         EventKind::Lost { .. } => return None,
     };
     Some(s.processes[e.proc].site_name(site).into_owned())

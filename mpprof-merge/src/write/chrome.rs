@@ -7,6 +7,7 @@
 //! to bind to. Timestamps are microseconds from the session start with three
 //! decimals, so nanoseconds survive.
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 
 use crate::merge::{End, Event, EventKind, MergeStats, Session};
@@ -20,6 +21,7 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
         out,
         t0,
         first: true,
+        open_async: HashMap::new(),
     };
     w.out
         .write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")?;
@@ -59,6 +61,20 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
         w.event(session, &tracks, &e)?;
     }
     let stats = events.stats();
+    // Async spans still open when their process ended: closed there.
+    let mut open: Vec<((usize, u64), (u32, u32))> = w.open_async.drain().collect();
+    open.sort_unstable();
+    for ((pi, id), (site, tid)) in open {
+        let p = &session.processes[pi];
+        let reason = if p.file.clean {
+            End::OpenAtExit
+        } else {
+            End::Abrupt
+        };
+        w.async_event("e", session, pi, tracks.pid(pi), tid, p.end_ns, site, id)?;
+        w.unfinished_args(reason)?;
+        w.out.write_all(b"}")?;
+    }
     // Process-level markers: abrupt ends.
     for (pi, p) in session.processes.iter().enumerate() {
         if !p.file.clean {
@@ -79,6 +95,8 @@ struct Json<'a> {
     out: &'a mut dyn Write,
     t0: i64,
     first: bool,
+    /// Open async spans: (process, id) -> (callsite, tid of the beginning).
+    open_async: HashMap<(usize, u64), (u32, u32)>,
 }
 
 impl Json<'_> {
@@ -110,6 +128,42 @@ impl Json<'_> {
         self.ts(ts)
     }
 
+    /// The common part of an async event (`b`/`e`), without the closing
+    /// brace: one async track per future (Perfetto keys it by cat, name, id).
+    #[allow(clippy::too_many_arguments)]
+    fn async_event(
+        &mut self,
+        ph: &str,
+        s: &Session,
+        pi: usize,
+        pid: u32,
+        tid: u32,
+        ts: i64,
+        site: u32,
+        id: u64,
+    ) -> io::Result<()> {
+        let p = &s.processes[pi];
+        self.head(ph, pid, tid, ts)?;
+        self.out.write_all(b",\"cat\":\"async\",\"name\":")?;
+        self.string(&p.site_name(site))?;
+        let key = flow_key(mpprof::FlowId::from_parts(p.file.uid, id));
+        write!(self.out, ",\"id\":\"0x{key:x}\"")
+    }
+
+    /// `,"args":{"unfinished":..}` for a span the merge closed.
+    fn unfinished_args(&mut self, end: End) -> io::Result<()> {
+        if let Some(reason) = end.reason() {
+            self.out.write_all(b",\"args\":{\"unfinished\":")?;
+            self.string(reason)?;
+            self.out.write_all(if end == End::Abrupt {
+                b",\"ended_abruptly\":true}"
+            } else {
+                b"}"
+            })?;
+        }
+        Ok(())
+    }
+
     fn event(&mut self, s: &Session, tracks: &Tracks, e: &Event) -> io::Result<()> {
         let p = &s.processes[e.proc];
         let (pid, tid) = (tracks.pid(e.proc), tracks.tid(e.proc, e.lane));
@@ -122,15 +176,7 @@ impl Json<'_> {
             }
             EventKind::Exit { end, .. } => {
                 self.head("E", pid, tid, e.ts)?;
-                if let Some(reason) = end.reason() {
-                    self.out.write_all(b",\"args\":{\"unfinished\":")?;
-                    self.string(reason)?;
-                    self.out.write_all(if end == End::Abrupt {
-                        b",\"ended_abruptly\":true}"
-                    } else {
-                        b"}"
-                    })?;
-                }
+                self.unfinished_args(end)?;
                 self.out.write_all(b"}")
             }
             EventKind::Instant { site } => {
@@ -158,6 +204,18 @@ impl Json<'_> {
                     self.out,
                     ",\"s\":\"t\",\"cat\":\"mpprof\",\"name\":\"{count} {name}\",\"args\":{{\"lost_events\":{count},\"detail\":\"{detail}\"}}}}"
                 )
+            }
+            EventKind::AsyncBegin { site, id } => {
+                self.open_async.insert((e.proc, id), (site, tid));
+                self.async_event("b", s, e.proc, pid, tid, e.ts, site, id)?;
+                self.out.write_all(b"}")
+            }
+            EventKind::AsyncEnd { site, id } => {
+                if self.open_async.remove(&(e.proc, id)).is_none() {
+                    return Ok(()); // its beginning was not recorded (overwritten, lost)
+                }
+                self.async_event("e", s, e.proc, pid, tid, e.ts, site, id)?;
+                self.out.write_all(b"}")
             }
             EventKind::FlowOut { site, flow } | EventKind::FlowIn { site, flow } => {
                 let out = matches!(e.kind, EventKind::FlowOut { .. });
