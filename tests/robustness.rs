@@ -532,3 +532,78 @@ fn sigkill_at_random_moments_never_loses_a_committed_event() {
         "the kills landed while the children worked"
     );
 }
+
+/// A 1 MiB tmpfs as the session directory, or `None` where mounting is not
+/// permitted (not root, no mount namespace rights).
+struct TinyFs(tempfile::TempDir);
+impl TinyFs {
+    fn mount() -> Option<TinyFs> {
+        let d = session_dir();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+            .arg(d.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        st.success().then_some(TinyFs(d))
+    }
+}
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_costs_events_not_the_application() {
+    child_role("work", work);
+    for policy in ["keep-first", "keep-last"] {
+        let Some(fs) = TinyFs::mount() else {
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root); the full-disk case is covered by RLIMIT_FSIZE only");
+            return;
+        };
+        let mut c = self_command(
+            "a_full_disk_costs_events_not_the_application",
+            "work",
+            fs.0.path(),
+        );
+        let out = c
+            .env("MPPROF_CHUNK_KB", "64")
+            .env("MPPROF_OVERFLOW", policy)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{policy}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("sum={}", expected_sum())));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            stderr.matches("No space left on device").count(),
+            1,
+            "{policy}: one warning: {stderr}"
+        );
+        let (kept, lost, _, last) = tally(fs.0.path());
+        assert_eq!(
+            kept + lost,
+            2 * CALLS + 2,
+            "{policy}: every event kept or counted"
+        );
+        assert!(lost > 0, "{policy}");
+        assert_eq!(
+            last,
+            policy == "keep-last",
+            "{policy}: the flight recorder keeps the newest events"
+        );
+        let h = mpprof_merge::check::check(&Session::open(&[fs.0.path()]).unwrap());
+        assert!(
+            !h.damaged(),
+            "{policy}: a full disk is a loss, not damage: {:?}",
+            h.processes[0].warnings
+        );
+        assert!(h.processes[0].clean);
+    }
+}

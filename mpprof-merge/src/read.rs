@@ -298,7 +298,10 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
         .saturating_sub(format::HEADER_SIZE)
         .div_ceil(chunk_size as u64);
     let slots = (next_chunk.min(max_chunks) as u64).min(in_file);
-    if (next_chunk.min(max_chunks) as u64) > in_file {
+    // Claims that failed to grow the file (disk full) leave slots at the end
+    // that were never written: not a truncation.
+    let missing = (next_chunk.min(max_chunks) as u64).saturating_sub(in_file);
+    if missing > pf.lost_chunks {
         pf.warnings.push(format!(
             "{name}: field `next_chunk` says {} chunks were claimed but the file ({file_len} bytes) holds {in_file}: truncated file, reading what is there",
             next_chunk.min(max_chunks)

@@ -230,15 +230,12 @@ fn slow(w: &Writer, mut s: u32, rec: RawRecord, payload: Option<[u64; 2]>) {
     }
 }
 
-/// Claims the next chunk for this thread. Under `keep-last`, when the
-/// budget is used up, the thread starts its own oldest chunk over. False
-/// when there is no chunk to write to (budget used up under `keep-first`,
-/// or the file cannot grow).
+/// Gives this thread a chunk to write to: the rest of a finished thread's
+/// chunk, else a fresh one. Under `keep-last`, when the budget is used up
+/// or the file cannot grow, the thread starts its own oldest chunk over.
+/// False when there is nothing to write to (keep-first with the budget
+/// used up or the disk full).
 fn new_chunk(w: &Writer, r: &Recorder) -> bool {
-    let retry_at = w.retry_at.get();
-    if retry_at != 0 && (retry_at == u64::MAX || clock::monotonic_ns() < retry_at) {
-        return false;
-    }
     let init = ChunkInit {
         kind: format::CHUNK_EVENTS,
         lane: w.lane.get(),
@@ -247,9 +244,12 @@ fn new_chunk(w: &Writer, r: &Recorder) -> bool {
         lost_before: w.lost.get(),
         overwritten: w.overwritten.get(),
     };
+    let retry_at = w.retry_at.get();
+    let may_claim = retry_at == 0 || (retry_at != u64::MAX && clock::monotonic_ns() >= retry_at);
     if let Some((c, start)) = r.take_handoff() {
-        // Continue a finished thread's chunk: say so in the metadata first,
-        // so the reader attributes the records from `start` on to this lane.
+        // Continue a finished thread's chunk: say so in the metadata
+        // first, so the reader attributes the records from `start` on to
+        // this lane.
         r.write_meta(&Meta::Handoff {
             slot: c.slot,
             start,
@@ -264,19 +264,35 @@ fn new_chunk(w: &Writer, r: &Recorder) -> bool {
         install(w, c, start);
         return true;
     }
-    match r.claim_events(&init) {
-        Ok(c) => {
-            owned(w, |o| o.push_back(c.slot));
-            install(w, c, 0);
-            true
+    if may_claim {
+        match r.claim_events(&init) {
+            Ok(c) => {
+                owned(w, |o| o.push_back(c.slot));
+                install(w, c, 0);
+                return true;
+            }
+            // The budget will not come back.
+            Err(ClaimError::Budget) => w.retry_at.set(u64::MAX),
+            Err(ClaimError::Io(e)) => {
+                if retry_at == 0 {
+                    let then = match r.buf.policy() {
+                        Policy::KeepLast => {
+                            "the flight recorder goes on by overwriting this thread's oldest events"
+                        }
+                        Policy::KeepFirst => "this thread stops recording until space is available",
+                    };
+                    crate::warn(format_args!(
+                        "cannot grow {} ({e}); {then}, and lost events are counted",
+                        r.buf.path().display(),
+                    ));
+                }
+                // A full disk stays full for a while: retry in 100 ms.
+                w.retry_at.set(clock::monotonic_ns() + 100_000_000);
+            }
         }
-        Err(ClaimError::Budget) if r.buf.policy() == Policy::KeepLast => {
-            let Some(slot) = owned(w, |o| o.pop_front()).flatten() else {
-                // Never had a chunk: nothing of its own to overwrite.
-                w.retry_at.set(u64::MAX);
-                w.cap.set(0);
-                return false;
-            };
+    }
+    if r.buf.policy() == Policy::KeepLast {
+        if let Some(slot) = owned(w, |o| o.pop_front()).flatten() {
             // SAFETY: `slot` was claimed by this thread in this recorder
             // (OWNED is reset with the epoch) and the thread is done with it.
             let (c, old) = unsafe { r.buf.reuse(slot, &init) };
@@ -284,27 +300,16 @@ fn new_chunk(w: &Writer, r: &Recorder) -> bool {
             w.overwritten.set(w.overwritten.get() + old as u64);
             r.maybe_anchor();
             owned(w, |o| o.push_back(c.slot));
+            let retry = w.retry_at.get();
             install(w, c, 0);
-            true
-        }
-        Err(ClaimError::Budget) => {
-            w.cap.set(0);
-            w.retry_at.set(u64::MAX);
-            false
-        }
-        Err(ClaimError::Io(e)) => {
-            if w.retry_at.get() == 0 {
-                crate::warn(format_args!(
-                    "cannot grow {} ({e}); thread {} stops recording until space is available, and lost events are counted",
-                    r.buf.path().display(),
-                    w.lane.get()
-                ));
-            }
-            w.cap.set(0);
-            w.retry_at.set(clock::monotonic_ns() + 100_000_000);
-            false
+            w.retry_at.set(retry);
+            return true;
         }
     }
+    // Nothing to write to: keep-first with the budget used up or the disk
+    // full, or a flight-recorder thread that never had a chunk of its own.
+    w.cap.set(0);
+    false
 }
 
 /// The event chunks a thread claimed itself (not continued from another
