@@ -1,5 +1,8 @@
 //! The workspace's root package: it owns `examples/`, `tests/` and
-//! `benches/`. This library only holds what the examples share.
+//! `benches/`. This library only holds what the examples share; its
+//! documentation is the README, whose Rust snippets are compiled as doc
+//! tests so they stay true.
+#![doc = include_str!("../README.md")]
 
 use std::path::Path;
 
