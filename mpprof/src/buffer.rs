@@ -216,7 +216,18 @@ impl ProcessBuffer {
     /// Claims a fresh chunk slot and reserves its disk space. Event chunks
     /// leave [`META_RESERVE`] slots for metadata.
     pub fn claim(&self, init: &ChunkInit) -> Result<Chunk, ClaimError> {
-        let limit = match init.kind {
+        let slot = self.reserve_slot(init.kind, false)?;
+        // SAFETY: the slot is inside the mapping (slot < max_chunks), its
+        // blocks were just reserved, and this thread owns it exclusively.
+        unsafe { Ok(self.init_chunk(slot, init)) }
+    }
+
+    /// Takes the next free slot and reserves its disk space, without
+    /// publishing a chunk there (see [`ProcessBuffer::publish`]). With
+    /// `populate`, also maps its pages into the page tables, so the thread
+    /// that will write it takes no page fault.
+    pub fn reserve_slot(&self, kind: u16, populate: bool) -> Result<u32, ClaimError> {
+        let limit = match kind {
             format::CHUNK_META => self.config.max_chunks,
             _ => self.config.max_chunks - META_RESERVE,
         };
@@ -240,9 +251,29 @@ impl ProcessBuffer {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(ClaimError::Io(e));
         }
-        // SAFETY: the slot is inside the mapping (slot < max_chunks), its
-        // blocks were just reserved, and this thread owns it exclusively.
-        unsafe { Ok(self.init_chunk(slot, init)) }
+        if populate {
+            const MADV_POPULATE_WRITE: libc::c_int = 23;
+            // SAFETY: the range is inside the mapping and backed by the file
+            // (just written); populating page tables has no other effect. An
+            // old kernel answers EINVAL, which only means no prefaulting.
+            unsafe {
+                libc::madvise(
+                    self.map.as_mut_ptr().add(offset as usize) as *mut libc::c_void,
+                    self.config.chunk_size as usize,
+                    MADV_POPULATE_WRITE,
+                )
+            };
+        }
+        Ok(slot)
+    }
+
+    /// Publishes a chunk in a slot taken by [`ProcessBuffer::reserve_slot`].
+    ///
+    /// # Safety
+    /// `slot` came from `reserve_slot` and was handed to no one else.
+    pub unsafe fn publish(&self, slot: u32, init: &ChunkInit) -> Chunk {
+        // SAFETY: guaranteed by the caller.
+        unsafe { self.init_chunk(slot, init) }
     }
 
     /// Flight recorder: starts `slot`, an event chunk the calling thread

@@ -92,6 +92,10 @@ pub(crate) struct Recorder {
     /// record index: new threads continue them before claiming fresh ones,
     /// so thread churn does not eat the budget.
     handoffs: Mutex<Vec<(Chunk, u32)>>,
+    /// Event chunk slots reserved and page-mapped ahead by the preparer.
+    ready: Mutex<Vec<u32>>,
+    ready_cv: parking_lot::Condvar,
+    preparer_started: AtomicBool,
     start_mono: u64,
     last_anchor_mono: AtomicU64,
 }
@@ -115,10 +119,68 @@ impl Recorder {
     }
 
     /// Claims an event chunk for a thread (and maybe writes an anchor).
-    pub(crate) fn claim_events(&self, init: &ChunkInit) -> Result<Chunk, ClaimError> {
-        let c = self.buf.claim(init)?;
+    pub(crate) fn claim_events(&'static self, init: &ChunkInit) -> Result<Chunk, ClaimError> {
+        let ready = self.ready.lock().pop();
+        let c = match ready {
+            // SAFETY: the slot was reserved by the preparer for anyone, and
+            // popping it from the list made it ours alone.
+            Some(slot) => unsafe { self.buf.publish(slot, init) },
+            None => self.buf.claim(init)?,
+        };
+        self.wake_preparer();
         self.maybe_anchor();
         Ok(c)
+    }
+
+    /// Chunks kept ready (reserved and page-mapped) by the preparer thread.
+    const READY_CHUNKS: usize = 4;
+
+    /// Starts the preparer on first use, and asks it to refill the ready
+    /// list. The preparer reserves chunks and maps their pages ahead of time
+    /// on its own thread, so a recording thread that takes one writes into
+    /// pages that are already there: no page fault, no zero-fill, no disk
+    /// reservation on the application's threads (`MPPROF_PREPARE=0` turns it
+    /// off; chunks are then reserved by the thread that needs one).
+    fn wake_preparer(&'static self) {
+        static DISABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *DISABLED.get_or_init(|| std::env::var("MPPROF_PREPARE").is_ok_and(|v| v == "0")) {
+            return;
+        }
+        // Relaxed: guarded by the compare_exchange; at most one thread spawns.
+        if !self.preparer_started.swap(true, Ordering::Relaxed) {
+            let spawned = std::thread::Builder::new()
+                .name("mpprof-prepare".into())
+                .spawn(move || self.prepare_loop());
+            if spawned.is_err() {
+                return; // no thread: threads reserve their own chunks
+            }
+        }
+        self.ready_cv.notify_one();
+    }
+
+    fn prepare_loop(&self) {
+        loop {
+            {
+                let mut ready = self.ready.lock();
+                while ready.len() >= Self::READY_CHUNKS {
+                    if self.finished.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    self.ready_cv.wait_for(&mut ready, std::time::Duration::from_millis(200));
+                }
+            }
+            if self.finished.load(Ordering::Relaxed) {
+                return;
+            }
+            match self.buf.reserve_slot(crate::format::CHUNK_EVENTS, true) {
+                Ok(slot) => self.ready.lock().push(slot),
+                // The budget is used up: nothing more to prepare.
+                Err(ClaimError::Budget) => return,
+                // The disk is full: the recording threads find out and count
+                // their losses; try again later.
+                Err(ClaimError::Io(_)) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        }
     }
 
     /// Offers the rest of a finished thread's chunk to the next thread.
@@ -451,6 +513,9 @@ fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::
         clock_hz,
         finished: AtomicBool::new(false),
         handoffs: Mutex::new(Vec::new()),
+        ready: Mutex::new(Vec::new()),
+        ready_cv: parking_lot::Condvar::new(),
+        preparer_started: AtomicBool::new(false),
         start_mono: clock::monotonic_ns(),
         last_anchor_mono: AtomicU64::new(clock::monotonic_ns()),
     }));

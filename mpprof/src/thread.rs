@@ -235,7 +235,7 @@ fn slow(w: &Writer, mut s: u32, rec: RawRecord, payload: Option<[u64; 2]>) {
 /// or the file cannot grow, the thread starts its own oldest chunk over.
 /// False when there is nothing to write to (keep-first with the budget
 /// used up or the disk full).
-fn new_chunk(w: &Writer, r: &Recorder) -> bool {
+fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
     let init = ChunkInit {
         kind: format::CHUNK_EVENTS,
         lane: w.lane.get(),
