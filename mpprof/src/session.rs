@@ -166,7 +166,8 @@ impl Recorder {
                     if self.finished.load(Ordering::Relaxed) {
                         return;
                     }
-                    self.ready_cv.wait_for(&mut ready, std::time::Duration::from_millis(200));
+                    self.ready_cv
+                        .wait_for(&mut ready, std::time::Duration::from_millis(200));
                 }
             }
             if self.finished.load(Ordering::Relaxed) {

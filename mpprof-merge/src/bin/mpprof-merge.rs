@@ -23,7 +23,8 @@ struct Cli {
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Output file; `-` for stdout. The format follows from the extension
-    /// (.json: chrome, .folded: folded, .txt: summary) unless --format is given.
+    /// (.json: chrome, .pftrace: perfetto, .folded: folded, .svg: svg, .txt:
+    /// summary) unless --format is given.
     #[arg(short, long, default_value = "trace.json")]
     output: PathBuf,
     /// Output format.
@@ -118,9 +119,6 @@ fn run() -> Result<ExitCode> {
                 Some(f) => f,
                 None => format_from_extension(&cli.output)?,
             };
-            if format == Format::Perfetto {
-                bail!("the Perfetto protobuf writer is not implemented yet; write Chrome JSON (-o trace.json), which ui.perfetto.dev opens");
-            }
             let s = open(&cli.inputs)?;
             let mut out: Box<dyn Write> = if cli.output == Path::new("-") {
                 Box::new(BufWriter::new(std::io::stdout().lock()))
@@ -134,7 +132,7 @@ fn run() -> Result<ExitCode> {
                 Format::Summary => write::summary::write(&s, &mut out, cli.limit)?.stats,
                 Format::Folded => write::folded::write(&s, &mut out)?,
                 Format::Svg => write::folded::write_svg(&s, &mut out)?,
-                Format::Perfetto => unreachable!("refused above"),
+                Format::Perfetto => write::perfetto::write(&s, &mut out)?,
             };
             out.flush()
                 .with_context(|| format!("cannot write {}", cli.output.display()))?;

@@ -2,6 +2,7 @@
 
 pub mod chrome;
 pub mod folded;
+pub mod perfetto;
 pub mod summary;
 
 use std::collections::{HashMap, HashSet};

@@ -1,0 +1,1233 @@
+//! Perfetto protobuf trace (opens in ui.perfetto.dev and trace_processor).
+//!
+//! The file is a `perfetto.protos.Trace`: a run of `TracePacket`s (field 1),
+//! all on one packet sequence (`trusted_packet_sequence_id` = 1), written as
+//! the merge streams them, with a small hand-written encoder (no protobuf
+//! crate). Field numbers are those of Perfetto's protos
+//! (`protos/perfetto/trace/trace_packet.proto`, `track_event/*.proto`,
+//! `interned_data/interned_data.proto` in google/perfetto); see [`field`].
+//!
+//! - A `TrackDescriptor` per process (`ProcessDescriptor` with pid and
+//!   `"exe (pid N)"`), per thread (`ThreadDescriptor` with pid, tid and
+//!   name) and, on first use, per counter (a `CounterDescriptor` track named
+//!   after the counter, child of its process's track). Pids and tids come
+//!   from [`Tracks`], as in the Chrome writer.
+//! - Spans are `TYPE_SLICE_BEGIN`/`TYPE_SLICE_END` on the thread track. A
+//!   span the merge closed carries the debug annotation `unfinished` (the
+//!   reason) on its END, plus `ended_abruptly: true` if the process died.
+//! - Instants are `TYPE_INSTANT`, counters `TYPE_COUNTER` (`counter_value`
+//!   for integral values, else `double_counter_value`), lost or overwritten
+//!   events an instant named `"N events lost"`/`"N events overwritten"`, and
+//!   a process that died gets a `process ended abruptly` instant on its
+//!   process track.
+//! - An async span (a future's whole life) is a BEGIN/END pair on a track of
+//!   its own, named after it, child of its process's track (the UI shows
+//!   sibling tracks of one name as one); one still open when its process
+//!   ended is closed there and marked like an unfinished span.
+//! - Flow endpoints are zero-length instants (`send X`, `recv X`, `process
+//!   start`) on the thread, nested in whatever slice is open there: the
+//!   sending one carries `flow_ids`, the receiving one
+//!   `terminating_flow_ids`, both [`flow_key`] of the flow, so Perfetto
+//!   draws the arrow between them. The full 128-bit id is kept in the
+//!   `flow_id` annotation.
+//! - Event names are interned (`interned_data.event_names`, referenced by
+//!   `name_iid`; the first packet sets `SEQ_INCREMENTAL_STATE_CLEARED`), so a
+//!   name repeated millions of times is written once. Memory is bounded by
+//!   the number of tracks and distinct names.
+//! - Timestamps are the merged timeline's CLOCK_MONOTONIC nanoseconds
+//!   (shifted up if any were negative), in `TracePacket.timestamp` without a
+//!   `timestamp_clock_id`, so Perfetto reads them on its default trace clock
+//!   as they are: the file holds no other clock to relate them to, and a
+//!   non-default clock id would need `ClockSnapshot` packets to convert.
+//!
+//! [`decode`] is a tiny reader for exactly this output, for tests and
+//! debugging.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{self, Write};
+
+use crate::merge::{End, EventKind, MergeStats, Session};
+use crate::write::chrome::flow_key;
+use crate::write::Tracks;
+
+/// Field numbers and enum values used, as in Perfetto's `.proto` files
+/// (package `perfetto.protos`).
+pub mod field {
+    /// `Trace.packet` (trace.proto): `repeated TracePacket packet = 1`.
+    pub const TRACE_PACKET: u32 = 1;
+
+    /// `TracePacket` (trace_packet.proto).
+    pub mod packet {
+        /// `optional uint64 timestamp = 8`.
+        pub const TIMESTAMP: u32 = 8;
+        /// `uint32 trusted_packet_sequence_id = 10`.
+        pub const TRUSTED_PACKET_SEQUENCE_ID: u32 = 10;
+        /// `TrackEvent track_event = 11`.
+        pub const TRACK_EVENT: u32 = 11;
+        /// `optional InternedData interned_data = 12`.
+        pub const INTERNED_DATA: u32 = 12;
+        /// `optional uint32 sequence_flags = 13`.
+        pub const SEQUENCE_FLAGS: u32 = 13;
+        /// `TrackDescriptor track_descriptor = 60`.
+        pub const TRACK_DESCRIPTOR: u32 = 60;
+        /// `SequenceFlags.SEQ_INCREMENTAL_STATE_CLEARED`.
+        pub const SEQ_INCREMENTAL_STATE_CLEARED: u64 = 1;
+    }
+
+    /// `TrackDescriptor` (track_event/track_descriptor.proto).
+    pub mod track {
+        /// `optional uint64 uuid = 1`.
+        pub const UUID: u32 = 1;
+        /// `optional string name = 2`.
+        pub const NAME: u32 = 2;
+        /// `optional ProcessDescriptor process = 3`.
+        pub const PROCESS: u32 = 3;
+        /// `optional ThreadDescriptor thread = 4`.
+        pub const THREAD: u32 = 4;
+        /// `optional uint64 parent_uuid = 5`.
+        pub const PARENT_UUID: u32 = 5;
+        /// `optional CounterDescriptor counter = 8`.
+        pub const COUNTER: u32 = 8;
+    }
+
+    /// `ProcessDescriptor` (track_event/process_descriptor.proto).
+    pub mod process {
+        /// `optional int32 pid = 1`.
+        pub const PID: u32 = 1;
+        /// `optional string process_name = 6`.
+        pub const PROCESS_NAME: u32 = 6;
+    }
+
+    /// `ThreadDescriptor` (track_event/thread_descriptor.proto).
+    pub mod thread {
+        /// `optional int32 pid = 1`.
+        pub const PID: u32 = 1;
+        /// `optional int32 tid = 2`.
+        pub const TID: u32 = 2;
+        /// `optional string thread_name = 5`.
+        pub const THREAD_NAME: u32 = 5;
+    }
+
+    /// `TrackEvent` (track_event/track_event.proto).
+    pub mod event {
+        /// `repeated DebugAnnotation debug_annotations = 4`.
+        pub const DEBUG_ANNOTATIONS: u32 = 4;
+        /// `optional Type type = 9`.
+        pub const TYPE: u32 = 9;
+        /// `uint64 name_iid = 10` (interned `EventName`).
+        pub const NAME_IID: u32 = 10;
+        /// `optional uint64 track_uuid = 11`.
+        pub const TRACK_UUID: u32 = 11;
+        /// `repeated string categories = 22`.
+        pub const CATEGORIES: u32 = 22;
+        /// `string name = 23`.
+        pub const NAME: u32 = 23;
+        /// `int64 counter_value = 30`.
+        pub const COUNTER_VALUE: u32 = 30;
+        /// `double double_counter_value = 44`.
+        pub const DOUBLE_COUNTER_VALUE: u32 = 44;
+        /// `repeated fixed64 flow_ids = 47`.
+        pub const FLOW_IDS: u32 = 47;
+        /// `repeated fixed64 terminating_flow_ids = 48`.
+        pub const TERMINATING_FLOW_IDS: u32 = 48;
+        /// `Type.TYPE_SLICE_BEGIN`.
+        pub const TYPE_SLICE_BEGIN: u64 = 1;
+        /// `Type.TYPE_SLICE_END`.
+        pub const TYPE_SLICE_END: u64 = 2;
+        /// `Type.TYPE_INSTANT`.
+        pub const TYPE_INSTANT: u64 = 3;
+        /// `Type.TYPE_COUNTER`.
+        pub const TYPE_COUNTER: u64 = 4;
+    }
+
+    /// `DebugAnnotation` (track_event/debug_annotation.proto).
+    pub mod annotation {
+        /// `bool bool_value = 2`.
+        pub const BOOL_VALUE: u32 = 2;
+        /// `uint64 uint_value = 3`.
+        pub const UINT_VALUE: u32 = 3;
+        /// `string string_value = 6`.
+        pub const STRING_VALUE: u32 = 6;
+        /// `string name = 10`.
+        pub const NAME: u32 = 10;
+    }
+
+    /// `InternedData` (interned_data/interned_data.proto) and `EventName`
+    /// (track_event/track_event.proto).
+    pub mod interned {
+        /// `InternedData`: `repeated EventName event_names = 2`.
+        pub const EVENT_NAMES: u32 = 2;
+        /// `EventName`: `optional uint64 iid = 1`.
+        pub const IID: u32 = 1;
+        /// `EventName`: `optional string name = 2`.
+        pub const NAME: u32 = 2;
+    }
+}
+
+use field::{annotation as da, event as te, interned, packet as pk, track as td};
+
+/// A multiply-rotate hasher for the small integer keys looked up once or
+/// twice per event (SipHash showed in profiles); the keys come from the
+/// session's own files.
+#[derive(Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+
+/// The packet sequence every packet is written on.
+const SEQUENCE_ID: u64 = 1;
+
+const WT_VARINT: u8 = 0;
+const WT_I64: u8 = 1;
+const WT_LEN: u8 = 2;
+const WT_I32: u8 = 5;
+
+/// Writes the whole session as a Perfetto protobuf trace.
+pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
+    let tracks = Tracks::new(session);
+    let mut w = Pf {
+        out,
+        enc: Enc::default(),
+        base: session.start_ns().min(0),
+        first: true,
+        next_uuid: 1,
+        process_uuids: Vec::with_capacity(session.processes.len()),
+        threads: FastMap::default(),
+        counters: FastMap::default(),
+        counter_names: HashMap::new(),
+        open_async: FastMap::default(),
+        names: FastMap::default(),
+        strings: HashMap::new(),
+        new_names: Vec::new(),
+    };
+    for (pi, p) in session.processes.iter().enumerate() {
+        let uuid = w.uuid();
+        w.process_uuids.push(uuid);
+        let pid = tracks.pid(pi);
+        let name = p.file.display_name();
+        w.packet(None, |e| {
+            e.msg(pk::TRACK_DESCRIPTOR, |e| {
+                e.uint(td::UUID, uuid);
+                e.msg(td::PROCESS, |e| {
+                    e.int32(field::process::PID, pid);
+                    e.str(field::process::PROCESS_NAME, &name);
+                });
+            });
+        })?;
+        for &lane in p.file.lanes.keys() {
+            w.thread_uuid(session, &tracks, pi, lane)?;
+        }
+    }
+    let mut events = session.events();
+    for e in events.by_ref() {
+        let p = &session.processes[e.proc];
+        let ev = match e.kind {
+            EventKind::Enter { site } => TrackEvent {
+                kind: te::TYPE_SLICE_BEGIN,
+                track: w.thread_uuid(session, &tracks, e.proc, e.lane)?,
+                name: Name::Iid(w.name_iid(session, e.proc, site, Label::Plain)),
+                ..TrackEvent::default()
+            },
+            EventKind::Exit { end, .. } => {
+                let track = w.thread_uuid(session, &tracks, e.proc, e.lane)?;
+                TrackEvent {
+                    kind: te::TYPE_SLICE_END,
+                    track,
+                    annotations: Annotations::end(end),
+                    ..TrackEvent::default()
+                }
+            }
+            EventKind::Instant { site } => TrackEvent {
+                kind: te::TYPE_INSTANT,
+                track: w.thread_uuid(session, &tracks, e.proc, e.lane)?,
+                name: Name::Iid(w.name_iid(session, e.proc, site, Label::Plain)),
+                ..TrackEvent::default()
+            },
+            EventKind::Counter { site, value } => {
+                let v = if value.is_finite() { value } else { 0.0 };
+                TrackEvent {
+                    kind: te::TYPE_COUNTER,
+                    track: w.counter_uuid(session, e.proc, site)?,
+                    counter: Some(v),
+                    ..TrackEvent::default()
+                }
+            }
+            EventKind::Lost { count, overwritten } => {
+                let (name, detail) = if overwritten {
+                    ("events overwritten", "flight recorder (keep-last): this thread's older events were overwritten; the trace of this thread starts here")
+                } else {
+                    ("events lost", "buffer budget used up or disk full: this thread's events around here are missing")
+                };
+                TrackEvent {
+                    kind: te::TYPE_INSTANT,
+                    track: w.thread_uuid(session, &tracks, e.proc, e.lane)?,
+                    name: Name::Str(format!("{count} {name}")),
+                    category: Some("mpprof"),
+                    annotations: Annotations::Lost(count, detail),
+                    ..TrackEvent::default()
+                }
+            }
+            EventKind::AsyncBegin { site, id } => TrackEvent {
+                kind: te::TYPE_SLICE_BEGIN,
+                track: w.async_track(session, e.proc, site, id)?,
+                name: Name::Iid(w.name_iid(session, e.proc, site, Label::Plain)),
+                ..TrackEvent::default()
+            },
+            EventKind::AsyncEnd { id, .. } => match w.open_async.remove(&(e.proc, id)) {
+                Some(track) => TrackEvent {
+                    kind: te::TYPE_SLICE_END,
+                    track,
+                    ..TrackEvent::default()
+                },
+                None => continue, // its beginning was not recorded (overwritten, lost)
+            },
+            EventKind::FlowOut { site, flow } | EventKind::FlowIn { site, flow } => {
+                let out = matches!(e.kind, EventKind::FlowOut { .. });
+                let label = match (out, &*p.site_name(site)) {
+                    (false, "spawn" | "fork") => Label::ProcessStart,
+                    (true, _) => Label::Send,
+                    (false, _) => Label::Recv,
+                };
+                let key = flow_key(flow);
+                TrackEvent {
+                    kind: te::TYPE_INSTANT,
+                    track: w.thread_uuid(session, &tracks, e.proc, e.lane)?,
+                    name: Name::Iid(w.name_iid(session, e.proc, site, label)),
+                    flow: Some((out, key)),
+                    annotations: Annotations::Flow(flow.to_string()),
+                    ..TrackEvent::default()
+                }
+            }
+        };
+        w.event(e.ts, &ev)?;
+    }
+    let stats = events.stats();
+    // Async spans still open when their process ended: closed there.
+    let mut open: Vec<((usize, u64), u64)> = w.open_async.drain().collect();
+    open.sort_unstable();
+    for ((pi, _), track) in open {
+        let p = &session.processes[pi];
+        let end = if p.file.clean {
+            End::OpenAtExit
+        } else {
+            End::Abrupt
+        };
+        let ev = TrackEvent {
+            kind: te::TYPE_SLICE_END,
+            track,
+            annotations: Annotations::end(end),
+            ..TrackEvent::default()
+        };
+        w.event(p.end_ns, &ev)?;
+    }
+    // Process-level markers: abrupt ends.
+    for (pi, p) in session.processes.iter().enumerate() {
+        if !p.file.clean {
+            let ev = TrackEvent {
+                kind: te::TYPE_INSTANT,
+                track: w.process_uuids[pi],
+                name: Name::Str("process ended abruptly".to_owned()),
+                category: Some("mpprof"),
+                annotations: Annotations::Detail("the process did not finish its buffer file (killed or crashed); open spans are closed here"),
+                ..TrackEvent::default()
+            };
+            w.event(p.end_ns, &ev)?;
+        }
+    }
+    w.out.flush()?;
+    Ok(stats)
+}
+
+/// Which name a callsite's event shows: flow endpoints are labelled like the
+/// Chrome writer's host slices.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Label {
+    Plain,
+    Send,
+    Recv,
+    ProcessStart,
+}
+
+#[derive(Default)]
+enum Name {
+    #[default]
+    None,
+    Iid(u64),
+    Str(String),
+}
+
+#[derive(Default)]
+enum Annotations {
+    #[default]
+    None,
+    Unfinished(&'static str),
+    Abrupt(&'static str),
+    Lost(u64, &'static str),
+    Flow(String),
+    Detail(&'static str),
+}
+
+impl Annotations {
+    /// The annotations of the END of a span that ended this way.
+    fn end(end: End) -> Annotations {
+        match end.reason() {
+            None => Annotations::None,
+            Some(r) if end == End::Abrupt => Annotations::Abrupt(r),
+            Some(r) => Annotations::Unfinished(r),
+        }
+    }
+}
+
+#[derive(Default)]
+struct TrackEvent {
+    kind: u64,
+    track: u64,
+    name: Name,
+    category: Option<&'static str>,
+    counter: Option<f64>,
+    /// (outgoing, id): `flow_ids` if outgoing, else `terminating_flow_ids`.
+    flow: Option<(bool, u64)>,
+    annotations: Annotations,
+}
+
+struct Pf<'a> {
+    out: &'a mut dyn Write,
+    enc: Enc,
+    /// Subtracted from every timestamp (≤ 0) so that none is negative.
+    base: i64,
+    first: bool,
+    next_uuid: u64,
+    process_uuids: Vec<u64>,
+    threads: FastMap<(usize, u32), u64>,
+    /// (process, counter callsite) to counter track.
+    counters: FastMap<(usize, u32), u64>,
+    /// (process, counter name) to counter track: callsites sharing a name
+    /// share a track, as they share a series in the Chrome output.
+    counter_names: HashMap<(usize, String), u64>,
+    /// Open async spans: (process, async id) to their track.
+    open_async: FastMap<(usize, u64), u64>,
+    /// (process, callsite, label) to interned name.
+    names: FastMap<(usize, u32, Label), u64>,
+    strings: HashMap<String, u64>,
+    /// Names interned since the last packet, emitted with the next one.
+    new_names: Vec<(u64, String)>,
+}
+
+impl Pf<'_> {
+    fn uuid(&mut self) -> u64 {
+        let u = self.next_uuid;
+        self.next_uuid += 1;
+        u
+    }
+
+    /// Writes one `TracePacket` on the sequence: `body` adds its payload;
+    /// the timestamp, sequence id, flags and new interned names are added
+    /// here.
+    fn packet(&mut self, ts: Option<i64>, body: impl FnOnce(&mut Enc)) -> io::Result<()> {
+        let first = std::mem::replace(&mut self.first, false);
+        let ts = ts.map(|t| t.saturating_sub(self.base).max(0) as u64);
+        let new_names = std::mem::take(&mut self.new_names);
+        let e = &mut self.enc;
+        e.buf.clear();
+        e.msg(field::TRACE_PACKET, |e| {
+            if let Some(ts) = ts {
+                e.uint(pk::TIMESTAMP, ts);
+            }
+            e.uint(pk::TRUSTED_PACKET_SEQUENCE_ID, SEQUENCE_ID);
+            if first {
+                e.uint(pk::SEQUENCE_FLAGS, pk::SEQ_INCREMENTAL_STATE_CLEARED);
+            }
+            if !new_names.is_empty() {
+                e.msg(pk::INTERNED_DATA, |e| {
+                    for (iid, name) in &new_names {
+                        e.msg(interned::EVENT_NAMES, |e| {
+                            e.uint(interned::IID, *iid);
+                            e.str(interned::NAME, name);
+                        });
+                    }
+                });
+            }
+            body(e);
+        });
+        self.out.write_all(&self.enc.buf)
+    }
+
+    /// The thread track of a lane, described on first use.
+    fn thread_uuid(
+        &mut self,
+        s: &Session,
+        tracks: &Tracks,
+        pi: usize,
+        lane: u32,
+    ) -> io::Result<u64> {
+        if let Some(&u) = self.threads.get(&(pi, lane)) {
+            return Ok(u);
+        }
+        let uuid = self.uuid();
+        self.threads.insert((pi, lane), uuid);
+        let parent = self.process_uuids[pi];
+        let (pid, tid) = (tracks.pid(pi), tracks.tid(pi, lane));
+        let name = match s.processes[pi].file.lanes.get(&lane) {
+            Some(l) if !l.name.is_empty() => l.name.clone(),
+            _ => format!("thread {lane}"),
+        };
+        self.packet(None, |e| {
+            e.msg(pk::TRACK_DESCRIPTOR, |e| {
+                e.uint(td::UUID, uuid);
+                e.uint(td::PARENT_UUID, parent);
+                e.msg(td::THREAD, |e| {
+                    e.int32(field::thread::PID, pid);
+                    e.int32(field::thread::TID, tid);
+                    e.str(field::thread::THREAD_NAME, &name);
+                });
+            });
+        })?;
+        Ok(uuid)
+    }
+
+    /// The counter track of a counter callsite, described on first use.
+    fn counter_uuid(&mut self, s: &Session, pi: usize, site: u32) -> io::Result<u64> {
+        if let Some(&u) = self.counters.get(&(pi, site)) {
+            return Ok(u);
+        }
+        let name = s.processes[pi].site_name(site).into_owned();
+        if let Some(&u) = self.counter_names.get(&(pi, name.clone())) {
+            self.counters.insert((pi, site), u);
+            return Ok(u);
+        }
+        let uuid = self.uuid();
+        let parent = self.process_uuids[pi];
+        self.packet(None, |e| {
+            e.msg(pk::TRACK_DESCRIPTOR, |e| {
+                e.uint(td::UUID, uuid);
+                e.uint(td::PARENT_UUID, parent);
+                e.str(td::NAME, &name);
+                e.msg(td::COUNTER, |_| {});
+            });
+        })?;
+        self.counters.insert((pi, site), uuid);
+        self.counter_names.insert((pi, name), uuid);
+        Ok(uuid)
+    }
+
+    /// A new track for an async span, named after it, under its process (the
+    /// UI shows sibling tracks of the same name as one).
+    fn async_track(&mut self, s: &Session, pi: usize, site: u32, id: u64) -> io::Result<u64> {
+        let uuid = self.uuid();
+        let parent = self.process_uuids[pi];
+        let name = s.processes[pi].site_name(site);
+        self.packet(None, |e| {
+            e.msg(pk::TRACK_DESCRIPTOR, |e| {
+                e.uint(td::UUID, uuid);
+                e.uint(td::PARENT_UUID, parent);
+                e.str(td::NAME, &name);
+            });
+        })?;
+        self.open_async.insert((pi, id), uuid);
+        Ok(uuid)
+    }
+
+    /// The interned id of an event name; a new name goes out with the next
+    /// packet.
+    fn name_iid(&mut self, s: &Session, pi: usize, site: u32, label: Label) -> u64 {
+        if let Some(&iid) = self.names.get(&(pi, site, label)) {
+            return iid;
+        }
+        let base = s.processes[pi].site_name(site);
+        let name = match label {
+            Label::Plain => base.into_owned(),
+            Label::Send => format!("send {base}"),
+            Label::Recv => format!("recv {base}"),
+            Label::ProcessStart => "process start".to_owned(),
+        };
+        let iid = match self.strings.get(&name) {
+            Some(&iid) => iid,
+            None => {
+                // Interning ids start at 1: 0 means "not set".
+                let iid = self.strings.len() as u64 + 1;
+                self.strings.insert(name.clone(), iid);
+                self.new_names.push((iid, name));
+                iid
+            }
+        };
+        self.names.insert((pi, site, label), iid);
+        iid
+    }
+
+    fn event(&mut self, ts: i64, ev: &TrackEvent) -> io::Result<()> {
+        self.packet(Some(ts), |e| {
+            e.msg(pk::TRACK_EVENT, |e| {
+                e.uint(te::TYPE, ev.kind);
+                e.uint(te::TRACK_UUID, ev.track);
+                match &ev.name {
+                    Name::None => {}
+                    Name::Iid(iid) => e.uint(te::NAME_IID, *iid),
+                    Name::Str(s) => e.str(te::NAME, s),
+                }
+                if let Some(c) = ev.category {
+                    e.str(te::CATEGORIES, c);
+                }
+                if let Some(v) = ev.counter {
+                    if v.fract() == 0.0 && v.abs() < 9.0e15 {
+                        e.uint(te::COUNTER_VALUE, v as i64 as u64);
+                    } else {
+                        e.double(te::DOUBLE_COUNTER_VALUE, v);
+                    }
+                }
+                match ev.flow {
+                    Some((true, id)) => e.fixed64(te::FLOW_IDS, id),
+                    Some((false, id)) => e.fixed64(te::TERMINATING_FLOW_IDS, id),
+                    None => {}
+                }
+                match &ev.annotations {
+                    Annotations::None => {}
+                    Annotations::Unfinished(r) => e.annotation_str("unfinished", r),
+                    Annotations::Abrupt(r) => {
+                        e.annotation_str("unfinished", r);
+                        e.msg(te::DEBUG_ANNOTATIONS, |e| {
+                            e.str(da::NAME, "ended_abruptly");
+                            e.uint(da::BOOL_VALUE, 1);
+                        });
+                    }
+                    Annotations::Lost(count, detail) => {
+                        e.msg(te::DEBUG_ANNOTATIONS, |e| {
+                            e.str(da::NAME, "lost_events");
+                            e.uint(da::UINT_VALUE, *count);
+                        });
+                        e.annotation_str("detail", detail);
+                    }
+                    Annotations::Flow(id) => e.annotation_str("flow_id", id),
+                    Annotations::Detail(d) => e.annotation_str("detail", d),
+                }
+            });
+        })
+    }
+}
+
+/// A protobuf encoder into a reusable buffer.
+#[derive(Default)]
+struct Enc {
+    buf: Vec<u8>,
+}
+
+impl Enc {
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.buf.push(v as u8 | 0x80);
+            v >>= 7;
+        }
+        self.buf.push(v as u8);
+    }
+
+    fn tag(&mut self, field: u32, wire_type: u8) {
+        self.varint(u64::from(field) << 3 | u64::from(wire_type));
+    }
+
+    /// A varint field (uint32/uint64/int64 as two's complement/bool/enum).
+    fn uint(&mut self, field: u32, v: u64) {
+        self.tag(field, WT_VARINT);
+        self.varint(v);
+    }
+
+    /// An `int32` field from an id: sign-extended, as protobuf encodes
+    /// int32 (ids above `i32::MAX` would read back negative).
+    fn int32(&mut self, field: u32, v: u32) {
+        self.uint(field, v as i32 as i64 as u64);
+    }
+
+    fn fixed64(&mut self, field: u32, v: u64) {
+        self.tag(field, WT_I64);
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn double(&mut self, field: u32, v: f64) {
+        self.fixed64(field, v.to_bits());
+    }
+
+    fn str(&mut self, field: u32, s: &str) {
+        self.tag(field, WT_LEN);
+        self.varint(s.len() as u64);
+        self.buf.extend_from_slice(s.as_bytes());
+    }
+
+    /// A nested message: `body` writes it in place after a one-byte
+    /// length, filled in afterwards; a message of 128 bytes or more (rare
+    /// here) shifts its bytes to make room for a longer length.
+    fn msg(&mut self, field: u32, body: impl FnOnce(&mut Enc)) {
+        self.tag(field, WT_LEN);
+        let start = self.buf.len();
+        self.buf.push(0);
+        body(self);
+        let len = (self.buf.len() - start - 1) as u64;
+        if len < 0x80 {
+            self.buf[start] = len as u8;
+            return;
+        }
+        let mut tmp = [0u8; 10];
+        let (mut v, mut n) = (len, 0);
+        while v >= 0x80 {
+            tmp[n] = v as u8 | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        tmp[n] = v as u8;
+        self.buf[start] = tmp[0];
+        self.buf
+            .splice(start + 1..start + 1, tmp[1..=n].iter().copied());
+    }
+
+    fn annotation_str(&mut self, name: &str, value: &str) {
+        self.msg(te::DEBUG_ANNOTATIONS, |e| {
+            e.str(da::NAME, name);
+            e.str(da::STRING_VALUE, value);
+        });
+    }
+}
+
+/// A tiny reader for the traces [`write()`] produces, for tests and
+/// debugging: it walks the protobuf fields, resolves interned names on the
+/// sequence and returns the tracks and track events. It checks what the
+/// writer promises (every packet on one sequence, incremental state cleared
+/// by the first packet, interned names defined before use and never
+/// redefined) and fails on malformed input. It is not a general Perfetto
+/// parser: fields it does not know are skipped.
+pub mod decode {
+    use std::collections::HashMap;
+    use std::fmt;
+
+    use super::field::{self, annotation as da, event as te, interned, packet as pk, track as td};
+    use super::{WT_I32, WT_I64, WT_LEN, WT_VARINT};
+
+    /// A malformed trace, or one that breaks the writer's promises.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct DecodeError(pub String);
+
+    impl fmt::Display for DecodeError {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    impl std::error::Error for DecodeError {}
+
+    fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
+        Err(DecodeError(msg.into()))
+    }
+
+    /// The value of one field, by wire type.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Value<'a> {
+        /// Wire type 0.
+        Varint(u64),
+        /// Wire type 1 (fixed64, double).
+        I64(u64),
+        /// Wire type 2 (strings, bytes, messages, packed fields).
+        Len(&'a [u8]),
+        /// Wire type 5 (fixed32, float).
+        I32(u32),
+    }
+
+    impl<'a> Value<'a> {
+        fn uint(self, what: &str) -> Result<u64, DecodeError> {
+            match self {
+                Value::Varint(v) => Ok(v),
+                other => err(format!("{what}: expected a varint, got {other:?}")),
+            }
+        }
+
+        fn bytes(self, what: &str) -> Result<&'a [u8], DecodeError> {
+            match self {
+                Value::Len(b) => Ok(b),
+                other => err(format!("{what}: expected bytes, got {other:?}")),
+            }
+        }
+
+        fn string(self, what: &str) -> Result<String, DecodeError> {
+            String::from_utf8(self.bytes(what)?.to_vec())
+                .map_err(|_| DecodeError(format!("{what}: not UTF-8")))
+        }
+    }
+
+    /// The fields of one message, in order.
+    pub fn fields(buf: &[u8]) -> Fields<'_> {
+        Fields { buf }
+    }
+
+    /// Iterator of [`fields`].
+    pub struct Fields<'a> {
+        buf: &'a [u8],
+    }
+
+    impl<'a> Fields<'a> {
+        fn varint(&mut self) -> Result<u64, DecodeError> {
+            let mut v = 0u64;
+            for i in 0..10 {
+                let Some((&b, rest)) = self.buf.split_first() else {
+                    return err("truncated varint");
+                };
+                self.buf = rest;
+                v |= u64::from(b & 0x7f) << (7 * i);
+                if b & 0x80 == 0 {
+                    return Ok(v);
+                }
+            }
+            err("varint longer than 10 bytes")
+        }
+
+        fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+            if self.buf.len() < n {
+                return err(format!(
+                    "field of {n} bytes, {} left in the message",
+                    self.buf.len()
+                ));
+            }
+            let (a, b) = self.buf.split_at(n);
+            self.buf = b;
+            Ok(a)
+        }
+    }
+
+    impl<'a> Iterator for Fields<'a> {
+        type Item = Result<(u32, Value<'a>), DecodeError>;
+
+        fn next(&mut self) -> Option<Self::Item> {
+            if self.buf.is_empty() {
+                return None;
+            }
+            let r = (|| {
+                let key = self.varint()?;
+                let (field, wire) = ((key >> 3) as u32, (key & 7) as u8);
+                if field == 0 {
+                    return err("field number 0");
+                }
+                let v = match wire {
+                    WT_VARINT => Value::Varint(self.varint()?),
+                    WT_I64 => {
+                        let b = self.take(8)?;
+                        Value::I64(u64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    }
+                    WT_LEN => {
+                        let n = self.varint()?;
+                        let n = usize::try_from(n)
+                            .map_err(|_| DecodeError(format!("field {field}: length {n}")))?;
+                        Value::Len(self.take(n)?)
+                    }
+                    WT_I32 => {
+                        let b = self.take(4)?;
+                        Value::I32(u32::from_le_bytes(b.try_into().expect("4 bytes")))
+                    }
+                    w => return err(format!("field {field}: unsupported wire type {w}")),
+                };
+                Ok((field, v))
+            })();
+            if r.is_err() {
+                self.buf = &[];
+            }
+            Some(r)
+        }
+    }
+
+    /// A track of the trace.
+    #[derive(Debug, Clone, Default, PartialEq)]
+    pub struct Track {
+        /// Its uuid.
+        pub uuid: u64,
+        /// Parent track.
+        pub parent_uuid: Option<u64>,
+        /// `TrackDescriptor.name` (counter tracks).
+        pub name: Option<String>,
+        /// Pid of a process or thread track.
+        pub pid: Option<i32>,
+        /// Tid of a thread track.
+        pub tid: Option<i32>,
+        /// Name of a process track.
+        pub process_name: Option<String>,
+        /// Name of a thread track.
+        pub thread_name: Option<String>,
+        /// A counter track.
+        pub counter: bool,
+    }
+
+    /// A track event, its name resolved.
+    #[derive(Debug, Clone, Default, PartialEq)]
+    pub struct TrackEvent {
+        /// `TracePacket.timestamp`.
+        pub ts: u64,
+        /// `TrackEvent.type` (see [`field::event`]).
+        pub kind: u64,
+        /// Its track.
+        pub track_uuid: u64,
+        /// Its name (interned or not).
+        pub name: Option<String>,
+        /// Its categories.
+        pub categories: Vec<String>,
+        /// Counter value (integer or double).
+        pub counter: Option<f64>,
+        /// Outgoing flows.
+        pub flow_ids: Vec<u64>,
+        /// Flows ending here.
+        pub terminating_flow_ids: Vec<u64>,
+        /// Debug annotations, values as text.
+        pub annotations: Vec<(String, String)>,
+    }
+
+    /// What [`trace`] read: tracks and events in file order.
+    #[derive(Debug, Clone, Default)]
+    pub struct Trace {
+        /// Track descriptors.
+        pub tracks: Vec<Track>,
+        /// Track events.
+        pub events: Vec<TrackEvent>,
+    }
+
+    /// Reads a whole trace.
+    pub fn trace(bytes: &[u8]) -> Result<Trace, DecodeError> {
+        let mut t = Trace::default();
+        let mut names: HashMap<u64, String> = HashMap::new();
+        let mut seq = None;
+        for f in fields(bytes) {
+            let (num, v) = f?;
+            if num != field::TRACE_PACKET {
+                return err(format!("Trace field {num}: only packets (1) expected"));
+            }
+            let mut ts = None;
+            let mut flags = 0;
+            let mut this_seq = None;
+            let mut event = None;
+            for f in fields(v.bytes("packet")?) {
+                let (num, v) = f?;
+                match num {
+                    pk::TIMESTAMP => ts = Some(v.uint("timestamp")?),
+                    pk::TRUSTED_PACKET_SEQUENCE_ID => this_seq = Some(v.uint("sequence id")?),
+                    pk::SEQUENCE_FLAGS => flags = v.uint("sequence_flags")?,
+                    pk::INTERNED_DATA => {
+                        for f in fields(v.bytes("interned_data")?) {
+                            let (num, v) = f?;
+                            if num != interned::EVENT_NAMES {
+                                continue;
+                            }
+                            let (mut iid, mut name) = (0, None);
+                            for f in fields(v.bytes("event_names")?) {
+                                match f? {
+                                    (interned::IID, v) => iid = v.uint("iid")?,
+                                    (interned::NAME, v) => name = Some(v.string("name")?),
+                                    _ => {}
+                                }
+                            }
+                            let name = name.unwrap_or_default();
+                            if iid == 0 {
+                                return err(format!("interned name {name:?} with iid 0"));
+                            }
+                            if let Some(old) = names.insert(iid, name.clone()) {
+                                if old != name {
+                                    return err(format!(
+                                        "iid {iid} redefined: {old:?} then {name:?}"
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    pk::TRACK_DESCRIPTOR => t.tracks.push(track(v.bytes("track_descriptor")?)?),
+                    pk::TRACK_EVENT => event = Some(v.bytes("track_event")?),
+                    _ => {}
+                }
+            }
+            match (seq, this_seq) {
+                (_, None) => return err("packet without trusted_packet_sequence_id"),
+                (None, Some(s)) => {
+                    if flags & pk::SEQ_INCREMENTAL_STATE_CLEARED == 0 {
+                        return err("first packet does not clear the incremental state");
+                    }
+                    seq = Some(s);
+                }
+                (Some(a), Some(b)) if a != b => {
+                    return err(format!("packets on sequences {a} and {b}"))
+                }
+                _ => {}
+            }
+            if let Some(b) = event {
+                let Some(ts) = ts else {
+                    return err("track event without a timestamp");
+                };
+                t.events.push(track_event(b, ts, &names)?);
+            }
+        }
+        Ok(t)
+    }
+
+    fn track(b: &[u8]) -> Result<Track, DecodeError> {
+        let mut t = Track::default();
+        for f in fields(b) {
+            match f? {
+                (td::UUID, v) => t.uuid = v.uint("uuid")?,
+                (td::PARENT_UUID, v) => t.parent_uuid = Some(v.uint("parent_uuid")?),
+                (td::NAME, v) => t.name = Some(v.string("track name")?),
+                (td::COUNTER, _) => t.counter = true,
+                (td::PROCESS, v) => {
+                    for f in fields(v.bytes("process")?) {
+                        match f? {
+                            (field::process::PID, v) => t.pid = Some(v.uint("pid")? as i32),
+                            (field::process::PROCESS_NAME, v) => {
+                                t.process_name = Some(v.string("process_name")?)
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                (td::THREAD, v) => {
+                    for f in fields(v.bytes("thread")?) {
+                        match f? {
+                            (field::thread::PID, v) => t.pid = Some(v.uint("pid")? as i32),
+                            (field::thread::TID, v) => t.tid = Some(v.uint("tid")? as i32),
+                            (field::thread::THREAD_NAME, v) => {
+                                t.thread_name = Some(v.string("thread_name")?)
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if t.uuid == 0 {
+            return err("track descriptor without uuid");
+        }
+        Ok(t)
+    }
+
+    fn fixed64s(v: Value<'_>, out: &mut Vec<u64>) -> Result<(), DecodeError> {
+        match v {
+            Value::I64(x) => out.push(x),
+            Value::Len(b) if b.len() % 8 == 0 => out.extend(
+                b.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+            ),
+            other => return err(format!("flow ids: expected fixed64, got {other:?}")),
+        }
+        Ok(())
+    }
+
+    fn track_event(
+        b: &[u8],
+        ts: u64,
+        names: &HashMap<u64, String>,
+    ) -> Result<TrackEvent, DecodeError> {
+        let mut e = TrackEvent {
+            ts,
+            ..TrackEvent::default()
+        };
+        for f in fields(b) {
+            match f? {
+                (te::TYPE, v) => e.kind = v.uint("type")?,
+                (te::TRACK_UUID, v) => e.track_uuid = v.uint("track_uuid")?,
+                (te::NAME, v) => e.name = Some(v.string("name")?),
+                (te::NAME_IID, v) => {
+                    let iid = v.uint("name_iid")?;
+                    match names.get(&iid) {
+                        Some(n) => e.name = Some(n.clone()),
+                        None => return err(format!("name_iid {iid} used before it is defined")),
+                    }
+                }
+                (te::CATEGORIES, v) => e.categories.push(v.string("category")?),
+                (te::COUNTER_VALUE, v) => e.counter = Some(v.uint("counter_value")? as i64 as f64),
+                (te::DOUBLE_COUNTER_VALUE, Value::I64(bits)) => {
+                    e.counter = Some(f64::from_bits(bits))
+                }
+                (te::FLOW_IDS, v) => fixed64s(v, &mut e.flow_ids)?,
+                (te::TERMINATING_FLOW_IDS, v) => fixed64s(v, &mut e.terminating_flow_ids)?,
+                (te::DEBUG_ANNOTATIONS, v) => {
+                    let (mut name, mut value) = (String::new(), String::new());
+                    for f in fields(v.bytes("debug annotation")?) {
+                        match f? {
+                            (da::NAME, v) => name = v.string("annotation name")?,
+                            (da::STRING_VALUE, v) => value = v.string("annotation value")?,
+                            (da::UINT_VALUE, v) => value = v.uint("uint_value")?.to_string(),
+                            (da::BOOL_VALUE, v) => value = (v.uint("bool_value")? != 0).to_string(),
+                            _ => {}
+                        }
+                    }
+                    e.annotations.push((name, value));
+                }
+                _ => {}
+            }
+        }
+        Ok(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::decode::{self, Value};
+    use super::*;
+
+    fn golden() -> Session {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/v2.mpb");
+        Session::open(&[p]).expect("golden file")
+    }
+
+    #[test]
+    fn encoder_and_reader_agree() {
+        let mut e = Enc::default();
+        e.uint(1, 0);
+        e.uint(2, 300);
+        e.uint(3, u64::MAX);
+        e.int32(4, u32::MAX); // -1 as int32
+        e.fixed64(5, 0x0102_0304_0506_0708);
+        e.msg(6, |e| e.str(7, &"x".repeat(200)));
+        e.msg(8, |_| {});
+        e.msg(9, |e| e.msg(10, |e| e.str(11, &"y".repeat(20_000))));
+        assert_eq!(&e.buf[..5], &[0x08, 0x00, 0x10, 0xac, 0x02]);
+        let got: Vec<_> = decode::fields(&e.buf).map(Result::unwrap).collect();
+        assert_eq!(got[0], (1, Value::Varint(0)));
+        assert_eq!(got[1], (2, Value::Varint(300)));
+        assert_eq!(got[2], (3, Value::Varint(u64::MAX)));
+        assert_eq!(got[3], (4, Value::Varint(u64::MAX)));
+        assert_eq!(got[4], (5, Value::I64(0x0102_0304_0506_0708)));
+        let Value::Len(inner) = got[5].1 else {
+            panic!("nested message")
+        };
+        let inner: Vec<_> = decode::fields(inner).map(Result::unwrap).collect();
+        assert_eq!(inner, [(7, Value::Len("x".repeat(200).as_bytes()))]);
+        assert_eq!(got[6], (8, Value::Len(&[])));
+        let Value::Len(nine) = got[7].1 else {
+            panic!("nested message")
+        };
+        let (ten, v) = decode::fields(nine).next().unwrap().unwrap();
+        assert_eq!(ten, 10);
+        let Value::Len(ten) = v else { panic!() };
+        let eleven: Vec<_> = decode::fields(ten).map(Result::unwrap).collect();
+        assert_eq!(eleven, [(11, Value::Len("y".repeat(20_000).as_bytes()))]);
+        assert_eq!(got.len(), 8);
+        // Truncated input is an error, not a panic.
+        assert!(decode::fields(&e.buf[..e.buf.len() - 3]).any(|f| f.is_err()));
+    }
+
+    #[test]
+    fn golden_session_decodes_with_balanced_slices_and_counters() {
+        let s = golden();
+        let mut buf = Vec::new();
+        let stats = write(&s, &mut buf).unwrap();
+        assert!(stats.events > 0);
+        let t = decode::trace(&buf).unwrap();
+
+        let procs: Vec<_> = t
+            .tracks
+            .iter()
+            .filter(|t| t.process_name.is_some())
+            .collect();
+        assert_eq!(procs.len(), 1);
+        assert_eq!(procs[0].process_name.as_deref(), Some("golden (pid 3450)"));
+        assert_eq!(procs[0].pid, Some(3450));
+        let threads: Vec<_> = t.tracks.iter().filter(|t| t.tid.is_some()).collect();
+        assert_eq!(threads.len(), 1);
+        assert_eq!(
+            (
+                threads[0].pid,
+                threads[0].tid,
+                threads[0].thread_name.as_deref()
+            ),
+            (Some(3450), Some(3451), Some("golden_files_decode"))
+        );
+        assert_eq!(threads[0].parent_uuid, Some(procs[0].uuid));
+
+        // Every event is on a described track; slices balance per track.
+        let kinds: HashMap<u64, &decode::Track> = t.tracks.iter().map(|t| (t.uuid, t)).collect();
+        assert_eq!(kinds.len(), t.tracks.len(), "track uuids are unique");
+        let mut depth: HashMap<u64, i64> = HashMap::new();
+        let mut last = 0;
+        for e in &t.events {
+            let track = kinds.get(&e.track_uuid).expect("described track");
+            assert!(e.ts >= last, "time-ordered");
+            last = e.ts;
+            let d = depth.entry(e.track_uuid).or_default();
+            match e.kind {
+                te::TYPE_SLICE_BEGIN => {
+                    assert!(e.name.is_some());
+                    *d += 1
+                }
+                te::TYPE_SLICE_END => {
+                    *d -= 1;
+                    assert!(*d >= 0, "END without BEGIN");
+                }
+                te::TYPE_COUNTER => assert!(track.counter),
+                te::TYPE_INSTANT => assert!(!track.counter),
+                k => panic!("type {k}"),
+            }
+        }
+        assert!(depth.values().all(|&d| d == 0), "{depth:?}");
+
+        let begins: Vec<_> = t
+            .events
+            .iter()
+            .filter(|e| e.kind == te::TYPE_SLICE_BEGIN)
+            .map(|e| e.name.as_deref().unwrap())
+            .collect();
+        assert_eq!(begins, ["golden_outer", "inner", "inner"]);
+        let counters: Vec<_> = t.events.iter().filter_map(|e| e.counter).collect();
+        assert_eq!(counters, [1.0, 2.0]);
+        let ctrack = t.tracks.iter().find(|t| t.counter).unwrap();
+        assert_eq!(ctrack.name.as_deref(), Some("x"));
+        assert_eq!(ctrack.parent_uuid, Some(procs[0].uuid));
+        let instants: Vec<_> = t
+            .events
+            .iter()
+            .filter(|e| e.kind == te::TYPE_INSTANT)
+            .map(|e| e.name.as_deref().unwrap())
+            .collect();
+        assert_eq!(instants, ["end"]);
+
+        // Names are interned: "inner" is spelled once in the file.
+        let n = buf.windows(5).filter(|w| w == b"inner").count();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn reader_rejects_what_the_writer_never_writes() {
+        // An interned name used before it is defined.
+        let mut e = Enc::default();
+        e.msg(field::TRACE_PACKET, |e| {
+            e.uint(pk::TIMESTAMP, 1);
+            e.uint(pk::TRUSTED_PACKET_SEQUENCE_ID, 1);
+            e.uint(pk::SEQUENCE_FLAGS, 1);
+            e.msg(pk::TRACK_EVENT, |e| e.uint(te::NAME_IID, 7));
+        });
+        assert!(decode::trace(&e.buf).is_err());
+        // A first packet that does not clear the incremental state.
+        let mut e = Enc::default();
+        e.msg(field::TRACE_PACKET, |e| {
+            e.uint(pk::TRUSTED_PACKET_SEQUENCE_ID, 1);
+        });
+        assert!(decode::trace(&e.buf).is_err());
+    }
+}
