@@ -536,6 +536,21 @@ fn main() {
         |n| run(n, mpprof_scope),
         || reclaimer.reclaim(),
     );
+    {
+        // `#[tracing::instrument]` recorded through mpprof's tracing layer,
+        // into the same session (compare with peers/tracing_registry, the
+        // same subscriber without the layer, and peers/tracing_chrome).
+        use tracing_subscriber::layer::SubscriberExt;
+        let _d = tracing::subscriber::set_default(
+            tracing_subscriber::registry().with(mpprof::tracing_layer()),
+        );
+        case_reclaimed(
+            &mut g,
+            "tracing_layer",
+            |n| run(n, tracing_instrument),
+            || reclaimer.reclaim(),
+        );
+    }
     g.finish();
 
     let mut g = c.benchmark_group("threads");

@@ -358,7 +358,7 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                 }
                 // A record after the commit count that looks like one this
                 // chunk's writer was storing when the process stopped (a
-                // record kind or nothing yet past the timestamp, zero padding,
+                // valid record kind, zero padding,
                 // a timestamp not older than the chunk's first record) is
                 // counted as torn and skipped. Older data there is a
                 // flight-recorder leftover from the chunk's previous use.
@@ -370,8 +370,9 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                         && read_at(&pf.file, &mut next, data + records as u64 * rec).map_err(io)?
                             == next.len();
                     let reused = le_u64(&ch, chunk::OVERWRITTEN) > 0;
-                    let plausible =
-                        next[12] <= kind::LAST && next[13..] == [0, 0, 0] && le_u64(&next, 0) != 0;
+                    let plausible = (kind::ENTER..=kind::LAST).contains(&next[12])
+                        && next[13..] == [0, 0, 0]
+                        && le_u64(&next, 0) != 0;
                     let recent = if records > 0 {
                         le_u64(&next, 0) >= le_u64(&first, 0)
                     } else {

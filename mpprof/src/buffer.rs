@@ -1,8 +1,8 @@
 //! The per-process buffer file: creation, chunk claims, the metadata log.
 //!
 //! The file is mapped `MAP_SHARED` for its whole budget up front but only
-//! grows (with `posix_fallocate`) when a chunk is claimed, so pages are
-//! backed by reserved disk blocks before anyone writes them: a full disk
+//! grows (by writing the chunk's zeros) when a chunk is claimed, so pages
+//! are backed by reserved disk blocks before anyone writes them: a full disk
 //! turns into a failed claim and counted losses, never into SIGBUS.
 
 use std::fs::File;
@@ -114,6 +114,9 @@ pub enum ClaimError {
 
 /// One process's mapped buffer file.
 pub struct ProcessBuffer {
+    /// Slots whose disk reservation failed (disk full): tried again first,
+    /// so a disk that stays full for a while does not use up the budget.
+    failed: parking_lot::Mutex<Vec<u32>>,
     map: MmapRaw,
     file: File,
     path: PathBuf,
@@ -142,6 +145,7 @@ impl ProcessBuffer {
             .len(config.file_len() as usize)
             .map_raw(&file)?;
         let buf = ProcessBuffer {
+            failed: parking_lot::Mutex::new(Vec::new()),
             map,
             file,
             path: path.to_owned(),
@@ -231,24 +235,23 @@ impl ProcessBuffer {
             format::CHUNK_META => self.config.max_chunks,
             _ => self.config.max_chunks - META_RESERVE,
         };
-        let next = self.atomic_u32(header::NEXT_CHUNK);
-        // Relaxed: the slot number is the only thing exchanged; the chunk's
-        // content is published by its own magic/commit stores.
-        let mut cur = next.load(Ordering::Relaxed);
-        let slot = loop {
-            if cur >= limit {
-                return Err(ClaimError::Budget);
+        let retry = {
+            let mut failed = self.failed.lock();
+            match failed.last() {
+                Some(&s) if s < limit => failed.pop(),
+                _ => None,
             }
-            match next.compare_exchange_weak(cur, cur + 1, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => break cur,
-                Err(actual) => cur = actual,
-            }
+        };
+        let slot = match retry {
+            Some(s) => s,
+            None => self.next_slot(limit)?,
         };
         let offset = format::HEADER_SIZE + slot as u64 * self.config.chunk_size as u64;
         if let Err(e) = reserve(&self.file, offset, self.config.chunk_size as u64) {
             // Relaxed: a statistic.
             self.atomic_u64(header::LOST_CHUNKS)
                 .fetch_add(1, Ordering::Relaxed);
+            self.failed.lock().push(slot);
             return Err(ClaimError::Io(e));
         }
         if populate {
@@ -265,6 +268,23 @@ impl ProcessBuffer {
             };
         }
         Ok(slot)
+    }
+
+    /// Takes the next never-used slot below `limit`.
+    fn next_slot(&self, limit: u32) -> Result<u32, ClaimError> {
+        let next = self.atomic_u32(header::NEXT_CHUNK);
+        // Relaxed: the slot number is the only thing exchanged; the chunk's
+        // content is published by its own magic/commit stores.
+        let mut cur = next.load(Ordering::Relaxed);
+        loop {
+            if cur >= limit {
+                return Err(ClaimError::Budget);
+            }
+            match next.compare_exchange_weak(cur, cur + 1, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return Ok(cur),
+                Err(actual) => cur = actual,
+            }
+        }
     }
 
     /// Publishes a chunk in a slot taken by [`ProcessBuffer::reserve_slot`].

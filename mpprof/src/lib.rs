@@ -30,7 +30,7 @@
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
-    "mpprof records on Linux only (it relies on /proc, posix_fallocate and MAP_SHARED files)"
+    "mpprof records on Linux only (it relies on /proc, pwrite-reserved MAP_SHARED files and MADV_POPULATE_WRITE)"
 );
 #[cfg(target_endian = "big")]
 compile_error!("the mpprof buffer format is little-endian; big-endian targets are not supported");

@@ -92,6 +92,8 @@ pub(crate) struct Recorder {
     /// record index: new threads continue them before claiming fresh ones,
     /// so thread churn does not eat the budget.
     handoffs: Mutex<Vec<(Chunk, u32)>>,
+    /// Whether `handoffs` may be non-empty.
+    handoff_hint: AtomicBool,
     /// Event chunk slots reserved and page-mapped ahead by the preparer.
     ready: Mutex<Vec<u32>>,
     ready_cv: parking_lot::Condvar,
@@ -186,12 +188,24 @@ impl Recorder {
 
     /// Offers the rest of a finished thread's chunk to the next thread.
     pub(crate) fn hand_off(&self, c: Chunk, next: u32) {
-        self.handoffs.lock().push((c, next));
+        let mut h = self.handoffs.lock();
+        h.push((c, next));
+        // Relaxed: a hint for `take_handoff`; the list itself is under the lock.
+        self.handoff_hint.store(true, Ordering::Relaxed);
     }
 
-    /// Takes a partly used chunk left by a finished thread, if any.
+    /// Takes a partly used chunk left by a finished thread, if any. Without
+    /// any, costs one relaxed load (a thread losing events calls this for
+    /// every event).
     pub(crate) fn take_handoff(&self) -> Option<(Chunk, u32)> {
-        self.handoffs.lock().pop()
+        // Relaxed: a stale `false` only means the chunk is taken next time.
+        if !self.handoff_hint.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut h = self.handoffs.lock();
+        let c = h.pop();
+        self.handoff_hint.store(!h.is_empty(), Ordering::Relaxed);
+        c
     }
 
     /// Writes a clock anchor unless one was written recently: every 10 ms
@@ -514,6 +528,7 @@ fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::
         clock_hz,
         finished: AtomicBool::new(false),
         handoffs: Mutex::new(Vec::new()),
+        handoff_hint: AtomicBool::new(false),
         ready: Mutex::new(Vec::new()),
         ready_cv: parking_lot::Condvar::new(),
         preparer_started: AtomicBool::new(false),
@@ -682,13 +697,19 @@ fn register_fork_hook() {
             });
         *FORK_INFO.lock() = info;
         callsite::lock_for_fork();
+        #[cfg(feature = "tracing")]
+        crate::tracing_layer::lock_for_fork();
     }
     extern "C" fn parent() {
+        #[cfg(feature = "tracing")]
+        crate::tracing_layer::unlock_after_fork();
         callsite::unlock_after_fork();
         // SAFETY: locked by `prepare` on this thread, which still owns it.
         unsafe { LIFECYCLE.force_unlock() };
     }
     extern "C" fn child() {
+        #[cfg(feature = "tracing")]
+        crate::tracing_layer::unlock_after_fork();
         callsite::unlock_after_fork();
         // SAFETY: locked by `prepare` on this thread; in the child this
         // thread is the only one.

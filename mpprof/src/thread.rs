@@ -36,6 +36,8 @@ struct Writer {
     hdr: Cell<*mut u8>,
     /// Slot of the current chunk.
     slot: Cell<u32>,
+    /// OS thread id (set with the lane).
+    tid: Cell<u32>,
     /// After a failed claim: CLOCK_MONOTONIC time before which no new claim
     /// is tried (failed claims cost a syscall; a full disk stays full for a
     /// while). `u64::MAX`: never (budget used up under keep-first).
@@ -56,6 +58,7 @@ thread_local! {
             overwritten: Cell::new(0),
             hdr: Cell::new(std::ptr::null_mut()),
             slot: Cell::new(0),
+            tid: Cell::new(0),
             retry_at: Cell::new(0),
         }
     };
@@ -200,10 +203,11 @@ fn slow(w: &Writer, mut s: u32, rec: RawRecord, payload: Option<[u64; 2]>) {
     if w.lane.get() == 0 {
         let lane = r.new_lane();
         w.lane.set(lane);
+        w.tid.set(gettid());
         let t = std::thread::current();
         r.write_meta(&Meta::Thread {
             lane,
-            tid: gettid(),
+            tid: w.tid.get(),
             name: t.name().unwrap_or("").to_owned(),
         });
     }
@@ -239,7 +243,7 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
     let init = ChunkInit {
         kind: format::CHUNK_EVENTS,
         lane: w.lane.get(),
-        tid: gettid(),
+        tid: w.tid.get(),
         seq: w.seq.get(),
         lost_before: w.lost.get(),
         overwritten: w.overwritten.get(),
@@ -403,6 +407,7 @@ pub(crate) fn maybe_on() -> bool {
 }
 
 /// Records a span entry (kind ENTER).
+#[cfg(feature = "tracing")]
 #[inline(always)]
 pub(crate) fn enter(site: u32) {
     record(site, kind::ENTER)

@@ -444,6 +444,20 @@ impl Visit for FieldsVisitor<'_> {
     }
 }
 
+/// Holds the layer's registration lock across `fork()`, so a child never
+/// inherits it locked by a thread that does not exist there (see
+/// `session::register_fork_hook`).
+pub(crate) fn lock_for_fork() {
+    std::mem::forget(COLD.lock());
+}
+
+/// Releases the lock taken by [`lock_for_fork`], in the parent or the child.
+pub(crate) fn unlock_after_fork() {
+    // SAFETY: locked by `lock_for_fork` on this thread, which still owns it
+    // (in the child it is the only thread).
+    unsafe { COLD.force_unlock() };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
