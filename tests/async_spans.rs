@@ -8,23 +8,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use common::{child_role, self_command, session_dir};
-use mpprof_merge::{EventKind, Session};
+use common::child_role;
+use mpprof_merge::EventKind;
 
-/// Pending on its first poll, ready on the second.
-struct YieldOnce(bool);
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
+use common::YieldOnce;
 
 #[mpprof::instrument]
 async fn travelling(x: u32) -> u32 {
@@ -63,16 +50,10 @@ fn an_async_fn_is_one_async_span_across_threads_and_cancellation() {
         assert!(poll_once(gone.as_mut()).is_pending());
         drop(gone);
     });
-    let dir = session_dir();
-    let st = self_command(
+    let (_dir, s) = common::record(
         "an_async_fn_is_one_async_span_across_threads_and_cancellation",
         "async",
-        dir.path(),
-    )
-    .status()
-    .unwrap();
-    assert!(st.success());
-    let s = Session::open(&[dir.path()]).unwrap();
+    );
     let p = &s.processes[0];
     let name = |site| p.site_name(site).into_owned();
     let mut begins = Vec::new();

@@ -71,13 +71,7 @@ pub fn check_chrome(json: &[u8]) -> Vec<Value> {
 
 #[test]
 fn worker_pool_demo_shows_every_worker_and_every_spawn_arrow() {
-    let cwd = common::session_dir();
-    let out = std::process::Command::new(common::example("worker_pool"))
-        .current_dir(cwd.path())
-        .env_remove("MPPROF_DIR")
-        .env_remove("MPPROF")
-        .output()
-        .unwrap();
+    let common::ExampleRun { cwd, out } = common::run_example("worker_pool");
     assert!(
         out.status.success(),
         "{}",
@@ -172,13 +166,7 @@ fn worker_pool_demo_shows_every_worker_and_every_spawn_arrow() {
 
 #[test]
 fn pipeline_messages_carry_flows_in_both_directions() {
-    let cwd = common::session_dir();
-    let out = std::process::Command::new(common::example("pipeline"))
-        .current_dir(cwd.path())
-        .env_remove("MPPROF_DIR")
-        .env_remove("MPPROF")
-        .output()
-        .unwrap();
+    let common::ExampleRun { cwd, out } = common::run_example("pipeline");
     assert!(
         out.status.success(),
         "{}",
@@ -216,13 +204,7 @@ fn pipeline_messages_carry_flows_in_both_directions() {
         resp.iter().all(|&x| x == (worker, client)),
         "responses go worker -> client"
     );
-    let s = mpprof_merge::Session::open(&[std::fs::read_dir(cwd.path().join("mpprof-out"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path()])
-    .unwrap();
+    let s = mpprof_merge::Session::open(&[common::recorded_session(cwd.path())]).unwrap();
     let h = mpprof_merge::check::check(&s);
     assert_eq!((h.flows_matched, h.causality_violations), (41, 0));
     assert!(!h.imperfect(), "a clean run is reported as clean");

@@ -389,13 +389,7 @@ fn tracing_layer_names_spans_with_their_fields_when_asked() {
 
 #[test]
 fn tokio_service_shows_request_and_response_arrows() {
-    let cwd = session_dir();
-    let out = std::process::Command::new(common::example("tokio_service"))
-        .current_dir(cwd.path())
-        .env_remove("MPPROF_DIR")
-        .env_remove("MPPROF")
-        .output()
-        .unwrap();
+    let common::ExampleRun { cwd, out } = common::run_example("tokio_service");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     // The fmt layer printed its lines next to the mpprof layer.
@@ -471,12 +465,7 @@ fn tokio_service_shows_request_and_response_arrows() {
     assert_eq!(named("handling request", server), 32);
     assert_eq!(named("count_primes", server), 32, "one slice per request");
 
-    let dir = std::fs::read_dir(cwd.path().join("mpprof-out"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let dir = common::recorded_session(cwd.path());
     let s = Session::open(&[dir]).unwrap();
     let h = mpprof_merge::check::check(&s);
     assert_eq!((h.flows_matched, h.causality_violations), (65, 0));

@@ -98,24 +98,13 @@ fn write_and_check(s: &Session) -> (decode::Trace, Vec<Slice>) {
 
 #[test]
 fn pipeline_flows_have_one_sending_and_one_receiving_end() {
-    let cwd = common::session_dir();
-    let out = std::process::Command::new(common::example("pipeline"))
-        .current_dir(cwd.path())
-        .env_remove("MPPROF_DIR")
-        .env_remove("MPPROF")
-        .output()
-        .unwrap();
+    let common::ExampleRun { cwd, out } = common::run_example("pipeline");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let dir = std::fs::read_dir(cwd.path().join("mpprof-out"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let dir = common::recorded_session(cwd.path());
     let s = Session::open(&[dir]).unwrap();
     let (t, slices) = write_and_check(&s);
 
@@ -195,20 +184,7 @@ fn pipeline_flows_have_one_sending_and_one_receiving_end() {
     assert!(slices.iter().all(|s| s.end_annotations.is_empty()));
 }
 
-/// Pending on its first poll, ready on the second.
-struct YieldOnce(bool);
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
-}
+use common::YieldOnce;
 
 #[mpprof::instrument]
 async fn pf_travelling(x: u32) -> u32 {
@@ -244,16 +220,10 @@ fn async_spans_get_their_own_tracks_and_open_spans_are_marked_unfinished() {
         std::mem::forget(leaked);
         std::mem::forget(mpprof::scope!("left open"));
     });
-    let dir = session_dir();
-    let st = self_command(
+    let (_dir, s) = common::record(
         "async_spans_get_their_own_tracks_and_open_spans_are_marked_unfinished",
         "pf-async",
-        dir.path(),
-    )
-    .status()
-    .unwrap();
-    assert!(st.success());
-    let s = Session::open(&[dir.path()]).unwrap();
+    );
     let (t, slices) = write_and_check(&s);
     let tracks: HashMap<u64, &decode::Track> = t.tracks.iter().map(|t| (t.uuid, t)).collect();
 

@@ -51,16 +51,10 @@ fn recursion_panics_and_early_returns_nest_correctly() {
             mpprof::counter!("ratio", 0.5);
         }
     });
-    let dir = session_dir();
-    let st = self_command(
+    let (_dir, s) = common::record(
         "recursion_panics_and_early_returns_nest_correctly",
         "nesting",
-        dir.path(),
-    )
-    .status()
-    .unwrap();
-    assert!(st.success());
-    let s = Session::open(&[dir.path()]).unwrap();
+    );
     assert_eq!(s.processes.len(), 1);
     let p = &s.processes[0];
     assert!(p.file.clean, "the child exited normally");
@@ -144,16 +138,7 @@ fn eight_threads_keep_every_event_in_order() {
             std::hint::black_box(h.join().unwrap());
         }
     });
-    let dir = session_dir();
-    let st = self_command(
-        "eight_threads_keep_every_event_in_order",
-        "threads",
-        dir.path(),
-    )
-    .status()
-    .unwrap();
-    assert!(st.success());
-    let s = Session::open(&[dir.path()]).unwrap();
+    let (_dir, s) = common::record("eight_threads_keep_every_event_in_order", "threads");
     let p = &s.processes[0];
     assert_eq!(p.file.lost_events, 0);
     let workers: Vec<u32> = p

@@ -296,16 +296,7 @@ fn fork_without_exec_records_into_a_file_of_its_own() {
         assert_eq!(fork_and_wait(), 0);
         last_call();
     });
-    let dir = session_dir();
-    let st = self_command(
-        "fork_without_exec_records_into_a_file_of_its_own",
-        "forker",
-        dir.path(),
-    )
-    .status()
-    .unwrap();
-    assert!(st.success());
-    let s = Session::open(&[dir.path()]).unwrap();
+    let (_dir, s) = common::record("fork_without_exec_records_into_a_file_of_its_own", "forker");
     assert_eq!(
         s.processes.len(),
         2,

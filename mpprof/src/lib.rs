@@ -99,33 +99,15 @@ macro_rules! counter_from {
 counter_from!(i8 => Int, i16 => Int, i32 => Int, i64 => Int, isize => Int, u8 => Int, u16 => Int, u32 => Int,
     u64 => Int, usize => Int, f32 => Float, f64 => Float);
 
-/// Records a span around the rest of the enclosing block:
-/// `let _g = mpprof::scope!("phase 1");`.
+/// The `static` callsite of a macro call site, of the given kind, named
+/// `$name`, located at the call. Not a public API.
+#[doc(hidden)]
 #[macro_export]
-macro_rules! scope {
-    ($name:expr) => {{
-        static __MPPROF_CALLSITE: $crate::__private::Callsite = $crate::__private::Callsite::new(
-            $name,
-            {
-                fn __mpprof_path() -> &'static str {
-                    ::core::module_path!()
-                }
-                __mpprof_path
-            },
-            ::core::file!(),
-            ::core::line!(),
-        );
-        $crate::__private::SpanGuard::enter(&__MPPROF_CALLSITE)
-    }};
-}
-
-/// Records an instant event: `mpprof::event!("checkpoint");`.
-#[macro_export]
-macro_rules! event {
-    ($name:expr) => {{
+macro_rules! __callsite {
+    ($kind:ident, $name:expr) => {{
         static __MPPROF_CALLSITE: $crate::__private::Callsite =
             $crate::__private::Callsite::with_kind(
-                $crate::format::SiteKind::Event,
+                $crate::format::SiteKind::$kind,
                 $name,
                 {
                     fn __mpprof_path() -> &'static str {
@@ -136,30 +118,37 @@ macro_rules! event {
                 ::core::file!(),
                 ::core::line!(),
             );
-        $crate::__private::instant(&__MPPROF_CALLSITE)
+        &__MPPROF_CALLSITE
     }};
+}
+
+/// Records a span around the rest of the enclosing block:
+/// `let _g = mpprof::scope!("phase 1");`.
+#[macro_export]
+macro_rules! scope {
+    ($name:expr) => {
+        $crate::__private::SpanGuard::enter($crate::__callsite!(Span, $name))
+    };
+}
+
+/// Records an instant event: `mpprof::event!("checkpoint");`.
+#[macro_export]
+macro_rules! event {
+    ($name:expr) => {
+        $crate::__private::instant($crate::__callsite!(Event, $name))
+    };
 }
 
 /// Records a counter sample (any integer or float):
 /// `mpprof::counter!("queue depth", n);`.
 #[macro_export]
 macro_rules! counter {
-    ($name:expr, $value:expr) => {{
-        static __MPPROF_CALLSITE: $crate::__private::Callsite =
-            $crate::__private::Callsite::with_kind(
-                $crate::format::SiteKind::Counter,
-                $name,
-                {
-                    fn __mpprof_path() -> &'static str {
-                        ::core::module_path!()
-                    }
-                    __mpprof_path
-                },
-                ::core::file!(),
-                ::core::line!(),
-            );
-        $crate::__private::counter(&__MPPROF_CALLSITE, $crate::CounterValue::from($value))
-    }};
+    ($name:expr, $value:expr) => {
+        $crate::__private::counter(
+            $crate::__callsite!(Counter, $name),
+            $crate::CounterValue::from($value),
+        )
+    };
 }
 
 /// Used by the macros; not a public API.

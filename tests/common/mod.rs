@@ -95,3 +95,66 @@ pub fn span_sequence(s: &Session, proc: usize, lane: u32) -> Vec<String> {
         })
         .collect()
 }
+
+/// An example run as a user would: in a fresh working directory, with no
+/// session inherited from the test's environment.
+pub struct ExampleRun {
+    /// The working directory (holds `trace.json` and `mpprof-out/`).
+    pub cwd: tempfile::TempDir,
+    /// Exit status and output.
+    pub out: std::process::Output,
+}
+
+/// Runs the example `name` (see [`example`]) in a fresh directory.
+pub fn run_example(name: &str) -> ExampleRun {
+    let cwd = session_dir();
+    let out = Command::new(example(name))
+        .current_dir(cwd.path())
+        .env_remove("MPPROF_DIR")
+        .env_remove("MPPROF")
+        .output()
+        .expect("run the example");
+    ExampleRun { cwd, out }
+}
+
+/// The session directory an example recorded under `cwd/mpprof-out/`.
+pub fn recorded_session(cwd: &Path) -> PathBuf {
+    std::fs::read_dir(cwd.join("mpprof-out"))
+        .expect("mpprof-out exists")
+        .next()
+        .expect("one session")
+        .expect("readable")
+        .path()
+}
+
+/// A future that is pending on its first poll and ready on the second.
+pub struct YieldOnce(pub bool);
+
+impl std::future::Future for YieldOnce {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        if self.0 {
+            std::task::Poll::Ready(())
+        } else {
+            self.0 = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    }
+}
+
+/// Runs `role` of the test `test` in a child recording into a fresh
+/// session directory, checks it exited successfully, and opens the
+/// session. Keep the directory alive as long as the session is used.
+pub fn record(test: &str, role: &str) -> (tempfile::TempDir, Session) {
+    let dir = session_dir();
+    let st = self_command(test, role, dir.path())
+        .status()
+        .expect("run the child");
+    assert!(st.success(), "child {role} of {test} failed: {st}");
+    let s = Session::open(&[dir.path()]).expect("open the session");
+    (dir, s)
+}
