@@ -10,6 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use mpprof::format::{kind, SiteKind};
 use mpprof::FlowId;
@@ -194,7 +195,13 @@ pub struct Session {
     pub unreadable: Vec<(PathBuf, String)>,
     /// How the clock domains were aligned.
     pub alignment: crate::align::domains::Alignment,
+    /// Events yielded so far by this session's [`Events`] iterators, for
+    /// progress reporting (see [`Session::events_merged`]).
+    merged: AtomicU64,
 }
+
+/// [`Events`] adds to [`Session::events_merged`] once per this many events.
+const PROGRESS_STEP: u64 = 1 << 16;
 
 impl Session {
     /// Reads every buffer file of the given session directories (or single
@@ -238,6 +245,7 @@ impl Session {
             alignment,
             processes,
             unreadable,
+            merged: AtomicU64::new(0),
         })
     }
 
@@ -251,6 +259,22 @@ impl Session {
         self.processes.iter().map(|p| p.end_ns).max().unwrap_or(0)
     }
 
+    /// Records committed in all files: about the number of events a merge
+    /// yields (payload records make it a little more; repairs and loss
+    /// markers add a few events). The denominator of a progress bar.
+    pub fn total_records(&self) -> u64 {
+        self.processes
+            .iter()
+            .fold(0u64, |a, p| a.saturating_add(p.file.committed_records()))
+    }
+
+    /// Events yielded so far by all iterators from [`Session::events`]
+    /// (in steps of 65536, and exactly when an iterator ends). It may be
+    /// read from another thread while a writer runs, to show progress.
+    pub fn events_merged(&self) -> u64 {
+        self.merged.load(Ordering::Relaxed)
+    }
+
     /// All events of all processes in time order, streamed.
     pub fn events(&self) -> Events<'_> {
         let mut streams = Vec::new();
@@ -258,7 +282,11 @@ impl Session {
             // Losses the lanes' chunk headers do not account for (the budget
             // ran out, or the file could not grow) are shown once, on the
             // process's first lane, at its end.
-            let attributed: u64 = p.file.lanes.values().map(lane_losses).sum();
+            let attributed = p
+                .file
+                .lanes
+                .values()
+                .fold(0u64, |a, l| a.saturating_add(lane_losses(l)));
             let mut unattributed = p.file.lost_events.saturating_sub(attributed);
             for (&lane, l) in &p.file.lanes {
                 streams.push(LaneStream::new(
@@ -283,6 +311,8 @@ impl Session {
             streams,
             heads,
             heap,
+            merged: &self.merged,
+            unreported: 0,
         }
     }
 }
@@ -343,10 +373,15 @@ impl Process {
 /// Losses a lane's chunk headers account for: gaps before chunks, after its
 /// last chunk, and what the flight recorder overwrote.
 fn lane_losses(l: &read::Lane) -> u64 {
-    let before: u64 = l.chunks.iter().map(|c| c.lost_before).sum();
+    // Saturating: the counts come from untrusted chunk headers (found by
+    // fuzzing: `fuzz/corpus/read_file/crash-lane-losses-overflow`).
+    let before = l
+        .chunks
+        .iter()
+        .fold(0u64, |a, c| a.saturating_add(c.lost_before));
     let after = l.chunks.last().map_or(0, |c| c.lost_after);
     let overwritten = l.chunks.iter().map(|c| c.overwritten).max().unwrap_or(0);
-    before + after + overwritten
+    before.saturating_add(after).saturating_add(overwritten)
 }
 
 /// What the merge repaired or could not read, per run of [`Events`].
@@ -586,6 +621,9 @@ pub struct Events<'a> {
     streams: Vec<LaneStream<'a>>,
     heads: Vec<Option<Event>>,
     heap: BinaryHeap<Reverse<(i64, usize)>>,
+    /// The session's progress counter, and the events not yet added to it.
+    merged: &'a AtomicU64,
+    unreported: u64,
 }
 
 impl Events<'_> {
@@ -608,7 +646,16 @@ impl Iterator for Events<'_> {
     type Item = Event;
 
     fn next(&mut self) -> Option<Event> {
-        let Reverse((_, i)) = self.heap.pop()?;
+        let Some(Reverse((_, i))) = self.heap.pop() else {
+            self.merged.fetch_add(self.unreported, Ordering::Relaxed);
+            self.unreported = 0;
+            return None;
+        };
+        self.unreported += 1;
+        if self.unreported == PROGRESS_STEP {
+            self.merged.fetch_add(PROGRESS_STEP, Ordering::Relaxed);
+            self.unreported = 0;
+        }
         let e = self.heads[i].take();
         let next = self.streams[i].next_event();
         if let Some(n) = &next {

@@ -127,13 +127,13 @@ fn run() -> Result<ExitCode> {
                     .with_context(|| format!("cannot create {}", cli.output.display()))?;
                 Box::new(BufWriter::with_capacity(1 << 20, f))
             };
-            let stats = match format {
-                Format::Chrome => write::chrome::write(&s, &mut out)?,
-                Format::Summary => write::summary::write(&s, &mut out, cli.limit)?.stats,
-                Format::Folded => write::folded::write(&s, &mut out)?,
-                Format::Svg => write::folded::write_svg(&s, &mut out)?,
-                Format::Perfetto => write::perfetto::write(&s, &mut out)?,
-            };
+            let stats = with_progress(&s, || match format {
+                Format::Chrome => write::chrome::write(&s, &mut out),
+                Format::Summary => write::summary::write(&s, &mut out, cli.limit).map(|s| s.stats),
+                Format::Folded => write::folded::write(&s, &mut out),
+                Format::Svg => write::folded::write_svg(&s, &mut out),
+                Format::Perfetto => write::perfetto::write(&s, &mut out),
+            })?;
             out.flush()
                 .with_context(|| format!("cannot write {}", cli.output.display()))?;
             if cli.output != Path::new("-") {
@@ -167,4 +167,51 @@ fn format_from_extension(p: &Path) -> Result<Format> {
             p.display()
         ),
     }
+}
+
+/// Sessions with more records than this get a progress bar (on a terminal).
+const PROGRESS_MIN_RECORDS: u64 = 5_000_000;
+
+/// Runs `f` (a writer), drawing a progress bar on stderr meanwhile when
+/// stderr is a terminal and the session is large; quiet otherwise.
+fn with_progress<T>(s: &Session, f: impl FnOnce() -> T) -> T {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let total = s.total_records();
+    if total <= PROGRESS_MIN_RECORDS || !std::io::stderr().is_terminal() {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let bar = scope.spawn(|| {
+            let t0 = Instant::now();
+            // Not locked across the sleeps: the writer may print warnings.
+            let mut stderr = std::io::stderr();
+            while !done.load(Ordering::Relaxed) {
+                let n = s.events_merged().min(total);
+                let filled = (n as u128 * 30 / total as u128) as usize;
+                let _ = write!(
+                    stderr,
+                    "\r[{}{}] {:3}%  {:.1}M / {:.1}M events  {:.0} s",
+                    "#".repeat(filled),
+                    ".".repeat(30 - filled),
+                    n as u128 * 100 / total as u128,
+                    n as f64 / 1e6,
+                    total as f64 / 1e6,
+                    t0.elapsed().as_secs_f64()
+                );
+                let _ = stderr.flush();
+                std::thread::park_timeout(Duration::from_millis(200));
+            }
+            // Erase the bar.
+            let _ = write!(stderr, "\r\x1b[2K");
+            let _ = stderr.flush();
+        });
+        let r = f();
+        done.store(true, Ordering::Relaxed);
+        bar.thread().unpark();
+        r
+    })
 }

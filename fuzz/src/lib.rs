@@ -1,0 +1,138 @@
+//! What the fuzz targets (`fuzz_targets/`) do with an input. The workspace
+//! test `tests/fuzz_corpus.rs` replays the committed corpus the same way.
+//!
+//! The reader only takes paths, so each input is written to a per-process
+//! scratch directory under the system temp dir and read back from there.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use mpprof_merge::{check, read, write, Session};
+
+/// Most files a session input is split into.
+pub const MAX_FILES: usize = 3;
+
+/// This process's scratch directory (created once, mode 0700, removed by
+/// nobody: it holds at most the last input, a few KiB).
+pub fn scratch() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let d = std::env::temp_dir().join(format!("mpprof-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("create the scratch directory");
+        d
+    })
+}
+
+/// Splits a session input into 1 to [`MAX_FILES`] files. The first byte
+/// chooses the number of files (`b % 3 + 1`); then one little-endian `u32`
+/// per split gives the length of each file but the last (clamped to what is
+/// left); the rest is the last file. See [`join_session`].
+pub fn split_session(data: &[u8]) -> Vec<&[u8]> {
+    let Some((&first, mut rest)) = data.split_first() else {
+        return vec![data];
+    };
+    let n = first as usize % MAX_FILES + 1;
+    let mut lens = Vec::with_capacity(n - 1);
+    for _ in 1..n {
+        let mut b = [0u8; 4];
+        let k = rest.len().min(4);
+        b[..k].copy_from_slice(&rest[..k]);
+        rest = &rest[k..];
+        lens.push(u32::from_le_bytes(b) as usize);
+    }
+    let mut files = Vec::with_capacity(n);
+    for len in lens {
+        let (a, b) = rest.split_at(len.min(rest.len()));
+        files.push(a);
+        rest = b;
+    }
+    files.push(rest);
+    files
+}
+
+/// The inverse of [`split_session`]: one input holding `files` (1 to 3).
+pub fn join_session(files: &[&[u8]]) -> Vec<u8> {
+    assert!((1..=MAX_FILES).contains(&files.len()));
+    let mut v = vec![(files.len() - 1) as u8];
+    for f in &files[..files.len() - 1] {
+        v.extend_from_slice(&(f.len() as u32).to_le_bytes());
+    }
+    for f in files {
+        v.extend_from_slice(f);
+    }
+    v
+}
+
+/// Everything a user can do with a session: iterate the events, and write
+/// Chrome JSON, folded stacks, the summary and the health report (into
+/// sinks). Returns the number of merged events.
+pub fn exercise(s: &Session) -> u64 {
+    let mut n = 0u64;
+    let mut events = s.events();
+    for e in events.by_ref() {
+        std::hint::black_box(&e);
+        n += 1;
+    }
+    std::hint::black_box(events.stats());
+    let sink = &mut io::sink();
+    write::chrome::write(s, sink).expect("writing into a sink cannot fail");
+    write::folded::write(s, sink).expect("writing into a sink cannot fail");
+    write::summary::write(s, sink, 10).expect("writing into a sink cannot fail");
+    let h = check::check(s);
+    std::hint::black_box((h.damaged(), h.imperfect()));
+    check::write_text(&h, sink).expect("writing into a sink cannot fail");
+    n
+}
+
+/// Target `read_file`: the input is one buffer file.
+pub fn read_file(data: &[u8]) {
+    let dir = scratch().join("file");
+    let _ = std::fs::create_dir(&dir);
+    let p = dir.join("input.mpb");
+    std::fs::write(&p, data).expect("write the input file");
+    match read::open(&p) {
+        Ok(f) => {
+            std::hint::black_box((f.committed_records(), f.display_name()));
+        }
+        Err(e) => {
+            // Errors name the file.
+            let msg = e.to_string();
+            assert!(
+                msg.contains("input.mpb"),
+                "error does not name the file: {msg}"
+            );
+        }
+    }
+    if let Ok(s) = Session::open(&[&p]) {
+        exercise(&s);
+    }
+}
+
+/// Target `session`: the input is 1 to 3 files of one session directory
+/// (see [`split_session`]).
+pub fn session(data: &[u8]) {
+    let dir = scratch().join("session");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir(&dir).expect("create the session directory");
+    for (i, f) in split_session(data).iter().enumerate() {
+        std::fs::write(dir.join(format!("{i}.mpb")), f).expect("write an input file");
+    }
+    if let Ok(s) = Session::open(&[&dir]) {
+        exercise(&s);
+    }
+}
+
+/// Runs target `name` on `data`; `false` for an unknown target.
+pub fn run(name: &str, data: &[u8]) -> bool {
+    match name {
+        "read_file" => read_file(data),
+        "session" => session(data),
+        _ => return false,
+    }
+    true
+}
+
+/// The targets.
+pub const TARGETS: [&str; 2] = ["read_file", "session"];
