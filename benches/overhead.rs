@@ -364,9 +364,11 @@ impl Reclaimer {
         for slot in todo {
             let off = format::HEADER_SIZE + slot as u64 * self.chunk_size;
             let mut h = [0u8; format::chunk::END];
-            self.file
-                .read_exact_at(&mut h, off)
-                .expect("read chunk header");
+            if self.file.read_exact_at(&mut h, off).is_err() {
+                // Claimed (by the preparer, say) but not yet written.
+                self.pending.push(slot);
+                continue;
+            }
             let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap());
             let kind = u16::from_le_bytes([h[format::chunk::KIND], h[format::chunk::KIND + 1]]);
             if u32_at(format::chunk::MAGIC) != format::CHUNK_MAGIC {
