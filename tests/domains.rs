@@ -251,3 +251,90 @@ fn one_way_messages_give_an_honest_one_sided_bound() {
     assert_eq!(al.violations_after, 0);
     assert_eq!(al.cross_flows, 400);
 }
+
+const DRIFT_PPM: f64 = 300.0;
+
+#[mpprof::instrument]
+fn slow_ping_side(mut to: impl Write, from: impl BufRead) {
+    let mut lines = from.lines();
+    let start = std::time::Instant::now();
+    // About 1.5 s of round trips, spread out, so a drift of 300 ppm (450 us
+    // by the end) dwarfs the loopback latency.
+    while start.elapsed() < std::time::Duration::from_millis(1500) {
+        let tok = flow::send("ping");
+        writeln!(to, "ping {tok}").unwrap();
+        to.flush().unwrap();
+        let line = lines
+            .by_ref()
+            .map(Result::unwrap)
+            .find(|l| l.starts_with("pong "))
+            .unwrap();
+        flow::recv(line["pong ".len()..].parse().unwrap(), "pong");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    writeln!(to, "bye").unwrap();
+}
+
+#[test]
+fn a_drifting_clock_is_corrected_from_messages_both_ways() {
+    child_role("pong", pong_side);
+    child_role("drift-ping", || {
+        let mut child = Command::new("unshare")
+            .args(["-T", "--monotonic", "1000"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "a_drifting_clock_is_corrected_from_messages_both_ways",
+                "--exact",
+                "--nocapture",
+            ])
+            .env(ROLE, "pong")
+            .env("MPPROF_DIR", std::env::var("PONG_DIR").unwrap())
+            .env("MPPROF_HOST_ID", "host-drift")
+            .env("MPPROF_TEST_MONO_DRIFT_PPM", DRIFT_PPM.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let to = child.stdin.take().unwrap();
+        let from = BufReader::new(child.stdout.take().unwrap());
+        slow_ping_side(to, from);
+        assert!(child.wait().unwrap().success());
+    });
+    if !time_namespaces_work() {
+        eprintln!("SKIPPED: `unshare -T` is not permitted here; drift estimation is not tested");
+        return;
+    }
+    let (a, b) = (session_dir(), session_dir());
+    let st = common::self_command(
+        "a_drifting_clock_is_corrected_from_messages_both_ways",
+        "drift-ping",
+        a.path(),
+    )
+    .env("PONG_DIR", b.path())
+    .env("MPPROF_HOST_ID", "host-a")
+    .status()
+    .unwrap();
+    assert!(st.success());
+    let s = Session::open(&[a.path(), b.path()]).unwrap();
+    let al = &s.alignment;
+    let d = &al.domains[1];
+    assert!(d.domain.starts_with("host-drift/"), "{al:#?}");
+    // The pong side's clock gains 300 ppm: its correction is about -300 ppm.
+    assert!(
+        (d.drift_ppm + DRIFT_PPM).abs() < 15.0,
+        "estimated drift {} ppm: {al:#?}",
+        d.drift_ppm
+    );
+    assert_eq!(d.quality, Quality::TwoSided);
+    assert_eq!(al.violations_after, 0, "{al:#?}");
+    let h = mpprof_merge::check::check(&s);
+    assert_eq!(h.causality_violations, 0);
+    eprintln!(
+        "drift {:+.1} ppm (truth {:+.1}), {} messages, bound width {} ns, violations {} -> 0",
+        d.drift_ppm,
+        -DRIFT_PPM,
+        d.messages,
+        d.upper_ns.unwrap() - d.lower_ns.unwrap(),
+        al.violations_before
+    );
+}

@@ -250,6 +250,9 @@ pub mod domains {
         pub messages: u64,
         /// How well the offset is known.
         pub quality: Quality,
+        /// Rate correction, parts per million: the domain's clock gains
+        /// this much on the reference's (0 when not estimated).
+        pub drift_ppm: f64,
     }
 
     /// The alignment of a session.
@@ -336,6 +339,63 @@ pub mod domains {
         (0..n).all(|i| d[i][i].is_none_or(|x| x >= 0)).then_some(d)
     }
 
+    /// Runs shorter than this (ns) keep a constant offset unless no
+    /// constant offset fits their messages.
+    const DRIFT_MIN_SPAN_NS: i64 = 1_000_000_000;
+
+    /// The rate at which domain `d`'s clock drifts from the reference's,
+    /// from messages both ways between them: each message from `d` bounds
+    /// the offset from above at its send time, each message to `d` from
+    /// below at its receive time. The rate is the slope of the line that
+    /// passes between the two point sets with the widest margin (a concave
+    /// function of the slope, maximised by ternary search over ±1000 ppm).
+    /// `None` when the messages do not go both ways, or when the run is
+    /// short and a constant offset fits, or when no slope fits better than
+    /// none.
+    fn estimate_drift(
+        pairs: &[(usize, i64, usize, i64)],
+        d: usize,
+        lat: i64,
+    ) -> Option<(f64, i64)> {
+        let mut upper = Vec::new();
+        let mut lower = Vec::new();
+        for &(a, s, b, r) in pairs {
+            if a == d && b == 0 {
+                upper.push((s, r - s - lat));
+            } else if a == 0 && b == d {
+                lower.push((r, s - r + lat));
+            }
+        }
+        if upper.is_empty() || lower.is_empty() {
+            return None;
+        }
+        let x0 = upper.iter().chain(&lower).map(|p| p.0).min()?;
+        let x1 = upper.iter().chain(&lower).map(|p| p.0).max()?;
+        let width = |rate: f64| {
+            let at = |&(x, v): &(i64, i64)| v as f64 - rate * (x - x0) as f64;
+            let hi = upper.iter().map(at).fold(f64::INFINITY, f64::min);
+            let lo = lower.iter().map(at).fold(f64::NEG_INFINITY, f64::max);
+            hi - lo
+        };
+        let constant = width(0.0);
+        if constant >= 0.0 && x1 - x0 < DRIFT_MIN_SPAN_NS {
+            return None;
+        }
+        let (mut lo, mut hi) = (-1e-3, 1e-3);
+        for _ in 0..200 {
+            let (m1, m2) = (lo + (hi - lo) / 3.0, hi - (hi - lo) / 3.0);
+            if width(m1) < width(m2) {
+                lo = m1;
+            } else {
+                hi = m2;
+            }
+        }
+        let rate = (lo + hi) / 2.0;
+        // The offset o(x) = a + rate (x - x0) maps d's time to the
+        // reference; correcting d's times by the rate leaves a constant.
+        (width(rate) > constant).then_some((rate, x0))
+    }
+
     /// Aligns the processes' clock domains (sets `offset_ns`, shifts
     /// `start_ns`/`end_ns`) and reports how.
     pub fn align(ps: &mut [Process], min_latency_ns: i64) -> Alignment {
@@ -377,6 +437,7 @@ pub mod domains {
                         upper_ns: Some(0),
                         messages: 0,
                         quality: Quality::Reference,
+                        drift_ppm: 0.0,
                     })
                     .collect(),
                 min_latency_ns,
@@ -422,12 +483,35 @@ pub mod domains {
             messages[a] += 1;
             messages[b] += 1;
         }
-        let violations = |o: &[i64]| {
+        let violations_in = |pairs: &[(usize, i64, usize, i64)], o: &[i64]| {
             pairs
                 .iter()
                 .filter(|&&(a, s, b, r)| r + o[b] < s + o[a])
                 .count() as u64
         };
+        let before = violations_in(&pairs, &rt_est);
+        // Drift first: a domain that exchanges messages both ways with the
+        // reference gets a rate correction when no constant offset fits its
+        // messages or the run is long enough for the rate to matter; its
+        // times are corrected before the constant offsets are solved.
+        let drift: Vec<Option<(f64, i64)>> = (0..n)
+            .map(|d| {
+                if d == 0 {
+                    None
+                } else {
+                    estimate_drift(&pairs, d, min_latency_ns)
+                }
+            })
+            .collect();
+        let correct = |d: usize, t: i64| match drift[d] {
+            Some((rate, x0)) => t + ((t - x0) as f64 * rate).round() as i64,
+            None => t,
+        };
+        let pairs: Vec<(usize, i64, usize, i64)> = pairs
+            .iter()
+            .map(|&(a, s, b, r)| (a, correct(a, s), b, correct(b, r)))
+            .collect();
+        let violations = |o: &[i64]| violations_in(&pairs, o);
         // Constraint graph: x_a - x_b <= r - s - L is an edge b -> a.
         let build = |lat: i64| {
             let mut w: Vec<Vec<Option<i64>>> = vec![vec![None; n]; n];
@@ -448,7 +532,6 @@ pub mod domains {
         }
         let mut offsets = rt_est.clone();
         offsets[0] = 0;
-        let before = violations(&rt_est);
         let mut reports = vec![DomainReport {
             domain: keys[0].clone(),
             processes: dom_of.iter().filter(|&&d| d == 0).count(),
@@ -458,6 +541,7 @@ pub mod domains {
             upper_ns: Some(0),
             messages: messages[0],
             quality: Quality::Reference,
+            drift_ppm: 0.0,
         }];
         for d in 1..n {
             let (mut lower, mut upper, mut quality) = (None, None, Quality::Inconsistent);
@@ -488,12 +572,17 @@ pub mod domains {
                 upper_ns: upper,
                 messages: messages[d],
                 quality,
+                drift_ppm: drift[d].map_or(0.0, |(rate, _)| rate * 1e6),
             });
         }
         for (p, &d) in ps.iter_mut().zip(&dom_of) {
             p.offset_ns = offsets[d];
-            p.start_ns = p.start_ns.saturating_add(offsets[d]);
-            p.end_ns = p.end_ns.saturating_add(offsets[d]);
+            if let Some((rate, origin)) = drift[d] {
+                p.drift = rate;
+                p.drift_origin_ns = origin;
+            }
+            p.start_ns = correct(d, p.start_ns).saturating_add(offsets[d]);
+            p.end_ns = correct(d, p.end_ns).saturating_add(offsets[d]);
         }
         Alignment {
             domains: reports,

@@ -266,13 +266,14 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
                 |v: Option<i64>| v.map_or("-".to_owned(), |x| format!("{:.6} s", x as f64 / 1e9));
             writeln!(
                 out,
-                "  {}: offset {:.6} s [{} .. {}] from {} messages; REALTIME said {:.6} s; {}",
+                "  {}: offset {:.6} s [{} .. {}] from {} messages; REALTIME said {:.6} s; drift {:+.1} ppm; {}",
                 d.domain,
                 d.offset_ns as f64 / 1e9,
                 b(d.lower_ns),
                 b(d.upper_ns),
                 d.messages,
                 d.realtime_offset_ns as f64 / 1e9,
+                d.drift_ppm,
                 d.quality.label()
             )?;
         }

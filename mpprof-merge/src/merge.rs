@@ -141,6 +141,11 @@ pub struct Process {
     /// Offset added to align this process's clock domain with the
     /// reference domain, ns (0 within one domain).
     pub offset_ns: i64,
+    /// Rate correction of this process's clock domain (ns per ns, added to
+    /// 1), applied around `drift_origin_ns` before the offset; 0 when none.
+    pub drift: f64,
+    /// Local time the rate correction is taken around, ns.
+    pub drift_origin_ns: i64,
     /// First timestamp (ns, aligned).
     pub start_ns: i64,
     /// Last timestamp (ns, aligned): last event or final anchor.
@@ -163,7 +168,13 @@ impl Process {
 
     /// Aligned ns of a record timestamp.
     pub fn ns(&self, ts: u64) -> i64 {
-        self.clock.to_ns(ts) + self.offset_ns
+        let local = self.clock.to_ns(ts);
+        let rate = if self.drift == 0.0 {
+            0
+        } else {
+            ((local - self.drift_origin_ns) as f64 * self.drift).round() as i64
+        };
+        local.saturating_add(rate).saturating_add(self.offset_ns)
     }
 }
 
@@ -324,6 +335,8 @@ impl Process {
             file,
             clock,
             offset_ns: 0,
+            drift: 0.0,
+            drift_origin_ns: 0,
             start_ns: 0,
             end_ns: 0,
         };

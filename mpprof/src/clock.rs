@@ -143,7 +143,7 @@ pub fn anchor() -> Anchor {
         let a = Anchor {
             ts: t0 + width / 2,
             width: width.min(u32::MAX as u64) as u32,
-            mono_ns: mono,
+            mono_ns: drifted(mono),
             real_ns: real.wrapping_add_signed(realtime_skew()),
         };
         if best.is_none_or(|b| a.width < b.width) {
@@ -164,6 +164,24 @@ fn realtime_skew() -> i64 {
             .and_then(|s| s.parse().ok())
             .unwrap_or(0)
     })
+}
+
+/// `MPPROF_TEST_MONO_DRIFT_PPM`: pretend this host's CLOCK_MONOTONIC runs
+/// fast (or slow) by that many parts per million from the first anchor on
+/// (tests of the drift estimation use it; real hosts drift by tens of ppm).
+fn drifted(mono: u64) -> u64 {
+    static DRIFT: std::sync::OnceLock<Option<(f64, u64)>> = std::sync::OnceLock::new();
+    let d = DRIFT.get_or_init(|| {
+        let ppm: f64 = std::env::var("MPPROF_TEST_MONO_DRIFT_PPM")
+            .ok()?
+            .parse()
+            .ok()?;
+        Some((ppm * 1e-6, mono))
+    });
+    match *d {
+        Some((rate, base)) => base + (mono.saturating_sub(base) as f64 * (1.0 + rate)) as u64,
+        None => mono,
+    }
 }
 
 /// Estimates the process clock frequency in ticks per second. Inherited from
