@@ -9,30 +9,17 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use common::{child_role, session_dir, ROLE};
+use common::{child_role, session_dir};
 use mpprof::flow;
 use mpprof_merge::align::domains::Quality;
 use mpprof_merge::Session;
 
 const ROUNDS: usize = 2000;
+const ALIGNED: &str = "a_time_namespace_on_another_host_is_aligned_from_the_messages";
+const ONE_WAY: &str = "one_way_messages_give_an_honest_one_sided_bound";
+const DRIFTING: &str = "a_drifting_clock_is_corrected_from_messages_both_ways";
 const NS_OFFSET_S: i64 = 86_400;
 const SKEW_NS: i64 = 7_000_000;
-
-#[mpprof::instrument]
-fn pong_side() {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    for line in std::io::stdin().lock().lines() {
-        let line = line.unwrap();
-        let Some(tok) = line.strip_prefix("ping ") else {
-            break;
-        };
-        flow::recv(tok.parse().unwrap(), "ping");
-        let back = flow::send("pong");
-        writeln!(out, "pong {back}").unwrap();
-        out.flush().unwrap();
-    }
-}
 
 #[mpprof::instrument]
 fn ping_side(mut to: impl Write, from: impl BufRead) {
@@ -63,26 +50,16 @@ fn time_namespaces_work() -> bool {
 
 #[test]
 fn a_time_namespace_on_another_host_is_aligned_from_the_messages() {
-    child_role("pong", pong_side);
+    child_role("pong", common::answer_pings);
     child_role("ping", || {
-        let exe = std::env::current_exe().unwrap();
-        let dir_b = std::env::var("PONG_DIR").unwrap();
-        let mut child = Command::new("unshare")
-            .args(["-T", "--monotonic", &NS_OFFSET_S.to_string()])
-            .arg(exe)
-            .args([
-                "a_time_namespace_on_another_host_is_aligned_from_the_messages",
-                "--exact",
-                "--nocapture",
-            ])
-            .env(ROLE, "pong")
-            .env("MPPROF_DIR", dir_b)
-            .env("MPPROF_HOST_ID", "host-b")
-            .env("MPPROF_TEST_REALTIME_SKEW_NS", SKEW_NS.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let dir_b = std::env::var_os("PONG_DIR").unwrap();
+        let mut child =
+            common::in_time_namespace(ALIGNED, "pong", NS_OFFSET_S as u64, &dir_b, "host-b")
+                .env("MPPROF_TEST_REALTIME_SKEW_NS", SKEW_NS.to_string())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap();
         let to = child.stdin.take().unwrap();
         let from = BufReader::new(child.stdout.take().unwrap());
         ping_side(to, from);
@@ -148,17 +125,7 @@ fn a_time_namespace_on_another_host_is_aligned_from_the_messages() {
 #[mpprof::instrument]
 fn relay(next: Option<&str>) {
     let mut out: Option<(std::process::Child, std::process::ChildStdin)> = next.map(|dir| {
-        let mut c = Command::new("unshare")
-            .args(["-T", "--monotonic", "1000"])
-            .arg(std::env::current_exe().unwrap())
-            .args([
-                "one_way_messages_give_an_honest_one_sided_bound",
-                "--exact",
-                "--nocapture",
-            ])
-            .env(ROLE, "sink")
-            .env("MPPROF_DIR", dir)
-            .env("MPPROF_HOST_ID", "host-c")
+        let mut c = common::in_time_namespace(ONE_WAY, "sink", 1000, dir.as_ref(), "host-c")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -189,17 +156,8 @@ fn one_way_messages_give_an_honest_one_sided_bound() {
         relay(Some(&std::env::var("SINK_DIR").unwrap()))
     });
     child_role("source", || {
-        let mut c = Command::new("unshare")
-            .args(["-T", "--monotonic", "5000"])
-            .arg(std::env::current_exe().unwrap())
-            .args([
-                "one_way_messages_give_an_honest_one_sided_bound",
-                "--exact",
-                "--nocapture",
-            ])
-            .env(ROLE, "middle")
-            .env("MPPROF_DIR", std::env::var("MIDDLE_DIR").unwrap())
-            .env("MPPROF_HOST_ID", "host-b")
+        let middle = std::env::var_os("MIDDLE_DIR").unwrap();
+        let mut c = common::in_time_namespace(ONE_WAY, "middle", 5000, &middle, "host-b")
             .env("MPPROF_TEST_REALTIME_SKEW_NS", "-3000000")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -277,19 +235,10 @@ fn slow_ping_side(mut to: impl Write, from: impl BufRead) {
 
 #[test]
 fn a_drifting_clock_is_corrected_from_messages_both_ways() {
-    child_role("pong", pong_side);
+    child_role("pong", common::answer_pings);
     child_role("drift-ping", || {
-        let mut child = Command::new("unshare")
-            .args(["-T", "--monotonic", "1000"])
-            .arg(std::env::current_exe().unwrap())
-            .args([
-                "a_drifting_clock_is_corrected_from_messages_both_ways",
-                "--exact",
-                "--nocapture",
-            ])
-            .env(ROLE, "pong")
-            .env("MPPROF_DIR", std::env::var("PONG_DIR").unwrap())
-            .env("MPPROF_HOST_ID", "host-drift")
+        let pong = std::env::var_os("PONG_DIR").unwrap();
+        let mut child = common::in_time_namespace(DRIFTING, "pong", 1000, &pong, "host-drift")
             .env("MPPROF_TEST_MONO_DRIFT_PPM", DRIFT_PPM.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -16,21 +16,6 @@ const PEERS: usize = 7;
 const ROUNDS: usize = 800;
 
 #[mpprof::instrument]
-fn answer() {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    for line in std::io::stdin().lock().lines() {
-        let line = line.unwrap();
-        let Some(tok) = line.strip_prefix("ping ") else {
-            break;
-        };
-        flow::recv(tok.parse().unwrap(), "ping");
-        writeln!(out, "pong {}", flow::send("pong")).unwrap();
-        out.flush().unwrap();
-    }
-}
-
-#[mpprof::instrument]
 fn play(peers: usize) {
     let exe = std::env::current_exe().unwrap();
     let mut kids: Vec<_> = (0..peers)
@@ -72,7 +57,7 @@ fn play(peers: usize) {
 
 #[test]
 fn eight_processes_ping_pong_without_causality_violations() {
-    child_role("answer", answer);
+    child_role("answer", common::answer_pings);
     child_role("play", || play(PEERS));
     let (_dir, s) = common::record(
         "eight_processes_ping_pong_without_causality_violations",

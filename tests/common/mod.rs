@@ -158,3 +158,42 @@ pub fn record(test: &str, role: &str) -> (tempfile::TempDir, Session) {
     let s = Session::open(&[dir.path()]).expect("open the session");
     (dir, s)
 }
+
+/// The answering side of a ping-pong over stdin/stdout: each `ping <flow>`
+/// line is received as a flow and answered with `pong <new flow>`, until a
+/// line that is not a ping.
+#[mpprof::instrument]
+pub fn answer_pings() {
+    use std::io::{BufRead, Write};
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for line in std::io::stdin().lock().lines() {
+        let line = line.unwrap();
+        let Some(tok) = line.strip_prefix("ping ") else {
+            break;
+        };
+        mpprof::flow::recv(tok.parse().unwrap(), "ping");
+        writeln!(out, "pong {}", mpprof::flow::send("pong")).unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// This test binary again, as `role` of `test`, in a new time namespace
+/// whose CLOCK_MONOTONIC is `offset_s` seconds ahead (`unshare -T`, root
+/// only), recording into `dir` as host `host`.
+pub fn in_time_namespace(
+    test: &str,
+    role: &str,
+    offset_s: u64,
+    dir: &std::ffi::OsStr,
+    host: &str,
+) -> Command {
+    let mut c = Command::new("unshare");
+    c.args(["-T", "--monotonic", &offset_s.to_string()])
+        .arg(std::env::current_exe().expect("test binary path"))
+        .args([test, "--exact", "--nocapture"])
+        .env(ROLE, role)
+        .env("MPPROF_DIR", dir)
+        .env("MPPROF_HOST_ID", host);
+    c
+}
