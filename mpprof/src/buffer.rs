@@ -272,19 +272,7 @@ impl ProcessBuffer {
 
     /// Takes the next never-used slot below `limit`.
     fn next_slot(&self, limit: u32) -> Result<u32, ClaimError> {
-        let next = self.atomic_u32(header::NEXT_CHUNK);
-        // Relaxed: the slot number is the only thing exchanged; the chunk's
-        // content is published by its own magic/commit stores.
-        let mut cur = next.load(Ordering::Relaxed);
-        loop {
-            if cur >= limit {
-                return Err(ClaimError::Budget);
-            }
-            match next.compare_exchange_weak(cur, cur + 1, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return Ok(cur),
-                Err(actual) => cur = actual,
-            }
-        }
+        take_slot(self.atomic_u32(header::NEXT_CHUNK), limit)
     }
 
     /// Publishes a chunk in a slot taken by [`ProcessBuffer::reserve_slot`].
@@ -388,6 +376,42 @@ impl Chunk {
         let a = unsafe { &*(header.add(chunk::LOST_AFTER) as *const AtomicU64) };
         // Relaxed: a statistic read after the process ends.
         a.store(n, Ordering::Relaxed);
+    }
+}
+
+/// An atomic slot counter: the file header's `NEXT_CHUNK`, or loom's
+/// model of one when `take_slot` is model-checked (`--cfg loom`).
+pub(crate) trait SlotCounter {
+    /// Relaxed load.
+    fn get(&self) -> u32;
+    /// Weak compare-and-swap, relaxed.
+    fn swap_if(&self, current: u32, new: u32) -> Result<u32, u32>;
+}
+
+impl SlotCounter for AtomicU32 {
+    fn get(&self) -> u32 {
+        // Relaxed: the slot number is the only thing exchanged; a chunk's
+        // content is published by its own magic/commit stores.
+        self.load(Ordering::Relaxed)
+    }
+    fn swap_if(&self, current: u32, new: u32) -> Result<u32, u32> {
+        // Relaxed: as in `get`.
+        self.compare_exchange_weak(current, new, Ordering::Relaxed, Ordering::Relaxed)
+    }
+}
+
+/// Takes the next slot below `limit` from `next`: a bounded CAS loop, so
+/// the counter never passes the budget and every slot goes to one caller.
+pub(crate) fn take_slot(next: &impl SlotCounter, limit: u32) -> Result<u32, ClaimError> {
+    let mut cur = next.get();
+    loop {
+        if cur >= limit {
+            return Err(ClaimError::Budget);
+        }
+        match next.swap_if(cur, cur + 1) {
+            Ok(_) => return Ok(cur),
+            Err(actual) => cur = actual,
+        }
     }
 }
 
@@ -694,5 +718,81 @@ mod tests {
         let polls = reader.join().unwrap();
         assert!(polls > 1, "the reader raced the writer");
         drop(buf);
+    }
+}
+
+/// Model checking with loom (`RUSTFLAGS="--cfg loom" cargo test -p mpprof
+/// --no-default-features --lib loom`): every interleaving of the real
+/// `take_slot`, and of the commit protocol the hot path follows (records
+/// written, then the count stored with release; the reader loads the count
+/// with acquire and reads only below it).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use loom::cell::UnsafeCell;
+    use loom::sync::atomic::{AtomicU32, Ordering};
+    use loom::sync::Arc;
+
+    use super::{take_slot, ClaimError, SlotCounter};
+
+    impl SlotCounter for AtomicU32 {
+        fn get(&self) -> u32 {
+            self.load(Ordering::Relaxed)
+        }
+        fn swap_if(&self, current: u32, new: u32) -> Result<u32, u32> {
+            self.compare_exchange_weak(current, new, Ordering::Relaxed, Ordering::Relaxed)
+        }
+    }
+
+    #[test]
+    fn loom_slots_are_unique_and_bounded() {
+        loom::model(|| {
+            let next = Arc::new(AtomicU32::new(0));
+            let hs: Vec<_> = (0..2)
+                .map(|_| {
+                    let next = next.clone();
+                    loom::thread::spawn(move || {
+                        (take_slot(&*next, 3).ok(), take_slot(&*next, 3).ok())
+                    })
+                })
+                .collect();
+            let mut got: Vec<u32> = Vec::new();
+            for h in hs {
+                let (a, b) = h.join().unwrap();
+                got.extend(a);
+                got.extend(b);
+            }
+            got.sort_unstable();
+            assert_eq!(got, vec![0, 1, 2], "each slot once, none past the limit");
+            assert!(matches!(take_slot(&*next, 3), Err(ClaimError::Budget)));
+        });
+    }
+
+    #[test]
+    fn loom_committed_records_are_complete() {
+        loom::model(|| {
+            let recs = Arc::new([UnsafeCell::new(0u64), UnsafeCell::new(0u64)]);
+            let count = Arc::new(AtomicU32::new(0));
+            let writer = {
+                let (recs, count) = (recs.clone(), count.clone());
+                loom::thread::spawn(move || {
+                    for i in 0..2u32 {
+                        recs[i as usize].with_mut(|p| {
+                            // SAFETY: only this thread writes, and only
+                            // records at or above the published count.
+                            unsafe { *p = u64::from(i) + 100 }
+                        });
+                        count.store(i + 1, Ordering::Release);
+                    }
+                })
+            };
+            let n = count.load(Ordering::Acquire);
+            for i in 0..n as usize {
+                // SAFETY: below the acquired count: written before it was
+                // published, and never written again (loom checks this).
+                let v = recs[i].with(|p| unsafe { *p });
+                assert_eq!(v, i as u64 + 100);
+            }
+            writer.join().unwrap();
+        });
     }
 }
