@@ -39,6 +39,21 @@ fn ping_side(mut to: impl Write, from: impl BufRead) {
     writeln!(to, "bye").unwrap();
 }
 
+/// Runs `role` of `test` as host-a, recording into one session directory,
+/// with the other side (started by the role, in a time namespace) recording
+/// into a second one (`PONG_DIR`); merges both.
+fn record_two_hosts(test: &str, role: &str) -> (tempfile::TempDir, tempfile::TempDir, Session) {
+    let (a, b) = (session_dir(), session_dir());
+    let st = common::self_command(test, role, a.path())
+        .env("PONG_DIR", b.path())
+        .env("MPPROF_HOST_ID", "host-a")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let s = Session::open(&[a.path(), b.path()]).unwrap();
+    (a, b, s)
+}
+
 /// Whether `unshare -T` works here (root, kernel with time namespaces).
 fn time_namespaces_work() -> bool {
     Command::new("unshare")
@@ -69,19 +84,7 @@ fn a_time_namespace_on_another_host_is_aligned_from_the_messages() {
         eprintln!("SKIPPED: `unshare -T` is not permitted here (needs root and time namespaces); the alignment is not tested");
         return;
     }
-    let (a, b) = (session_dir(), session_dir());
-    let st = common::self_command(
-        "a_time_namespace_on_another_host_is_aligned_from_the_messages",
-        "ping",
-        a.path(),
-    )
-    .env("PONG_DIR", b.path())
-    .env("MPPROF_HOST_ID", "host-a")
-    .status()
-    .unwrap();
-    assert!(st.success());
-
-    let s = Session::open(&[a.path(), b.path()]).unwrap();
+    let (_a, _b, s) = record_two_hosts(ALIGNED, "ping");
     assert_eq!(s.processes.len(), 2);
     let al = &s.alignment;
     assert_eq!(al.domains.len(), 2, "{al:#?}");
@@ -253,18 +256,7 @@ fn a_drifting_clock_is_corrected_from_messages_both_ways() {
         eprintln!("SKIPPED: `unshare -T` is not permitted here; drift estimation is not tested");
         return;
     }
-    let (a, b) = (session_dir(), session_dir());
-    let st = common::self_command(
-        "a_drifting_clock_is_corrected_from_messages_both_ways",
-        "drift-ping",
-        a.path(),
-    )
-    .env("PONG_DIR", b.path())
-    .env("MPPROF_HOST_ID", "host-a")
-    .status()
-    .unwrap();
-    assert!(st.success());
-    let s = Session::open(&[a.path(), b.path()]).unwrap();
+    let (_a, _b, s) = record_two_hosts(DRIFTING, "drift-ping");
     let al = &s.alignment;
     let d = &al.domains[1];
     assert!(d.domain.starts_with("host-drift/"), "{al:#?}");

@@ -7,7 +7,13 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::session_dir;
-use mpprof_merge::{check, read, write, Session};
+// The fuzz targets' own input handling (`split_session`, `exercise`), so
+// the replay does exactly what the fuzzer does.
+#[path = "../fuzz/src/lib.rs"]
+#[allow(dead_code)]
+mod fuzz_input;
+use fuzz_input::{exercise, split_session};
+use mpprof_merge::{read, Session};
 
 fn corpus(target: &str) -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -20,43 +26,6 @@ fn corpus(target: &str) -> Vec<PathBuf> {
     v.sort();
     assert!(!v.is_empty(), "{} is empty", dir.display());
     v
-}
-
-/// What the fuzz targets do with a session (`fuzz/src/lib.rs`, `exercise`).
-fn exercise(s: &Session) -> u64 {
-    let n = s.events().count() as u64;
-    let sink = &mut std::io::sink();
-    write::chrome::write(s, sink).unwrap();
-    write::folded::write(s, sink).unwrap();
-    write::summary::write(s, sink, 10).unwrap();
-    check::write_text(&check::check(s), sink).unwrap();
-    n
-}
-
-/// The `session` target's input format (`fuzz/src/lib.rs`, `split_session`):
-/// first byte % 3 + 1 files, a little-endian u32 length per file but the
-/// last, then the files.
-fn split_session(data: &[u8]) -> Vec<&[u8]> {
-    let Some((&first, mut rest)) = data.split_first() else {
-        return vec![data];
-    };
-    let n = first as usize % 3 + 1;
-    let mut lens = Vec::new();
-    for _ in 1..n {
-        let mut b = [0u8; 4];
-        let k = rest.len().min(4);
-        b[..k].copy_from_slice(&rest[..k]);
-        rest = &rest[k..];
-        lens.push(u32::from_le_bytes(b) as usize);
-    }
-    let mut files = Vec::new();
-    for len in lens {
-        let (a, b) = rest.split_at(len.min(rest.len()));
-        files.push(a);
-        rest = b;
-    }
-    files.push(rest);
-    files
 }
 
 fn merge_file(bytes: &[u8]) -> Option<u64> {

@@ -1,19 +1,8 @@
 //! The command line as a user meets it: formats, errors, exit codes.
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mpprof-merge"))
-}
-
-/// A session directory holding the committed golden buffer file.
-fn golden_session() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/v2.mpb");
-    std::fs::copy(src, d.path().join("golden.mpb")).unwrap();
-    d
-}
+use common::{bin, golden_session};
 
 #[test]
 fn every_format_is_written() {

@@ -4,20 +4,12 @@
 //! protobuf implementation that is not ours.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_mpprof-merge"))
-}
+mod common;
 
-/// A session directory holding the committed golden buffer file.
-fn golden_session() -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/v2.mpb");
-    std::fs::copy(src, d.path().join("golden.mpb")).unwrap();
-    d
-}
+use common::{bin, golden_session};
 
 /// `protoc --decode=perfetto.protos.Trace` of `bytes`, or `None` (after a
 /// SKIPPED line) when protoc is not installed.
