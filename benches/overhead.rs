@@ -310,6 +310,92 @@ ideal_fn!(
     refill_stream_populated
 );
 
+/// The ideal recorder with mpprof's format-4 records: one 8-byte word per
+/// event (the timestamp's low half, callsite, kind), with the check that
+/// the high half is the time base's. The floor below the 16-byte ideal: the
+/// same two `rdtsc`, half the bytes.
+struct Ideal8 {
+    words: Cell<*mut u64>,
+    idx: Cell<u32>,
+    cap: Cell<u32>,
+    commit: Cell<*const AtomicU32>,
+    base_hi: Cell<u32>,
+}
+
+thread_local! {
+    static HEAP_RING8: Ideal8 = const {
+        Ideal8 {
+            words: Cell::new(std::ptr::null_mut()),
+            idx: Cell::new(0),
+            cap: Cell::new(0),
+            commit: Cell::new(std::ptr::null()),
+            base_hi: Cell::new(0),
+        }
+    };
+}
+
+#[inline(always)]
+fn ideal_word(site: u32, kind: u8) {
+    HEAP_RING8.with(|w| {
+        let i = w.idx.get();
+        let ts = tsc();
+        if i < w.cap.get() && format::word::high(ts) == w.base_hi.get() {
+            // SAFETY: i < cap: the word is inside this thread's chunk.
+            unsafe {
+                w.words
+                    .get()
+                    .add(i as usize)
+                    .write(format::word::new(ts, format::word::site_kind(site, kind)));
+                (*w.commit.get()).store(i + 1, Ordering::Release);
+            }
+            w.idx.set(i + 1);
+        } else {
+            refill_heap8(w, site, kind);
+        }
+    });
+}
+
+/// Starts the ring over (allocating it the first time) with a time base,
+/// then writes the event.
+#[cold]
+#[inline(never)]
+fn refill_heap8(w: &Ideal8, site: u32, kind: u8) {
+    if w.words.get().is_null() {
+        let chunk: &'static mut [u64] = vec![0u64; CHUNK_SIZE / 8].leak();
+        let base = chunk.as_mut_ptr() as *mut u8;
+        // SAFETY: the header and the words are inside the leaked chunk.
+        unsafe {
+            w.commit
+                .set(base.add(format::chunk::COMMITTED) as *const AtomicU32);
+            w.words.set(base.add(CHUNK_HEADER) as *mut u64);
+        }
+        w.cap.set(((CHUNK_SIZE - CHUNK_HEADER) / 8) as u32);
+    }
+    let ts = tsc();
+    w.base_hi.set(format::word::high(ts));
+    let words = [
+        format::word::site_kind(0, format::kind::BASE),
+        ts,
+        format::word::new(ts, format::word::site_kind(site, kind)),
+    ];
+    // SAFETY: three words fit in an empty chunk.
+    unsafe {
+        for (k, x) in words.iter().enumerate() {
+            w.words.get().add(k).write(*x);
+        }
+        (*w.commit.get()).store(3, Ordering::Release);
+    }
+    w.idx.set(3);
+}
+
+#[inline(never)]
+fn ideal_heap_ring8(x: u64) -> u64 {
+    ideal_word(1, format::kind::ENTER);
+    let r = black_box(x) ^ 1;
+    ideal_word(1, format::kind::EXIT);
+    r
+}
+
 // ---------------------------------------------------------------------------
 // mpprof.
 
@@ -489,6 +575,7 @@ fn main() {
     case(&mut g, "rdtsc", with_rdtsc);
     case(&mut g, "instant_now", with_instant);
     case(&mut g, "ideal_heap_ring", ideal_heap_ring);
+    case(&mut g, "ideal_heap_ring8", ideal_heap_ring8);
     case(&mut g, "ideal_file_ring", ideal_file_ring);
     case_reclaimed(
         &mut g,
@@ -606,6 +693,10 @@ fn count_mode(n: u64) {
         run(n, ideal_heap_ring);
     }
     #[inline(never)]
+    fn loop_ideal_heap_ring8(n: u64) {
+        run(n, ideal_heap_ring8);
+    }
+    #[inline(never)]
     fn loop_ideal_file_stream(n: u64) {
         run(n, ideal_file_stream);
     }
@@ -626,11 +717,18 @@ fn count_mode(n: u64) {
     STREAM_SLOTS.store(256, Ordering::Relaxed);
     // First calls outside the loops: lazy set-up (thread-locals, chunks,
     // callsite registration) is not what is counted.
-    for f in [plain, ideal_heap_ring, ideal_file_stream, mpprof_instrument] {
+    for f in [
+        plain,
+        ideal_heap_ring,
+        ideal_heap_ring8,
+        ideal_file_stream,
+        mpprof_instrument,
+    ] {
         f(0);
     }
     loop_baseline(n);
     loop_ideal_heap_ring(n);
+    loop_ideal_heap_ring8(n);
     loop_ideal_file_stream(n);
     loop_mpprof_disabled(n);
     let dir = tempfile::tempdir().expect("temp dir");
@@ -663,7 +761,7 @@ fn report_session(path: &Path, punched: u64) {
         .map(|c| c.overwritten)
         .sum();
     println!(
-        "mpprof session {:?}: {} records in the file, {} full chunks punched out between samples, \
+        "mpprof session {:?}: {} record words in the file, {} full chunks punched out between samples, \
          {} overwritten (keep-last), lost events {}, lost chunks {}, clean {}",
         f.policy,
         f.committed_records(),

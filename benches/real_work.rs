@@ -86,7 +86,7 @@ fn lost(dir: &std::path::Path) -> u64 {
     let files = mpprof_merge::read::list_session(dir).expect("list session");
     let f = mpprof_merge::read::open(&files[0]).expect("read the process file");
     println!(
-        "mpprof session {:?}: {} records, lost events {}",
+        "mpprof session {:?}: {} record words, lost events {}",
         f.policy,
         f.committed_records(),
         f.lost_events

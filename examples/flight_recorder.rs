@@ -69,7 +69,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!(
         "events kept:      {} (the newest), overwritten: {} (counted exactly)",
-        p.file.committed_records(),
+        p.file.recorded_events(),
         p.file.lost_events
     );
     println!("spans in trace:   {kept}; last call present: {last_seen}");
@@ -79,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::env::var("MPPROF_BUFFER_MB")?
     );
     println!("peak RSS:         {:.1} MiB", hwm as f64 / 1024.0);
-    assert!(last_seen && p.file.committed_records() + p.file.lost_events == 2 * calls + 2);
+    assert!(last_seen && p.file.recorded_events() + p.file.lost_events == 2 * calls + 2);
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }

@@ -116,6 +116,70 @@ fn recursion_panics_and_early_returns_nest_correctly() {
 }
 
 #[mpprof::instrument]
+fn before_idle() {}
+#[mpprof::instrument]
+fn after_idle() {}
+
+/// A record word keeps the low 32 bits of its timestamp; the high half comes
+/// from the last time base. A thread whose clock's high half changes (every
+/// 2^32 ticks, or after it sat idle) writes a new base first, so its events
+/// keep their true times. The child waits, for real, until the high half of
+/// its clock changes (about 1.4 s of TSC at 3 GHz); without the new base the
+/// second call would land 2^32 ticks too early.
+#[test]
+fn a_new_time_base_when_the_clock_high_half_changes() {
+    child_role("idle", || {
+        before_idle();
+        let t = std::time::Instant::now();
+        let high = |c: u64| c >> 32;
+        let start = mpprof::clock::now();
+        while high(mpprof::clock::now()) == high(start) && t.elapsed().as_secs() < 30 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        after_idle();
+        println!("waited_ns={}", t.elapsed().as_nanos());
+    });
+    let dir = session_dir();
+    let out = self_command(
+        "a_new_time_base_when_the_clock_high_half_changes",
+        "idle",
+        dir.path(),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // (After libtest's "test ... " on the same line.)
+    let waited: i64 = String::from_utf8_lossy(&out.stdout)
+        .split("waited_ns=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no wait reported: {}", String::from_utf8_lossy(&out.stdout)));
+    let s = Session::open(&[dir.path()]).unwrap();
+    let p = &s.processes[0];
+    let lane = *p.file.lanes.keys().next().unwrap();
+    assert_eq!(
+        span_sequence(&s, 0, lane),
+        ["+before_idle", "-before_idle", "+after_idle", "-after_idle"]
+    );
+    let ts: Vec<i64> = s
+        .events()
+        .filter(|e| e.lane == lane)
+        .map(|e| e.ts)
+        .collect();
+    let gap = ts[2] - ts[1];
+    assert!(
+        (gap - waited).abs() < 100_000_000,
+        "the gap between the calls ({gap} ns) is the wait ({waited} ns)"
+    );
+    // The chunk's first base and at least one new one, two words each.
+    assert!(p.file.committed_records() - p.file.recorded_events() >= 4);
+}
+
+#[mpprof::instrument]
 fn tiny(i: u64) -> u64 {
     i.wrapping_mul(3)
 }

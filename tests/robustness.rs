@@ -52,7 +52,7 @@ fn run(role: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> Output {
     out
 }
 
-/// (committed records, lost events, lost markers (count, overwritten), last_call seen).
+/// (recorded events, lost events, lost markers (count, overwritten), last_call seen).
 fn tally(dir: &std::path::Path) -> (u64, u64, Vec<(u64, bool)>, bool) {
     let s = Session::open(&[dir]).unwrap();
     let p = &s.processes[0];
@@ -65,12 +65,7 @@ fn tally(dir: &std::path::Path) -> (u64, u64, Vec<(u64, bool)>, bool) {
             _ => {}
         }
     }
-    (
-        p.file.committed_records(),
-        p.file.lost_events,
-        markers,
-        last,
-    )
+    (p.file.recorded_events(), p.file.lost_events, markers, last)
 }
 
 #[test]

@@ -23,8 +23,8 @@ pub struct ProcessHealth {
     pub domain: String,
     /// Threads (lanes) that recorded.
     pub threads: usize,
-    /// Committed records (events and payloads).
-    pub records: u64,
+    /// Events recorded in the file.
+    pub events: u64,
     /// Events the process could not record.
     pub lost_events: u64,
     /// Why events were lost.
@@ -129,7 +129,7 @@ pub fn check(session: &Session) -> Health {
                 .map(|i| format!("{}/time:{}", i.host_id, i.time_ns))
                 .unwrap_or_else(|| "unknown".into()),
             threads: f.lanes.len(),
-            records: f.committed_records(),
+            events: f.recorded_events(),
             lost_events: f.lost_events,
             lost_reason,
             clean: f.clean,
@@ -211,9 +211,9 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
         )?;
         writeln!(
             out,
-            "  threads {}, records {}, span {:.3} ms, clock domain {}",
+            "  threads {}, events {}, span {:.3} ms, clock domain {}",
             p.threads,
-            p.records,
+            p.events,
             p.span_ns as f64 / 1e6,
             p.domain
         )?;

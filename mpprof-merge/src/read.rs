@@ -7,7 +7,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use mpprof::format::{self, chunk, header, kind, Anchor, Meta, Policy, ProcessInfo, SiteKind};
+use mpprof::format::{
+    self, chunk, header, kind, word, Anchor, Meta, Policy, ProcessInfo, SiteKind,
+};
 
 /// Errors that make a file unreadable as a whole.
 #[derive(Debug, thiserror::Error)]
@@ -72,14 +74,48 @@ pub struct Handoff {
     pub lost_before: u64,
 }
 
+/// How a file's event records are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Format versions 1-3: 16-byte records with absolute timestamps
+    /// ([`format::record_v3`]), a 16-byte payload record after some kinds.
+    Records16,
+    /// Format version 4: 8-byte words holding the low half of the
+    /// timestamp, the high half coming from the last `BASE`
+    /// ([`format::word`]); payload words after some kinds.
+    Words8,
+}
+
+impl Layout {
+    /// The layout of a format version.
+    pub fn of_version(v: u32) -> Layout {
+        if v <= 3 {
+            Layout::Records16
+        } else {
+            Layout::Words8
+        }
+    }
+
+    /// Bytes of one record (16) or word (8).
+    pub fn unit(self) -> u32 {
+        match self {
+            Layout::Records16 => format::RECORD_SIZE_V3,
+            Layout::Words8 => format::RECORD_SIZE,
+        }
+    }
+}
+
 /// A chunk of one lane, located and validated.
 #[derive(Clone, Copy, Debug)]
 pub struct ChunkRef {
     /// Byte offset of the first record.
     pub offset: u64,
+    /// The file's record layout.
+    pub layout: Layout,
     /// Sequence number within the lane.
     pub seq: u32,
-    /// Records to read (committed, clamped to what the file holds).
+    /// Records (format 4: words) to read (committed, clamped to what the
+    /// file holds).
     pub records: u32,
     /// Events the lane lost just before this chunk.
     pub lost_before: u64,
@@ -114,6 +150,8 @@ pub struct ProcessFile {
     pub info: Option<ProcessInfo>,
     /// Pid (from the header; also in `info`).
     pub pid: u32,
+    /// Format version of the writer.
+    pub version: u32,
     /// Process uid.
     pub uid: u64,
     /// Whether the process finished the file (clean exit).
@@ -153,13 +191,29 @@ impl ProcessFile {
         format!("{short} (pid {})", self.pid)
     }
 
-    /// Total records committed in all lanes.
+    /// Total records committed in all lanes: 16-byte records in format 1-3
+    /// files, 8-byte words (events, payload words, time bases) in format 4.
+    /// Events are what [`crate::Session::events`] yields.
     pub fn committed_records(&self) -> u64 {
         self.lanes
             .values()
             .flat_map(|l| &l.chunks)
             .map(|c| c.records as u64)
             .sum()
+    }
+
+    /// Events recorded in all lanes (enters, exits, instants, counters, flow
+    /// ends, async ends; not time bases or payloads), read from the file:
+    /// one pass over every chunk.
+    pub fn recorded_events(&self) -> u64 {
+        let mut n = 0;
+        for c in self.lanes.values().flat_map(|l| &l.chunks) {
+            let mut r = RecordReader::new(*c);
+            while r.next_event(&self.file).is_some() {
+                n += 1;
+            }
+        }
+        n
     }
 }
 
@@ -235,12 +289,14 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
             format::HEADER_SIZE.to_string(),
         ));
     }
+    let layout = Layout::of_version(version);
+    let unit = layout.unit();
     let rec_size = le_u16(&h, header::RECORD_SIZE) as u32;
-    if rec_size != format::RECORD_SIZE {
+    if rec_size != unit {
         return Err(bad_field(
             "record_size",
             rec_size as u64,
-            format::RECORD_SIZE.to_string(),
+            format!("{unit} in a format {version} file"),
         ));
     }
     let ch_size = le_u16(&h, header::CHUNK_HEADER_SIZE) as u32;
@@ -253,7 +309,7 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
     }
     let chunk_size = le_u32(&h, header::CHUNK_SIZE);
     if !(format::MIN_CHUNK_SIZE..=format::MAX_CHUNK_SIZE).contains(&chunk_size)
-        || chunk_size % format::RECORD_SIZE != 0
+        || chunk_size % 16 != 0
     {
         return Err(bad_field(
             "chunk_size",
@@ -272,6 +328,7 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
         file,
         info: None,
         pid,
+        version,
         uid: le_u64(&h, header::PROCESS_UID),
         clean: le_u32(&h, header::STATE) == format::STATE_FINISHED,
         policy: Policy::from_u32(le_u32(&h, header::POLICY)),
@@ -307,7 +364,7 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
             next_chunk.min(max_chunks)
         ));
     }
-    let cap_records = (chunk_size - format::CHUNK_HEADER_SIZE) / format::RECORD_SIZE;
+    let cap_records = (chunk_size - format::CHUNK_HEADER_SIZE) / unit;
     let cap_bytes = chunk_size - format::CHUNK_HEADER_SIZE;
     let mut meta_chunks: Vec<(u32, u64, u32)> = Vec::new();
     let mut event_chunks: Vec<(u32, u32, ChunkRef)> = Vec::new();
@@ -349,36 +406,16 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                     ));
                     continue;
                 }
-                if records as u64 * format::RECORD_SIZE as u64 > present as u64 {
+                if records as u64 * unit as u64 > present as u64 {
                     pf.warnings.push(format!(
                         "{name}: lane {lane} chunk {slot} is cut short by the end of the file; {} committed records are missing",
-                        records - present / format::RECORD_SIZE
+                        records - present / unit
                     ));
-                    records = present / format::RECORD_SIZE;
+                    records = present / unit;
                 }
-                // A record after the commit count that looks like one this
-                // chunk's writer was storing when the process stopped (a
-                // valid record kind, zero padding,
-                // a timestamp not older than the chunk's first record) is
-                // counted as torn and skipped. Older data there is a
-                // flight-recorder leftover from the chunk's previous use.
                 if records < cap_records && !pf.clean {
-                    let mut first = [0u8; format::RECORD_SIZE as usize];
-                    let mut next = [0u8; format::RECORD_SIZE as usize];
-                    let rec = format::RECORD_SIZE as u64;
-                    let ok = read_at(&pf.file, &mut first, data).map_err(io)? == first.len()
-                        && read_at(&pf.file, &mut next, data + records as u64 * rec).map_err(io)?
-                            == next.len();
                     let reused = le_u64(&ch, chunk::OVERWRITTEN) > 0;
-                    let plausible = (kind::ENTER..=kind::LAST).contains(&next[12])
-                        && next[13..] == [0, 0, 0]
-                        && le_u64(&next, 0) != 0;
-                    let recent = if records > 0 {
-                        le_u64(&next, 0) >= le_u64(&first, 0)
-                    } else {
-                        !reused
-                    };
-                    if ok && plausible && recent {
+                    if looks_torn(&pf.file, layout, data, records, reused).map_err(io)? {
                         pf.torn_records += 1;
                     }
                 }
@@ -391,6 +428,7 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                     lane,
                     ChunkRef {
                         offset: data,
+                        layout,
                         seq,
                         records,
                         lost_before,
@@ -423,6 +461,48 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
         ));
     }
     Ok(pf)
+}
+
+/// Whether the record after a chunk's commit count looks like one its
+/// writer was storing when the process stopped (torn or uncommitted): a
+/// valid kind and, for 16-byte records, zero padding and a timestamp not
+/// older than the chunk's first record. Older data there is a flight-recorder
+/// leftover from the chunk's previous use. In format 4 a word holds only the
+/// low half of its timestamp, which does not tell a leftover from a new
+/// word: a chunk the flight recorder reused is not looked at.
+fn looks_torn(
+    file: &File,
+    layout: Layout,
+    data: u64,
+    records: u32,
+    reused: bool,
+) -> std::io::Result<bool> {
+    let unit = layout.unit() as u64;
+    let mut first = [0u8; 16];
+    let mut next = [0u8; 16];
+    let n = unit as usize;
+    let ok = read_at(file, &mut first[..n], data)? == n
+        && read_at(file, &mut next[..n], data + records as u64 * unit)? == n;
+    if !ok {
+        return Ok(false);
+    }
+    Ok(match layout {
+        Layout::Records16 => {
+            let plausible = (kind::ENTER..=kind::LAST_V3).contains(&next[format::record_v3::KIND])
+                && next[13..] == [0, 0, 0]
+                && le_u64(&next, 0) != 0;
+            let recent = if records > 0 {
+                le_u64(&next, 0) >= le_u64(&first, 0)
+            } else {
+                !reused
+            };
+            plausible && recent
+        }
+        Layout::Words8 => {
+            let w = le_u64(&next, 0);
+            !reused && w != 0 && (kind::ENTER..=kind::LAST).contains(&word::kind(w))
+        }
+    })
 }
 
 /// Assigns event chunks to lanes. A chunk continued by other threads
@@ -459,7 +539,8 @@ fn split_handoffs(pf: &mut ProcessFile, chunks: Vec<(u32, u32, ChunkRef)>, cap: 
                 l.tid = h.tid;
             }
             l.chunks.push(ChunkRef {
-                offset: c.offset + h.start as u64 * format::RECORD_SIZE as u64,
+                offset: c.offset + h.start as u64 * c.layout.unit() as u64,
+                layout: c.layout,
                 seq: h.seq,
                 records: end.saturating_sub(h.start),
                 lost_before: h.lost_before,
@@ -551,17 +632,32 @@ pub struct RawEvent {
 }
 
 /// Decodes records from `bytes` into `out`. Returns how many records were
-/// malformed (unknown kind, payload missing at the end of the chunk) and how
-/// many were consumed: when `at_end` is false, an event whose payload record
-/// lies past `bytes` is left for the next call.
-pub fn decode_records(bytes: &[u8], out: &mut Vec<RawEvent>, at_end: bool) -> (u64, usize) {
+/// malformed (unknown kind, payload missing at the end of the chunk, format
+/// 4 events before the segment's first time base) and how many records
+/// (format 4: words) were consumed: when `at_end` is false, an event whose
+/// payload lies past `bytes` is left for the next call. `base` carries the
+/// format 4 time base from one call to the next.
+pub fn decode_records(
+    layout: Layout,
+    bytes: &[u8],
+    base: &mut Option<u64>,
+    out: &mut Vec<RawEvent>,
+    at_end: bool,
+) -> (u64, usize) {
+    match layout {
+        Layout::Records16 => decode_records16(bytes, out, at_end),
+        Layout::Words8 => decode_words8(bytes, base, out, at_end),
+    }
+}
+
+fn decode_records16(bytes: &[u8], out: &mut Vec<RawEvent>, at_end: bool) -> (u64, usize) {
     let mut bad = 0;
     let mut i = 0;
-    let n = bytes.len() / format::RECORD_SIZE as usize;
+    let n = bytes.len() / 16;
     while i < n {
         let r = &bytes[i * 16..i * 16 + 16];
-        let k = r[12];
-        if !(kind::ENTER..=kind::LAST).contains(&k) {
+        let k = r[format::record_v3::KIND];
+        if !(kind::ENTER..=kind::LAST_V3).contains(&k) {
             bad += 1;
             i += 1;
             continue;
@@ -580,12 +676,58 @@ pub fn decode_records(bytes: &[u8], out: &mut Vec<RawEvent>, at_end: bool) -> (u
             None
         };
         out.push(RawEvent {
-            ts: le_u64(r, 0),
-            site: le_u32(r, 8),
+            ts: le_u64(r, format::record_v3::TS),
+            site: le_u32(r, format::record_v3::SITE),
             kind: k,
             payload,
         });
         i += if payload.is_some() { 2 } else { 1 };
+    }
+    (bad, i)
+}
+
+fn decode_words8(
+    bytes: &[u8],
+    base: &mut Option<u64>,
+    out: &mut Vec<RawEvent>,
+    at_end: bool,
+) -> (u64, usize) {
+    let mut bad = 0;
+    let mut i = 0;
+    let n = bytes.len() / 8;
+    while i < n {
+        let w = le_u64(bytes, i * 8);
+        let k = word::kind(w);
+        if !(kind::ENTER..=kind::LAST).contains(&k) {
+            bad += 1;
+            i += 1;
+            continue;
+        }
+        let pw = kind::payload_words(k) as usize;
+        if i + pw >= n {
+            if at_end {
+                bad += 1;
+                i = n;
+            }
+            break;
+        }
+        if k == kind::BASE {
+            *base = Some(le_u64(bytes, (i + 1) * 8));
+            i += 2;
+            continue;
+        }
+        i += 1 + pw;
+        let Some(b) = *base else {
+            bad += 1;
+            continue;
+        };
+        let payload = (pw == 2).then(|| [le_u64(bytes, (i - 2) * 8), le_u64(bytes, (i - 1) * 8)]);
+        out.push(RawEvent {
+            ts: word::ts(w, b),
+            site: word::site(w),
+            kind: k,
+            payload,
+        });
     }
     (bad, i)
 }
@@ -599,6 +741,8 @@ pub const BLOCK_RECORDS: u32 = 1024;
 pub struct RecordReader {
     chunk: ChunkRef,
     next: u32,
+    /// Format 4: the time base in force.
+    base: Option<u64>,
     bytes: Vec<u8>,
     buf: Vec<RawEvent>,
     pos: usize,
@@ -614,6 +758,7 @@ impl RecordReader {
         RecordReader {
             chunk,
             next: 0,
+            base: None,
             bytes: Vec::new(),
             buf: Vec::new(),
             pos: 0,
@@ -639,14 +784,20 @@ impl RecordReader {
             }
             let want = (self.chunk.records - self.next).min(BLOCK_RECORDS);
             let at_end = self.next + want == self.chunk.records;
-            self.bytes
-                .resize(want as usize * format::RECORD_SIZE as usize, 0);
-            let off = self.chunk.offset + self.next as u64 * format::RECORD_SIZE as u64;
+            let unit = self.chunk.layout.unit();
+            self.bytes.resize(want as usize * unit as usize, 0);
+            let off = self.chunk.offset + self.next as u64 * unit as u64;
             self.buf.clear();
             self.pos = 0;
             match read_at(file, &mut self.bytes, off) {
                 Ok(n) if n == self.bytes.len() => {
-                    let (bad, used) = decode_records(&self.bytes, &mut self.buf, at_end);
+                    let (bad, used) = decode_records(
+                        self.chunk.layout,
+                        &self.bytes,
+                        &mut self.base,
+                        &mut self.buf,
+                        at_end,
+                    );
                     self.bad += bad;
                     // Always advance, even past a lone trailing event.
                     self.next += (used as u32).max(1).min(want);

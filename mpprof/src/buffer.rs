@@ -285,21 +285,23 @@ impl ProcessBuffer {
     }
 
     /// Flight recorder: starts `slot`, an event chunk the calling thread
-    /// owns, over again. Returns the chunk and how many records it held (now
-    /// overwritten, and added to `init.overwritten` in the new header).
+    /// owns, over again. Returns the chunk and how many events it held (now
+    /// overwritten, and added to `init.overwritten` in the new header): its
+    /// committed words less `extra`, the words that were not events (time
+    /// bases and payloads).
     ///
     /// # Safety
     /// `slot` was claimed by the calling thread as an event chunk and is not
     /// its current chunk any more (or is, and the caller forgets its old
     /// position).
-    pub unsafe fn reuse(&self, slot: u32, init: &ChunkInit) -> (Chunk, u32) {
+    pub unsafe fn reuse(&self, slot: u32, init: &ChunkInit, extra: u32) -> (Chunk, u32) {
         let offset = format::HEADER_SIZE as usize + slot as usize * self.config.chunk_size as usize;
         // SAFETY: the slot is a claimed, reserved chunk of this thread.
         let old = unsafe {
             let committed =
                 &*(self.map.as_mut_ptr().add(offset + chunk::COMMITTED) as *const AtomicU32);
             // Relaxed: only this thread writes the count.
-            committed.load(Ordering::Relaxed)
+            committed.load(Ordering::Relaxed).saturating_sub(extra)
         };
         let init = ChunkInit {
             overwritten: init.overwritten + old as u64,
@@ -555,7 +557,15 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::format::RawRecord;
+    use crate::format::word;
+
+    /// The test word for record `i`.
+    fn test_word(i: u32) -> u64 {
+        word::new(
+            i as u64 + 1,
+            word::site_kind(i & word::MAX_SITE, format::kind::ENTER),
+        )
+    }
 
     fn buffer(chunks: u32) -> (tempfile_dir::Dir, ProcessBuffer) {
         let dir = tempfile_dir::Dir::new();
@@ -687,13 +697,9 @@ mod tests {
                         // SAFETY: i < n: the writer wrote record i before it
                         // published a count above i (the protocol under test).
                         let r = unsafe {
-                            std::ptr::read_volatile((recs as *const RawRecord).add(i as usize))
+                            std::ptr::read_volatile((recs as *const u64).add(i as usize))
                         };
-                        assert_eq!(
-                            r,
-                            RawRecord::new(i as u64 + 1, i, format::kind::ENTER),
-                            "record {i}"
-                        );
+                        assert_eq!(r, test_word(i), "record {i}");
                     }
                     seen = n;
                     polls += 1;
@@ -708,9 +714,7 @@ mod tests {
         for i in 0..cap {
             // SAFETY: i < cap: inside the chunk, written only by this thread.
             unsafe {
-                (c.data as *mut RawRecord)
-                    .add(i as usize)
-                    .write(RawRecord::new(i as u64 + 1, i, format::kind::ENTER));
+                (c.data as *mut u64).add(i as usize).write(test_word(i));
                 // Release: as in the recorder's hot path.
                 (*c.committed).store(i + 1, Ordering::Release);
             }

@@ -6,7 +6,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::format::word::MAX_SITE;
 use crate::format::{Meta, SiteKind};
+
+/// The callsite that stands for every callsite past the [`MAX_SITE`]th.
+static OVERFLOW: Callsite = Callsite::with_kind(
+    SiteKind::Span,
+    "(callsites past the format's limit)",
+    || "mpprof",
+    "",
+    0,
+);
 
 /// An instrumented place in the source. Created by the macros; not meant to
 /// be built by hand.
@@ -92,6 +102,21 @@ impl Callsite {
         let id = self.id.load(Ordering::Relaxed);
         if id != 0 {
             return id;
+        }
+        if reg.sites.len() + 1 >= MAX_SITE as usize {
+            // A record word holds MAX_SITE ids: the last one names all the
+            // callsites beyond it.
+            if reg.sites.len() + 1 == MAX_SITE as usize {
+                reg.sites.push(&OVERFLOW);
+                crate::session::write_meta(&OVERFLOW.meta(MAX_SITE));
+                crate::warn(format_args!(
+                    "more than {} callsites in this process; the rest are recorded as \"{}\"",
+                    MAX_SITE - 1,
+                    OVERFLOW.name
+                ));
+            }
+            self.id.store(MAX_SITE, Ordering::Relaxed);
+            return MAX_SITE;
         }
         reg.sites.push(self);
         let id = reg.sites.len() as u32;

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! Chunk `i` starts at `HEADER_SIZE + i * chunk_size`. A chunk is either an
-//! event chunk (fixed 16-byte records of one thread) or a metadata chunk (an
+//! event chunk (8-byte record words of one thread, see [`word`]) or a metadata chunk (an
 //! append-only log of postcard-encoded [`Meta`] entries). Each chunk commits
 //! its content with one counter in its own header, so whatever a killed
 //! process committed is readable and nothing after the counter is trusted.
@@ -33,7 +33,10 @@ pub const MAGIC: [u8; 8] = *b"MPPROF\r\n";
 /// - 2: chunk header fields `OVERWRITTEN` and `LOST_AFTER` (zero in version
 ///   1 files, so they read the same), and [`Meta::Handoff`].
 /// - 3: record kinds `ASYNC_BEGIN` and `ASYNC_END`.
-pub const FORMAT_VERSION: u32 = 3;
+/// - 4: 8-byte record words (the timestamp's low half, callsite and kind
+///   in one `u64`, see [`word`]) instead of 16-byte records, and the record
+///   kind `BASE`. Versions 1-3 use 16-byte records ([`record_v3`]).
+pub const FORMAT_VERSION: u32 = 4;
 
 /// Size of the file header; chunk 0 starts here. One page, so the chunk area
 /// is page-aligned.
@@ -42,8 +45,11 @@ pub const HEADER_SIZE: u64 = 4096;
 /// Size of a chunk header; the first record of an event chunk starts here.
 pub const CHUNK_HEADER_SIZE: u32 = 64;
 
-/// Size of one event record.
-pub const RECORD_SIZE: u32 = 16;
+/// Size of one record word (an event, or a payload word after one).
+pub const RECORD_SIZE: u32 = 8;
+
+/// Size of one record in format versions 1-3.
+pub const RECORD_SIZE_V3: u32 = 16;
 
 /// Default chunk size (including its header).
 pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
@@ -65,7 +71,7 @@ pub mod header {
     pub const CHUNK_SIZE: usize = 16;
     /// `u16`: size of a chunk header.
     pub const CHUNK_HEADER_SIZE: usize = 20;
-    /// `u16`: size of an event record.
+    /// `u16`: size of a record word: [`super::RECORD_SIZE`] (16 in versions 1-3).
     pub const RECORD_SIZE: usize = 22;
     /// `u32`: number of chunks the file may hold (its budget).
     pub const MAX_CHUNKS: usize = 24;
@@ -106,8 +112,8 @@ pub mod chunk {
     pub const TID: usize = 12;
     /// `u32`: sequence number of this chunk within its lane, from 0.
     pub const SEQ: usize = 16;
-    /// `u32` atomic: committed records (event chunks) or bytes (metadata
-    /// chunks). Stored with release after the content it covers.
+    /// `u32` atomic: committed record words (event chunks) or bytes
+    /// (metadata chunks). Stored with release after the content it covers.
     pub const COMMITTED: usize = 20;
     /// `u64`: events lost by this lane (budget, disk) just before the first
     /// record of this chunk: a gap marker for the merge.
@@ -125,7 +131,7 @@ pub mod chunk {
 
 /// Chunk header magic ("CHNK").
 pub const CHUNK_MAGIC: u32 = u32::from_le_bytes(*b"CHNK");
-/// Chunk kind: 16-byte event records of one thread.
+/// Chunk kind: event records of one thread.
 pub const CHUNK_EVENTS: u16 = 1;
 /// Chunk kind: metadata log.
 pub const CHUNK_META: u16 = 2;
@@ -156,7 +162,8 @@ impl Policy {
     }
 }
 
-/// Record kinds (byte 12 of a record).
+/// Record kinds (bits 0..4 of a record word; byte 12 of a version 1-3
+/// record).
 pub mod kind {
     /// Span entered; `site` is the callsite.
     pub const ENTER: u8 = 1;
@@ -164,61 +171,120 @@ pub mod kind {
     pub const EXIT: u8 = 2;
     /// Instant event.
     pub const INSTANT: u8 = 3;
-    /// Counter sample; followed by one payload record: `[value: 8 bytes][type: u64]`
-    /// where type 0 is i64 and 1 is f64.
+    /// Counter sample; followed by two payload words `[value][type]`, where
+    /// type 0 means the value is an i64 and 1 an f64.
     pub const COUNTER: u8 = 4;
-    /// Flow leaves this thread; followed by one payload record holding the
-    /// [`crate::FlowId`] as `[process: u64][seq: u64]`.
+    /// Flow leaves this thread; followed by two payload words holding the
+    /// [`crate::FlowId`] as `[process][seq]`.
     pub const FLOW_OUT: u8 = 5;
     /// Flow arrives on this thread; payload as for `FLOW_OUT`.
     pub const FLOW_IN: u8 = 6;
     /// An async span (a future's whole life, across polls and threads)
-    /// begins; followed by one payload record `[async id: u64][0]`. The id is
+    /// begins; followed by two payload words `[async id][0]`. The id is
     /// unique within the process. (Format 3.)
     pub const ASYNC_BEGIN: u8 = 7;
     /// The async span with the payload's id ends (the future completed or
     /// was dropped). (Format 3.)
     pub const ASYNC_END: u8 = 8;
+    /// Time base (format 4): followed by one payload word, a full
+    /// timestamp. The records after it in the same chunk segment take the
+    /// high half of their timestamps from it. Every segment starts with one;
+    /// the writer adds another when the high half changes. Not an event: the
+    /// reader consumes it.
+    pub const BASE: u8 = 9;
     /// The largest kind this version writes.
-    pub const LAST: u8 = ASYNC_END;
+    pub const LAST: u8 = BASE;
+    /// The largest kind of versions 1-3.
+    pub const LAST_V3: u8 = ASYNC_END;
 
-    /// Whether a record of this kind is followed by one payload record.
+    /// Payload words after a record of this kind (format 4). Versions 1-3
+    /// have one 16-byte payload record after each kind with two words here.
+    pub const fn payload_words(k: u8) -> u32 {
+        match k {
+            COUNTER | FLOW_OUT | FLOW_IN | ASYNC_BEGIN | ASYNC_END => 2,
+            BASE => 1,
+            _ => 0,
+        }
+    }
+
+    /// Whether a record of this kind carries a payload.
     pub const fn has_payload(k: u8) -> bool {
-        matches!(k, COUNTER | FLOW_OUT | FLOW_IN | ASYNC_BEGIN | ASYNC_END)
+        payload_words(k) > 0
     }
 }
 
-/// Byte offsets inside a record.
-pub mod record {
+/// The 8-byte record word of format 4, little-endian `u64`:
+///
+/// ```text
+/// bits 63..32  timestamp, low 32 bits; the high 32 bits are those of the
+///              segment's last BASE
+/// bits 31..4   callsite id (28 bits)
+/// bits  3..0   kind
+/// ```
+///
+/// The writer stores an event word only when the high half of its timestamp
+/// equals the high half of the last `BASE` (one compare on the hot path);
+/// otherwise (every 2^32 ticks, about 1.4 s of TSC at 3 GHz or 4.3 s of
+/// nanoseconds, or after a thread sat idle) it writes a new `BASE` first.
+/// Payload words (after `COUNTER`, flows, async spans and `BASE`) are plain
+/// `u64`s.
+pub mod word {
+    /// Bits of the kind field.
+    pub const KIND_BITS: u32 = 4;
+    /// Position of the callsite field.
+    pub const SITE_SHIFT: u32 = KIND_BITS;
+    /// Bits of the callsite field.
+    pub const SITE_BITS: u32 = 28;
+    /// Position of the timestamp's low half.
+    pub const TS_SHIFT: u32 = 32;
+    /// The largest callsite id a word can hold.
+    pub const MAX_SITE: u32 = (1 << SITE_BITS) - 1;
+
+    /// `site << 4 | kind`: the low 32 bits of a record word.
+    #[inline(always)]
+    pub const fn site_kind(site: u32, kind: u8) -> u64 {
+        ((site as u64) << SITE_SHIFT) | kind as u64
+    }
+
+    /// A record word for the timestamp `ts` (only its low half is kept) and
+    /// `site_kind`.
+    #[inline(always)]
+    pub const fn new(ts: u64, site_kind: u64) -> u64 {
+        (ts << TS_SHIFT) | site_kind
+    }
+
+    /// The high half of a timestamp: what a word's timestamp shares with its
+    /// `BASE`.
+    #[inline(always)]
+    pub const fn high(ts: u64) -> u32 {
+        (ts >> TS_SHIFT) as u32
+    }
+
+    /// The kind field.
+    pub const fn kind(w: u64) -> u8 {
+        (w & ((1 << KIND_BITS) - 1)) as u8
+    }
+
+    /// The callsite field.
+    pub const fn site(w: u64) -> u32 {
+        ((w >> SITE_SHIFT) & MAX_SITE as u64) as u32
+    }
+
+    /// The full timestamp of word `w` in a segment whose last `BASE` is `base`.
+    pub const fn ts(w: u64, base: u64) -> u64 {
+        (base & !((1 << TS_SHIFT) - 1)) | (w >> TS_SHIFT)
+    }
+}
+
+/// Byte offsets inside a 16-byte record of format versions 1-3 (read, no
+/// longer written). A payload record followed kinds with payload.
+pub mod record_v3 {
     /// `u64`: timestamp in the process's clock (see [`super::ClockKind`]).
     pub const TS: usize = 0;
     /// `u32`: callsite id.
     pub const SITE: usize = 8;
     /// `u8`: record kind, see [`super::kind`].
     pub const KIND: usize = 12;
-}
-
-/// One event record as written by the hot path. `#[repr(C)]` with the field
-/// order of [`record`]; on little-endian targets `site_kind` is
-/// `site | kind << 32`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[repr(C, align(16))]
-pub struct RawRecord {
-    /// Timestamp.
-    pub ts: u64,
-    /// `site` in the low 32 bits, `kind` in bits 32..40, the rest zero.
-    pub site_kind: u64,
-}
-
-impl RawRecord {
-    /// Builds the record for `kind` at `site`.
-    #[inline(always)]
-    pub const fn new(ts: u64, site: u32, kind: u8) -> RawRecord {
-        RawRecord {
-            ts,
-            site_kind: site as u64 | (kind as u64) << 32,
-        }
-    }
 }
 
 /// Which clock a process's timestamps come from.
@@ -359,27 +425,27 @@ mod tests {
     // update docs/FORMAT.md and add a golden file for the new version.
     #[test]
     fn record_layout_is_pinned() {
-        assert_eq!(std::mem::size_of::<RawRecord>(), RECORD_SIZE as usize);
-        assert_eq!(std::mem::size_of::<RawRecord>(), 16);
-        assert_eq!(RECORD_SIZE, 16);
+        assert_eq!(RECORD_SIZE, 8);
+        assert_eq!(RECORD_SIZE_V3, 16);
         assert_eq!(CHUNK_HEADER_SIZE, 64);
         assert_eq!(HEADER_SIZE, 4096);
-        assert_eq!(FORMAT_VERSION, 3);
+        assert_eq!(FORMAT_VERSION, 4);
         assert!(header::END <= HEADER_SIZE as usize);
         assert!(chunk::END <= CHUNK_HEADER_SIZE as usize);
-        let r = RawRecord::new(0x0102_0304_0506_0708, 0xAABB_CCDD, kind::EXIT);
-        // SAFETY: RawRecord is repr(C) plain old data of 16 bytes.
-        let bytes: [u8; 16] = unsafe { std::mem::transmute(r) };
-        assert_eq!(
-            bytes[record::TS..record::TS + 8],
-            0x0102_0304_0506_0708u64.to_le_bytes()
+        let w = word::new(
+            0x7788_AABB_CCDD_EEFF,
+            word::site_kind(0x987_6543, kind::EXIT),
         );
+        assert_eq!(w.to_le_bytes(), 0xCCDD_EEFF_9876_5432u64.to_le_bytes());
+        assert_eq!(word::kind(w), kind::EXIT);
+        assert_eq!(word::site(w), 0x987_6543);
+        assert_eq!(word::high(0x7788_AABB_CCDD_EEFF), 0x7788_AABB);
+        assert_eq!(word::ts(w, 0x7788_AABB_0000_0001), 0x7788_AABB_CCDD_EEFF);
         assert_eq!(
-            bytes[record::SITE..record::SITE + 4],
-            0xAABB_CCDDu32.to_le_bytes()
+            word::site(word::site_kind(word::MAX_SITE, kind::LAST)),
+            word::MAX_SITE
         );
-        assert_eq!(bytes[record::KIND], kind::EXIT);
-        assert_eq!(bytes[13..], [0, 0, 0]);
+        assert!(kind::LAST < 1 << word::KIND_BITS);
     }
 
     #[test]

@@ -1,5 +1,10 @@
-//! The hot path: each thread writes 16-byte records into its own chunk and
-//! publishes them with one release store of the chunk's commit count.
+//! The hot path: each thread writes 8-byte record words into its own chunk
+//! and publishes them with one release store of the chunk's commit count.
+//!
+//! A word holds the low half of the event's timestamp, the callsite and the
+//! kind; the high half is that of the segment's time base (a `BASE` record
+//! the slow path writes at the start of every chunk the thread takes, and
+//! again when the high half changes); see [`crate::format::word`].
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -7,7 +12,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::buffer::{Chunk, ChunkInit, ClaimError};
 use crate::clock;
-use crate::format::{self, kind, Meta, Policy, RawRecord};
+use crate::format::{self, kind, word, Meta, Policy};
 use crate::session::{self, Recorder, OFF, STATE, UNKNOWN};
 
 /// A thread's position in its current chunk. Plain `Cell`s: only the owning
@@ -18,10 +23,13 @@ struct Writer {
     epoch: Cell<u32>,
     /// Next free record index in the chunk.
     idx: Cell<u32>,
-    /// Records the chunk holds (0: no chunk).
+    /// Record words the chunk holds (0: no chunk).
     cap: Cell<u32>,
-    /// First record of the chunk.
-    recs: Cell<*mut RawRecord>,
+    /// High half of the current segment's time base: an event whose
+    /// timestamp has another high half needs a new `BASE` first.
+    base_hi: Cell<u32>,
+    /// First record word of the chunk.
+    recs: Cell<*mut u64>,
     /// The chunk's commit counter.
     commit: Cell<*const AtomicU32>,
     /// This thread's lane in the current recorder (0: not assigned).
@@ -42,6 +50,11 @@ struct Writer {
     /// is tried (failed claims cost a syscall; a full disk stays full for a
     /// while). `u64::MAX`: never (budget used up under keep-first).
     retry_at: Cell<u64>,
+    /// The chunk was just installed: the next record must be a `BASE`.
+    need_base: Cell<bool>,
+    /// Words of the current chunk that are not events (`BASE` records and
+    /// payload words), so that overwriting it counts events exactly.
+    extra: Cell<u32>,
 }
 
 thread_local! {
@@ -50,6 +63,7 @@ thread_local! {
             epoch: Cell::new(0),
             idx: Cell::new(0),
             cap: Cell::new(0),
+            base_hi: Cell::new(0),
             recs: Cell::new(std::ptr::null_mut()),
             commit: Cell::new(std::ptr::null()),
             lane: Cell::new(0),
@@ -60,6 +74,8 @@ thread_local! {
             slot: Cell::new(0),
             tid: Cell::new(0),
             retry_at: Cell::new(0),
+            need_base: Cell::new(false),
+            extra: Cell::new(0),
         }
     };
     /// Slow-path state: the event chunks this thread owns in the current
@@ -69,7 +85,7 @@ thread_local! {
 }
 
 /// Records one event. The hot path: one relaxed load of the global state,
-/// the thread-local, one timestamp, one 16-byte store, one release store.
+/// the thread-local, one timestamp, one 8-byte store, one release store.
 #[inline(always)]
 pub(crate) fn record(site: u32, kind: u8) {
     let s = STATE.load(Ordering::Relaxed);
@@ -86,12 +102,14 @@ pub(crate) fn record_in(s: u32, site: u32, kind: u8) {
         let i = w.idx.get();
         if w.epoch.get() == s && i < w.cap.get() {
             let ts = clock::now_with(session::epoch_uses_tsc(s));
-            // SAFETY: i < cap, so the record is inside this thread's chunk,
-            // which no other thread writes; commit points into its header.
-            unsafe { write_one(w, i, RawRecord::new(ts, site, kind)) };
-        } else {
-            slow(w, s, RawRecord::new(0, site, kind), None);
+            if word::high(ts) == w.base_hi.get() {
+                // SAFETY: i < cap, so the word is inside this thread's chunk,
+                // which no other thread writes; commit points into its header.
+                unsafe { write_one(w, i, word::new(ts, word::site_kind(site, kind))) };
+                return;
+            }
         }
+        slow(w, s, site, kind, None);
     });
 }
 
@@ -106,14 +124,16 @@ pub(crate) fn exit(site: u32) {
         let i = w.idx.get();
         if i < w.cap.get() {
             let ts = clock::now_with(session::epoch_uses_tsc(w.epoch.get()));
-            // SAFETY: as in `record_in`.
-            unsafe { write_one(w, i, RawRecord::new(ts, site, kind::EXIT)) };
-        } else {
-            // Relaxed: as in `record`.
-            let s = STATE.load(Ordering::Relaxed);
-            if s != OFF {
-                slow(w, s, RawRecord::new(0, site, kind::EXIT), None);
+            if word::high(ts) == w.base_hi.get() {
+                // SAFETY: as in `record_in`.
+                unsafe { write_one(w, i, word::new(ts, word::site_kind(site, kind::EXIT))) };
+                return;
             }
+        }
+        // Relaxed: as in `record`.
+        let s = STATE.load(Ordering::Relaxed);
+        if s != OFF {
+            slow(w, s, site, kind::EXIT, None);
         }
     });
 }
@@ -121,19 +141,20 @@ pub(crate) fn exit(site: u32) {
 /// # Safety
 /// `i < w.cap` and `w` holds a live chunk.
 #[inline(always)]
-unsafe fn write_one(w: &Writer, i: u32, rec: RawRecord) {
+unsafe fn write_one(w: &Writer, i: u32, rec: u64) {
     // SAFETY: guaranteed by the caller.
     unsafe {
         w.recs.get().add(i as usize).write(rec);
-        // Release: the record above is visible before the count that
-        // covers it (readers load the count with acquire).
+        // Release: the word above is visible before the count that covers
+        // it (readers load the count with acquire).
         (*w.commit.get()).store(i + 1, Ordering::Release);
     }
     w.idx.set(i + 1);
 }
 
-/// Records an event followed by its payload record (flows, counters). Both
-/// are committed by one store, so a reader sees both or neither.
+/// Records an event followed by its two payload words (flows, counters,
+/// async spans). All three are committed by one store, so a reader sees all
+/// or none.
 #[inline]
 pub(crate) fn record_with_payload(site: u32, kind: u8, payload: [u64; 2]) {
     let s = STATE.load(Ordering::Relaxed);
@@ -142,32 +163,41 @@ pub(crate) fn record_with_payload(site: u32, kind: u8, payload: [u64; 2]) {
     }
     let _ = WRITER.try_with(|w| {
         let i = w.idx.get();
-        if w.epoch.get() == s && i + 1 < w.cap.get() {
+        if w.epoch.get() == s && i + 2 < w.cap.get() {
             let ts = clock::now_with(session::epoch_uses_tsc(s));
-            // SAFETY: i + 1 < cap: both records are inside this thread's chunk.
-            unsafe { write_pair(w, i, RawRecord::new(ts, site, kind), payload) };
-        } else {
-            slow(w, s, RawRecord::new(0, site, kind), Some(payload));
+            if word::high(ts) == w.base_hi.get() {
+                let words = [
+                    word::new(ts, word::site_kind(site, kind)),
+                    payload[0],
+                    payload[1],
+                ];
+                // SAFETY: i + 2 < cap: all three words are inside this
+                // thread's chunk.
+                unsafe { write_words(w, i, &words) };
+                w.extra.set(w.extra.get() + 2);
+                return;
+            }
         }
+        slow(w, s, site, kind, Some(payload));
     });
 }
 
+/// Writes `words` from word `i` on and commits them with one release store.
+///
 /// # Safety
-/// `i + 1 < w.cap` and `w` holds a live chunk.
+/// `i + words.len() <= w.cap` and `w` holds a live chunk.
 #[inline(always)]
-unsafe fn write_pair(w: &Writer, i: u32, rec: RawRecord, payload: [u64; 2]) {
+unsafe fn write_words(w: &Writer, i: u32, words: &[u64]) {
     // SAFETY: guaranteed by the caller.
     unsafe {
         let p = w.recs.get().add(i as usize);
-        p.write(rec);
-        p.add(1).write(RawRecord {
-            ts: payload[0],
-            site_kind: payload[1],
-        });
-        // Release: both records are visible before the count.
-        (*w.commit.get()).store(i + 2, Ordering::Release);
+        for (k, &x) in words.iter().enumerate() {
+            p.add(k).write(x);
+        }
+        // Release: all the words are visible before the count.
+        (*w.commit.get()).store(i + words.len() as u32, Ordering::Release);
     }
-    w.idx.set(i + 2);
+    w.idx.set(i + words.len() as u32);
 }
 
 /// Everything that is not a plain write into a chunk with room: deciding
@@ -175,7 +205,7 @@ unsafe fn write_pair(w: &Writer, i: u32, rec: RawRecord, payload: [u64; 2]) {
 /// counting the event as lost.
 #[cold]
 #[inline(never)]
-fn slow(w: &Writer, mut s: u32, rec: RawRecord, payload: Option<[u64; 2]>) {
+fn slow(w: &Writer, mut s: u32, site: u32, kind: u8, payload: Option<[u64; 2]>) {
     if s == UNKNOWN {
         session::lazy_start();
         // Relaxed: lazy_start ran on this thread.
@@ -211,27 +241,45 @@ fn slow(w: &Writer, mut s: u32, rec: RawRecord, payload: Option<[u64; 2]>) {
             name: t.name().unwrap_or("").to_owned(),
         });
     }
-    let need = if payload.is_some() { 2 } else { 1 };
-    if w.idx.get() + need > w.cap.get() && !new_chunk(w, r) {
-        w.lost.set(w.lost.get() + need as u64);
-        r.buf.add_lost_events(need as u64);
-        if !w.hdr.get().is_null() {
-            // The gap is after the last chunk this lane has.
-            Chunk::set_lost_after_at(w.hdr.get(), w.lost.get());
+    let uses_tsc = session::epoch_uses_tsc(s);
+    let event_words = 1 + if payload.is_some() { 2 } else { 0 };
+    let mut ts = clock::now_with(uses_tsc);
+    let mut need_base = w.need_base.get() || word::high(ts) != w.base_hi.get();
+    let need = event_words + if need_base { 2 } else { 0 };
+    if w.idx.get() + need > w.cap.get() {
+        if !new_chunk(w, r) {
+            w.lost.set(w.lost.get() + 1);
+            r.buf.add_lost_events(1);
+            if !w.hdr.get().is_null() {
+                // The gap is after the last chunk this lane has.
+                Chunk::set_lost_after_at(w.hdr.get(), w.lost.get());
+            }
+            return;
         }
-        return;
+        // A fresh segment (new_chunk guarantees room for a base and an
+        // event with payload): its time base is the event's time.
+        ts = clock::now_with(uses_tsc);
+        need_base = true;
     }
-    let rec = RawRecord {
-        ts: clock::now_with(session::epoch_uses_tsc(s)),
-        ..rec
-    };
-    let i = w.idx.get();
-    match payload {
-        // SAFETY: new_chunk or the check above guarantees room for `need`.
-        Some(p) => unsafe { write_pair(w, i, rec, p) },
-        // SAFETY: as above, room for one record.
-        None => unsafe { write_one(w, i, rec) },
+    let mut words = [0u64; 5];
+    let mut n = 0;
+    if need_base {
+        words[0] = word::site_kind(0, kind::BASE);
+        words[1] = ts;
+        n = 2;
+        w.base_hi.set(word::high(ts));
+        w.need_base.set(false);
     }
+    words[n] = word::new(ts, word::site_kind(site, kind));
+    n += 1;
+    if let Some(p) = payload {
+        words[n] = p[0];
+        words[n + 1] = p[1];
+        n += 2;
+    }
+    w.extra.set(w.extra.get() + n as u32 - 1);
+    // SAFETY: new_chunk or the check above guarantees room for `n` words.
+    unsafe { write_words(w, w.idx.get(), &words[..n]) };
 }
 
 /// Gives this thread a chunk to write to: the rest of a finished thread's
@@ -248,6 +296,16 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
         lost_before: w.lost.get(),
         overwritten: w.overwritten.get(),
     };
+    // Leaving the current chunk: remember how many of its words are not
+    // events, in case the flight recorder overwrites it later.
+    let (slot, extra) = (w.slot.get(), w.extra.get());
+    if !w.hdr.get().is_null() {
+        owned(w, |o| {
+            if let Some(b) = o.back_mut().filter(|b| b.0 == slot) {
+                b.1 = extra;
+            }
+        });
+    }
     let retry_at = w.retry_at.get();
     let may_claim = retry_at == 0 || (retry_at != u64::MAX && clock::monotonic_ns() >= retry_at);
     if let Some((c, start)) = r.take_handoff() {
@@ -271,7 +329,7 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
     if may_claim {
         match r.claim_events(&init) {
             Ok(c) => {
-                owned(w, |o| o.push_back(c.slot));
+                owned(w, |o| o.push_back((c.slot, 0)));
                 install(w, c, 0);
                 return true;
             }
@@ -296,14 +354,14 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
         }
     }
     if r.buf.policy() == Policy::KeepLast {
-        if let Some(slot) = owned(w, |o| o.pop_front()).flatten() {
+        if let Some((slot, extra)) = owned(w, |o| o.pop_front()).flatten() {
             // SAFETY: `slot` was claimed by this thread in this recorder
             // (OWNED is reset with the epoch) and the thread is done with it.
-            let (c, old) = unsafe { r.buf.reuse(slot, &init) };
+            let (c, old) = unsafe { r.buf.reuse(slot, &init, extra) };
             r.buf.add_lost_events(old as u64);
             w.overwritten.set(w.overwritten.get() + old as u64);
             r.maybe_anchor();
-            owned(w, |o| o.push_back(c.slot));
+            owned(w, |o| o.push_back((c.slot, 0)));
             let retry = w.retry_at.get();
             install(w, c, 0);
             w.retry_at.set(retry);
@@ -317,10 +375,11 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
 }
 
 /// The event chunks a thread claimed itself (not continued from another
-/// thread), for the flight recorder to reuse.
+/// thread), for the flight recorder to reuse: (slot, words in it that are
+/// not events, known once the thread left it).
 struct Owned {
     epoch: u32,
-    slots: VecDeque<u32>,
+    slots: VecDeque<(u32, u32)>,
 }
 
 impl Drop for Owned {
@@ -350,7 +409,7 @@ impl Drop for Owned {
 
 /// Runs `f` on this thread's list of owned chunks for the writer's epoch;
 /// `None` while the thread is exiting.
-fn owned<R>(w: &Writer, f: impl FnOnce(&mut VecDeque<u32>) -> R) -> Option<R> {
+fn owned<R>(w: &Writer, f: impl FnOnce(&mut VecDeque<(u32, u32)>) -> R) -> Option<R> {
     OWNED
         .try_with(|o| {
             let mut o = o.borrow_mut();
@@ -366,7 +425,7 @@ fn owned<R>(w: &Writer, f: impl FnOnce(&mut VecDeque<u32>) -> R) -> Option<R> {
 
 /// Makes `c` the thread's chunk, writing from record `start`.
 fn install(w: &Writer, c: Chunk, start: u32) {
-    w.recs.set(c.data as *mut RawRecord);
+    w.recs.set(c.data as *mut u64);
     w.commit.set(c.committed);
     w.hdr.set(c.header);
     w.slot.set(c.slot);
@@ -375,6 +434,8 @@ fn install(w: &Writer, c: Chunk, start: u32) {
     w.seq.set(w.seq.get() + 1);
     w.lost.set(0);
     w.retry_at.set(0);
+    w.need_base.set(true);
+    w.extra.set(0);
 }
 
 fn gettid() -> u32 {

@@ -12,7 +12,7 @@
 //! open-addressed table keyed by the metadata's address. Enter and exit then
 //! cost: the registry's span lookup (tracing's own, lock-free), a probe of
 //! that table (relaxed/acquire loads, no lock, no allocation), and the same
-//! 16-byte record write as `#[mpprof::instrument]`. Past 8192 tracing
+//! 8-byte record write as `#[mpprof::instrument]`. Past 8192 tracing
 //! callsites the table is full and further callsites are looked up in a map
 //! under a lock (documented limit, not expected in practice).
 //!
