@@ -338,14 +338,14 @@ thread_local! {
 fn ideal_word(site: u32, kind: u8) {
     HEAP_RING8.with(|w| {
         let i = w.idx.get();
-        let ts = tsc();
-        if i < w.cap.get() && format::word::high(ts) == w.base_hi.get() {
+        let (lo, hi) = mpprof::clock::now_parts(true);
+        if i < w.cap.get() && hi == w.base_hi.get() {
             // SAFETY: i < cap: the word is inside this thread's chunk.
             unsafe {
-                w.words
-                    .get()
-                    .add(i as usize)
-                    .write(format::word::new(ts, format::word::site_kind(site, kind)));
+                w.words.get().add(i as usize).write(format::word::new(
+                    lo as u64,
+                    format::word::site_kind(site, kind),
+                ));
                 (*w.commit.get()).store(i + 1, Ordering::Release);
             }
             w.idx.set(i + 1);
