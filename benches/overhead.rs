@@ -320,81 +320,202 @@ struct Ideal8 {
     cap: Cell<u32>,
     commit: Cell<*const AtomicU32>,
     base_hi: Cell<u32>,
+    slot: Cell<u32>,
 }
 
-thread_local! {
-    static HEAP_RING8: Ideal8 = const {
+impl Ideal8 {
+    const fn new() -> Ideal8 {
         Ideal8 {
             words: Cell::new(std::ptr::null_mut()),
             idx: Cell::new(0),
             cap: Cell::new(0),
             commit: Cell::new(std::ptr::null()),
             base_hi: Cell::new(0),
+            slot: Cell::new(u32::MAX),
         }
-    };
+    }
+
+    /// Points the writer at the chunk at `base` and writes a time base and
+    /// the event `site_kind` there.
+    fn start(&self, base: *mut u8, site_kind: u64) {
+        // SAFETY: base points to a CHUNK_SIZE-byte chunk owned by this thread.
+        unsafe {
+            self.commit
+                .set(base.add(format::chunk::COMMITTED) as *const AtomicU32);
+            self.words.set(base.add(CHUNK_HEADER) as *mut u64);
+        }
+        self.cap.set(((CHUNK_SIZE - CHUNK_HEADER) / 8) as u32);
+        let (lo, hi) = mpprof::clock::counter_parts(true).expect("a hardware counter");
+        self.base_hi.set(hi);
+        let words = [
+            format::word::site_kind(0, format::kind::BASE),
+            (hi as u64) << 32 | lo as u64,
+            format::word::new(lo as u64, site_kind),
+        ];
+        // SAFETY: three words fit in an empty chunk.
+        unsafe {
+            for (k, x) in words.iter().enumerate() {
+                self.words.get().add(k).write(*x);
+            }
+            (*self.commit.get()).store(3, Ordering::Release);
+        }
+        self.idx.set(3);
+    }
 }
 
+thread_local! {
+    static HEAP_RING8: Ideal8 = const { Ideal8::new() };
+    static FILE_STREAM8: Ideal8 = const { Ideal8::new() };
+}
+
+/// One event: check room and the time base's high half, timestamp, one
+/// 8-byte store, release store of the commit count. `refill` (cold) starts
+/// a chunk (or the same one over) with a time base and the event.
 #[inline(always)]
-fn ideal_word(site: u32, kind: u8) {
-    HEAP_RING8.with(|w| {
+fn ideal_word(key: &'static LocalKey<Ideal8>, site: u32, kind: u8, refill: fn(&Ideal8, u64)) {
+    key.with(|w| {
         let i = w.idx.get();
-        let (lo, hi) = mpprof::clock::now_parts(true);
+        let (lo, hi) = mpprof::clock::counter_parts(true).expect("a hardware counter");
+        let site_kind = format::word::site_kind(site, kind);
         if i < w.cap.get() && hi == w.base_hi.get() {
             // SAFETY: i < cap: the word is inside this thread's chunk.
             unsafe {
-                w.words.get().add(i as usize).write(format::word::new(
-                    lo as u64,
-                    format::word::site_kind(site, kind),
-                ));
+                w.words
+                    .get()
+                    .add(i as usize)
+                    .write(format::word::new(lo as u64, site_kind));
                 (*w.commit.get()).store(i + 1, Ordering::Release);
             }
             w.idx.set(i + 1);
         } else {
-            refill_heap8(w, site, kind);
+            refill(w, site_kind);
         }
     });
 }
 
-/// Starts the ring over (allocating it the first time) with a time base,
-/// then writes the event.
+/// Heap ring: one leaked chunk per thread, started over when full.
 #[cold]
 #[inline(never)]
-fn refill_heap8(w: &Ideal8, site: u32, kind: u8) {
-    if w.words.get().is_null() {
+fn refill_heap8(w: &Ideal8, site_kind: u64) {
+    let mut base = w.commit.get() as *mut u8;
+    if base.is_null() {
         let chunk: &'static mut [u64] = vec![0u64; CHUNK_SIZE / 8].leak();
-        let base = chunk.as_mut_ptr() as *mut u8;
-        // SAFETY: the header and the words are inside the leaked chunk.
-        unsafe {
-            w.commit
-                .set(base.add(format::chunk::COMMITTED) as *const AtomicU32);
-            w.words.set(base.add(CHUNK_HEADER) as *mut u64);
-        }
-        w.cap.set(((CHUNK_SIZE - CHUNK_HEADER) / 8) as u32);
+        base = chunk.as_mut_ptr() as *mut u8;
+    } else {
+        // SAFETY: commit points COMMITTED bytes into the chunk.
+        base = unsafe { base.sub(format::chunk::COMMITTED) };
     }
-    let ts = tsc();
-    w.base_hi.set(format::word::high(ts));
-    let words = [
-        format::word::site_kind(0, format::kind::BASE),
-        ts,
-        format::word::new(ts, format::word::site_kind(site, kind)),
-    ];
-    // SAFETY: three words fit in an empty chunk.
-    unsafe {
-        for (k, x) in words.iter().enumerate() {
-            w.words.get().add(k).write(*x);
-        }
-        (*w.commit.get()).store(3, Ordering::Release);
-    }
-    w.idx.set(3);
+    w.start(base, site_kind);
 }
 
-#[inline(never)]
-fn ideal_heap_ring8(x: u64) -> u64 {
-    ideal_word(1, format::kind::ENTER);
-    let r = black_box(x) ^ 1;
-    ideal_word(1, format::kind::EXIT);
-    r
+/// The physical floor of mpprof's keep-first recording: fresh chunks of a
+/// `MAP_SHARED` file that a helper thread reserved (`pwrite` of zeros) and
+/// page-mapped (`MADV_POPULATE_WRITE`) ahead of time, as mpprof's preparer
+/// does, written with 8-byte words. Every store goes to memory the thread
+/// has not touched before.
+struct Prepared {
+    map: memmap2::MmapRaw,
+    file: File,
+    next: AtomicU32,
+    ready: Mutex<std::collections::VecDeque<u32>>,
+    wake: std::sync::Condvar,
+    retired: Mutex<Vec<u32>>,
 }
+
+const PREPARED_SLOTS: u32 = 1 << 22;
+const PREPARED_READY: usize = 4;
+
+fn prepared() -> &'static Prepared {
+    static P: OnceLock<&'static Prepared> = OnceLock::new();
+    P.get_or_init(|| {
+        let file = tempfile::tempfile().expect("temp file");
+        let map = memmap2::MmapOptions::new()
+            .len(CHUNK_SIZE * PREPARED_SLOTS as usize)
+            .map_raw(&file)
+            .expect("mmap");
+        let p: &'static Prepared = Box::leak(Box::new(Prepared {
+            map,
+            file,
+            next: AtomicU32::new(0),
+            ready: Mutex::new(std::collections::VecDeque::new()),
+            wake: std::sync::Condvar::new(),
+            retired: Mutex::new(Vec::new()),
+        }));
+        std::thread::Builder::new()
+            .name("ideal-prepare".into())
+            .spawn(move || loop {
+                let mut ready = p.ready.lock().unwrap();
+                while ready.len() >= PREPARED_READY {
+                    ready = p.wake.wait(ready).unwrap();
+                }
+                drop(ready);
+                let slot = p.reserve();
+                p.ready.lock().unwrap().push_back(slot);
+            })
+            .expect("spawn the preparer");
+        p
+    })
+}
+
+impl Prepared {
+    /// Takes the next slot, writes zeros over it and maps its pages.
+    fn reserve(&self) -> u32 {
+        static ZEROS: [u8; CHUNK_SIZE] = [0; CHUNK_SIZE];
+        let slot = self.next.fetch_add(1, Ordering::Relaxed) % PREPARED_SLOTS;
+        let off = slot as usize * CHUNK_SIZE;
+        self.file
+            .write_all_at(&ZEROS, off as u64)
+            .expect("pwrite zeros");
+        // SAFETY: the range is inside the mapping; populating has no other effect.
+        let r = unsafe {
+            libc::madvise(
+                self.map.as_mut_ptr().add(off).cast(),
+                CHUNK_SIZE,
+                libc::MADV_POPULATE_WRITE,
+            )
+        };
+        assert_eq!(r, 0, "MADV_POPULATE_WRITE");
+        slot
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn refill_prepared(w: &Ideal8, site_kind: u64) {
+    let p = prepared();
+    if w.slot.get() != u32::MAX {
+        p.retired.lock().unwrap().push(w.slot.get());
+    }
+    let ready = p.ready.lock().unwrap().pop_front();
+    let slot = ready.unwrap_or_else(|| p.reserve());
+    p.wake.notify_one();
+    w.slot.set(slot);
+    // SAFETY: the slot is inside the mapping.
+    let base = unsafe { p.map.as_mut_ptr().add(slot as usize * CHUNK_SIZE) };
+    w.start(base, site_kind);
+}
+
+fn prepared_reclaim() {
+    let p = prepared();
+    let slots = std::mem::take(&mut *p.retired.lock().unwrap());
+    for slot in slots {
+        punch(&p.file, slot as u64 * CHUNK_SIZE as u64, CHUNK_SIZE as u64);
+    }
+}
+
+macro_rules! ideal8_fn {
+    ($name:ident, $key:ident, $refill:ident) => {
+        #[inline(never)]
+        fn $name(x: u64) -> u64 {
+            ideal_word(&$key, 1, format::kind::ENTER, $refill);
+            let r = black_box(x) ^ 1;
+            ideal_word(&$key, 1, format::kind::EXIT, $refill);
+            r
+        }
+    };
+}
+ideal8_fn!(ideal_heap_ring8, HEAP_RING8, refill_heap8);
+ideal8_fn!(ideal_file_stream8_prepared, FILE_STREAM8, refill_prepared);
 
 // ---------------------------------------------------------------------------
 // mpprof.
@@ -515,24 +636,52 @@ fn run(iters: u64, f: fn(u64) -> u64) -> Duration {
 /// time (so the result is time per call per thread). Each thread makes one
 /// call before the start line, so thread setup (mpprof: lane and first
 /// chunk) is not timed, as it is not in the single-thread cases.
-fn run_two(iters: u64, f: fn(u64) -> u64) -> Duration {
-    let start = Barrier::new(2);
-    std::thread::scope(|s| {
-        let threads: Vec<_> = (0..2)
-            .map(|_| {
-                s.spawn(|| {
-                    black_box(f(0));
-                    start.wait();
-                    run(iters, f)
-                })
+/// A sample for a bench thread: calls, and the function to call.
+type Job = (u64, fn(u64) -> u64);
+
+/// Two long-lived threads (like an application's worker threads: their
+/// thread-local writers and chunks stay from one sample to the next) that
+/// run a case on request.
+struct Pair {
+    jobs: Vec<std::sync::mpsc::Sender<Job>>,
+    done: std::sync::mpsc::Receiver<Duration>,
+}
+
+fn pair() -> &'static Mutex<Pair> {
+    static P: OnceLock<Mutex<Pair>> = OnceLock::new();
+    P.get_or_init(|| {
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let start = std::sync::Arc::new(Barrier::new(2));
+        let jobs = (0..2)
+            .map(|t| {
+                let (tx, rx) = std::sync::mpsc::channel::<Job>();
+                let (done_tx, start) = (done_tx.clone(), start.clone());
+                std::thread::Builder::new()
+                    .name(format!("bench-{t}"))
+                    .spawn(move || {
+                        for (iters, f) in rx {
+                            black_box(f(0));
+                            start.wait();
+                            done_tx.send(run(iters, f)).expect("report");
+                        }
+                    })
+                    .expect("spawn a bench thread");
+                tx
             })
             .collect();
-        threads
-            .into_iter()
-            .map(|t| t.join().expect("bench thread"))
-            .max()
-            .expect("two threads")
+        Mutex::new(Pair { jobs, done })
     })
+}
+
+/// Both threads call `f` `iters` times at once; the slower one's time.
+fn run_two(iters: u64, f: fn(u64) -> u64) -> Duration {
+    let p = pair().lock().unwrap();
+    for j in &p.jobs {
+        j.send((iters, f)).expect("bench thread alive");
+    }
+    let a = p.done.recv().expect("bench thread result");
+    let b = p.done.recv().expect("bench thread result");
+    a.max(b)
 }
 
 fn case(
@@ -588,6 +737,12 @@ fn main() {
         "ideal_file_stream_populated",
         |n| run(n, ideal_file_stream_populated),
         stream_reclaim,
+    );
+    case_reclaimed(
+        &mut g,
+        "ideal_file_stream8_prepared",
+        |n| run(n, ideal_file_stream8_prepared),
+        prepared_reclaim,
     );
     g.finish();
 
@@ -652,6 +807,18 @@ fn main() {
     );
     case_reclaimed(
         &mut g,
+        "ideal_heap_ring8_x2",
+        |n| run_two(n, ideal_heap_ring8),
+        || {},
+    );
+    case_reclaimed(
+        &mut g,
+        "ideal_file_stream8_prepared_x2",
+        |n| run_two(n, ideal_file_stream8_prepared),
+        prepared_reclaim,
+    );
+    case_reclaimed(
+        &mut g,
         "mpprof_x2",
         |n| run_two(n, mpprof_instrument),
         || reclaimer.reclaim(),
@@ -675,6 +842,26 @@ fn main() {
     g.finish();
     drop(session);
     report_session(&process_file(&last), 0);
+
+    // A third session, keep-last, for two threads: each cycles through its
+    // own chunks (2 MiB: 6 event chunks, which the two threads claim in
+    // turn; the main thread records nothing here), so this is the hot path
+    // alone, with no page preparation competing for the two cores.
+    let last2 = dir.path().join("keep-last-x2");
+    std::fs::create_dir(&last2).expect("session dir");
+    std::env::set_var("MPPROF_DIR", &last2);
+    std::env::set_var("MPPROF_BUFFER_MB", "2");
+    let session = mpprof::init().expect("mpprof::init");
+    let mut g = c.benchmark_group("threads");
+    case_reclaimed(
+        &mut g,
+        "mpprof_flight_recorder_x2",
+        |n| run_two(n, mpprof_instrument),
+        || {},
+    );
+    g.finish();
+    drop(session);
+    report_session(&process_file(&last2), 0);
 
     peers(&mut c, dir.path());
     c.final_summary();

@@ -203,6 +203,29 @@ fn eight_threads_keep_every_event_in_order() {
         }
     });
     let (_dir, s) = common::record("eight_threads_keep_every_event_in_order", "threads");
+    check_threads(&s);
+}
+
+/// The same with timestamps from CLOCK_MONOTONIC (`MPPROF_CLOCK=monotonic`,
+/// the fallback where the TSC cannot be trusted), whose events are written
+/// by the out-of-line path.
+#[test]
+fn eight_threads_on_the_monotonic_clock() {
+    let dir = session_dir();
+    let st = self_command("eight_threads_keep_every_event_in_order", "threads", dir.path())
+        .env("MPPROF_CLOCK", "monotonic")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let s = Session::open(&[dir.path()]).unwrap();
+    let info = s.processes[0].file.info.as_ref().unwrap();
+    assert_eq!(info.clock, mpprof::format::ClockKind::Monotonic);
+    check_threads(&s);
+}
+
+/// Every worker lane of the "threads" role has CALLS enters and exits,
+/// alternating, in time order.
+fn check_threads(s: &Session) {
     let p = &s.processes[0];
     assert_eq!(p.file.lost_events, 0);
     let workers: Vec<u32> = p

@@ -45,33 +45,40 @@ pub fn now_with(tsc: bool) -> u64 {
     monotonic_ns()
 }
 
-/// [`now_with`] as its low and high 32 bits. On x86_64 `rdtsc` delivers
-/// the two halves in two registers; taking them apart here spares the hot
-/// path joining them into a `u64` and splitting it again (it stores the low
-/// half and compares the high half, see `format::word`).
+/// The hardware counter as its low and high 32 bits, when `tsc` (the
+/// process reads the counter, see [`select`]); `None` for the
+/// CLOCK_MONOTONIC fallback, which the recorder takes out of line. On
+/// x86_64 `rdtsc` delivers the two halves in two registers; taking them
+/// apart here spares the hot path joining them into a `u64` and splitting
+/// it again (it stores the low half and compares the high half, see
+/// `format::word`).
 #[inline(always)]
-pub fn now_parts(tsc: bool) -> (u32, u32) {
+pub fn counter_parts(tsc: bool) -> Option<(u32, u32)> {
+    if !tsc {
+        return None;
+    }
     #[cfg(target_arch = "x86_64")]
     {
-        if tsc {
-            let (lo, hi): (u32, u32);
-            // SAFETY: rdtsc has no preconditions on x86_64; it reads no
-            // memory and leaves the flags alone. Not `pure`: like the
-            // `_rdtsc` intrinsic it has a side effect, so it is not merged,
-            // removed or moved across other side effects.
-            unsafe {
-                core::arch::asm!(
-                    "rdtsc",
-                    out("eax") lo,
-                    out("edx") hi,
-                    options(nomem, nostack, preserves_flags)
-                )
-            };
-            return (lo, hi);
-        }
+        let (lo, hi): (u32, u32);
+        // SAFETY: rdtsc has no preconditions on x86_64; it reads no memory
+        // and leaves the flags alone. Not `pure`: like the `_rdtsc`
+        // intrinsic it has a side effect, so it is not merged, removed or
+        // moved across other side effects.
+        unsafe {
+            core::arch::asm!(
+                "rdtsc",
+                out("eax") lo,
+                out("edx") hi,
+                options(nomem, nostack, preserves_flags)
+            )
+        };
+        Some((lo, hi))
     }
-    let t = now_with(tsc);
-    (t as u32, (t >> 32) as u32)
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let t = now_with(true);
+        Some((t as u32, (t >> 32) as u32))
+    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds (through the vDSO).

@@ -101,8 +101,8 @@ pub(crate) fn record_in(s: u32, site: u32, kind: u8) {
     let _ = WRITER.try_with(|w| {
         let i = w.idx.get();
         if w.epoch.get() == s && i < w.cap.get() {
-            let (lo, hi) = clock::now_parts(session::epoch_uses_tsc(s));
-            if hi == w.base_hi.get() {
+            let t = clock::counter_parts(session::epoch_uses_tsc(s));
+            if let Some((lo, _)) = t.filter(|t| t.1 == w.base_hi.get()) {
                 // SAFETY: i < cap, so the word is inside this thread's chunk,
                 // which no other thread writes; commit points into its header.
                 unsafe { write_one(w, i, word::new(lo as u64, word::site_kind(site, kind))) };
@@ -123,8 +123,8 @@ pub(crate) fn exit(site: u32) {
     let _ = WRITER.try_with(|w| {
         let i = w.idx.get();
         if i < w.cap.get() {
-            let (lo, hi) = clock::now_parts(session::epoch_uses_tsc(w.epoch.get()));
-            if hi == w.base_hi.get() {
+            let t = clock::counter_parts(session::epoch_uses_tsc(w.epoch.get()));
+            if let Some((lo, _)) = t.filter(|t| t.1 == w.base_hi.get()) {
                 // SAFETY: as in `record_in`.
                 unsafe {
                     write_one(
@@ -170,8 +170,8 @@ pub(crate) fn record_with_payload(site: u32, kind: u8, payload: [u64; 2]) {
     let _ = WRITER.try_with(|w| {
         let i = w.idx.get();
         if w.epoch.get() == s && i + 2 < w.cap.get() {
-            let (lo, hi) = clock::now_parts(session::epoch_uses_tsc(s));
-            if hi == w.base_hi.get() {
+            let t = clock::counter_parts(session::epoch_uses_tsc(s));
+            if let Some((lo, _)) = t.filter(|t| t.1 == w.base_hi.get()) {
                 let words = [
                     word::new(lo as u64, word::site_kind(site, kind)),
                     payload[0],
