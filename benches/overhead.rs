@@ -941,12 +941,7 @@ fn process_file(dir: &Path) -> PathBuf {
 /// it overwrote as lost, and nothing else.
 fn report_session(path: &Path, punched: u64) {
     let f = mpprof_merge::read::open(path).expect("read the process file");
-    let overwritten: u64 = f
-        .lanes
-        .values()
-        .filter_map(|l| l.chunks.last())
-        .map(|c| c.overwritten)
-        .sum();
+    let overwritten: u64 = f.lanes.values().map(|l| l.overwritten).sum();
     println!(
         "mpprof session {:?}: {} record words in the file, {} full chunks punched out between samples, \
          {} overwritten (keep-last), lost events {}, lost chunks {}, clean {}",

@@ -132,3 +132,204 @@ fn foreign_and_newer_files_get_clear_errors() {
     let e = Session::open(&[empty.path()]).unwrap_err().to_string();
     assert!(e.contains("no readable mpprof buffer files"), "{e}");
 }
+
+/// A one-event-chunk file made by hand: slot 0 holds an event chunk with
+/// header `(lane, seq)` (no chunk magic if `lane` is 0) and `words`
+/// committed, followed by `leftover` words past the count; slot 1 holds
+/// the metadata log `meta`.
+fn handmade(
+    (lane, seq): (u32, u32),
+    words: &[u64],
+    leftover: &[u64],
+    meta: &[mpprof::format::Meta],
+    finished: bool,
+) -> Vec<u8> {
+    use mpprof::format::{chunk, header, *};
+    let cs = MIN_CHUNK_SIZE as usize;
+    let mut f = vec![0u8; HEADER_SIZE as usize + 2 * cs];
+    let put = |f: &mut [u8], at: usize, b: &[u8]| f[at..at + b.len()].copy_from_slice(b);
+    put(&mut f, header::MAGIC, &MAGIC);
+    put(&mut f, header::VERSION, &FORMAT_VERSION.to_le_bytes());
+    put(
+        &mut f,
+        header::HEADER_SIZE,
+        &(HEADER_SIZE as u32).to_le_bytes(),
+    );
+    put(&mut f, header::CHUNK_SIZE, &MIN_CHUNK_SIZE.to_le_bytes());
+    put(
+        &mut f,
+        header::CHUNK_HEADER_SIZE,
+        &(CHUNK_HEADER_SIZE as u16).to_le_bytes(),
+    );
+    put(
+        &mut f,
+        header::RECORD_SIZE,
+        &(RECORD_SIZE as u16).to_le_bytes(),
+    );
+    put(&mut f, header::MAX_CHUNKS, &4u32.to_le_bytes());
+    put(&mut f, header::POLICY, &1u32.to_le_bytes());
+    put(&mut f, header::NEXT_CHUNK, &2u32.to_le_bytes());
+    put(&mut f, header::STATE, &u32::from(finished).to_le_bytes());
+    put(&mut f, header::PID, &42u32.to_le_bytes());
+    let ev = HEADER_SIZE as usize;
+    if lane != 0 {
+        put(&mut f, ev + chunk::MAGIC, &CHUNK_MAGIC.to_le_bytes());
+    }
+    put(&mut f, ev + chunk::KIND, &CHUNK_EVENTS.to_le_bytes());
+    put(&mut f, ev + chunk::LANE, &lane.to_le_bytes());
+    put(&mut f, ev + chunk::SEQ, &seq.to_le_bytes());
+    put(
+        &mut f,
+        ev + chunk::COMMITTED,
+        &(words.len() as u32).to_le_bytes(),
+    );
+    for (i, w) in words.iter().chain(leftover).enumerate() {
+        put(
+            &mut f,
+            ev + CHUNK_HEADER_SIZE as usize + 8 * i,
+            &w.to_le_bytes(),
+        );
+    }
+    let md = ev + cs;
+    put(&mut f, md + chunk::MAGIC, &CHUNK_MAGIC.to_le_bytes());
+    put(&mut f, md + chunk::KIND, &CHUNK_META.to_le_bytes());
+    let mut log = Vec::new();
+    for m in meta {
+        let b = postcard::to_stdvec(m).unwrap();
+        log.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        log.extend_from_slice(&b);
+    }
+    put(
+        &mut f,
+        md + chunk::COMMITTED,
+        &(log.len() as u32).to_le_bytes(),
+    );
+    put(&mut f, md + CHUNK_HEADER_SIZE as usize, &log);
+    f
+}
+
+/// `Meta::Reused` retires the hand-offs of the slot's old content, and
+/// counts what it overwrote against the lanes that wrote it, but only once
+/// the chunk header shows that the reuse happened: a writer killed between
+/// the entry and the header leaves the old content, which still reads as
+/// it was written.
+#[test]
+fn reused_chunks_drop_their_old_hand_offs_once_the_header_shows_the_reuse() {
+    use mpprof::format::{kind, word, Meta, SiteKind};
+    let base = |ts: u64| [word::site_kind(0, kind::BASE), ts];
+    let instant = |ts: u64| word::new(ts, word::site_kind(1, kind::INSTANT));
+    let mut meta = vec![Meta::Callsite {
+        id: 1,
+        kind: SiteKind::Event,
+        name: "tick".into(),
+        path: "t::tick".into(),
+        file: "t.rs".into(),
+        line: 1,
+    }];
+    for lane in 1..=5 {
+        meta.push(Meta::Thread {
+            lane,
+            tid: 100 + lane,
+            name: format!("t{lane}"),
+        });
+    }
+    let handoff = |start, lane| Meta::Handoff {
+        slot: 0,
+        start,
+        lane,
+        tid: 100 + lane,
+        seq: 0,
+        lost_before: 0,
+    };
+    let reused = |lane, seq, ow: Vec<(u32, u64)>| Meta::Reused {
+        slot: 0,
+        lane,
+        seq,
+        ts: 1000,
+        prev_lane: 1,
+        prev_overwritten: 0,
+        overwritten: ow,
+    };
+    // Old content: lane 1 wrote words 0..3 (a base and one event), lane 2
+    // continued at word 3 (a base and two events). Then lane 3 took the
+    // chunk over.
+    meta.push(handoff(3, 2));
+    meta.push(reused(3, 0, vec![(1, 1), (2, 2)]));
+    let old: Vec<u64> = [
+        base(10).as_slice(),
+        &[instant(11)],
+        &base(20),
+        &[instant(21), instant(22)],
+    ]
+    .concat();
+    let new: Vec<u64> = [base(30).as_slice(), &[instant(31)]].concat();
+    let events = |f: &read::ProcessFile, lane: u32| -> Vec<u64> {
+        let mut v = Vec::new();
+        for c in f.lanes.get(&lane).map_or(&[][..], |l| &l.chunks) {
+            let mut r = read::RecordReader::new(*c);
+            while let Some(e) = r.next_event(&f.file) {
+                v.push(e.ts);
+            }
+        }
+        v
+    };
+    let tmp = session_dir();
+    let open = |bytes: Vec<u8>| {
+        let p = tmp.path().join("x.mpb");
+        std::fs::write(&p, bytes).unwrap();
+        read::open(&p).unwrap()
+    };
+
+    // The reuse happened: lane 3's header. Everything in the chunk is lane
+    // 3's, lanes 1 and 2 lost theirs, and the old word past the count is a
+    // leftover, not a torn write, even in an unfinished file.
+    let f = open(handmade((3, 0), &new, &old[3..], &meta, false));
+    assert!(
+        f.warnings
+            .iter()
+            .all(|w| w.contains("no process information")),
+        "{:?}",
+        f.warnings
+    );
+    assert_eq!(events(&f, 3), [31]);
+    assert_eq!((events(&f, 1), events(&f, 2)), (vec![], vec![]));
+    let ow = |f: &read::ProcessFile, lane| f.lanes.get(&lane).map_or(0, |l| l.overwritten);
+    assert_eq!((ow(&f, 1), ow(&f, 2), ow(&f, 3)), (1, 2, 0));
+    assert_eq!(f.lanes[&2].overwritten_until, Some(1000));
+    assert!(f.reuses[0].effective);
+    assert_eq!(f.torn_records, 0);
+
+    // Killed between the entry and the header: the old content stands,
+    // split at its hand-off, and nothing counts as overwritten.
+    let f = open(handmade((1, 0), &old, &[], &meta, false));
+    assert_eq!(
+        (events(&f, 1), events(&f, 2), events(&f, 3)),
+        (vec![11], vec![21, 22], vec![])
+    );
+    assert_eq!((ow(&f, 1), ow(&f, 2)), (0, 0));
+    assert!(!f.reuses[0].effective);
+
+    // Killed while the header was rewritten (no magic): the chunk is
+    // skipped, and the entry did not take effect.
+    let f = open(handmade((0, 0), &old, &[], &meta, false));
+    assert!(!f.reuses[0].effective);
+    assert_eq!(f.lanes.values().map(|l| l.chunks.len()).sum::<usize>(), 0);
+
+    // A later life of the slot: lane 3 reused it as its own (seq 2), left
+    // it to lane 4 at exit (a hand-off after the reuse, which counts), and
+    // lane 5 was killed taking it over. Lane 3's reuse took effect, lane
+    // 5's did not.
+    meta.push(handoff(2, 4));
+    meta.push(reused(5, 0, vec![(3, 0), (4, 1)]));
+    let later: Vec<u64> = [base(40).as_slice(), &base(50), &[instant(51)]].concat();
+    let f = open(handmade((3, 2), &later, &[], &meta, true));
+    assert_eq!(
+        (events(&f, 3), events(&f, 4), events(&f, 5)),
+        (vec![], vec![51], vec![])
+    );
+    assert_eq!(
+        f.reuses.iter().map(|r| r.effective).collect::<Vec<_>>(),
+        [true, false]
+    );
+    assert_eq!((ow(&f, 1), ow(&f, 2), ow(&f, 4)), (1, 2, 0));
+}

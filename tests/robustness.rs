@@ -593,3 +593,162 @@ fn a_full_disk_costs_events_not_the_application() {
         assert!(h.processes[0].clean);
     }
 }
+
+/// Calls each thread of [`keep_last_keeps_the_newest_events_of_every_thread`] makes.
+const ROUND_CALLS: u64 = 60_000;
+/// Rounds of two new threads each.
+const ROUNDS: u64 = 6;
+
+/// A round's thread: ROUND_CALLS calls (about 15 chunks of 64 KiB), then
+/// `last_call`, its newest event.
+fn round_worker() -> u64 {
+    let sum = (0..ROUND_CALLS).fold(0u64, |a, i| a.wrapping_add(call(i)));
+    last_call();
+    sum
+}
+
+/// Thread churn under the flight recorder: once the budget is used up,
+/// threads that own no chunk (they only continued chunks left by exited
+/// threads) must still record, and every thread keeps its newest events.
+#[test]
+fn keep_last_keeps_the_newest_events_of_every_thread() {
+    child_role("rounds", || {
+        for round in 0..ROUNDS {
+            let hs: Vec<_> = (0..2)
+                .map(|t| {
+                    std::thread::Builder::new()
+                        .name(format!("r{round}t{t}"))
+                        .spawn(round_worker)
+                        .unwrap()
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+        }
+    });
+    let dir = session_dir();
+    let out = self_command(
+        "keep_last_keeps_the_newest_events_of_every_thread",
+        "rounds",
+        dir.path(),
+    )
+    .env("MPPROF_OVERFLOW", "keep-last")
+    .env("MPPROF_BUFFER_MB", "1")
+    .env("MPPROF_CHUNK_KB", "64")
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert_eq!(s.processes.len(), 1);
+    let p = &s.processes[0];
+    let f = &p.file;
+    // Per thread: its events, its loss markers, its newest span.
+    let made_per_thread = 2 * ROUND_CALLS + 2;
+    let mut names = std::collections::BTreeMap::<u32, String>::new();
+    let mut lost = std::collections::BTreeMap::<u32, u64>::new();
+    let mut newest = std::collections::BTreeMap::<u32, String>::new();
+    let mut markers = Vec::new();
+    for e in s.events() {
+        match e.kind {
+            EventKind::Lost { count, overwritten } => {
+                markers.push((e.lane, count, overwritten));
+                *lost.entry(e.lane).or_default() += count;
+            }
+            EventKind::Exit { site, .. } => {
+                newest.insert(e.lane, p.site_name(site).into_owned());
+            }
+            _ => {}
+        }
+    }
+    for (&lane, l) in &f.lanes {
+        names.insert(lane, l.name.clone());
+    }
+    let recorded = |lane: u32| -> u64 {
+        let mut n = 0;
+        for c in &f.lanes[&lane].chunks {
+            let mut r = mpprof_merge::read::RecordReader::new(*c);
+            while r.next_event(&f.file).is_some() {
+                n += 1;
+            }
+        }
+        n
+    };
+    // The last round's threads end with their last call.
+    for t in 0..2 {
+        let name = format!("r{}t{t}", ROUNDS - 1);
+        let lane = names
+            .iter()
+            .find(|(_, n)| **n == name)
+            .map(|(&l, _)| l)
+            .unwrap_or_else(|| panic!("no lane named {name}: {names:?}"));
+        assert_eq!(
+            newest.get(&lane).map(String::as_str),
+            Some("last_call"),
+            "{name} (lane {lane}) kept its newest events; markers {markers:?}"
+        );
+    }
+    // Every thread that still has events has its newest one, and its
+    // events kept plus those it is said to have lost are exactly what it
+    // made: no lane is blamed for another's overwritten events.
+    for (&lane, name) in &names {
+        let kept = recorded(lane);
+        let gone = lost.get(&lane).copied().unwrap_or(0);
+        if kept > 0 {
+            assert_eq!(
+                newest.get(&lane).map(String::as_str),
+                Some("last_call"),
+                "{name} (lane {lane}) has events but not its newest"
+            );
+        }
+        assert_eq!(
+            kept + gone,
+            made_per_thread,
+            "{name} (lane {lane}): {kept} kept + {gone} lost; markers {markers:?}"
+        );
+    }
+    assert_eq!(
+        names.len() as u64,
+        2 * ROUNDS,
+        "one lane per thread: {names:?}"
+    );
+    // Exact accounting for the process.
+    let made = 2 * ROUNDS * made_per_thread;
+    assert_eq!(f.recorded_events() + f.lost_events, made);
+    assert!(f.lost_events > 0, "the budget was used up");
+    assert!(
+        markers.iter().all(|&(_, _, overwritten)| overwritten),
+        "nothing was lost without being overwritten: {markers:?}"
+    );
+    // A clean run: no damage, nothing torn, no causality problem.
+    let h = mpprof_merge::check::check(&s);
+    assert!(!h.damaged(), "{:?} {:?}", h.processes[0].warnings, h.stats);
+    assert_eq!(h.causality_violations, 0);
+    assert_eq!(h.processes[0].torn_records, 0);
+    assert!(h.processes[0].clean);
+    let why = h.processes[0].lost_reason.as_deref().unwrap();
+    assert!(
+        why.contains("the flight recorder (keep-last) overwrote"),
+        "{why}"
+    );
+    // The writers take lanes that kept nothing but their loss marker.
+    let mut json = Vec::new();
+    mpprof_merge::write::chrome::write(&s, &mut json).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    let overwritten_markers = v["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with(" events overwritten"))
+        })
+        .count();
+    assert_eq!(overwritten_markers, markers.len());
+    mpprof_merge::write::perfetto::write(&s, &mut std::io::sink()).unwrap();
+}

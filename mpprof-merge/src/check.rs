@@ -97,13 +97,28 @@ pub fn check(session: &Session) -> Health {
         let f = &p.file;
         let info = f.info.as_ref();
         let lost_reason = (f.lost_events > 0).then(|| {
-            if f.lost_chunks > 0 {
+            let why = if f.lost_chunks > 0 {
                 format!(
                     "the file could not grow {} times (disk full or file size limit)",
                     f.lost_chunks
                 )
             } else {
                 "buffer budget used up (MPPROF_BUFFER_MB)".to_owned()
+            };
+            // Saturating: the counts are untrusted.
+            let overwritten = f
+                .lanes
+                .values()
+                .fold(0u64, |a, l| a.saturating_add(l.overwritten));
+            if overwritten == 0 {
+                why
+            } else if overwritten >= f.lost_events {
+                format!("{why}; the flight recorder (keep-last) overwrote each thread's oldest events")
+            } else {
+                format!(
+                    "{why}; {overwritten} overwritten by the flight recorder (keep-last), {} not recorded",
+                    f.lost_events - overwritten
+                )
             }
         });
         let method = match p.clock.method {

@@ -304,7 +304,7 @@ impl Session {
                     self,
                     pi,
                     lane,
-                    &l.chunks,
+                    l,
                     std::mem::take(&mut unattributed),
                 ));
             }
@@ -383,8 +383,8 @@ impl Process {
     }
 }
 
-/// Losses a lane's chunk headers account for: gaps before chunks, after its
-/// last chunk, and what the flight recorder overwrote.
+/// Losses a lane's chunk headers and the metadata account for: gaps before
+/// chunks, after its last chunk, and what the flight recorder overwrote.
 fn lane_losses(l: &read::Lane) -> u64 {
     // Saturating: the counts come from untrusted chunk headers (found by
     // fuzzing: `fuzz/corpus/read_file/crash-lane-losses-overflow`).
@@ -393,8 +393,7 @@ fn lane_losses(l: &read::Lane) -> u64 {
         .iter()
         .fold(0u64, |a, c| a.saturating_add(c.lost_before));
     let after = l.chunks.last().map_or(0, |c| c.lost_after);
-    let overwritten = l.chunks.iter().map(|c| c.overwritten).max().unwrap_or(0);
-    before.saturating_add(after).saturating_add(overwritten)
+    before.saturating_add(after).saturating_add(l.overwritten)
 }
 
 /// What the merge repaired or could not read, per run of [`Events`].
@@ -419,6 +418,10 @@ struct LaneStream<'a> {
     lane: u32,
     p: &'a Process,
     chunks: &'a [ChunkRef],
+    /// The lane's events the flight recorder overwrote, and (for a lane
+    /// with no surviving chunk) when the last of them went.
+    overwritten: u64,
+    overwritten_until: Option<u64>,
     next_chunk: usize,
     reader: Option<RecordReader>,
     /// Open spans: callsite ids.
@@ -436,7 +439,7 @@ impl<'a> LaneStream<'a> {
         s: &'a Session,
         proc: usize,
         lane: u32,
-        chunks: &'a [ChunkRef],
+        l: &'a read::Lane,
         unattributed_lost: u64,
     ) -> LaneStream<'a> {
         let p = &s.processes[proc];
@@ -444,7 +447,9 @@ impl<'a> LaneStream<'a> {
             proc,
             lane,
             p,
-            chunks,
+            chunks: &l.chunks,
+            overwritten: l.overwritten,
+            overwritten_until: l.overwritten_until,
             next_chunk: 0,
             reader: None,
             stack: Vec::new(),
@@ -486,7 +491,18 @@ impl<'a> LaneStream<'a> {
                 self.stats.unreadable_chunks += u64::from(r.io_errors > 0);
                 self.reader = None;
             }
-            let c = *self.chunks.get(self.next_chunk)?;
+            let Some(&c) = self.chunks.get(self.next_chunk) else {
+                if self.next_chunk == 0 {
+                    // Nothing of the lane survives: its overwritten events
+                    // all came before the reuse that took the last of them.
+                    self.next_chunk = 1;
+                    let ts = self
+                        .overwritten_until
+                        .map_or(self.p.start_ns, |t| self.p.ns(t));
+                    self.lost(ts, self.overwritten, true);
+                }
+                return None;
+            };
             self.next_chunk += 1;
             let mut r = RecordReader::new(c);
             let first = r.next_event(file);
@@ -498,8 +514,7 @@ impl<'a> LaneStream<'a> {
                 .unwrap_or(self.last_ts)
                 .max(self.last_ts);
             if self.next_chunk == 1 {
-                let overwritten = self.chunks.iter().map(|c| c.overwritten).max().unwrap_or(0);
-                self.lost(ts, overwritten, true);
+                self.lost(ts, self.overwritten, true);
             }
             self.lost(ts, c.lost_before, false);
             if first.is_some() {

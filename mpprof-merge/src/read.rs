@@ -74,6 +74,31 @@ pub struct Handoff {
     pub lost_before: u64,
 }
 
+/// The flight recorder gave a chunk that other threads wrote to another
+/// thread ([`Meta::Reused`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reuse {
+    /// Chunk slot.
+    pub slot: u32,
+    /// The new owner's lane.
+    pub lane: u32,
+    /// Sequence number of the new owner's chunk.
+    pub seq: u32,
+    /// Process clock when the chunk was taken.
+    pub ts: u64,
+    /// Lane in the replaced chunk header.
+    pub prev_lane: u32,
+    /// `overwritten` in the replaced chunk header.
+    pub prev_overwritten: u64,
+    /// Events overwritten, `(lane, events)` per segment of the old content.
+    pub overwritten: Vec<(u32, u64)>,
+    /// Whether the file shows that the reuse happened: the slot's header is
+    /// the new owner's (or a later one's). False for an entry whose writer
+    /// was killed before it re-initialised the header: the old content, its
+    /// hand-offs and its counts stand.
+    pub effective: bool,
+}
+
 /// How a file's event records are laid out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -136,6 +161,17 @@ pub struct Lane {
     pub name: String,
     /// Chunks in sequence order.
     pub chunks: Vec<ChunkRef>,
+    /// Events of this lane the flight recorder overwrote: the largest
+    /// `overwritten` of its chunk headers (its own chunks it reused, kept
+    /// also in [`Reuse::prev_overwritten`] when another thread took the
+    /// chunk) plus its events in chunks other threads took
+    /// ([`Reuse::overwritten`]). All are older than its first surviving
+    /// event.
+    pub overwritten: u64,
+    /// Process clock of the last reuse that overwrote events of this lane
+    /// in a chunk another thread took; for a lane with no surviving chunk,
+    /// every event of it is older.
+    pub overwritten_until: Option<u64>,
 }
 
 /// One process's file, decoded up to the event records (which are read
@@ -174,6 +210,9 @@ pub struct ProcessFile {
     pub warnings: Vec<String>,
     /// Chunks continued by another thread (already applied to `lanes`).
     pub handoffs: Vec<Handoff>,
+    /// Chunks the flight recorder gave to another thread, in file order
+    /// (already applied to `lanes`).
+    pub reuses: Vec<Reuse>,
     /// Records after a chunk's commit count that hold data: writes that were
     /// under way when the process died (torn or uncommitted), skipped.
     pub torn_records: u64,
@@ -341,6 +380,7 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
         warnings: Vec::new(),
         torn_records: 0,
         handoffs: Vec::new(),
+        reuses: Vec::new(),
     };
     let name = format!("{} (process {pid})", path.display());
     if pf.policy.is_none() {
@@ -368,6 +408,9 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
     let cap_bytes = chunk_size - format::CHUNK_HEADER_SIZE;
     let mut meta_chunks: Vec<(u32, u64, u32)> = Vec::new();
     let mut event_chunks: Vec<(u32, u32, ChunkRef)> = Vec::new();
+    // Event chunks to inspect for a torn record once the metadata says
+    // which were reused: (index in event_chunks, header `overwritten` > 0).
+    let mut torn_candidates: Vec<(usize, bool)> = Vec::new();
     let mut ch = [0u8; format::CHUNK_HEADER_SIZE as usize];
     for slot in 0..slots {
         let off = format::HEADER_SIZE + slot * chunk_size as u64;
@@ -415,9 +458,7 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                 }
                 if records < cap_records && !pf.clean {
                     let reused = le_u64(&ch, chunk::OVERWRITTEN) > 0;
-                    if looks_torn(&pf.file, layout, data, records, reused).map_err(io)? {
-                        pf.torn_records += 1;
-                    }
+                    torn_candidates.push((event_chunks.len(), reused));
                 }
                 let tid = le_u32(&ch, chunk::TID);
                 let lost_before = le_u64(&ch, chunk::LOST_BEFORE);
@@ -445,13 +486,24 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
     }
     meta_chunks.sort_by_key(|m| m.0);
     let mut buf = Vec::new();
+    // For each reuse entry: how many hand-offs were decoded before it.
+    let mut reuse_at = Vec::new();
     for (seq, data, bytes) in meta_chunks {
         buf.resize(bytes as usize, 0);
         let n = read_at(&pf.file, &mut buf, data).map_err(io)?;
         buf.truncate(n);
-        decode_meta(&mut pf, &buf, seq, &name);
+        decode_meta(&mut pf, &buf, seq, &name, &mut reuse_at);
     }
-    split_handoffs(&mut pf, event_chunks, cap_records, &name);
+    let current_from = apply_reuses(&mut pf, &event_chunks, &reuse_at);
+    for (i, header_says_reused) in torn_candidates {
+        let (slot, _, c) = &event_chunks[i];
+        let reused = header_says_reused || current_from.get(slot).is_some_and(|&(_, any)| any);
+        if looks_torn(&pf.file, layout, c.offset, c.records, reused).map_err(io)? {
+            pf.torn_records += 1;
+        }
+    }
+    split_handoffs(&mut pf, event_chunks, &current_from, cap_records, &name);
+    lane_overwritten(&mut pf);
     for l in pf.lanes.values_mut() {
         l.chunks.sort_by_key(|c| c.seq);
     }
@@ -505,11 +557,100 @@ fn looks_torn(
     })
 }
 
+/// Decides which [`Meta::Reused`] entries took effect and returns, per
+/// slot that has any, the index of the first hand-off that describes the
+/// slot's current content (hand-offs of the slot before it describe
+/// overwritten content) and whether the slot was reused at all.
+///
+/// The entries of a slot, in file order, took effect up to the last one
+/// whose lane is the lane in the slot's header with a `seq` no larger than
+/// the header's (the new owner may have reused the chunk as its own since,
+/// which raises the seq). An entry after it was written by a thread killed
+/// before it re-initialised the header: the old content stands. When the
+/// slot has no published header (killed while re-initialising it), all but
+/// the last entry took effect.
+fn apply_reuses(
+    pf: &mut ProcessFile,
+    event_chunks: &[(u32, u32, ChunkRef)],
+    reuse_at: &[usize],
+) -> BTreeMap<u32, (usize, bool)> {
+    let mut by_slot: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for (i, r) in pf.reuses.iter().enumerate() {
+        by_slot.entry(r.slot).or_default().push(i);
+    }
+    let headers: BTreeMap<u32, (u32, u32)> = event_chunks
+        .iter()
+        .map(|(slot, lane, c)| (*slot, (*lane, c.seq)))
+        .collect();
+    let mut current_from = BTreeMap::new();
+    for (slot, entries) in by_slot {
+        let took_effect = match headers.get(&slot) {
+            Some(&(lane, seq)) => entries
+                .iter()
+                .rposition(|&i| pf.reuses[i].lane == lane && pf.reuses[i].seq <= seq)
+                .map_or(0, |k| k + 1),
+            None => entries.len() - 1,
+        };
+        for &i in &entries[..took_effect] {
+            pf.reuses[i].effective = true;
+        }
+        let from = match took_effect {
+            0 => 0,
+            k => reuse_at.get(entries[k - 1]).copied().unwrap_or(0),
+        };
+        current_from.insert(slot, (from, took_effect > 0));
+    }
+    current_from
+}
+
+/// Adds what the flight recorder overwrote to each lane: the largest
+/// header count (of surviving chunks, and of replaced headers) plus the
+/// events in chunks other threads took.
+fn lane_overwritten(pf: &mut ProcessFile) {
+    for l in pf.lanes.values_mut() {
+        l.overwritten = l.chunks.iter().map(|c| c.overwritten).max().unwrap_or(0);
+    }
+    for r in pf.reuses.iter().filter(|r| r.effective) {
+        if r.prev_overwritten > 0 {
+            let l = pf.lanes.entry(r.prev_lane).or_default();
+            l.overwritten = l.overwritten.max(r.prev_overwritten);
+        }
+    }
+    for r in pf.reuses.iter().filter(|r| r.effective) {
+        for &(lane, events) in &r.overwritten {
+            if events == 0 {
+                continue;
+            }
+            let l = pf.lanes.entry(lane).or_default();
+            // Saturating: the counts are untrusted.
+            l.overwritten = l.overwritten.saturating_add(events);
+            l.overwritten_until = Some(l.overwritten_until.map_or(r.ts, |t| t.max(r.ts)));
+        }
+    }
+}
+
 /// Assigns event chunks to lanes. A chunk continued by other threads
 /// ([`Meta::Handoff`]) is split: records before the first hand-off belong
 /// to the lane in its header, each later run to the lane that took it over.
-fn split_handoffs(pf: &mut ProcessFile, chunks: Vec<(u32, u32, ChunkRef)>, cap: u32, name: &str) {
-    let mut handoffs = std::mem::take(&mut pf.handoffs);
+/// Only the hand-offs after the slot's last effective reuse count
+/// (`current_from`, see [`apply_reuses`]).
+fn split_handoffs(
+    pf: &mut ProcessFile,
+    chunks: Vec<(u32, u32, ChunkRef)>,
+    current_from: &BTreeMap<u32, (usize, bool)>,
+    cap: u32,
+    name: &str,
+) {
+    let mut handoffs: Vec<(usize, Handoff)> = std::mem::take(&mut pf.handoffs)
+        .into_iter()
+        .enumerate()
+        .collect();
+    handoffs.retain(|(i, h)| {
+        current_from
+            .get(&h.slot)
+            .is_none_or(|&(from, _)| *i >= from)
+    });
+    let mut handoffs: Vec<Handoff> = handoffs.into_iter().map(|(_, h)| h).collect();
     handoffs.sort_by_key(|h| (h.slot, h.start));
     for (slot, lane, c) in chunks {
         let mine: Vec<&Handoff> = handoffs.iter().filter(|h| h.slot == slot).collect();
@@ -552,7 +693,13 @@ fn split_handoffs(pf: &mut ProcessFile, chunks: Vec<(u32, u32, ChunkRef)>, cap: 
     }
 }
 
-fn decode_meta(pf: &mut ProcessFile, mut b: &[u8], seq: u32, name: &str) {
+fn decode_meta(
+    pf: &mut ProcessFile,
+    mut b: &[u8],
+    seq: u32,
+    name: &str,
+    reuse_at: &mut Vec<usize>,
+) {
     while !b.is_empty() {
         if b.len() < format::META_LEN_SIZE {
             pf.warnings.push(format!(
@@ -610,6 +757,27 @@ fn decode_meta(pf: &mut ProcessFile, mut b: &[u8], seq: u32, name: &str) {
                 seq,
                 lost_before,
             }),
+            Ok(Meta::Reused {
+                slot,
+                lane,
+                seq,
+                ts,
+                prev_lane,
+                prev_overwritten,
+                overwritten,
+            }) => {
+                reuse_at.push(pf.handoffs.len());
+                pf.reuses.push(Reuse {
+                    slot,
+                    lane,
+                    seq,
+                    ts,
+                    prev_lane,
+                    prev_overwritten,
+                    overwritten,
+                    effective: false,
+                });
+            }
             Err(e) => pf.warnings.push(format!(
                 "{name}: metadata chunk {seq}: undecodable entry ({e}); skipped"
             )),

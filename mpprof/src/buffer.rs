@@ -284,31 +284,33 @@ impl ProcessBuffer {
         unsafe { self.init_chunk(slot, init) }
     }
 
-    /// Flight recorder: starts `slot`, an event chunk the calling thread
-    /// owns, over again. Returns the chunk and how many events it held (now
-    /// overwritten, and added to `init.overwritten` in the new header): its
-    /// committed words less `extra`, the words that were not events (time
-    /// bases and payloads).
+    /// Flight recorder: starts `slot`, an event chunk, over again with the
+    /// header `init` (`committed = 0`). The caller counts what the chunk held.
     ///
     /// # Safety
-    /// `slot` was claimed by the calling thread as an event chunk and is not
-    /// its current chunk any more (or is, and the caller forgets its old
-    /// position).
-    pub unsafe fn reuse(&self, slot: u32, init: &ChunkInit, extra: u32) -> (Chunk, u32) {
-        let offset = format::HEADER_SIZE as usize + slot as usize * self.config.chunk_size as usize;
-        // SAFETY: the slot is a claimed, reserved chunk of this thread.
-        let old = unsafe {
-            let committed =
-                &*(self.map.as_mut_ptr().add(offset + chunk::COMMITTED) as *const AtomicU32);
-            // Relaxed: only this thread writes the count.
-            committed.load(Ordering::Relaxed).saturating_sub(extra)
-        };
-        let init = ChunkInit {
-            overwritten: init.overwritten + old as u64,
-            ..*init
-        };
+    /// `slot` was claimed as an event chunk of this file, and no thread
+    /// writes it any more or can take it (it is the caller's own, or the
+    /// caller took it from the recorder's pool or hand-off list).
+    pub unsafe fn reuse(&self, slot: u32, init: &ChunkInit) -> Chunk {
         // SAFETY: guaranteed by the caller.
-        (unsafe { self.init_chunk(slot, &init) }, old)
+        unsafe { self.init_chunk(slot, init) }
+    }
+
+    /// The `lane` and `overwritten` fields of the header of event chunk
+    /// `slot`.
+    ///
+    /// # Safety
+    /// As for [`ProcessBuffer::reuse`]: the chunk's header is published and
+    /// no thread changes it while this runs.
+    pub unsafe fn chunk_owner(&self, slot: u32) -> (u32, u64) {
+        let offset = format::HEADER_SIZE as usize + slot as usize * self.config.chunk_size as usize;
+        // SAFETY: the header is inside the mapping, reserved on disk and
+        // written by its last owner, whose writes were ordered before ours by
+        // the mutex the chunk came through.
+        unsafe {
+            let c = self.map.as_mut_ptr().add(offset);
+            (get_u32(c, chunk::LANE), get_u64(c, chunk::OVERWRITTEN))
+        }
     }
 
     /// Writes a chunk header and publishes it.
@@ -455,6 +457,22 @@ unsafe fn put_u32(base: *mut u8, off: usize, v: u32) {
         base.add(off)
             .copy_from_nonoverlapping(v.to_le_bytes().as_ptr(), 4)
     }
+}
+/// # Safety
+/// `base + off .. + 4` is readable.
+unsafe fn get_u32(base: *const u8, off: usize) -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: guaranteed by the caller.
+    unsafe { b.as_mut_ptr().copy_from_nonoverlapping(base.add(off), 4) };
+    u32::from_le_bytes(b)
+}
+/// # Safety
+/// `base + off .. + 8` is readable.
+unsafe fn get_u64(base: *const u8, off: usize) -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: guaranteed by the caller.
+    unsafe { b.as_mut_ptr().copy_from_nonoverlapping(base.add(off), 8) };
+    u64::from_le_bytes(b)
 }
 /// # Safety
 /// `base + off .. + 8` is writable.

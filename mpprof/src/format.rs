@@ -35,7 +35,8 @@ pub const MAGIC: [u8; 8] = *b"MPPROF\r\n";
 /// - 3: record kinds `ASYNC_BEGIN` and `ASYNC_END`.
 /// - 4: 8-byte record words (the timestamp's low half, callsite and kind
 ///   in one `u64`, see [`word`]) instead of 16-byte records, and the record
-///   kind `BASE`. Versions 1-3 use 16-byte records ([`record_v3`]).
+///   kind `BASE`, and [`Meta::Reused`]. Versions 1-3 use 16-byte records
+///   ([`record_v3`]).
 pub const FORMAT_VERSION: u32 = 4;
 
 /// Size of the file header; chunk 0 starts here. One page, so the chunk area
@@ -406,6 +407,33 @@ pub enum Meta {
         /// Events the lane lost just before this segment.
         lost_before: u64,
     },
+    /// The flight recorder (`keep-last`) gave chunk `slot`, which another
+    /// thread wrote last or which other threads had continued, to the
+    /// thread of `lane`. Written before the chunk header is re-initialised
+    /// (added in format 4): [`Meta::Handoff`] entries of `slot` before it
+    /// describe the old content and no longer apply once the header shows
+    /// `lane` with a `seq` of at least `seq`. A chunk a thread reuses that
+    /// only it ever wrote gets no entry.
+    Reused {
+        /// Chunk slot.
+        slot: u32,
+        /// The new owner's lane, as in the re-initialised header.
+        lane: u32,
+        /// The `seq` in the re-initialised header.
+        seq: u32,
+        /// Process clock when the chunk was taken: every overwritten event
+        /// is older.
+        ts: u64,
+        /// Lane in the chunk header being replaced.
+        prev_lane: u32,
+        /// `overwritten` in the chunk header being replaced: that lane's
+        /// cumulative count, kept here because the header is gone.
+        prev_overwritten: u64,
+        /// The events overwritten, per segment of the old content in
+        /// order: `(lane, events)` (the header's lane first, then each
+        /// hand-off's).
+        overwritten: Vec<(u32, u64)>,
+    },
 }
 
 /// Largest encoded metadata entry (bytes), so an entry always fits one
@@ -456,6 +484,23 @@ mod tests {
             name: "worker".into(),
         };
         let bytes = postcard::to_stdvec(&m).unwrap();
+        assert_eq!(postcard::from_bytes::<Meta>(&bytes).unwrap(), m);
+    }
+
+    // Variants only grow at the end: the first byte is the variant index.
+    #[test]
+    fn reused_is_meta_variant_5() {
+        let m = Meta::Reused {
+            slot: 7,
+            lane: 3,
+            seq: 2,
+            ts: 1,
+            prev_lane: 1,
+            prev_overwritten: 0,
+            overwritten: vec![(1, 100), (2, 5)],
+        };
+        let bytes = postcard::to_stdvec(&m).unwrap();
+        assert_eq!(bytes, [5, 7, 3, 2, 1, 1, 0, 2, 1, 100, 2, 5]);
         assert_eq!(postcard::from_bytes::<Meta>(&bytes).unwrap(), m);
     }
 }

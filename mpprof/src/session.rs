@@ -88,12 +88,19 @@ pub(crate) struct Recorder {
     pub(crate) dir: PathBuf,
     pub(crate) clock_hz: f64,
     finished: AtomicBool,
-    /// Partly used chunks left by finished threads, with the next free
-    /// record index: new threads continue them before claiming fresh ones,
-    /// so thread churn does not eat the budget.
-    handoffs: Mutex<Vec<(Chunk, u32)>>,
+    /// Partly used chunks left by finished threads: new threads continue
+    /// them before claiming fresh ones, so thread churn does not eat the
+    /// budget.
+    handoffs: Mutex<Vec<HandedOff>>,
     /// Whether `handoffs` may be non-empty.
     handoff_hint: AtomicBool,
+    /// Flight recorder (keep-last): event chunks no thread writes any more
+    /// (left by exited threads, or continued chunks their last writer moved
+    /// on from), ordered by when they were left, newest first: the last one
+    /// holds the oldest events and is reused first.
+    pool: Mutex<Vec<Pooled>>,
+    /// Whether `pool` may be non-empty.
+    pool_hint: AtomicBool,
     /// Event chunk slots reserved and page-mapped ahead by the preparer.
     ready: Mutex<Vec<u32>>,
     ready_cv: parking_lot::Condvar,
@@ -186,10 +193,15 @@ impl Recorder {
         }
     }
 
+    /// Appends a metadata entry; false if it could not be stored.
+    pub(crate) fn write_meta_stored(&self, m: &Meta) -> bool {
+        self.meta.lock().append(&self.buf, m)
+    }
+
     /// Offers the rest of a finished thread's chunk to the next thread.
-    pub(crate) fn hand_off(&self, c: Chunk, next: u32) {
-        let mut h = self.handoffs.lock();
-        h.push((c, next));
+    pub(crate) fn hand_off(&self, h: HandedOff) {
+        let mut list = self.handoffs.lock();
+        list.push(h);
         // Relaxed: a hint for `take_handoff`; the list itself is under the lock.
         self.handoff_hint.store(true, Ordering::Relaxed);
     }
@@ -197,15 +209,42 @@ impl Recorder {
     /// Takes a partly used chunk left by a finished thread, if any. Without
     /// any, costs one relaxed load (a thread losing events calls this for
     /// every event).
-    pub(crate) fn take_handoff(&self) -> Option<(Chunk, u32)> {
+    pub(crate) fn take_handoff(&self) -> Option<HandedOff> {
         // Relaxed: a stale `false` only means the chunk is taken next time.
         if !self.handoff_hint.load(Ordering::Relaxed) {
             return None;
         }
-        let mut h = self.handoffs.lock();
-        let c = h.pop();
-        self.handoff_hint.store(!h.is_empty(), Ordering::Relaxed);
-        c
+        let mut list = self.handoffs.lock();
+        let h = list.pop();
+        // Relaxed: as above.
+        self.handoff_hint.store(!list.is_empty(), Ordering::Relaxed);
+        h
+    }
+
+    /// Flight recorder: puts a chunk that no thread writes any more into the
+    /// pool of reusable chunks.
+    pub(crate) fn pool(&self, p: Pooled) {
+        let mut pool = self.pool.lock();
+        // Newest first; among equal times, the one pooled first is taken first.
+        let at = pool.partition_point(|q| q.left_at > p.left_at);
+        pool.insert(at, p);
+        // Relaxed: a hint for `take_pooled`; the pool itself is under the lock.
+        self.pool_hint.store(true, Ordering::Relaxed);
+    }
+
+    /// Flight recorder: takes the pooled chunk that was left longest ago
+    /// (its newest event is the oldest in the pool). Without any, costs one
+    /// relaxed load.
+    pub(crate) fn take_pooled(&self) -> Option<Pooled> {
+        // Relaxed: a stale `false` only means the chunk is taken next time.
+        if !self.pool_hint.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut pool = self.pool.lock();
+        let p = pool.pop();
+        // Relaxed: as above.
+        self.pool_hint.store(!pool.is_empty(), Ordering::Relaxed);
+        p
     }
 
     /// Writes a clock anchor unless one was written recently: every 10 ms
@@ -234,6 +273,28 @@ impl Recorder {
         self.write_meta(&Meta::Anchor(clock::anchor()));
         self.buf.set_finished();
     }
+}
+
+/// The rest of an exited thread's chunk, for the next thread that needs one.
+pub(crate) struct HandedOff {
+    /// The chunk.
+    pub(crate) chunk: Chunk,
+    /// Its next free record word.
+    pub(crate) next: u32,
+    /// Flight recorder only (empty under keep-first): the events of each
+    /// segment written so far, `(lane, events)`, the header's lane first.
+    pub(crate) segments: Vec<(u32, u64)>,
+}
+
+/// A flight-recorder chunk that no thread writes any more.
+pub(crate) struct Pooled {
+    /// Its slot.
+    pub(crate) slot: u32,
+    /// CLOCK_MONOTONIC ns when its last writer left it.
+    pub(crate) left_at: u64,
+    /// The events of each of its segments, `(lane, events)`, the header's
+    /// lane first: what reusing it overwrites.
+    pub(crate) segments: Vec<(u32, u64)>,
 }
 
 /// The recorder for epoch `s`, if it is still the current one.
@@ -529,6 +590,8 @@ fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::
         finished: AtomicBool::new(false),
         handoffs: Mutex::new(Vec::new()),
         handoff_hint: AtomicBool::new(false),
+        pool: Mutex::new(Vec::new()),
+        pool_hint: AtomicBool::new(false),
         ready: Mutex::new(Vec::new()),
         ready_cv: parking_lot::Condvar::new(),
         preparer_started: AtomicBool::new(false),

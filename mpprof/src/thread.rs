@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use crate::buffer::{Chunk, ChunkInit, ClaimError};
 use crate::clock;
 use crate::format::{self, kind, word, Meta, Policy};
-use crate::session::{self, Recorder, OFF, STATE, UNKNOWN};
+use crate::session::{self, HandedOff, Pooled, Recorder, OFF, STATE, UNKNOWN};
 
 /// A thread's position in its current chunk. Plain `Cell`s: only the owning
 /// thread touches it. No destructor, so the thread-local is a bare
@@ -52,9 +52,13 @@ struct Writer {
     retry_at: Cell<u64>,
     /// The chunk was just installed: the next record must be a `BASE`.
     need_base: Cell<bool>,
-    /// Words of the current chunk that are not events (`BASE` records and
-    /// payload words), so that overwriting it counts events exactly.
+    /// Words of this thread's segment of the current chunk that are not
+    /// events (`BASE` records and payload words), so that overwriting it
+    /// counts events exactly.
     extra: Cell<u32>,
+    /// First word of this thread's segment of the current chunk (0, or
+    /// where a continued chunk's previous owner stopped).
+    start: Cell<u32>,
 }
 
 thread_local! {
@@ -76,12 +80,16 @@ thread_local! {
             retry_at: Cell::new(0),
             need_base: Cell::new(false),
             extra: Cell::new(0),
+            start: Cell::new(0),
         }
     };
     /// Slow-path state: the event chunks this thread owns in the current
-    /// recorder, oldest first (the flight recorder reuses the front one).
-    /// Its destructor hands the thread's partly used chunk on at exit.
-    static OWNED: RefCell<Owned> = const { RefCell::new(Owned { epoch: 0, slots: VecDeque::new() }) };
+    /// recorder, oldest first (the flight recorder reuses the front one),
+    /// and what it knows about its current chunk. Its destructor hands the
+    /// thread's partly used chunk on at exit, and (keep-last) pools the rest.
+    static OWNED: RefCell<Owned> = const {
+        RefCell::new(Owned { epoch: 0, left: VecDeque::new(), current: None })
+    };
 }
 
 /// Records one event. The hot path: one relaxed load of the global state,
@@ -288,12 +296,26 @@ fn slow(w: &Writer, mut s: u32, site: u32, kind: u8, payload: Option<[u64; 2]>) 
     unsafe { write_words(w, w.idx.get(), &words[..n]) };
 }
 
+/// Most segments a flight-recorder chunk is shared by: a thread exiting
+/// with a chunk shared by this many pools it instead of handing it off, so
+/// a [`Meta::Reused`] entry (one `(lane, events)` pair per segment) stays
+/// small.
+const MAX_SEGMENTS: usize = 32;
+
 /// Gives this thread a chunk to write to: the rest of a finished thread's
 /// chunk, else a fresh one. Under `keep-last`, when the budget is used up
-/// or the file cannot grow, the thread starts its own oldest chunk over.
-/// False when there is nothing to write to (keep-first with the budget
-/// used up or the disk full).
+/// or the file cannot grow, the thread starts its own oldest chunk over,
+/// or, when it has left none, the pooled chunk that was left longest ago,
+/// or else its current chunk. False when there is nothing to write to
+/// (keep-first with the budget used up or the disk full).
 fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
+    let keep_last = r.buf.policy() == Policy::KeepLast;
+    if keep_last && owned(w, |_| ()).is_none() {
+        // The thread is exiting and its chunk list is gone: a chunk taken
+        // now would never be pooled again. The event is lost (and counted).
+        w.cap.set(0);
+        return false;
+    }
     let init = ChunkInit {
         kind: format::CHUNK_EVENTS,
         lane: w.lane.get(),
@@ -302,41 +324,33 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
         lost_before: w.lost.get(),
         overwritten: w.overwritten.get(),
     };
-    // Leaving the current chunk: remember how many of its words are not
-    // events, in case the flight recorder overwrites it later.
-    let (slot, extra) = (w.slot.get(), w.extra.get());
-    if !w.hdr.get().is_null() {
-        owned(w, |o| {
-            if let Some(b) = o.back_mut().filter(|b| b.0 == slot) {
-                b.1 = extra;
-            }
-        });
-    }
     let retry_at = w.retry_at.get();
     let may_claim = retry_at == 0 || (retry_at != u64::MAX && clock::monotonic_ns() >= retry_at);
-    if let Some((c, start)) = r.take_handoff() {
+    if let Some(h) = r.take_handoff() {
         // Continue a finished thread's chunk: say so in the metadata
         // first, so the reader attributes the records from `start` on to
         // this lane.
         r.write_meta(&Meta::Handoff {
-            slot: c.slot,
-            start,
+            slot: h.chunk.slot,
+            start: h.next,
             lane: init.lane,
             tid: init.tid,
             seq: init.seq,
             lost_before: init.lost_before,
         });
-        // Registers the exit hand-off for this thread too (not owned: a
-        // continued chunk is never reused by the flight recorder).
-        owned(w, |_| ());
-        install(w, c, start);
+        leave_current(w, r);
+        install(w, h.chunk, h.next);
+        // Not owned: a continued chunk is reused only through the pool,
+        // with a `Reused` entry that retires its hand-offs.
+        set_current(w, false, h.segments);
         return true;
     }
     if may_claim {
         match r.claim_events(&init) {
             Ok(c) => {
-                owned(w, |o| o.push_back((c.slot, 0)));
+                leave_current(w, r);
                 install(w, c, 0);
+                set_current(w, true, Vec::new());
                 return true;
             }
             // The budget will not come back.
@@ -345,7 +359,7 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
                 if retry_at == 0 {
                     let then = match r.buf.policy() {
                         Policy::KeepLast => {
-                            "the flight recorder goes on by overwriting this thread's oldest events"
+                            "the flight recorder goes on by overwriting the oldest events"
                         }
                         Policy::KeepFirst => "this thread stops recording until space is available",
                     };
@@ -359,72 +373,298 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
             }
         }
     }
-    if r.buf.policy() == Policy::KeepLast {
-        if let Some((slot, extra)) = owned(w, |o| o.pop_front()).flatten() {
-            // SAFETY: `slot` was claimed by this thread in this recorder
-            // (OWNED is reset with the epoch) and the thread is done with it.
-            let (c, old) = unsafe { r.buf.reuse(slot, &init, extra) };
-            r.buf.add_lost_events(old as u64);
-            w.overwritten.set(w.overwritten.get() + old as u64);
-            r.maybe_anchor();
-            owned(w, |o| o.push_back((c.slot, 0)));
-            let retry = w.retry_at.get();
-            install(w, c, 0);
-            w.retry_at.set(retry);
-            return true;
-        }
+    if keep_last && reuse_a_chunk(w, r, &init) {
+        return true;
     }
     // Nothing to write to: keep-first with the budget used up or the disk
-    // full, or a flight-recorder thread that never had a chunk of its own.
+    // full, or a flight-recorder thread with no chunk at all while every
+    // other chunk is some live thread's.
     w.cap.set(0);
     false
 }
 
-/// The event chunks a thread claimed itself (not continued from another
-/// thread), for the flight recorder to reuse: (slot, words in it that are
-/// not events, known once the thread left it).
+/// Flight recorder, once no fresh chunk can be had: overwrites, in order
+/// of preference, this thread's oldest chunk (one it left, never its
+/// current one, so it keeps at least a chunk of history), the pooled chunk
+/// left longest ago, or its current chunk. True when the thread got one.
+fn reuse_a_chunk(w: &Writer, r: &'static Recorder, init: &ChunkInit) -> bool {
+    let retry = w.retry_at.get();
+    let got = if let Some(old) = owned(w, |o| o.left.pop_front()).flatten() {
+        // SAFETY: the slot is an event chunk this thread claimed (or took)
+        // in this recorder (the list is reset with the epoch) and left.
+        let c = unsafe { r.buf.reuse(old.slot, &own_init(w, init, old.events)) };
+        overwritten_own(w, r, old.events);
+        leave_current(w, r);
+        Some(c)
+    } else if let Some(c) = take_from_pool(w, r, init) {
+        leave_current(w, r);
+        Some(c)
+    } else {
+        reuse_current(w, r, init)
+    };
+    let Some(c) = got else {
+        return false;
+    };
+    r.maybe_anchor();
+    install(w, c, 0);
+    set_current(w, true, Vec::new());
+    w.retry_at.set(retry);
+    true
+}
+
+/// The header for this thread's own chunk holding `events` events, reused:
+/// the lane's cumulative `overwritten` grows by them.
+fn own_init(w: &Writer, init: &ChunkInit, events: u64) -> ChunkInit {
+    ChunkInit {
+        overwritten: w.overwritten.get() + events,
+        ..*init
+    }
+}
+
+/// Counts `events` events of this thread's own chunk as overwritten (once
+/// its header was re-initialised), in `lost_events` and in the lane's
+/// cumulative `overwritten`.
+fn overwritten_own(w: &Writer, r: &Recorder, events: u64) {
+    r.buf.add_lost_events(events);
+    w.overwritten.set(w.overwritten.get() + events);
+}
+
+/// Takes pooled chunks, oldest first, until one can be reused. A chunk
+/// whose [`Meta::Reused`] entry cannot be stored (the metadata space is
+/// used up) is left as it is, for good: its content stays readable.
+fn take_from_pool(w: &Writer, r: &'static Recorder, init: &ChunkInit) -> Option<Chunk> {
+    while let Some(p) = r.take_pooled() {
+        // SAFETY: taking the chunk from the pool made it this thread's
+        // alone, and no thread writes it any more.
+        if let Some(c) = unsafe { reuse_shared(w, r, init, p.slot, &p.segments) } {
+            return Some(c);
+        }
+    }
+    None
+}
+
+/// Starts the current chunk over (the thread has no other chunk to
+/// overwrite).
+fn reuse_current(w: &Writer, r: &'static Recorder, init: &ChunkInit) -> Option<Chunk> {
+    if w.hdr.get().is_null() {
+        return None;
+    }
+    let cur = owned(w, |o| o.current.take()).flatten()?;
+    let events = segment_events(w);
+    if cur.own {
+        // SAFETY: the thread's own chunk, which it stops writing here.
+        let c = unsafe { r.buf.reuse(cur.slot, &own_init(w, init, events)) };
+        overwritten_own(w, r, events);
+        return Some(c);
+    }
+    let mut segments = cur.prior.clone();
+    segments.push((w.lane.get(), events));
+    // SAFETY: a continued chunk is written only by its current owner, this
+    // thread, which stops writing it here.
+    let c = unsafe { reuse_shared(w, r, init, cur.slot, &segments) };
+    if c.is_none() {
+        // Still the current chunk (full): the losses go into its header.
+        owned(w, |o| o.current = Some(cur));
+    }
+    c
+}
+
+/// Gives `slot`, a chunk other threads wrote (`segments` says how many
+/// events of which lane it holds), to this thread: writes [`Meta::Reused`]
+/// under the metadata lock, then re-initialises the header, then counts
+/// the overwritten events. `None` (and the chunk untouched) if the entry
+/// could not be stored: without it a reader would split the new content
+/// at the old hand-offs.
+///
+/// A SIGKILL between the entry and the end of the header's
+/// re-initialisation leaves either the old header (the reader sees that
+/// the entry's `lane`/`seq` are not there and keeps the old hand-offs) or
+/// a header without magic (the reader skips the chunk); either way its
+/// old events are not yet in `lost_events`.
+///
+/// # Safety
+/// No thread writes `slot` any more or can take it.
+unsafe fn reuse_shared(
+    w: &Writer,
+    r: &'static Recorder,
+    init: &ChunkInit,
+    slot: u32,
+    segments: &[(u32, u64)],
+) -> Option<Chunk> {
+    // SAFETY: guaranteed by the caller.
+    let (prev_lane, prev_overwritten) = unsafe { r.buf.chunk_owner(slot) };
+    let events = segments.iter().map(|s| s.1).sum::<u64>();
+    let entry = Meta::Reused {
+        slot,
+        lane: init.lane,
+        seq: init.seq,
+        ts: clock::now_with(session::epoch_uses_tsc(w.epoch.get())),
+        prev_lane,
+        prev_overwritten,
+        overwritten: segments.to_vec(),
+    };
+    if !r.write_meta_stored(&entry) {
+        return None;
+    }
+    // The events belong to the lanes in the entry, not to this thread:
+    // its own `overwritten` stays as it is.
+    // SAFETY: guaranteed by the caller.
+    let c = unsafe { r.buf.reuse(slot, init) };
+    r.buf.add_lost_events(events);
+    Some(c)
+}
+
+/// Events this thread wrote into its segment of the current chunk.
+fn segment_events(w: &Writer) -> u64 {
+    // Saturating: never below zero (`start <= idx`, and `extra` counts
+    // words of the segment), but a panic here would be in a TLS destructor.
+    w.idx
+        .get()
+        .saturating_sub(w.start.get())
+        .saturating_sub(w.extra.get()) as u64
+}
+
+/// The thread leaves its current chunk (it has a new one, not yet
+/// installed): an own chunk joins the list of chunks it left, a continued
+/// one (keep-last) goes to the pool.
+fn leave_current(w: &Writer, r: &Recorder) {
+    if w.hdr.get().is_null() {
+        return;
+    }
+    let Some(cur) = owned(w, |o| o.current.take()).flatten() else {
+        return;
+    };
+    let events = segment_events(w);
+    if cur.own {
+        let left_at = clock::monotonic_ns();
+        owned(w, |o| {
+            o.left.push_back(Left {
+                slot: cur.slot,
+                events,
+                left_at,
+            })
+        });
+    } else if r.buf.policy() == Policy::KeepLast {
+        let mut segments = cur.prior;
+        segments.push((w.lane.get(), events));
+        r.pool(Pooled {
+            slot: cur.slot,
+            left_at: clock::monotonic_ns(),
+            segments,
+        });
+    }
+    // Keep-first: a continued chunk is simply left.
+}
+
+/// Records what the thread knows about the chunk it just installed.
+fn set_current(w: &Writer, own: bool, prior: Vec<(u32, u64)>) {
+    let slot = w.slot.get();
+    owned(w, |o| o.current = Some(Current { slot, own, prior }));
+}
+
+/// An own chunk the thread has left.
+struct Left {
+    slot: u32,
+    /// Events in it.
+    events: u64,
+    /// CLOCK_MONOTONIC ns when the thread left it.
+    left_at: u64,
+}
+
+/// The thread's current chunk.
+struct Current {
+    slot: u32,
+    /// Claimed (or reused) by this thread, rather than continued.
+    own: bool,
+    /// Keep-last, continued chunk: the events of the earlier segments,
+    /// `(lane, events)`.
+    prior: Vec<(u32, u64)>,
+}
+
+/// The slow path's per-thread state for the writer's recorder: the event
+/// chunks the thread owns and has left (the flight recorder reuses the
+/// oldest), and its current chunk.
 struct Owned {
     epoch: u32,
-    slots: VecDeque<(u32, u32)>,
+    left: VecDeque<Left>,
+    current: Option<Current>,
 }
 
 impl Drop for Owned {
     /// The thread is exiting: offer the unused rest of its chunk to the next
     /// thread that needs one (1,000 short-lived threads then share chunks
-    /// instead of taking 1,000 of them), and stop writing into it.
+    /// instead of taking 1,000 of them), and stop writing into it. Under
+    /// keep-last, its other chunks (and its current one, if not handed off)
+    /// go to the pool, where threads with no chunk of their own to overwrite
+    /// take them, the chunk left longest ago first.
     fn drop(&mut self) {
         let _ = WRITER.try_with(|w| {
-            let (i, cap) = (w.idx.get(), w.cap.get());
-            if cap > i + 16 {
-                if let Some(r) = session::recorder_for(w.epoch.get()) {
-                    let c = Chunk {
-                        header: w.hdr.get(),
-                        slot: w.slot.get(),
-                        data: w.recs.get() as *mut u8,
-                        committed: w.commit.get(),
-                        capacity: cap,
-                    };
-                    r.hand_off(c, i);
+            let r = session::recorder_for(w.epoch.get()).filter(|_| self.epoch == w.epoch.get());
+            if let Some(r) = r {
+                let keep_last = r.buf.policy() == Policy::KeepLast;
+                let now = clock::monotonic_ns();
+                let lane = w.lane.get();
+                if let Some(cur) = self.current.take().filter(|_| !w.hdr.get().is_null()) {
+                    let (i, cap) = (w.idx.get(), w.cap.get());
+                    let mut segments = Vec::new();
+                    if keep_last {
+                        segments = cur.prior;
+                        segments.push((lane, segment_events(w)));
+                    }
+                    if cap > i + 16 && segments.len() < MAX_SEGMENTS {
+                        let chunk = Chunk {
+                            header: w.hdr.get(),
+                            slot: w.slot.get(),
+                            data: w.recs.get() as *mut u8,
+                            committed: w.commit.get(),
+                            capacity: cap,
+                        };
+                        r.hand_off(HandedOff {
+                            chunk,
+                            next: i,
+                            segments,
+                        });
+                    } else if keep_last {
+                        r.pool(Pooled {
+                            slot: cur.slot,
+                            left_at: now,
+                            segments,
+                        });
+                    }
+                }
+                if keep_last {
+                    for l in self.left.drain(..) {
+                        r.pool(Pooled {
+                            slot: l.slot,
+                            left_at: l.left_at,
+                            segments: vec![(lane, l.events)],
+                        });
+                    }
                 }
             }
+            // The chunk is another thread's (or the pool's) now: an event
+            // recorded by a later thread-local destructor must not touch
+            // its header (`lost_after`).
+            w.hdr.set(std::ptr::null_mut());
             w.cap.set(0);
             w.idx.set(0);
         });
     }
 }
 
-/// Runs `f` on this thread's list of owned chunks for the writer's epoch;
+/// Runs `f` on this thread's slow-path state for the writer's epoch;
 /// `None` while the thread is exiting.
-fn owned<R>(w: &Writer, f: impl FnOnce(&mut VecDeque<(u32, u32)>) -> R) -> Option<R> {
+fn owned<R>(w: &Writer, f: impl FnOnce(&mut Owned) -> R) -> Option<R> {
     OWNED
         .try_with(|o| {
             let mut o = o.borrow_mut();
             if o.epoch != w.epoch.get() {
                 // Not `*o = ..`: dropping an `Owned` hands the chunk off.
                 o.epoch = w.epoch.get();
-                o.slots.clear();
+                o.left.clear();
+                o.current = None;
             }
-            f(&mut o.slots)
+            f(&mut o)
         })
         .ok()
 }
@@ -442,6 +682,7 @@ fn install(w: &Writer, c: Chunk, start: u32) {
     w.retry_at.set(0);
     w.need_base.set(true);
     w.extra.set(0);
+    w.start.set(start);
 }
 
 fn gettid() -> u32 {

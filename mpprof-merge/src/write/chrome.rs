@@ -196,7 +196,7 @@ impl Json<'_> {
             EventKind::Lost { count, overwritten } => {
                 self.head("i", pid, tid, e.ts)?;
                 let (name, detail) = if overwritten {
-                    ("events overwritten", "flight recorder (keep-last): this thread's older events were overwritten; the trace of this thread starts here")
+                    ("events overwritten", "flight recorder (keep-last): this thread's events before this point were overwritten; what is left of its trace starts here")
                 } else {
                     ("events lost", "buffer budget used up or disk full: this thread's events around here are missing")
                 };

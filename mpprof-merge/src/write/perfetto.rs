@@ -283,7 +283,7 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
             }
             EventKind::Lost { count, overwritten } => {
                 let (name, detail) = if overwritten {
-                    ("events overwritten", "flight recorder (keep-last): this thread's older events were overwritten; the trace of this thread starts here")
+                    ("events overwritten", "flight recorder (keep-last): this thread's events before this point were overwritten; what is left of its trace starts here")
                 } else {
                     ("events lost", "buffer budget used up or disk full: this thread's events around here are missing")
                 };
