@@ -212,10 +212,14 @@ fn eight_threads_keep_every_event_in_order() {
 #[test]
 fn eight_threads_on_the_monotonic_clock() {
     let dir = session_dir();
-    let st = self_command("eight_threads_keep_every_event_in_order", "threads", dir.path())
-        .env("MPPROF_CLOCK", "monotonic")
-        .status()
-        .unwrap();
+    let st = self_command(
+        "eight_threads_keep_every_event_in_order",
+        "threads",
+        dir.path(),
+    )
+    .env("MPPROF_CLOCK", "monotonic")
+    .status()
+    .unwrap();
     assert!(st.success());
     let s = Session::open(&[dir.path()]).unwrap();
     let info = s.processes[0].file.info.as_ref().unwrap();
