@@ -34,6 +34,16 @@ fn work_instrumented(x: u64) -> u64 {
     arithmetic(x)
 }
 
+/// Two bare timestamps around the work and nothing recorded: the floor of
+/// any instrumentation that times the call.
+#[inline(never)]
+fn work_rdtsc(x: u64) -> u64 {
+    black_box(mpprof::clock::counter_parts(true));
+    let r = arithmetic(x);
+    black_box(mpprof::clock::counter_parts(true));
+    r
+}
+
 fn run(iters: u64, f: fn(u64) -> u64) -> Duration {
     let t = Instant::now();
     for i in 0..iters {
@@ -42,17 +52,17 @@ fn run(iters: u64, f: fn(u64) -> u64) -> Duration {
     t.elapsed()
 }
 
-/// Interleaved A/B: alternating rounds of plain and instrumented calls,
+/// Interleaved A/B: alternating rounds of plain calls and calls of `f`,
 /// median of the per-round ratios (in test mode, one short round just to
 /// run the code).
-fn ab(label: &str) {
+fn ab(label: &str, f: fn(u64) -> u64) {
     let bench = std::env::args().any(|a| a == "--bench");
     let (rounds, calls) = if bench { (31, 20_000) } else { (1, 100) };
     let mut ratios = Vec::with_capacity(rounds);
     let mut plain_ns = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         let a = run(calls, work);
-        let b = run(calls, work_instrumented);
+        let b = run(calls, f);
         ratios.push(b.as_secs_f64() / a.as_secs_f64());
         plain_ns.push(a.as_secs_f64() * 1e9 / calls as f64);
     }
@@ -60,10 +70,9 @@ fn ab(label: &str) {
     plain_ns.sort_by(f64::total_cmp);
     let median = ratios[rounds / 2];
     println!(
-        "real_work ({label}): plain call {:.0} ns (median), instrumented/plain median {:.4} \
-         => slowdown {:+.2} % (min {:+.2} %, max {:+.2} %, {} rounds)",
+        "real_work, {label}: plain call {:.0} ns (median); slowdown {:+.2} % (median of the \
+         per-round ratios; min {:+.2} %, max {:+.2} %, {} rounds)",
         plain_ns[rounds / 2],
-        median,
         (median - 1.0) * 100.0,
         (ratios[0] - 1.0) * 100.0,
         (ratios[rounds - 1] - 1.0) * 100.0,
@@ -99,6 +108,11 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut c = Criterion::default().configure_from_args();
 
+    let mut g = c.benchmark_group("real_work");
+    g.bench_function("two_rdtsc", |b| b.iter_custom(|n| run(n, work_rdtsc)));
+    g.finish();
+    ab("two rdtsc, nothing recorded", work_rdtsc);
+
     // Keep-first (the default): every record goes to a fresh page of the
     // file. About 30 MB a second of records at this call rate; 4 GiB of
     // sparse budget is far more than a run writes.
@@ -110,7 +124,7 @@ fn main() {
         b.iter_custom(|n| run(n, work_instrumented))
     });
     g.finish();
-    ab("keep-first");
+    ab("keep-first", work_instrumented);
     drop(session);
     assert_eq!(lost(&first), 0, "events were lost: the numbers are wrong");
 
@@ -123,7 +137,7 @@ fn main() {
         b.iter_custom(|n| run(n, work_instrumented))
     });
     g.finish();
-    ab("keep-last");
+    ab("keep-last", work_instrumented);
     drop(session);
     lost(&last);
 
