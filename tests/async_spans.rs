@@ -92,10 +92,7 @@ fn an_async_fn_is_one_async_span_across_threads_and_cancellation() {
     );
 
     // In Chrome JSON: one `b`/`e` pair per future with the same id.
-    let mut json = Vec::new();
-    mpprof_merge::write::chrome::write(&s, &mut json).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
-    let evs = v["traceEvents"].as_array().unwrap();
+    let evs = common::chrome_events(&s);
     for fut in ["travelling", "abandoned"] {
         let b: Vec<_> = evs
             .iter()

@@ -341,12 +341,7 @@ fn sigkill_keeps_every_committed_event_and_marks_the_open_span() {
     let health = mpprof_merge::check::check(&s);
     assert!(!health.processes[0].clean);
     // The Chrome output marks it too.
-    let mut json = Vec::new();
-    mpprof_merge::write::chrome::write(&s, &mut json).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
-    let marked = v["traceEvents"]
-        .as_array()
-        .unwrap()
+    let marked = common::chrome_events(&s)
         .iter()
         .any(|e| e["ph"] == "E" && e["args"]["ended_abruptly"] == true);
     assert!(marked);

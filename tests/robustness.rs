@@ -736,12 +736,7 @@ fn keep_last_keeps_the_newest_events_of_every_thread() {
         "{why}"
     );
     // The writers take lanes that kept nothing but their loss marker.
-    let mut json = Vec::new();
-    mpprof_merge::write::chrome::write(&s, &mut json).unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
-    let overwritten_markers = v["traceEvents"]
-        .as_array()
-        .unwrap()
+    let overwritten_markers = common::chrome_events(&s)
         .iter()
         .filter(|e| {
             e["name"]

@@ -473,7 +473,7 @@ mod tests {
             word::site(word::site_kind(word::MAX_SITE, kind::LAST)),
             word::MAX_SITE
         );
-        assert!(kind::LAST < 1 << word::KIND_BITS);
+        const { assert!(kind::LAST < 1 << word::KIND_BITS) };
     }
 
     #[test]

@@ -91,16 +91,12 @@ pub(crate) struct Recorder {
     /// Partly used chunks left by finished threads: new threads continue
     /// them before claiming fresh ones, so thread churn does not eat the
     /// budget.
-    handoffs: Mutex<Vec<HandedOff>>,
-    /// Whether `handoffs` may be non-empty.
-    handoff_hint: AtomicBool,
+    handoffs: HintedList<HandedOff>,
     /// Flight recorder (keep-last): event chunks no thread writes any more
     /// (left by exited threads, or continued chunks their last writer moved
     /// on from), ordered by when they were left, newest first: the last one
     /// holds the oldest events and is reused first.
-    pool: Mutex<Vec<Pooled>>,
-    /// Whether `pool` may be non-empty.
-    pool_hint: AtomicBool,
+    pool: HintedList<Pooled>,
     /// Event chunk slots reserved and page-mapped ahead by the preparer.
     ready: Mutex<Vec<u32>>,
     ready_cv: parking_lot::Condvar,
@@ -200,51 +196,31 @@ impl Recorder {
 
     /// Offers the rest of a finished thread's chunk to the next thread.
     pub(crate) fn hand_off(&self, h: HandedOff) {
-        let mut list = self.handoffs.lock();
-        list.push(h);
-        // Relaxed: a hint for `take_handoff`; the list itself is under the lock.
-        self.handoff_hint.store(true, Ordering::Relaxed);
+        self.handoffs.update(|list| list.push(h));
     }
 
     /// Takes a partly used chunk left by a finished thread, if any. Without
     /// any, costs one relaxed load (a thread losing events calls this for
     /// every event).
     pub(crate) fn take_handoff(&self) -> Option<HandedOff> {
-        // Relaxed: a stale `false` only means the chunk is taken next time.
-        if !self.handoff_hint.load(Ordering::Relaxed) {
-            return None;
-        }
-        let mut list = self.handoffs.lock();
-        let h = list.pop();
-        // Relaxed: as above.
-        self.handoff_hint.store(!list.is_empty(), Ordering::Relaxed);
-        h
+        self.handoffs.pop()
     }
 
     /// Flight recorder: puts a chunk that no thread writes any more into the
     /// pool of reusable chunks.
     pub(crate) fn pool(&self, p: Pooled) {
-        let mut pool = self.pool.lock();
-        // Newest first; among equal times, the one pooled first is taken first.
-        let at = pool.partition_point(|q| q.left_at > p.left_at);
-        pool.insert(at, p);
-        // Relaxed: a hint for `take_pooled`; the pool itself is under the lock.
-        self.pool_hint.store(true, Ordering::Relaxed);
+        self.pool.update(|pool| {
+            // Newest first; among equal times, the one pooled first is taken first.
+            let at = pool.partition_point(|q| q.left_at > p.left_at);
+            pool.insert(at, p);
+        });
     }
 
     /// Flight recorder: takes the pooled chunk that was left longest ago
     /// (its newest event is the oldest in the pool). Without any, costs one
     /// relaxed load.
     pub(crate) fn take_pooled(&self) -> Option<Pooled> {
-        // Relaxed: a stale `false` only means the chunk is taken next time.
-        if !self.pool_hint.load(Ordering::Relaxed) {
-            return None;
-        }
-        let mut pool = self.pool.lock();
-        let p = pool.pop();
-        // Relaxed: as above.
-        self.pool_hint.store(!pool.is_empty(), Ordering::Relaxed);
-        p
+        self.pool.pop()
     }
 
     /// Writes a clock anchor unless one was written recently: every 10 ms
@@ -272,6 +248,42 @@ impl Recorder {
         }
         self.write_meta(&Meta::Anchor(clock::anchor()));
         self.buf.set_finished();
+    }
+}
+
+/// A list under a lock, with a flag saying whether it may hold anything, so
+/// that finding it empty (the common case, on a slow path that may run for
+/// every lost event) costs one relaxed load and no lock.
+struct HintedList<T> {
+    list: Mutex<Vec<T>>,
+    hint: AtomicBool,
+}
+
+impl<T> HintedList<T> {
+    fn new() -> HintedList<T> {
+        HintedList {
+            list: Mutex::new(Vec::new()),
+            hint: AtomicBool::new(false),
+        }
+    }
+
+    /// Changes the list under its lock.
+    fn update(&self, f: impl FnOnce(&mut Vec<T>)) {
+        let mut list = self.list.lock();
+        f(&mut list);
+        // Relaxed: a hint for `pop`; the list itself is under the lock.
+        self.hint.store(!list.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Takes the last element, if any.
+    fn pop(&self) -> Option<T> {
+        // Relaxed: a stale `false` only means the element is taken next time.
+        if !self.hint.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut x = None;
+        self.update(|list| x = list.pop());
+        x
     }
 }
 
@@ -588,10 +600,8 @@ fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::
         dir: dir.to_owned(),
         clock_hz,
         finished: AtomicBool::new(false),
-        handoffs: Mutex::new(Vec::new()),
-        handoff_hint: AtomicBool::new(false),
-        pool: Mutex::new(Vec::new()),
-        pool_hint: AtomicBool::new(false),
+        handoffs: HintedList::new(),
+        pool: HintedList::new(),
         ready: Mutex::new(Vec::new()),
         ready_cv: parking_lot::Condvar::new(),
         preparer_started: AtomicBool::new(false),

@@ -84,6 +84,17 @@ pub fn site_name(s: &Session, e: &Event) -> Option<String> {
     Some(s.processes[e.proc].site_name(site).into_owned())
 }
 
+/// The session written as Chrome JSON and parsed back: its `traceEvents`.
+pub fn chrome_events(s: &Session) -> Vec<serde_json::Value> {
+    let mut json = Vec::new();
+    mpprof_merge::write::chrome::write(s, &mut json).expect("write Chrome JSON");
+    let mut v: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
+    match v["traceEvents"].take() {
+        serde_json::Value::Array(events) => events,
+        other => panic!("traceEvents is not an array: {other}"),
+    }
+}
+
 /// The enter/exit sequence of one lane as `+name`/`-name` strings.
 pub fn span_sequence(s: &Session, proc: usize, lane: u32) -> Vec<String> {
     s.events()
