@@ -345,7 +345,7 @@ impl Ideal8 {
             self.words.set(base.add(CHUNK_HEADER) as *mut u64);
         }
         self.cap.set(((CHUNK_SIZE - CHUNK_HEADER) / 8) as u32);
-        let (lo, hi) = mpprof::clock::counter_parts(true).expect("a hardware counter");
+        let (lo, hi) = mpprof::clock::counter_parts();
         self.base_hi.set(hi);
         let words = [
             format::word::site_kind(0, format::kind::BASE),
@@ -375,7 +375,7 @@ thread_local! {
 fn ideal_word(key: &'static LocalKey<Ideal8>, site: u32, kind: u8, refill: fn(&Ideal8, u64)) {
     key.with(|w| {
         let i = w.idx.get();
-        let (lo, hi) = mpprof::clock::counter_parts(true).expect("a hardware counter");
+        let (lo, hi) = mpprof::clock::counter_parts();
         let site_kind = format::word::site_kind(site, kind);
         if i < w.cap.get() && hi == w.base_hi.get() {
             // SAFETY: i < cap: the word is inside this thread's chunk.

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::format::word::MAX_SITE;
+use crate::format::word::{MAX_SITE, SITE_SHIFT};
 use crate::format::{Meta, SiteKind};
 
 /// The callsite that stands for every callsite past the [`MAX_SITE`]th.
@@ -21,7 +21,9 @@ static OVERFLOW: Callsite = Callsite::with_kind(
 /// An instrumented place in the source. Created by the macros; not meant to
 /// be built by hand.
 pub struct Callsite {
-    id: AtomicU32,
+    /// The id shifted to its place in a record word (`id << SITE_SHIFT`),
+    /// so the hot path does not shift it; 0 until registered.
+    bits: AtomicU32,
     kind: SiteKind,
     name: &'static str,
     path: fn() -> &'static str,
@@ -52,7 +54,7 @@ impl Callsite {
         line: u32,
     ) -> Callsite {
         Callsite {
-            id: AtomicU32::new(0),
+            bits: AtomicU32::new(0),
             kind,
             name,
             path,
@@ -84,14 +86,21 @@ impl Callsite {
     /// The callsite's id, registering it on first use.
     #[inline(always)]
     pub fn id(&'static self) -> u32 {
+        self.bits() >> SITE_SHIFT
+    }
+
+    /// The id in its place in a record word (`id << SITE_SHIFT`), never 0,
+    /// registering the callsite on first use.
+    #[inline(always)]
+    pub fn bits(&'static self) -> u32 {
         // Relaxed: the id is a plain number; the metadata that names it is
         // written to the file by the registering thread and read after the
         // fact, so no memory ordering between threads is needed.
-        let id = self.id.load(Ordering::Relaxed);
-        if id != 0 {
-            return id;
+        let b = self.bits.load(Ordering::Relaxed);
+        if b != 0 {
+            return b;
         }
-        self.register()
+        self.register() << SITE_SHIFT
     }
 
     #[cold]
@@ -99,9 +108,9 @@ impl Callsite {
     fn register(&'static self) -> u32 {
         let mut reg = REGISTRY.lock();
         // Relaxed: re-checked under the registry lock, which orders it.
-        let id = self.id.load(Ordering::Relaxed);
-        if id != 0 {
-            return id;
+        let b = self.bits.load(Ordering::Relaxed);
+        if b != 0 {
+            return b >> SITE_SHIFT;
         }
         if reg.sites.len() + 1 >= MAX_SITE as usize {
             // A record word holds MAX_SITE ids: the last one names all the
@@ -115,13 +124,13 @@ impl Callsite {
                     OVERFLOW.name
                 ));
             }
-            self.id.store(MAX_SITE, Ordering::Relaxed);
+            self.bits.store(MAX_SITE << SITE_SHIFT, Ordering::Relaxed);
             return MAX_SITE;
         }
         reg.sites.push(self);
         let id = reg.sites.len() as u32;
         crate::session::write_meta(&self.meta(id));
-        self.id.store(id, Ordering::Relaxed);
+        self.bits.store(id << SITE_SHIFT, Ordering::Relaxed);
         id
     }
 

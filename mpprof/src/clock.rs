@@ -45,18 +45,14 @@ pub fn now_with(tsc: bool) -> u64 {
     monotonic_ns()
 }
 
-/// The hardware counter as its low and high 32 bits, when `tsc` (the
-/// process reads the counter, see [`select`]); `None` for the
-/// CLOCK_MONOTONIC fallback, which the recorder takes out of line. On
-/// x86_64 `rdtsc` delivers the two halves in two registers; taking them
-/// apart here spares the hot path joining them into a `u64` and splitting
-/// it again (it stores the low half and compares the high half, see
-/// `format::word`).
+/// The hardware counter (the process clock when [`select`] chose
+/// [`ClockKind::Tsc`]) as its low and high 32 bits. On x86_64 `rdtsc`
+/// delivers the two halves in two registers; taking them apart here spares
+/// the hot path joining them into a `u64` and splitting it again (it stores
+/// the low half and compares the high half, see `format::word`). On targets
+/// without a counter mpprof uses, CLOCK_MONOTONIC.
 #[inline(always)]
-pub fn counter_parts(tsc: bool) -> Option<(u32, u32)> {
-    if !tsc {
-        return None;
-    }
+pub fn counter_parts() -> (u32, u32) {
     #[cfg(target_arch = "x86_64")]
     {
         let (lo, hi): (u32, u32);
@@ -72,12 +68,12 @@ pub fn counter_parts(tsc: bool) -> Option<(u32, u32)> {
                 options(nomem, nostack, preserves_flags)
             )
         };
-        Some((lo, hi))
+        (lo, hi)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let t = now_with(true);
-        Some((t as u32, (t >> 32) as u32))
+        (t as u32, (t >> 32) as u32)
     }
 }
 

@@ -164,8 +164,9 @@ pub mod __private {
     /// Not `Send`: the exit belongs to the thread of the entry.
     #[must_use = "the span ends when the guard is dropped"]
     pub struct SpanGuard {
-        /// Callsite id, 0 when the entry was not recorded.
-        id: u32,
+        /// The callsite's id in its place in a record word
+        /// ([`Callsite::bits`]), 0 when the entry was not recorded.
+        bits: u32,
         _not_send: PhantomData<*const ()>,
     }
 
@@ -176,14 +177,14 @@ pub mod __private {
             let s = thread::state();
             if s == crate::session::OFF {
                 return SpanGuard {
-                    id: 0,
+                    bits: 0,
                     _not_send: PhantomData,
                 };
             }
-            let id = cs.id();
-            thread::record_in(s, id, kind::ENTER);
+            let bits = cs.bits();
+            thread::record_in(s, bits, kind::ENTER);
             SpanGuard {
-                id,
+                bits,
                 _not_send: PhantomData,
             }
         }
@@ -192,8 +193,8 @@ pub mod __private {
     impl Drop for SpanGuard {
         #[inline(always)]
         fn drop(&mut self) {
-            if self.id != 0 {
-                thread::exit(self.id);
+            if self.bits != 0 {
+                thread::exit(self.bits);
             }
         }
     }

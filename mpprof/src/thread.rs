@@ -23,8 +23,12 @@ struct Writer {
     epoch: Cell<u32>,
     /// Next free record index in the chunk.
     idx: Cell<u32>,
-    /// Record words the chunk holds (0: no chunk).
+    /// The fast paths' limit on `idx`: `room`, or 0 when they must not
+    /// write (no chunk, or the process clock is CLOCK_MONOTONIC, which the
+    /// slow path reads), so that one compare answers both.
     cap: Cell<u32>,
+    /// Record words the chunk holds (0: no chunk).
+    room: Cell<u32>,
     /// High half of the current segment's time base: an event whose
     /// timestamp has another high half needs a new `BASE` first.
     base_hi: Cell<u32>,
@@ -67,6 +71,7 @@ thread_local! {
             epoch: Cell::new(0),
             idx: Cell::new(0),
             cap: Cell::new(0),
+            room: Cell::new(0),
             base_hi: Cell::new(0),
             recs: Cell::new(std::ptr::null_mut()),
             commit: Cell::new(std::ptr::null()),
@@ -98,26 +103,28 @@ thread_local! {
 pub(crate) fn record(site: u32, kind: u8) {
     let s = STATE.load(Ordering::Relaxed);
     if s != OFF {
-        record_in(s, site, kind);
+        record_in(s, site << word::SITE_SHIFT, kind);
     }
 }
 
-/// [`record`] for a caller that already loaded the state `s` (not OFF).
+/// [`record`] for a caller that already loaded the state `s` (not OFF) and
+/// has the callsite as `bits` (`id << SITE_SHIFT`, see `Callsite::bits`).
 #[inline(always)]
-pub(crate) fn record_in(s: u32, site: u32, kind: u8) {
+pub(crate) fn record_in(s: u32, bits: u32, kind: u8) {
     // `try_with`: during thread teardown the slot may be gone; drop the event.
     let _ = WRITER.try_with(|w| {
         let i = w.idx.get();
         if w.epoch.get() == s && i < w.cap.get() {
-            let t = clock::counter_parts(session::epoch_uses_tsc(s));
-            if let Some((lo, _)) = t.filter(|t| t.1 == w.base_hi.get()) {
+            // cap > 0: the process clock is the hardware counter.
+            let (lo, hi) = clock::counter_parts();
+            if hi == w.base_hi.get() {
                 // SAFETY: i < cap, so the word is inside this thread's chunk,
                 // which no other thread writes; commit points into its header.
-                unsafe { write_one(w, i, word::new(lo as u64, word::site_kind(site, kind))) };
+                unsafe { write_one(w, i, word::new(lo as u64, bits as u64 | kind as u64)) };
                 return;
             }
         }
-        slow(w, s, site, kind, None);
+        slow(w, s, bits, kind, None);
     });
 }
 
@@ -125,29 +132,24 @@ pub(crate) fn record_in(s: u32, site: u32, kind: u8) {
 /// into the thread's current chunk, even if the session has just finished
 /// (the file stays mapped and the reader takes what is committed). A thread
 /// without room (or in a forked child, whose chunk was forgotten) takes the
-/// slow path, which looks at the state.
+/// slow path, which looks at the state. `bits` as for [`record_in`].
 #[inline(always)]
-pub(crate) fn exit(site: u32) {
+pub(crate) fn exit(bits: u32) {
     let _ = WRITER.try_with(|w| {
         let i = w.idx.get();
         if i < w.cap.get() {
-            let t = clock::counter_parts(session::epoch_uses_tsc(w.epoch.get()));
-            if let Some((lo, _)) = t.filter(|t| t.1 == w.base_hi.get()) {
+            // cap > 0: the process clock is the hardware counter.
+            let (lo, hi) = clock::counter_parts();
+            if hi == w.base_hi.get() {
                 // SAFETY: as in `record_in`.
-                unsafe {
-                    write_one(
-                        w,
-                        i,
-                        word::new(lo as u64, word::site_kind(site, kind::EXIT)),
-                    )
-                };
+                unsafe { write_one(w, i, word::new(lo as u64, bits as u64 | kind::EXIT as u64)) };
                 return;
             }
         }
         // Relaxed: as in `record`.
         let s = STATE.load(Ordering::Relaxed);
         if s != OFF {
-            slow(w, s, site, kind::EXIT, None);
+            slow(w, s, bits, kind::EXIT, None);
         }
     });
 }
@@ -175,13 +177,15 @@ pub(crate) fn record_with_payload(site: u32, kind: u8, payload: [u64; 2]) {
     if s == OFF {
         return;
     }
+    let bits = site << word::SITE_SHIFT;
     let _ = WRITER.try_with(|w| {
         let i = w.idx.get();
         if w.epoch.get() == s && i + 2 < w.cap.get() {
-            let t = clock::counter_parts(session::epoch_uses_tsc(s));
-            if let Some((lo, _)) = t.filter(|t| t.1 == w.base_hi.get()) {
+            // cap > 0: the process clock is the hardware counter.
+            let (lo, hi) = clock::counter_parts();
+            if hi == w.base_hi.get() {
                 let words = [
-                    word::new(lo as u64, word::site_kind(site, kind)),
+                    word::new(lo as u64, bits as u64 | kind as u64),
                     payload[0],
                     payload[1],
                 ];
@@ -192,7 +196,7 @@ pub(crate) fn record_with_payload(site: u32, kind: u8, payload: [u64; 2]) {
                 return;
             }
         }
-        slow(w, s, site, kind, Some(payload));
+        slow(w, s, bits, kind, Some(payload));
     });
 }
 
@@ -219,7 +223,7 @@ unsafe fn write_words(w: &Writer, i: u32, words: &[u64]) {
 /// counting the event as lost.
 #[cold]
 #[inline(never)]
-fn slow(w: &Writer, mut s: u32, site: u32, kind: u8, payload: Option<[u64; 2]>) {
+fn slow(w: &Writer, mut s: u32, bits: u32, kind: u8, payload: Option<[u64; 2]>) {
     if s == UNKNOWN {
         session::lazy_start();
         // Relaxed: lazy_start ran on this thread.
@@ -236,7 +240,7 @@ fn slow(w: &Writer, mut s: u32, site: u32, kind: u8, payload: Option<[u64; 2]>) 
         // old chunk and lane.
         w.epoch.set(s);
         w.idx.set(0);
-        w.cap.set(0);
+        set_room(w, 0);
         w.lane.set(0);
         w.seq.set(0);
         w.lost.set(0);
@@ -260,7 +264,7 @@ fn slow(w: &Writer, mut s: u32, site: u32, kind: u8, payload: Option<[u64; 2]>) 
     let mut ts = clock::now_with(uses_tsc);
     let mut need_base = w.need_base.get() || word::high(ts) != w.base_hi.get();
     let need = event_words + if need_base { 2 } else { 0 };
-    if w.idx.get() + need > w.cap.get() {
+    if w.idx.get() + need > w.room.get() {
         if !new_chunk(w, r) {
             w.lost.set(w.lost.get() + 1);
             r.buf.add_lost_events(1);
@@ -284,7 +288,7 @@ fn slow(w: &Writer, mut s: u32, site: u32, kind: u8, payload: Option<[u64; 2]>) 
         w.base_hi.set(word::high(ts));
         w.need_base.set(false);
     }
-    words[n] = word::new(ts, word::site_kind(site, kind));
+    words[n] = word::new(ts, bits as u64 | kind as u64);
     n += 1;
     if let Some(p) = payload {
         words[n] = p[0];
@@ -313,7 +317,7 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
     if keep_last && owned(w, |_| ()).is_none() {
         // The thread is exiting and its chunk list is gone: a chunk taken
         // now would never be pooled again. The event is lost (and counted).
-        w.cap.set(0);
+        set_room(w, 0);
         return false;
     }
     let init = ChunkInit {
@@ -379,7 +383,7 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
     // Nothing to write to: keep-first with the budget used up or the disk
     // full, or a flight-recorder thread with no chunk at all while every
     // other chunk is some live thread's.
-    w.cap.set(0);
+    set_room(w, 0);
     false
 }
 
@@ -605,7 +609,7 @@ impl Drop for Owned {
                 let now = clock::monotonic_ns();
                 let lane = w.lane.get();
                 if let Some(cur) = self.current.take().filter(|_| !w.hdr.get().is_null()) {
-                    let (i, cap) = (w.idx.get(), w.cap.get());
+                    let (i, cap) = (w.idx.get(), w.room.get());
                     let mut segments = Vec::new();
                     if keep_last {
                         segments = cur.prior;
@@ -646,7 +650,7 @@ impl Drop for Owned {
             // recorded by a later thread-local destructor must not touch
             // its header (`lost_after`).
             w.hdr.set(std::ptr::null_mut());
-            w.cap.set(0);
+            set_room(w, 0);
             w.idx.set(0);
         });
     }
@@ -669,13 +673,24 @@ fn owned<R>(w: &Writer, f: impl FnOnce(&mut Owned) -> R) -> Option<R> {
         .ok()
 }
 
+/// Sets the chunk's room, and the fast paths' limit: the same when the
+/// process clock is the hardware counter, else 0.
+fn set_room(w: &Writer, n: u32) {
+    w.room.set(n);
+    w.cap.set(if session::epoch_uses_tsc(w.epoch.get()) {
+        n
+    } else {
+        0
+    });
+}
+
 /// Makes `c` the thread's chunk, writing from record `start`.
 fn install(w: &Writer, c: Chunk, start: u32) {
     w.recs.set(c.data as *mut u64);
     w.commit.set(c.committed);
     w.hdr.set(c.header);
     w.slot.set(c.slot);
-    w.cap.set(c.capacity);
+    set_room(w, c.capacity);
     w.idx.set(start);
     w.seq.set(w.seq.get() + 1);
     w.lost.set(0);
@@ -695,7 +710,7 @@ fn gettid() -> u32 {
 pub(crate) fn forget_chunk() {
     let _ = WRITER.try_with(|w| {
         w.epoch.set(0);
-        w.cap.set(0);
+        set_room(w, 0);
         w.idx.set(0);
         w.hdr.set(std::ptr::null_mut());
     });

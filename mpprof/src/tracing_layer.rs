@@ -154,7 +154,7 @@ where
             return;
         }
         if let Some(site) = self.span_site(id, &ctx) {
-            thread::exit(site);
+            thread::exit(site << crate::format::word::SITE_SHIFT);
         }
     }
 
