@@ -112,24 +112,7 @@ impl Callsite {
         if b != 0 {
             return b >> SITE_SHIFT;
         }
-        if reg.sites.len() + 1 >= MAX_SITE as usize {
-            // A record word holds MAX_SITE ids: the last one names all the
-            // callsites beyond it.
-            if reg.sites.len() + 1 == MAX_SITE as usize {
-                reg.sites.push(&OVERFLOW);
-                crate::session::write_meta(&OVERFLOW.meta(MAX_SITE));
-                crate::warn(format_args!(
-                    "more than {} callsites in this process; the rest are recorded as \"{}\"",
-                    MAX_SITE - 1,
-                    OVERFLOW.name
-                ));
-            }
-            self.bits.store(MAX_SITE << SITE_SHIFT, Ordering::Relaxed);
-            return MAX_SITE;
-        }
-        reg.sites.push(self);
-        let id = reg.sites.len() as u32;
-        crate::session::write_meta(&self.meta(id));
+        let id = reg.assign(self, MAX_SITE);
         self.bits.store(id << SITE_SHIFT, Ordering::Relaxed);
         id
     }
@@ -151,6 +134,30 @@ struct Registry {
     sites: Vec<&'static Callsite>,
     /// Callsites made at run time for names given as strings.
     dynamic: BTreeMap<(SiteKind, String), &'static Callsite>,
+}
+
+impl Registry {
+    /// Gives `site` the next id, at most `max`: the id `max` is the
+    /// overflow callsite that stands for `site` and every later one.
+    /// Writes the metadata that names a new id.
+    fn assign(&mut self, site: &'static Callsite, max: u32) -> u32 {
+        if self.sites.len() + 1 >= max as usize {
+            if self.sites.len() + 1 == max as usize {
+                self.sites.push(&OVERFLOW);
+                crate::session::write_meta(&OVERFLOW.meta(max));
+                crate::warn(format_args!(
+                    "more than {} callsites in this process; the rest are recorded as \"{}\"",
+                    max - 1,
+                    OVERFLOW.name
+                ));
+            }
+            return max;
+        }
+        self.sites.push(site);
+        let id = self.sites.len() as u32;
+        crate::session::write_meta(&site.meta(id));
+        id
+    }
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -245,4 +252,31 @@ pub fn fn_path<F>(_f: F) -> &'static str {
         name = name.strip_suffix(suffix).unwrap_or(name);
     }
     name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaked(name: &str) -> &'static Callsite {
+        Callsite::leak_dynamic(SiteKind::Span, name, "test::s", "test.rs", 1)
+    }
+
+    /// Past the largest id a record word holds, every callsite shares the
+    /// last id, which names the overflow (shown with a small limit; the real
+    /// one is 2^28 - 1).
+    #[test]
+    fn callsites_past_the_limit_share_the_last_id() {
+        let mut reg = Registry {
+            sites: Vec::new(),
+            dynamic: BTreeMap::new(),
+        };
+        let ids: Vec<u32> = (0..6)
+            .map(|i| reg.assign(leaked(&format!("s{i}")), 4))
+            .collect();
+        assert_eq!(ids, [1, 2, 3, 4, 4, 4]);
+        assert_eq!(reg.sites.len(), 4);
+        assert!(std::ptr::eq(reg.sites[3], &OVERFLOW));
+        assert_eq!(reg.sites[2].name, "s2");
+    }
 }
