@@ -898,3 +898,73 @@ fn keep_last_keeps_late_threads_recording() {
     assert_eq!(h.processes[0].torn_records, 0);
     assert!(h.processes[0].clean);
 }
+
+/// Short-lived threads of [`a_hand_off_without_its_entry_is_not_continued`].
+const SHORT_THREADS: u64 = 2_000;
+/// Calls each of them makes.
+const SHORT_CALLS: u64 = 10;
+
+/// Once the metadata space is used up, a thread must not continue a chunk
+/// left by an exited thread, since the `Handoff` entry that would give it
+/// its records cannot be stored: they would count as the previous lane's.
+/// Both policies (keep-last pools the chunk instead).
+#[test]
+fn a_hand_off_without_its_entry_is_not_continued() {
+    child_role("short", || {
+        // Long names: each thread's `Thread` entry takes about 1 KiB, so
+        // the metadata fills up with the budget.
+        let long = "n".repeat(1000);
+        for t in 0..SHORT_THREADS {
+            std::thread::Builder::new()
+                .name(format!("{t}{long}"))
+                .spawn(|| (0..SHORT_CALLS).fold(0u64, |a, i| a.wrapping_add(call(i))))
+                .unwrap()
+                .join()
+                .unwrap();
+        }
+    });
+    for policy in ["keep-first", "keep-last"] {
+        hand_offs_without_entries(policy);
+    }
+}
+
+fn hand_offs_without_entries(policy: &str) {
+    let dir = session_dir();
+    let out = self_command(
+        "a_hand_off_without_its_entry_is_not_continued",
+        "short",
+        dir.path(),
+    )
+    .env("MPPROF_OVERFLOW", policy)
+    .env("MPPROF_BUFFER_MB", "1")
+    .env("MPPROF_CHUNK_KB", "64")
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Session::open(&[dir.path()]).unwrap();
+    let f = &s.processes[0].file;
+    assert!(f.lost_meta > 0, "the metadata space was used up");
+    // No lane holds more than one thread's events.
+    for (&lane, l) in &f.lanes {
+        let mut kept = 0;
+        for c in &l.chunks {
+            let mut r = mpprof_merge::read::RecordReader::new(*c);
+            while r.next_event(&f.file).is_some() {
+                kept += 1;
+            }
+        }
+        assert!(
+            kept <= 2 * SHORT_CALLS,
+            "{policy}: lane {lane} holds {kept} events, more than one thread made"
+        );
+    }
+    assert_eq!(
+        f.recorded_events() + f.lost_events,
+        2 * SHORT_CALLS * SHORT_THREADS,
+        "{policy}"
+    );
+}

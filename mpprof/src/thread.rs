@@ -329,11 +329,11 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
     };
     let retry_at = w.retry_at.get();
     let may_claim = retry_at == 0 || (retry_at != u64::MAX && clock::monotonic_ns() >= retry_at);
-    if let Some(h) = r.take_handoff() {
+    while let Some(h) = r.take_handoff() {
         // Continue a finished thread's chunk: say so in the metadata
         // first, so the reader attributes the records from `start` on to
         // this lane.
-        r.write_meta(&Meta::Handoff {
+        let stored = r.write_meta_stored(&Meta::Handoff {
             slot: h.chunk.slot,
             start: h.next,
             lane: init.lane,
@@ -341,6 +341,21 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
             seq: init.seq,
             lost_before: init.lost_before,
         });
+        if !stored {
+            // Without the entry a reader would give this thread's records
+            // to the chunk's previous lane: do not continue the chunk.
+            // Keep-first leaves it as it is; keep-last pools it (reusing
+            // it needs a `Reused` entry, so it stays as it is too while
+            // the metadata space is full).
+            if keep_last {
+                r.pool(Pooled {
+                    slot: h.chunk.slot,
+                    left_at: clock::monotonic_ns(),
+                    segments: h.segments,
+                });
+            }
+            continue;
+        }
         leave_current(w, r);
         install(w, h.chunk, h.next);
         // Not owned: a continued chunk is reused only through the pool,
