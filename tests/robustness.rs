@@ -948,6 +948,10 @@ fn hand_offs_without_entries(policy: &str) {
     let s = Session::open(&[dir.path()]).unwrap();
     let f = &s.processes[0].file;
     assert!(f.lost_meta > 0, "the metadata space was used up");
+    assert!(
+        !f.handoffs.is_empty(),
+        "{policy}: threads continued each other's chunks before that"
+    );
     // No lane holds more than one thread's events.
     for (&lane, l) in &f.lanes {
         let mut kept = 0;
