@@ -308,8 +308,8 @@ const MAX_SEGMENTS: usize = 32;
 /// Gives this thread a chunk to write to: the rest of a finished thread's
 /// chunk, else a fresh one. Under `keep-last`, when the budget is used up
 /// or the file cannot grow, the thread starts its own oldest chunk over,
-/// or, when it has left none, the pooled chunk that was left longest ago,
-/// or else its current chunk. False when there is nothing to write to
+/// or, when it has left none, the oldest chunk another thread has left
+/// (pooled, or on the recorder's left list), or else its current chunk. False when there is nothing to write to
 /// (keep-first with the budget used up or the disk full).
 fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
     let keep_last = r.buf.policy() == Policy::KeepLast;
@@ -396,7 +396,7 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
     }
     // Nothing to write to: keep-first with the budget used up or the disk
     // full, or a flight-recorder thread with no chunk at all while every
-    // other chunk is some live thread's.
+    // other chunk is some live thread's current chunk.
     set_room(w, 0);
     false
 }
