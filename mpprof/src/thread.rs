@@ -309,8 +309,9 @@ const MAX_SEGMENTS: usize = 32;
 /// chunk, else a fresh one. Under `keep-last`, when the budget is used up
 /// or the file cannot grow, the thread starts its own oldest chunk over,
 /// or, when it has left none, the oldest chunk another thread has left
-/// (pooled, or on the recorder's left list), or else its current chunk. False when there is nothing to write to
-/// (keep-first with the budget used up or the disk full).
+/// (pooled, or on the recorder's left list), or else its current chunk.
+/// False when there is nothing to write to (keep-first with the budget
+/// used up or the disk full).
 fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
     let keep_last = r.buf.policy() == Policy::KeepLast;
     if keep_last && owned(w, |_| ()).is_none() {
@@ -403,10 +404,10 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
 
 /// Flight recorder, once no fresh chunk can be had: overwrites, in order
 /// of preference, this thread's oldest chunk (one it left, never its
-/// current one, so it keeps at least a chunk of history), the pooled chunk
-/// left longest ago, the oldest chunk another live thread has left (see
-/// [`Recorder::take_left_of_others`]), or its current chunk. True when the
-/// thread got one.
+/// current one, so it keeps at least a chunk of history), the oldest chunk
+/// another thread has left (pooled, or a live thread's: see
+/// [`take_from_others`]), or its current chunk. True when the thread got
+/// one.
 fn reuse_a_chunk(w: &Writer, r: &'static Recorder, init: &ChunkInit) -> bool {
     let retry = w.retry_at.get();
     let got = if let Some(old) = r.take_left(w.lane.get()) {
