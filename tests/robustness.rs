@@ -747,3 +747,228 @@ fn keep_last_keeps_the_newest_events_of_every_thread() {
     assert_eq!(overwritten_markers, markers.len());
     mpprof_merge::write::perfetto::write(&s, &mut std::io::sink()).unwrap();
 }
+
+/// Calls the main thread of [`keep_last_keeps_late_threads_recording`] makes
+/// before its workers start: about 9 times the 1 MiB budget.
+const BUSY_CALLS: u64 = 300_000;
+/// Calls each late worker makes: about 5 chunks of 64 KiB.
+const LATE_CALLS: u64 = 20_000;
+
+#[mpprof::instrument]
+fn late_worker_0_last() {}
+
+#[mpprof::instrument]
+fn late_worker_1_last() {}
+
+#[mpprof::instrument]
+fn busy_main_last() {}
+
+/// A late worker: LATE_CALLS calls, then its own final call.
+fn late_worker(t: u32) -> u64 {
+    let sum = (0..LATE_CALLS).fold(0u64, |a, i| a.wrapping_add(call(i)));
+    if t == 0 {
+        late_worker_0_last();
+    } else {
+        late_worker_1_last();
+    }
+    sum
+}
+
+/// The flight recorder with one busy thread that took the whole budget
+/// before the other threads started: the late threads (the busy one still
+/// alive, so nothing is pooled) must still record, and keep their newest
+/// events, by overwriting the busy thread's oldest chunks.
+#[test]
+fn keep_last_keeps_late_threads_recording() {
+    child_role("late", || {
+        let sum = (0..BUSY_CALLS).fold(0u64, |a, i| a.wrapping_add(call(i)));
+        let hs: Vec<_> = (0..2)
+            .map(|t| {
+                std::thread::Builder::new()
+                    .name(format!("late{t}"))
+                    .spawn(move || late_worker(t))
+                    .unwrap()
+            })
+            .collect();
+        let sum = hs
+            .into_iter()
+            .fold(sum, |a, h| a.wrapping_add(h.join().unwrap()));
+        busy_main_last();
+        println!("sum={sum}");
+    });
+    let dir = session_dir();
+    let out = self_command("keep_last_keeps_late_threads_recording", "late", dir.path())
+        .env("MPPROF_OVERFLOW", "keep-last")
+        .env("MPPROF_BUFFER_MB", "1")
+        .env("MPPROF_CHUNK_KB", "64")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert_eq!(s.processes.len(), 1);
+    let p = &s.processes[0];
+    let f = &p.file;
+    let mut lost = std::collections::BTreeMap::<u32, u64>::new();
+    let mut finals = std::collections::BTreeMap::<u32, Vec<String>>::new();
+    let mut markers = Vec::new();
+    for e in s.events() {
+        match e.kind {
+            EventKind::Lost { count, overwritten } => {
+                markers.push((e.lane, count, overwritten));
+                *lost.entry(e.lane).or_default() += count;
+            }
+            EventKind::Exit { site, .. } => {
+                let name = p.site_name(site).into_owned();
+                if name.ends_with("_last") {
+                    finals.entry(e.lane).or_default().push(name);
+                }
+            }
+            _ => {}
+        }
+    }
+    let lane_named = |name: &str| -> u32 {
+        f.lanes
+            .iter()
+            .find(|(_, l)| l.name == name)
+            .map(|(&lane, _)| lane)
+            .unwrap_or_else(|| panic!("no lane named {name}"))
+    };
+    let main = f
+        .lanes
+        .iter()
+        .find(|(_, l)| !l.name.starts_with("late"))
+        .map(|(&lane, _)| lane)
+        .expect("the main thread's lane");
+    let lanes = [
+        (main, "busy_main_last", 2 * BUSY_CALLS + 2),
+        (
+            lane_named("late0"),
+            "late_worker_0_last",
+            2 * LATE_CALLS + 2,
+        ),
+        (
+            lane_named("late1"),
+            "late_worker_1_last",
+            2 * LATE_CALLS + 2,
+        ),
+    ];
+    assert_eq!(f.lanes.len(), 3, "one lane per thread");
+    let recorded = |lane: u32| -> u64 {
+        let mut n = 0;
+        for c in &f.lanes[&lane].chunks {
+            let mut r = mpprof_merge::read::RecordReader::new(*c);
+            while r.next_event(&f.file).is_some() {
+                n += 1;
+            }
+        }
+        n
+    };
+    for &(lane, last, made) in &lanes {
+        // Its newest events are kept: its final call.
+        assert_eq!(
+            finals.get(&lane).map(Vec::as_slice),
+            Some(&[last.to_owned()][..]),
+            "lane {lane} kept its final call {last}; lost {:?}; markers {markers:?}",
+            lost.get(&lane)
+        );
+        // Kept plus overwritten is exactly what it made.
+        let kept = recorded(lane);
+        let gone = lost.get(&lane).copied().unwrap_or(0);
+        assert_eq!(
+            kept + gone,
+            made,
+            "lane {lane}: {kept} kept + {gone} lost; markers {markers:?}"
+        );
+    }
+    // Exact accounting for the process.
+    let made: u64 = lanes.iter().map(|l| l.2).sum();
+    assert_eq!(f.recorded_events() + f.lost_events, made);
+    assert!(f.lost_events > 0, "the budget was used up");
+    assert!(
+        markers.iter().all(|&(_, _, overwritten)| overwritten),
+        "nothing was lost without being overwritten: {markers:?}"
+    );
+    let h = mpprof_merge::check::check(&s);
+    assert!(!h.damaged(), "{:?} {:?}", h.processes[0].warnings, h.stats);
+    assert_eq!(h.causality_violations, 0);
+    assert_eq!(h.processes[0].torn_records, 0);
+    assert!(h.processes[0].clean);
+}
+
+/// Short-lived threads of [`a_hand_off_without_its_entry_is_not_continued`].
+const SHORT_THREADS: u64 = 2_000;
+/// Calls each of them makes.
+const SHORT_CALLS: u64 = 10;
+
+/// Once the metadata space is used up, a thread must not continue a chunk
+/// left by an exited thread, since the `Handoff` entry that would give it
+/// its records cannot be stored: they would count as the previous lane's.
+/// Both policies (keep-last pools the chunk instead).
+#[test]
+fn a_hand_off_without_its_entry_is_not_continued() {
+    child_role("short", || {
+        // Long names: each thread's `Thread` entry takes about 1 KiB, so
+        // the metadata fills up with the budget.
+        let long = "n".repeat(1000);
+        for t in 0..SHORT_THREADS {
+            std::thread::Builder::new()
+                .name(format!("{t}{long}"))
+                .spawn(|| (0..SHORT_CALLS).fold(0u64, |a, i| a.wrapping_add(call(i))))
+                .unwrap()
+                .join()
+                .unwrap();
+        }
+    });
+    for policy in ["keep-first", "keep-last"] {
+        hand_offs_without_entries(policy);
+    }
+}
+
+fn hand_offs_without_entries(policy: &str) {
+    let dir = session_dir();
+    let out = self_command(
+        "a_hand_off_without_its_entry_is_not_continued",
+        "short",
+        dir.path(),
+    )
+    .env("MPPROF_OVERFLOW", policy)
+    .env("MPPROF_BUFFER_MB", "1")
+    .env("MPPROF_CHUNK_KB", "64")
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Session::open(&[dir.path()]).unwrap();
+    let f = &s.processes[0].file;
+    assert!(f.lost_meta > 0, "the metadata space was used up");
+    assert!(
+        !f.handoffs.is_empty(),
+        "{policy}: threads continued each other's chunks before that"
+    );
+    // No lane holds more than one thread's events.
+    for (&lane, l) in &f.lanes {
+        let mut kept = 0;
+        for c in &l.chunks {
+            let mut r = mpprof_merge::read::RecordReader::new(*c);
+            while r.next_event(&f.file).is_some() {
+                kept += 1;
+            }
+        }
+        assert!(
+            kept <= 2 * SHORT_CALLS,
+            "{policy}: lane {lane} holds {kept} events, more than one thread made"
+        );
+    }
+    assert_eq!(
+        f.recorded_events() + f.lost_events,
+        2 * SHORT_CALLS * SHORT_THREADS,
+        "{policy}"
+    );
+}

@@ -208,7 +208,9 @@ pub struct ProcessFile {
     pub anchors: Vec<Anchor>,
     /// Problems found while reading (the file is still usable).
     pub warnings: Vec<String>,
-    /// Chunks continued by another thread (already applied to `lanes`).
+    /// Chunks continued by another thread, in file order (already applied
+    /// to `lanes`), including those a later effective reuse of their chunk
+    /// retired (see [`Reuse::effective`]).
     pub handoffs: Vec<Handoff>,
     /// Chunks the flight recorder gave to another thread, in file order
     /// (already applied to `lanes`).
@@ -641,10 +643,7 @@ fn split_handoffs(
     cap: u32,
     name: &str,
 ) {
-    let mut handoffs: Vec<(usize, Handoff)> = std::mem::take(&mut pf.handoffs)
-        .into_iter()
-        .enumerate()
-        .collect();
+    let mut handoffs: Vec<(usize, Handoff)> = pf.handoffs.iter().copied().enumerate().collect();
     handoffs.retain(|(i, h)| {
         current_from
             .get(&h.slot)

@@ -97,6 +97,14 @@ pub(crate) struct Recorder {
     /// on from), ordered by when they were left, newest first: the last one
     /// holds the oldest events and is reused first.
     pool: HintedList<Pooled>,
+    /// Flight recorder (keep-last): event chunks that live threads claimed
+    /// (or reused) and have since left, in the order they were left, oldest
+    /// first. A thread needing a chunk overwrites its own oldest one; a
+    /// thread with none of its own, when the pool is empty too, takes
+    /// another lane's (see [`Recorder::take_left_of_others`]). Never a
+    /// thread's current chunk: a thread adds its chunk only once it has
+    /// stopped writing it, and taking one removes it under the lock.
+    left: HintedList<Left>,
     /// Event chunk slots reserved and page-mapped ahead by the preparer.
     ready: Mutex<Vec<u32>>,
     ready_cv: parking_lot::Condvar,
@@ -223,6 +231,72 @@ impl Recorder {
         self.pool.pop()
     }
 
+    /// Flight recorder: when the pooled chunk left longest ago was left, if
+    /// the pool holds any.
+    pub(crate) fn oldest_pooled_at(&self) -> Option<u64> {
+        self.pool.take(|pool| pool.last().map(|p| p.left_at))
+    }
+
+    /// Flight recorder: a live thread has left its own chunk `slot`
+    /// (holding `events` events of `lane`); it joins the recorder-wide list
+    /// of left chunks, stamped with the time under the list's lock so the
+    /// list stays in the order chunks were left.
+    pub(crate) fn leave(&self, lane: u32, slot: u32, events: u64) {
+        self.left.update(|list| {
+            list.push(Left {
+                lane,
+                slot,
+                events,
+                left_at: clock::monotonic_ns(),
+            })
+        });
+    }
+
+    /// Flight recorder: takes the oldest chunk that `lane` has left, if any.
+    pub(crate) fn take_left(&self, lane: u32) -> Option<Left> {
+        self.left.take(|list| {
+            let i = list.iter().position(|l| l.lane == lane)?;
+            Some(list.remove(i))
+        })
+    }
+
+    /// Flight recorder, for a thread with no left chunk of its own: takes
+    /// the oldest chunk another (live) lane has left, from a lane that has
+    /// left more than one (so that a thread keeps some history of its own
+    /// while another has more to give), if it was left before `before`.
+    /// With `before` `None` (the pool is empty), if no lane has left more
+    /// than one, the oldest chunk any other lane has left.
+    pub(crate) fn take_left_of_others(&self, lane: u32, before: Option<u64>) -> Option<Left> {
+        self.left.take(|list| {
+            let mut counts = std::collections::HashMap::<u32, usize>::new();
+            for l in list.iter() {
+                *counts.entry(l.lane).or_default() += 1;
+            }
+            let other = |l: &Left| l.lane != lane;
+            let i = match list.iter().position(|l| other(l) && counts[&l.lane] > 1) {
+                Some(i) if before.is_none_or(|t| list[i].left_at < t) => i,
+                Some(_) => return None,
+                None if before.is_none() => list.iter().position(other)?,
+                None => return None,
+            };
+            Some(list.remove(i))
+        })
+    }
+
+    /// Flight recorder: takes every chunk `lane` has left, oldest first (the
+    /// thread is exiting and pools them).
+    pub(crate) fn drain_left(&self, lane: u32) -> Vec<Left> {
+        self.left
+            .take(|list| {
+                let (mine, rest) = std::mem::take(list)
+                    .into_iter()
+                    .partition(|l| l.lane == lane);
+                *list = rest;
+                Some(mine)
+            })
+            .unwrap_or_default()
+    }
+
     /// Writes a clock anchor unless one was written recently: every 10 ms
     /// during the first second (so even a short or killed process has a
     /// well-spread fit), then every second (so a long run's metadata grows
@@ -277,12 +351,18 @@ impl<T> HintedList<T> {
 
     /// Takes the last element, if any.
     fn pop(&self) -> Option<T> {
+        self.take(Vec::pop)
+    }
+
+    /// Takes what `f` removes from the list under its lock; `None` without
+    /// the lock when the list is (probably) empty.
+    fn take<R>(&self, f: impl FnOnce(&mut Vec<T>) -> Option<R>) -> Option<R> {
         // Relaxed: a stale `false` only means the element is taken next time.
         if !self.hint.load(Ordering::Relaxed) {
             return None;
         }
         let mut x = None;
-        self.update(|list| x = list.pop());
+        self.update(|list| x = f(list));
         x
     }
 }
@@ -307,6 +387,19 @@ pub(crate) struct Pooled {
     /// The events of each of its segments, `(lane, events)`, the header's
     /// lane first: what reusing it overwrites.
     pub(crate) segments: Vec<(u32, u64)>,
+}
+
+/// A flight-recorder chunk that a live thread claimed (or reused) and has
+/// left: no thread writes it.
+pub(crate) struct Left {
+    /// The lane that left it (its header's lane).
+    pub(crate) lane: u32,
+    /// Its slot.
+    pub(crate) slot: u32,
+    /// Events of `lane` in it.
+    pub(crate) events: u64,
+    /// CLOCK_MONOTONIC ns when the thread left it.
+    pub(crate) left_at: u64,
 }
 
 /// The recorder for epoch `s`, if it is still the current one.
@@ -602,6 +695,7 @@ fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::
         finished: AtomicBool::new(false),
         handoffs: HintedList::new(),
         pool: HintedList::new(),
+        left: HintedList::new(),
         ready: Mutex::new(Vec::new()),
         ready_cv: parking_lot::Condvar::new(),
         preparer_started: AtomicBool::new(false),

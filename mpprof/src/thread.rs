@@ -7,7 +7,6 @@
 //! again when the high half changes); see [`crate::format::word`].
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use crate::buffer::{Chunk, ChunkInit, ClaimError};
@@ -88,12 +87,12 @@ thread_local! {
             start: Cell::new(0),
         }
     };
-    /// Slow-path state: the event chunks this thread owns in the current
-    /// recorder, oldest first (the flight recorder reuses the front one),
-    /// and what it knows about its current chunk. Its destructor hands the
-    /// thread's partly used chunk on at exit, and (keep-last) pools the rest.
+    /// Slow-path state: what the thread knows about its current chunk in
+    /// the current recorder (the chunks it has left are in the recorder's
+    /// `left` list). Its destructor hands the thread's partly used chunk on
+    /// at exit, and (keep-last) pools the rest.
     static OWNED: RefCell<Owned> = const {
-        RefCell::new(Owned { epoch: 0, left: VecDeque::new(), current: None })
+        RefCell::new(Owned { epoch: 0, current: None })
     };
 }
 
@@ -309,9 +308,10 @@ const MAX_SEGMENTS: usize = 32;
 /// Gives this thread a chunk to write to: the rest of a finished thread's
 /// chunk, else a fresh one. Under `keep-last`, when the budget is used up
 /// or the file cannot grow, the thread starts its own oldest chunk over,
-/// or, when it has left none, the pooled chunk that was left longest ago,
-/// or else its current chunk. False when there is nothing to write to
-/// (keep-first with the budget used up or the disk full).
+/// or, when it has left none, the oldest chunk another thread has left
+/// (pooled, or on the recorder's left list), or else its current chunk.
+/// False when there is nothing to write to (keep-first with the budget
+/// used up or the disk full).
 fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
     let keep_last = r.buf.policy() == Policy::KeepLast;
     if keep_last && owned(w, |_| ()).is_none() {
@@ -330,11 +330,11 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
     };
     let retry_at = w.retry_at.get();
     let may_claim = retry_at == 0 || (retry_at != u64::MAX && clock::monotonic_ns() >= retry_at);
-    if let Some(h) = r.take_handoff() {
+    while let Some(h) = r.take_handoff() {
         // Continue a finished thread's chunk: say so in the metadata
         // first, so the reader attributes the records from `start` on to
         // this lane.
-        r.write_meta(&Meta::Handoff {
+        let stored = r.write_meta_stored(&Meta::Handoff {
             slot: h.chunk.slot,
             start: h.next,
             lane: init.lane,
@@ -342,6 +342,21 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
             seq: init.seq,
             lost_before: init.lost_before,
         });
+        if !stored {
+            // Without the entry a reader would give this thread's records
+            // to the chunk's previous lane: do not continue the chunk.
+            // Keep-first leaves it as it is; keep-last pools it (reusing
+            // it needs a `Reused` entry, so it stays as it is too while
+            // the metadata space is full).
+            if keep_last {
+                r.pool(Pooled {
+                    slot: h.chunk.slot,
+                    left_at: clock::monotonic_ns(),
+                    segments: h.segments,
+                });
+            }
+            continue;
+        }
         leave_current(w, r);
         install(w, h.chunk, h.next);
         // Not owned: a continued chunk is reused only through the pool,
@@ -382,25 +397,28 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
     }
     // Nothing to write to: keep-first with the budget used up or the disk
     // full, or a flight-recorder thread with no chunk at all while every
-    // other chunk is some live thread's.
+    // other chunk is some live thread's current chunk.
     set_room(w, 0);
     false
 }
 
 /// Flight recorder, once no fresh chunk can be had: overwrites, in order
 /// of preference, this thread's oldest chunk (one it left, never its
-/// current one, so it keeps at least a chunk of history), the pooled chunk
-/// left longest ago, or its current chunk. True when the thread got one.
+/// current one, so it keeps at least a chunk of history), the oldest chunk
+/// another thread has left (pooled, or a live thread's: see
+/// [`take_from_others`]), or its current chunk. True when the thread got
+/// one.
 fn reuse_a_chunk(w: &Writer, r: &'static Recorder, init: &ChunkInit) -> bool {
     let retry = w.retry_at.get();
-    let got = if let Some(old) = owned(w, |o| o.left.pop_front()).flatten() {
+    let got = if let Some(old) = r.take_left(w.lane.get()) {
         // SAFETY: the slot is an event chunk this thread claimed (or took)
-        // in this recorder (the list is reset with the epoch) and left.
+        // in this recorder (the list is the recorder's) and left; taking it
+        // from the list under its lock made it this thread's alone.
         let c = unsafe { r.buf.reuse(old.slot, &own_init(w, init, old.events)) };
         overwritten_own(w, r, old.events);
         leave_current(w, r);
         Some(c)
-    } else if let Some(c) = take_from_pool(w, r, init) {
+    } else if let Some(c) = take_from_others(w, r, init) {
         leave_current(w, r);
         Some(c)
     } else {
@@ -433,18 +451,36 @@ fn overwritten_own(w: &Writer, r: &Recorder, events: u64) {
     w.overwritten.set(w.overwritten.get() + events);
 }
 
-/// Takes pooled chunks, oldest first, until one can be reused. A chunk
-/// whose [`Meta::Reused`] entry cannot be stored (the metadata space is
-/// used up) is left as it is, for good: its content stays readable.
-fn take_from_pool(w: &Writer, r: &'static Recorder, init: &ChunkInit) -> Option<Chunk> {
-    while let Some(p) = r.take_pooled() {
-        // SAFETY: taking the chunk from the pool made it this thread's
-        // alone, and no thread writes it any more.
-        if let Some(c) = unsafe { reuse_shared(w, r, init, p.slot, &p.segments) } {
+/// For a thread with no chunk of its own to overwrite: takes the oldest
+/// of the chunks other threads no longer write, until one can be reused,
+/// through a [`Meta::Reused`] entry (so that the overwritten events count
+/// against the lanes that wrote them). The candidates are the pooled chunk
+/// left longest ago (exited threads' chunks, and continued chunks) and the
+/// oldest chunk of a live lane that has left more than one (see
+/// [`Recorder::take_left_of_others`]); without either, the oldest chunk
+/// any other live lane has left. A chunk whose entry cannot be stored (the
+/// metadata space is used up) is left as it is, for good: its content
+/// stays readable.
+fn take_from_others(w: &Writer, r: &'static Recorder, init: &ChunkInit) -> Option<Chunk> {
+    loop {
+        let pooled_at = r.oldest_pooled_at();
+        let (slot, segments) = if let Some(l) = r.take_left_of_others(w.lane.get(), pooled_at) {
+            (l.slot, vec![(l.lane, l.events)])
+        } else if pooled_at.is_none() {
+            return None;
+        } else if let Some(p) = r.take_pooled() {
+            (p.slot, p.segments)
+        } else {
+            // Another thread emptied the pool meanwhile: look again.
+            continue;
+        };
+        // SAFETY: the thread that left the chunk (a live lane's, or a
+        // pooled one) no longer writes it, and taking it from its list
+        // under the list's lock made it this thread's alone.
+        if let Some(c) = unsafe { reuse_shared(w, r, init, slot, &segments) } {
             return Some(c);
         }
     }
-    None
 }
 
 /// Starts the current chunk over (the thread has no other chunk to
@@ -529,10 +565,11 @@ fn segment_events(w: &Writer) -> u64 {
 }
 
 /// The thread leaves its current chunk (it has a new one, not yet
-/// installed): an own chunk joins the list of chunks it left, a continued
-/// one (keep-last) goes to the pool.
+/// installed, and writes nothing more into this one): under keep-last an
+/// own chunk joins the recorder's list of left chunks, a continued one goes
+/// to the pool. Keep-first never reuses a chunk.
 fn leave_current(w: &Writer, r: &Recorder) {
-    if w.hdr.get().is_null() {
+    if w.hdr.get().is_null() || r.buf.policy() != Policy::KeepLast {
         return;
     }
     let Some(cur) = owned(w, |o| o.current.take()).flatten() else {
@@ -540,15 +577,8 @@ fn leave_current(w: &Writer, r: &Recorder) {
     };
     let events = segment_events(w);
     if cur.own {
-        let left_at = clock::monotonic_ns();
-        owned(w, |o| {
-            o.left.push_back(Left {
-                slot: cur.slot,
-                events,
-                left_at,
-            })
-        });
-    } else if r.buf.policy() == Policy::KeepLast {
+        r.leave(w.lane.get(), cur.slot, events);
+    } else {
         let mut segments = cur.prior;
         segments.push((w.lane.get(), events));
         r.pool(Pooled {
@@ -557,22 +587,12 @@ fn leave_current(w: &Writer, r: &Recorder) {
             segments,
         });
     }
-    // Keep-first: a continued chunk is simply left.
 }
 
 /// Records what the thread knows about the chunk it just installed.
 fn set_current(w: &Writer, own: bool, prior: Vec<(u32, u64)>) {
     let slot = w.slot.get();
     owned(w, |o| o.current = Some(Current { slot, own, prior }));
-}
-
-/// An own chunk the thread has left.
-struct Left {
-    slot: u32,
-    /// Events in it.
-    events: u64,
-    /// CLOCK_MONOTONIC ns when the thread left it.
-    left_at: u64,
 }
 
 /// The thread's current chunk.
@@ -585,12 +605,10 @@ struct Current {
     prior: Vec<(u32, u64)>,
 }
 
-/// The slow path's per-thread state for the writer's recorder: the event
-/// chunks the thread owns and has left (the flight recorder reuses the
-/// oldest), and its current chunk.
+/// The slow path's per-thread state for the writer's recorder: its
+/// current chunk.
 struct Owned {
     epoch: u32,
-    left: VecDeque<Left>,
     current: Option<Current>,
 }
 
@@ -637,7 +655,8 @@ impl Drop for Owned {
                     }
                 }
                 if keep_last {
-                    for l in self.left.drain(..) {
+                    // The chunks it left that no other thread took.
+                    for l in r.drain_left(lane) {
                         r.pool(Pooled {
                             slot: l.slot,
                             left_at: l.left_at,
@@ -664,8 +683,8 @@ fn owned<R>(w: &Writer, f: impl FnOnce(&mut Owned) -> R) -> Option<R> {
             let mut o = o.borrow_mut();
             if o.epoch != w.epoch.get() {
                 // Not `*o = ..`: dropping an `Owned` hands the chunk off.
+                // The chunks it left stay in the old recorder's list.
                 o.epoch = w.epoch.get();
-                o.left.clear();
                 o.current = None;
             }
             f(&mut o)
