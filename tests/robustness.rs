@@ -627,24 +627,11 @@ fn keep_last_keeps_the_newest_events_of_every_thread() {
             }
         }
     });
-    let dir = session_dir();
-    let out = self_command(
+    let (_dir, s) = record_small(
         "keep_last_keeps_the_newest_events_of_every_thread",
         "rounds",
-        dir.path(),
-    )
-    .env("MPPROF_OVERFLOW", "keep-last")
-    .env("MPPROF_BUFFER_MB", "1")
-    .env("MPPROF_CHUNK_KB", "64")
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        "keep-last",
     );
-    let s = Session::open(&[dir.path()]).unwrap();
-    assert_eq!(s.processes.len(), 1);
     let p = &s.processes[0];
     let f = &p.file;
     // Per thread: its events, its loss markers, its newest span.
@@ -668,16 +655,6 @@ fn keep_last_keeps_the_newest_events_of_every_thread() {
     for (&lane, l) in &f.lanes {
         names.insert(lane, l.name.clone());
     }
-    let recorded = |lane: u32| -> u64 {
-        let mut n = 0;
-        for c in &f.lanes[&lane].chunks {
-            let mut r = mpprof_merge::read::RecordReader::new(*c);
-            while r.next_event(&f.file).is_some() {
-                n += 1;
-            }
-        }
-        n
-    };
     // The last round's threads end with their last call.
     for t in 0..2 {
         let name = format!("r{}t{t}", ROUNDS - 1);
@@ -696,7 +673,7 @@ fn keep_last_keeps_the_newest_events_of_every_thread() {
     // events kept plus those it is said to have lost are exactly what it
     // made: no lane is blamed for another's overwritten events.
     for (&lane, name) in &names {
-        let kept = recorded(lane);
+        let kept = f.lane_events(lane);
         let gone = lost.get(&lane).copied().unwrap_or(0);
         if kept > 0 {
             assert_eq!(
@@ -720,16 +697,7 @@ fn keep_last_keeps_the_newest_events_of_every_thread() {
     let made = 2 * ROUNDS * made_per_thread;
     assert_eq!(f.recorded_events() + f.lost_events, made);
     assert!(f.lost_events > 0, "the budget was used up");
-    assert!(
-        markers.iter().all(|&(_, _, overwritten)| overwritten),
-        "nothing was lost without being overwritten: {markers:?}"
-    );
-    // A clean run: no damage, nothing torn, no causality problem.
-    let h = mpprof_merge::check::check(&s);
-    assert!(!h.damaged(), "{:?} {:?}", h.processes[0].warnings, h.stats);
-    assert_eq!(h.causality_violations, 0);
-    assert_eq!(h.processes[0].torn_records, 0);
-    assert!(h.processes[0].clean);
+    let h = assert_only_overwritten_and_healthy(&s, &markers);
     let why = h.processes[0].lost_reason.as_deref().unwrap();
     assert!(
         why.contains("the flight recorder (keep-last) overwrote"),
@@ -796,20 +764,11 @@ fn keep_last_keeps_late_threads_recording() {
         busy_main_last();
         println!("sum={sum}");
     });
-    let dir = session_dir();
-    let out = self_command("keep_last_keeps_late_threads_recording", "late", dir.path())
-        .env("MPPROF_OVERFLOW", "keep-last")
-        .env("MPPROF_BUFFER_MB", "1")
-        .env("MPPROF_CHUNK_KB", "64")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (_dir, s) = record_small(
+        "keep_last_keeps_late_threads_recording",
+        "late",
+        "keep-last",
     );
-    let s = Session::open(&[dir.path()]).unwrap();
-    assert_eq!(s.processes.len(), 1);
     let p = &s.processes[0];
     let f = &p.file;
     let mut lost = std::collections::BTreeMap::<u32, u64>::new();
@@ -857,16 +816,6 @@ fn keep_last_keeps_late_threads_recording() {
         ),
     ];
     assert_eq!(f.lanes.len(), 3, "one lane per thread");
-    let recorded = |lane: u32| -> u64 {
-        let mut n = 0;
-        for c in &f.lanes[&lane].chunks {
-            let mut r = mpprof_merge::read::RecordReader::new(*c);
-            while r.next_event(&f.file).is_some() {
-                n += 1;
-            }
-        }
-        n
-    };
     for &(lane, last, made) in &lanes {
         // Its newest events are kept: its final call.
         assert_eq!(
@@ -876,7 +825,7 @@ fn keep_last_keeps_late_threads_recording() {
             lost.get(&lane)
         );
         // Kept plus overwritten is exactly what it made.
-        let kept = recorded(lane);
+        let kept = f.lane_events(lane);
         let gone = lost.get(&lane).copied().unwrap_or(0);
         assert_eq!(
             kept + gone,
@@ -888,15 +837,45 @@ fn keep_last_keeps_late_threads_recording() {
     let made: u64 = lanes.iter().map(|l| l.2).sum();
     assert_eq!(f.recorded_events() + f.lost_events, made);
     assert!(f.lost_events > 0, "the budget was used up");
+    assert_only_overwritten_and_healthy(&s, &markers);
+}
+
+/// Runs `role` (hosted by `test`) under `policy` with a 1 MiB budget of
+/// 64 KiB chunks, checks it exited successfully, and opens its session.
+fn record_small(test: &str, role: &str, policy: &str) -> (tempfile::TempDir, Session) {
+    let dir = session_dir();
+    let out = self_command(test, role, dir.path())
+        .env("MPPROF_OVERFLOW", policy)
+        .env("MPPROF_BUFFER_MB", "1")
+        .env("MPPROF_CHUNK_KB", "64")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert_eq!(s.processes.len(), 1);
+    (dir, s)
+}
+
+/// Every loss marker of a keep-last run says "overwritten", and `check`
+/// finds a clean run: no damage, nothing torn, no causality problem.
+fn assert_only_overwritten_and_healthy(
+    s: &Session,
+    markers: &[(u32, u64, bool)],
+) -> mpprof_merge::check::Health {
     assert!(
         markers.iter().all(|&(_, _, overwritten)| overwritten),
         "nothing was lost without being overwritten: {markers:?}"
     );
-    let h = mpprof_merge::check::check(&s);
+    let h = mpprof_merge::check::check(s);
     assert!(!h.damaged(), "{:?} {:?}", h.processes[0].warnings, h.stats);
     assert_eq!(h.causality_violations, 0);
     assert_eq!(h.processes[0].torn_records, 0);
     assert!(h.processes[0].clean);
+    h
 }
 
 /// Short-lived threads of [`a_hand_off_without_its_entry_is_not_continued`].
@@ -929,23 +908,11 @@ fn a_hand_off_without_its_entry_is_not_continued() {
 }
 
 fn hand_offs_without_entries(policy: &str) {
-    let dir = session_dir();
-    let out = self_command(
+    let (_dir, s) = record_small(
         "a_hand_off_without_its_entry_is_not_continued",
         "short",
-        dir.path(),
-    )
-    .env("MPPROF_OVERFLOW", policy)
-    .env("MPPROF_BUFFER_MB", "1")
-    .env("MPPROF_CHUNK_KB", "64")
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        policy,
     );
-    let s = Session::open(&[dir.path()]).unwrap();
     let f = &s.processes[0].file;
     assert!(f.lost_meta > 0, "the metadata space was used up");
     assert!(

@@ -247,8 +247,14 @@ impl ProcessFile {
     /// ends, async ends; not time bases or payloads), read from the file:
     /// one pass over every chunk.
     pub fn recorded_events(&self) -> u64 {
+        self.lanes.keys().map(|&lane| self.lane_events(lane)).sum()
+    }
+
+    /// Events recorded in one lane (as [`ProcessFile::recorded_events`]);
+    /// 0 for a lane the file does not have.
+    pub fn lane_events(&self, lane: u32) -> u64 {
         let mut n = 0;
-        for c in self.lanes.values().flat_map(|l| &l.chunks) {
+        for c in self.lanes.get(&lane).map_or(&[][..], |l| &l.chunks) {
             let mut r = RecordReader::new(*c);
             while r.next_event(&self.file).is_some() {
                 n += 1;
