@@ -829,8 +829,10 @@ fn main() {
     report_session(&path, reclaimer.punched);
 
     // A second session, keep-last (the flight recorder) with the smallest
-    // budget: the thread cycles through two 256 KiB chunks that stay mapped
-    // and cached, which is what the ideal rings above do.
+    // budget: 1 MiB is 4 slots (the first metadata chunk, the 2-slot
+    // metadata reserve and one event chunk), so the thread starts its one
+    // 256 KiB chunk over and over; it stays mapped and cached, which is what
+    // the ideal rings above do.
     let last = dir.path().join("keep-last");
     std::fs::create_dir(&last).expect("session dir");
     std::env::set_var("MPPROF_DIR", &last);
@@ -844,7 +846,7 @@ fn main() {
     report_session(&process_file(&last), 0);
 
     // A third session, keep-last, for two threads: each cycles through its
-    // own chunks (2 MiB: 6 event chunks, which the two threads claim in
+    // own chunks (2 MiB: 5 event chunks, which the two threads claim in
     // turn; the main thread records nothing here), so this is the hot path
     // alone, with no page preparation competing for the two cores.
     let last2 = dir.path().join("keep-last-x2");
