@@ -994,3 +994,79 @@ pub fn list_session(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     v.sort();
     Ok(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(words: &[u64]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    fn ev(lo: u64, site: u32, k: u8) -> u64 {
+        word::new(lo, word::site_kind(site, k))
+    }
+
+    /// Format 4 words: a timestamp's high half comes from the last BASE, a
+    /// payload follows its event, an event before any BASE or a payload cut
+    /// off by the chunk's end is malformed, and an unknown kind is skipped.
+    #[test]
+    fn words_decode_against_their_time_base() {
+        let base1 = 0x0000_0007_FFFF_FFF0u64;
+        let base2 = 0x0000_0008_0000_0005u64;
+        let words = [
+            ev(1, 3, kind::ENTER), // before any BASE: malformed
+            word::site_kind(0, kind::BASE),
+            base1,
+            ev(0xFFFF_FFF1, 3, kind::ENTER),
+            ev(0xFFFF_FFF2, 4, kind::COUNTER),
+            42,
+            0,
+            word::site_kind(0, kind::BASE),
+            base2,
+            ev(6, 3, kind::EXIT),
+            ev(7, 5, 15), // unknown kind: skipped
+            ev(8, 4, kind::COUNTER),
+            9, // its second payload word is missing
+        ];
+        let mut out = Vec::new();
+        let mut base = None;
+        let (bad, used) = decode_records(Layout::Words8, &bytes(&words), &mut base, &mut out, true);
+        assert_eq!(bad, 3);
+        assert_eq!(used, words.len());
+        assert_eq!(base, Some(base2));
+        let got: Vec<(u64, u32, u8, Option<[u64; 2]>)> = out
+            .iter()
+            .map(|e| (e.ts, e.site, e.kind, e.payload))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0x7_FFFF_FFF1, 3, kind::ENTER, None),
+                (0x7_FFFF_FFF2, 4, kind::COUNTER, Some([42, 0])),
+                (0x8_0000_0006, 3, kind::EXIT, None),
+            ]
+        );
+    }
+
+    /// In the middle of a chunk, an event whose payload lies past the block
+    /// is left for the next block, and the time base carries over.
+    #[test]
+    fn an_event_split_across_blocks_waits_for_the_next_one() {
+        let words = [
+            word::site_kind(0, kind::BASE),
+            0x5_0000_0000,
+            ev(1, 2, kind::FLOW_OUT),
+            7,
+        ];
+        let (mut out, mut base) = (Vec::new(), None);
+        let (bad, used) =
+            decode_records(Layout::Words8, &bytes(&words), &mut base, &mut out, false);
+        assert_eq!((bad, used, out.len()), (0, 2, 0));
+        let rest = [ev(1, 2, kind::FLOW_OUT), 7, 8];
+        let (bad, used) = decode_records(Layout::Words8, &bytes(&rest), &mut base, &mut out, true);
+        assert_eq!((bad, used), (0, 3));
+        assert_eq!(out[0].ts, 0x5_0000_0001);
+        assert_eq!(out[0].payload, Some([7, 8]));
+    }
+}
