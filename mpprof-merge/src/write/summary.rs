@@ -7,7 +7,11 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use crate::merge::{EventKind, MergeStats, Session};
+use crate::merge::{EventKind, MergeStats, Process, Session};
+
+pub mod critical;
+
+pub use critical::{critical_path, CriticalPath, PathFunc, PathSegment};
 
 /// A function (callsite) as the summary groups it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,6 +84,11 @@ pub struct Summary {
     pub wall_ns: i64,
     /// Merge repairs.
     pub stats: MergeStats,
+    /// The cross-process critical path (see [`critical`]).
+    pub critical_path: CriticalPath,
+    /// Start of the session, ns: the origin of the critical path's times
+    /// in the text.
+    pub origin_ns: i64,
 }
 
 impl Summary {
@@ -89,6 +98,29 @@ impl Summary {
             .iter()
             .find(|(k, _)| k.label == name || k.label.ends_with(&format!("::{name}")))
             .map(|(_, s)| s)
+    }
+}
+
+/// The summary's key of a callsite of process `p`.
+fn func_key(p: &Process, site: u32) -> FuncKey {
+    match p.site(site) {
+        Some(s) => {
+            let label = if !s.path.is_empty() && s.path.ends_with(&s.name) {
+                s.path.clone()
+            } else {
+                s.name.clone()
+            };
+            FuncKey {
+                label,
+                file: s.file.clone(),
+                line: s.line,
+            }
+        }
+        None => FuncKey {
+            label: format!("#{site}"),
+            file: String::new(),
+            line: 0,
+        },
     }
 }
 
@@ -103,8 +135,10 @@ pub fn compute(session: &Session) -> Summary {
     let n = session.processes.len();
     let mut per: Vec<HashMap<u32, FuncStats>> = vec![HashMap::new(); n];
     let mut stacks: HashMap<(usize, u32), Vec<Frame>> = HashMap::new();
+    let mut flows = critical::FlowIndex::new(n);
     let mut events = session.events();
     for e in events.by_ref() {
+        flows.observe(&e);
         match e.kind {
             EventKind::Enter { site } => stacks.entry((e.proc, e.lane)).or_default().push(Frame {
                 site,
@@ -135,33 +169,14 @@ pub fn compute(session: &Session) -> Summary {
         }
     }
     let stats = events.stats();
+    drop(events);
+    let critical_path = critical::from_index(session, flows);
     let mut tree: HashMap<FuncKey, FuncStats> = HashMap::new();
     let mut processes = Vec::new();
     for (pi, p) in session.processes.iter().enumerate() {
         let mut funcs: Vec<(FuncKey, FuncStats)> = per[pi]
             .iter()
-            .map(|(&site, st)| {
-                let key = match p.site(site) {
-                    Some(s) => {
-                        let label = if !s.path.is_empty() && s.path.ends_with(&s.name) {
-                            s.path.clone()
-                        } else {
-                            s.name.clone()
-                        };
-                        FuncKey {
-                            label,
-                            file: s.file.clone(),
-                            line: s.line,
-                        }
-                    }
-                    None => FuncKey {
-                        label: format!("#{site}"),
-                        file: String::new(),
-                        line: 0,
-                    },
-                };
-                (key, *st)
-            })
+            .map(|(&site, st)| (func_key(p, site), *st))
             .collect();
         for (k, st) in &funcs {
             tree.entry(k.clone()).or_default().add(st);
@@ -181,6 +196,8 @@ pub fn compute(session: &Session) -> Summary {
         tree,
         wall_ns: session.end_ns().saturating_sub(session.start_ns()),
         stats,
+        critical_path,
+        origin_ns: session.start_ns(),
     }
 }
 
@@ -255,7 +272,8 @@ fn header(
     writeln!(out)
 }
 
-/// Writes the summary as text: the whole tree first, then each process.
+/// Writes the summary as text: the whole tree first, then each process,
+/// then the critical path.
 /// `limit` rows per table.
 pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<()> {
     header(
@@ -271,6 +289,8 @@ pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<
         header(out, &format!("== {}{end} ==", p.name), &p.funcs, p.wall_ns)?;
         table(out, &p.funcs, limit)?;
     }
+    writeln!(out)?;
+    critical::write_text(&s.critical_path, s.origin_ns, out, limit)?;
     let st = &s.stats;
     if st.closed_spans + st.unmatched_exits + st.bad_records + st.unreadable_chunks > 0 {
         writeln!(out)?;
