@@ -637,19 +637,11 @@ fn keep_last_keeps_the_newest_events_of_every_thread() {
     // Per thread: its events, its loss markers, its newest span.
     let made_per_thread = 2 * ROUND_CALLS + 2;
     let mut names = std::collections::BTreeMap::<u32, String>::new();
-    let mut lost = std::collections::BTreeMap::<u32, u64>::new();
+    let (lost, markers) = lane_losses(&s);
     let mut newest = std::collections::BTreeMap::<u32, String>::new();
-    let mut markers = Vec::new();
     for e in s.events() {
-        match e.kind {
-            EventKind::Lost { count, overwritten } => {
-                markers.push((e.lane, count, overwritten));
-                *lost.entry(e.lane).or_default() += count;
-            }
-            EventKind::Exit { site, .. } => {
-                newest.insert(e.lane, p.site_name(site).into_owned());
-            }
-            _ => {}
+        if let EventKind::Exit { site, .. } = e.kind {
+            newest.insert(e.lane, p.site_name(site).into_owned());
         }
     }
     for (&lane, l) in &f.lanes {
@@ -771,22 +763,14 @@ fn keep_last_keeps_late_threads_recording() {
     );
     let p = &s.processes[0];
     let f = &p.file;
-    let mut lost = std::collections::BTreeMap::<u32, u64>::new();
+    let (lost, markers) = lane_losses(&s);
     let mut finals = std::collections::BTreeMap::<u32, Vec<String>>::new();
-    let mut markers = Vec::new();
     for e in s.events() {
-        match e.kind {
-            EventKind::Lost { count, overwritten } => {
-                markers.push((e.lane, count, overwritten));
-                *lost.entry(e.lane).or_default() += count;
+        if let EventKind::Exit { site, .. } = e.kind {
+            let name = p.site_name(site).into_owned();
+            if name.ends_with("_last") {
+                finals.entry(e.lane).or_default().push(name);
             }
-            EventKind::Exit { site, .. } => {
-                let name = p.site_name(site).into_owned();
-                if name.ends_with("_last") {
-                    finals.entry(e.lane).or_default().push(name);
-                }
-            }
-            _ => {}
         }
     }
     let lane_named = |name: &str| -> u32 {
@@ -858,6 +842,21 @@ fn record_small(test: &str, role: &str, policy: &str) -> (tempfile::TempDir, Ses
     let s = Session::open(&[dir.path()]).unwrap();
     assert_eq!(s.processes.len(), 1);
     (dir, s)
+}
+
+/// Events lost per lane, from the merge's loss markers, and the markers as
+/// (lane, count, overwritten).
+type Losses = (std::collections::BTreeMap<u32, u64>, Vec<(u32, u64, bool)>);
+
+fn lane_losses(s: &Session) -> Losses {
+    let (mut lost, mut markers) = Losses::default();
+    for e in s.events() {
+        if let EventKind::Lost { count, overwritten } = e.kind {
+            markers.push((e.lane, count, overwritten));
+            *lost.entry(e.lane).or_default() += count;
+        }
+    }
+    (lost, markers)
 }
 
 /// Every loss marker of a keep-last run says "overwritten", and `check`
