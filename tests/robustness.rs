@@ -349,21 +349,9 @@ fn a_thousand_short_lived_threads_share_chunks() {
             }
         }
     });
-    let dir = session_dir();
-    let st = self_command(
-        "a_thousand_short_lived_threads_share_chunks",
-        "churn",
-        dir.path(),
-    )
-    .status()
-    .unwrap();
-    assert!(st.success());
-    let file = mpprof_merge::read::list_session(dir.path())
-        .unwrap()
-        .remove(0);
-    let size = std::fs::metadata(&file).unwrap().len();
-    let s = Session::open(&[dir.path()]).unwrap();
+    let (_dir, s) = common::record("a_thousand_short_lived_threads_share_chunks", "churn");
     let p = &s.processes[0];
+    let size = std::fs::metadata(&p.file.path).unwrap().len();
     assert_eq!(p.file.lost_events, 0);
     let mut per_lane = std::collections::HashMap::<u32, u32>::new();
     for e in s.events() {
