@@ -226,3 +226,74 @@ fn critical_path_without_flows_is_the_roots_timeline() {
     );
     assert!(text.contains("root process's own timeline"), "{text}");
 }
+
+const WAIT_TEST: &str = "critical_path_goes_through_the_child_a_parent_waits_for";
+
+/// A worker's work: `CP_WORK_MS` milliseconds.
+#[mpprof::instrument]
+fn cp_worker_work() {
+    let ms = std::env::var("CP_WORK_MS").unwrap().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// Spawns a quick worker (5 ms) and a slow one (40 ms) and waits for both
+/// with `mpprof::wait`: the parent's end depends on the slow one's.
+#[mpprof::instrument]
+fn cp_waiting_parent() {
+    let start = |ms: &str| {
+        mpprof::spawn(
+            Command::new(std::env::current_exe().unwrap())
+                .args([WAIT_TEST, "--exact"])
+                .env(ROLE, "worker")
+                .env("CP_WORK_MS", ms)
+                .stdout(Stdio::null()),
+        )
+        .unwrap()
+    };
+    let mut quick = start("5");
+    let mut slow = start("40");
+    assert!(mpprof::wait(&mut quick).unwrap().success());
+    assert!(mpprof::wait(&mut slow).unwrap().success());
+}
+
+/// `mpprof::wait` records the end of a flow from the child's last event, so
+/// the critical path crosses from the parent's wait into the slow worker,
+/// and `check` counts the waits as matched flows.
+#[test]
+fn critical_path_goes_through_the_child_a_parent_waits_for() {
+    child_role("worker", cp_worker_work);
+    child_role("parent", cp_waiting_parent);
+    let (_dir, s) = common::record(WAIT_TEST, "parent");
+    assert_eq!(s.processes.len(), 3);
+    let slow = (0..3)
+        .find(|&p| {
+            s.events().any(|e| {
+                e.proc == p
+                    && site_name(&s, &e).as_deref() == Some("cp_worker_work")
+                    && matches!(e.kind, EventKind::Exit { .. })
+                    && s.events()
+                        .filter(|x| x.proc == p)
+                        .any(|x| x.ts + 30_000_000 < e.ts)
+            })
+        })
+        .expect("the slow worker");
+    let cp = summary::critical_path(&s);
+    assert_eq!(cp.processes, 2, "{cp:#?}");
+    let top = &cp.funcs[0];
+    assert!(top.key.label.ends_with("cp_worker_work"), "{:#?}", cp.funcs);
+    assert_eq!(top.proc, slow);
+    assert!(top.ns >= 30_000_000, "{top:?}");
+    // The hop into the worker is the exit flow of the worker's spawn.
+    let spawn_flow = s.processes[slow].file.info.as_ref().unwrap().parent_flow;
+    assert!(
+        cp.segments
+            .iter()
+            .any(|g| g.via.map(|v| v.0) == spawn_flow.map(|f| f.child_exit())),
+        "{cp:#?}"
+    );
+    let h = mpprof_merge::check::check(&s);
+    assert_eq!(h.flows_unmatched_in, 0);
+    assert_eq!(h.flows_unmatched_out, 0);
+    assert_eq!(h.flows_matched, 4, "two spawns and two waits");
+    assert_eq!(h.causality_violations, 0);
+}

@@ -158,6 +158,13 @@ pub fn check(session: &Session) -> Health {
     // execs another program never records the other end: not a defect).
     let mut sends: HashMap<FlowId, (i64, bool)> = HashMap::new();
     let mut recvs: Vec<(FlowId, i64)> = Vec::new();
+    // `mpprof::wait` receives a flow that starts at the child's last event
+    // (no send is recorded; one that no parent waited for is no defect).
+    let exits: HashMap<FlowId, i64> = session
+        .processes
+        .iter()
+        .filter_map(|p| Some((p.file.info.as_ref()?.parent_flow?.child_exit(), p.end_ns)))
+        .collect();
     let mut events = session.events();
     for e in events.by_ref() {
         match e.kind {
@@ -171,8 +178,12 @@ pub fn check(session: &Session) -> Health {
     }
     let (mut matched, mut violations, mut unmatched_in) = (0, 0, 0);
     for (flow, ts) in &recvs {
-        match sends.get(flow) {
-            Some(&(s, _)) => {
+        match sends
+            .get(flow)
+            .map(|s| s.0)
+            .or_else(|| exits.get(flow).copied())
+        {
+            Some(s) => {
                 matched += 1;
                 if *ts < s {
                     violations += 1;

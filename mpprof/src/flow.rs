@@ -44,6 +44,19 @@ impl FlowId {
         b
     }
 
+    /// The flow from a child's end to the parent's [`crate::wait`] for it,
+    /// when `self` is the flow that spawned the child: the same id with bit
+    /// 62 of the sequence number set. The parent records its end; its start
+    /// is the child's last event, which the merge knows from the child's
+    /// parent flow, so the child records nothing for it (and a killed child
+    /// has one too).
+    pub const fn child_exit(&self) -> FlowId {
+        FlowId {
+            process: self.process,
+            seq: self.seq | 1 << 62,
+        }
+    }
+
     pub(crate) fn payload(&self) -> [u64; 2] {
         [self.process, self.seq]
     }

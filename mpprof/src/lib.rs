@@ -51,7 +51,7 @@ mod tracing_layer;
 pub use flow::{FlowId, Traced};
 pub use mpprof_macros::instrument;
 pub use session::{init, session_dir, Error, Session};
-pub use spawn::spawn;
+pub use spawn::{spawn, wait};
 pub use traceparent::TraceparentError;
 #[cfg(feature = "tracing")]
 pub use tracing_layer::TracingLayer;

@@ -1,7 +1,10 @@
 //! Starting child processes that record into the same session.
 
+use std::collections::HashMap;
 use std::io;
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
+
+use parking_lot::Mutex;
 
 use crate::format::{kind, SiteKind};
 use crate::{callsite, flow, session, thread};
@@ -32,6 +35,35 @@ pub fn spawn(cmd: &mut Command) -> io::Result<Child> {
         .env("MPPROF_PARENT_PID", std::process::id().to_string())
         .env("MPPROF_CLOCK_HZ", format!("{}", r.clock_hz));
     let child = cmd.spawn();
+    if let Ok(c) = &child {
+        SPAWNED
+            .lock()
+            .get_or_insert_with(HashMap::new)
+            .insert(c.id(), token);
+    }
     thread::record(site, kind::EXIT);
     child
+}
+
+/// Children started by [`spawn`], by pid: the flow that spawned each.
+static SPAWNED: Mutex<Option<HashMap<u32, crate::FlowId>>> = Mutex::new(None);
+
+/// Waits for a child started by [`spawn`] to exit, like
+/// [`Child::wait`], and records the end of a flow from the child's last
+/// event to here, so the trace (and the summary's critical path) shows the
+/// parent waiting on the child. Without that, a wait is invisible to the
+/// merge: it looks like time the parent spent on its own.
+///
+/// The flow's start is not recorded by the child: the merge takes the
+/// child's last event, so a child that was killed has one too.
+pub fn wait(child: &mut Child) -> io::Result<ExitStatus> {
+    let status = child.wait()?;
+    let token = SPAWNED
+        .lock()
+        .get_or_insert_with(HashMap::new)
+        .remove(&child.id());
+    if let Some(token) = token {
+        flow::record_in(token.child_exit(), "exit");
+    }
+    Ok(status)
 }

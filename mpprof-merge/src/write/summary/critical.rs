@@ -18,9 +18,12 @@
 //! Time on the path is attributed to the innermost span open on the
 //! segment's lane (self time), or to "(no span)" between spans.
 //!
-//! Only causality the trace records is followed: a wait without a flow
-//! (`waitpid` on a child, a lock, a shared-memory handshake) is invisible,
-//! and the path goes on through the waiting thread's own timeline.
+//! Only causality the trace records is followed: a wait without a flow (a
+//! lock, a shared-memory handshake, `waitpid` on a child other than through
+//! `mpprof::wait`) is invisible, and the path goes on through the waiting
+//! thread's own timeline. `mpprof::wait` records the end of a flow whose
+//! start is the child's last event (`FlowId::child_exit` of the child's
+//! parent flow), which the walk adds to the sends.
 //!
 //! Memory: one entry per flow end (the send of every flow, the receive
 //! times per lane), not per event. The attribution is a second streaming
@@ -196,6 +199,16 @@ pub(crate) fn from_index(session: &Session, mut idx: FlowIndex) -> CriticalPath 
             .as_ref()
             .is_some_and(|i| i.parent_flow.is_some())
     };
+    // A parent's `mpprof::wait` records the end of a flow from its child's
+    // last event (`FlowId::child_exit`); the start is that event.
+    for (pi, p) in session.processes.iter().enumerate() {
+        let parent = p.file.info.as_ref().and_then(|i| i.parent_flow);
+        if let (Some(flow), Some(Some((ts, lane)))) = (parent, idx.last.get(pi)) {
+            idx.outs
+                .entry(flow.child_exit())
+                .or_insert((pi, *lane, *ts));
+        }
+    }
     let Some((root, segs, truncated)) = walk(&mut idx, has_parent, MAX_HOPS) else {
         return CriticalPath::default();
     };
