@@ -339,7 +339,7 @@ fn attribute(session: &Session, segs: &[PathSegment]) -> Vec<PathFunc> {
                     .get(&(s.proc, s.lane))
                     .and_then(|v| v.last().copied());
                 let e = acc.entry((s.proc, top)).or_default();
-                *e = e.saturating_add(b - a);
+                *e = e.saturating_add(b.saturating_sub(a));
             }
             if to >= s.end_ns {
                 *cur += 1;
