@@ -1,7 +1,9 @@
 //! The classic worker pool: a parent spawns 10 worker processes, each runs
 //! `worker_function` (about 10 ms of arithmetic), and the parent waits for
-//! them. A single-process profiler of the parent sees only waiting; mpprof
-//! sees the whole tree.
+//! them with `mpprof::wait`. A single-process profiler of the parent sees
+//! only waiting; mpprof sees the whole tree, with arrows from each spawn to
+//! the worker and from each worker's end to the parent's wait, and a
+//! critical path that runs through a worker.
 //!
 //! ```text
 //! cargo run --release --example worker_pool
@@ -46,7 +48,7 @@ fn spawn_workers(exe: &std::path::Path) -> std::io::Result<Vec<std::process::Chi
 #[mpprof::instrument]
 fn wait_for_workers(children: Vec<std::process::Child>) -> std::io::Result<()> {
     for mut c in children {
-        let status = c.wait()?;
+        let status = mpprof::wait(&mut c)?;
         if !status.success() {
             eprintln!("worker failed: {status}");
         }

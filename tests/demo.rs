@@ -85,6 +85,21 @@ fn worker_pool_demo_shows_every_worker_and_every_spawn_arrow() {
         .expect("worker_function in summary");
     assert_eq!(line.split_whitespace().next(), Some("10"), "{line}");
     assert!(stdout.contains("== whole process tree: 11 processes =="));
+    // The parent waits with `mpprof::wait`, so the critical path goes from
+    // its wait into a worker's work.
+    let cp = stdout
+        .split("== critical path ==")
+        .nth(1)
+        .expect("a critical path section");
+    let header = cp
+        .lines()
+        .find(|l| l.starts_with("Critical path: "))
+        .unwrap();
+    assert!(!header.ends_with("in 1 process"), "{header}");
+    assert!(
+        cp.contains("(worker_pool::worker_function)"),
+        "a worker's work is on the critical path: {cp}"
+    );
 
     let json = std::fs::read(cwd.path().join("trace.json")).unwrap();
     let evs = check_chrome(&json);
@@ -99,12 +114,21 @@ fn worker_pool_demo_shows_every_worker_and_every_spawn_arrow() {
         .starts_with("worker_pool (pid ")));
 
     // The parent is the process with the spawn flows.
-    let sends: Vec<&Value> = evs.iter().filter(|e| e["ph"] == "s").collect();
+    let sends: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["ph"] == "s" && e["args"]["flow"] == "spawn")
+        .collect();
     assert_eq!(sends.len(), 10, "10 spawn arrows");
     let parent = sends[0]["pid"].as_u64().unwrap();
-    assert!(sends
+    assert!(sends.iter().all(|s| s["pid"].as_u64() == Some(parent)));
+    // And 10 arrows back, from each worker's end to the parent's
+    // `mpprof::wait`.
+    let exits: Vec<&Value> = evs
         .iter()
-        .all(|s| s["pid"].as_u64() == Some(parent) && s["args"]["flow"] == "spawn"));
+        .filter(|e| e["ph"] == "s" && e["args"]["flow"] == "exit")
+        .collect();
+    assert_eq!(exits.len(), 10, "10 exit arrows");
+    assert!(exits.iter().all(|s| s["pid"].as_u64() != Some(parent)));
     let ends: HashMap<&str, &Value> = evs
         .iter()
         .filter(|e| e["ph"] == "f")

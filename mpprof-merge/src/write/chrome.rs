@@ -17,11 +17,25 @@ use crate::write::Tracks;
 pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
     let tracks = Tracks::new(session);
     let t0 = session.start_ns();
+    // `mpprof::wait` records only the receiving end of a flow from the
+    // child's end; its start is drawn on the child's first lane at the
+    // child's last event, when the receive is written.
+    let exits = session
+        .processes
+        .iter()
+        .enumerate()
+        .filter_map(|(pi, p)| {
+            let flow = p.file.info.as_ref()?.parent_flow?.child_exit();
+            let lane = p.file.lanes.keys().next().copied().unwrap_or(0);
+            Some((flow, (tracks.pid(pi), tracks.tid(pi, lane), p.end_ns)))
+        })
+        .collect();
     let mut w = Json {
         out,
         t0,
         first: true,
         open_async: HashMap::new(),
+        exits,
     };
     w.out
         .write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")?;
@@ -97,6 +111,9 @@ struct Json<'a> {
     first: bool,
     /// Open async spans: (process, id) -> (callsite, tid of the beginning).
     open_async: HashMap<(usize, u64), (u32, u32)>,
+    /// Flows from a child's end to its parent's `mpprof::wait`: the child's
+    /// (pid, tid, last event time).
+    exits: HashMap<mpprof::FlowId, (u32, u32, i64)>,
 }
 
 impl Json<'_> {
@@ -220,6 +237,22 @@ impl Json<'_> {
             EventKind::FlowOut { site, flow } | EventKind::FlowIn { site, flow } => {
                 let out = matches!(e.kind, EventKind::FlowOut { .. });
                 let name = p.site_name(site);
+                if let Some((cpid, ctid, ts)) = self.exits.remove(&flow).filter(|_| !out) {
+                    // The start of a wait's flow, on a zero-length "exit"
+                    // slice at the child's last event (out of time order,
+                    // which the JSON importers accept).
+                    self.head("B", cpid, ctid, ts)?;
+                    self.out
+                        .write_all(b",\"cat\":\"flow\",\"name\":\"exit\"}")?;
+                    self.head("s", cpid, ctid, ts)?;
+                    write!(
+                        self.out,
+                        ",\"cat\":\"flow\",\"name\":\"flow\",\"id\":\"0x{:x}\",\"args\":{{\"flow\":\"exit\",\"flow_id\":\"{flow}\"}}}}",
+                        flow_key(flow)
+                    )?;
+                    self.head("E", cpid, ctid, ts)?;
+                    self.out.write_all(b"}")?;
+                }
                 let host = e.depth == 0;
                 if host {
                     self.head("B", pid, tid, e.ts)?;
