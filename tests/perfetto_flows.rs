@@ -301,3 +301,61 @@ fn a_killed_process_is_marked_on_its_track_and_its_open_spans() {
     );
     assert_eq!(marker.ts, doomed[0].end);
 }
+
+#[mpprof::instrument]
+fn pf_child_work() {
+    std::thread::sleep(std::time::Duration::from_millis(2));
+}
+
+#[mpprof::instrument]
+fn pf_waiting_parent() {
+    let mut c = mpprof::spawn(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args([WAIT_TEST, "--exact"])
+            .env(common::ROLE, "pf-child")
+            .stdout(std::process::Stdio::null()),
+    )
+    .unwrap();
+    assert!(mpprof::wait(&mut c).unwrap().success());
+}
+
+const WAIT_TEST: &str = "a_wait_is_an_arrow_from_the_childs_end";
+
+/// `mpprof::wait` records only the receive; the writer adds the send on
+/// the child's track at its last event, so the arrow has both ends (and
+/// the spawn's arrow too): every flow id once sent, once received.
+#[test]
+fn a_wait_is_an_arrow_from_the_childs_end() {
+    child_role("pf-child", pf_child_work);
+    child_role("pf-parent", pf_waiting_parent);
+    let (_dir, s) = common::record(WAIT_TEST, "pf-parent");
+    assert_eq!(s.processes.len(), 2);
+    let (t, _) = write_and_check(&s);
+    let mut sent: Vec<u64> = t.events.iter().flat_map(|e| e.flow_ids.clone()).collect();
+    let mut received: Vec<u64> = t
+        .events
+        .iter()
+        .flat_map(|e| e.terminating_flow_ids.clone())
+        .collect();
+    sent.sort_unstable();
+    received.sort_unstable();
+    assert_eq!(sent.len(), 2, "the spawn and the wait");
+    assert_eq!(sent, received);
+    let child = s
+        .processes
+        .iter()
+        .find(|p| {
+            p.file
+                .info
+                .as_ref()
+                .is_some_and(|i| i.parent_flow.is_some())
+        })
+        .unwrap();
+    let exit = t
+        .events
+        .iter()
+        .find(|e| e.name.as_deref() == Some("send exit"))
+        .expect("the wait's start");
+    let tracks: HashMap<u64, &decode::Track> = t.tracks.iter().map(|t| (t.uuid, t)).collect();
+    assert_eq!(tracks[&exit.track_uuid].pid, Some(child.file.pid as i32));
+}

@@ -214,6 +214,20 @@ const WT_I32: u8 = 5;
 /// Writes the whole session as a Perfetto protobuf trace.
 pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
     let tracks = Tracks::new(session);
+    // `mpprof::wait` records only the receiving end of a flow from the
+    // child's end; its start is written on the child's first lane at the
+    // child's last event when the receive is (out of time order, which the
+    // trace processor sorts).
+    let mut exits: HashMap<mpprof::FlowId, (usize, u32, i64)> = session
+        .processes
+        .iter()
+        .enumerate()
+        .filter_map(|(pi, p)| {
+            let flow = p.file.info.as_ref()?.parent_flow?.child_exit();
+            let lane = p.file.lanes.keys().next().copied().unwrap_or(0);
+            Some((flow, (pi, lane, p.end_ns)))
+        })
+        .collect();
     let mut w = Pf {
         out,
         enc: Enc::default(),
@@ -318,6 +332,17 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
                     (false, _) => Label::Recv,
                 };
                 let key = flow_key(flow);
+                if let Some((cpi, lane, ts)) = exits.remove(&flow).filter(|_| !out) {
+                    let start = TrackEvent {
+                        kind: te::TYPE_INSTANT,
+                        track: w.thread_uuid(session, &tracks, cpi, lane)?,
+                        name: Name::Str("send exit".to_owned()),
+                        flow: Some((true, key)),
+                        annotations: Annotations::Flow(flow.to_string()),
+                        ..TrackEvent::default()
+                    };
+                    w.event(ts, &start)?;
+                }
                 TrackEvent {
                     kind: te::TYPE_INSTANT,
                     track: w.thread_uuid(session, &tracks, e.proc, e.lane)?,
