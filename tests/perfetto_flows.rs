@@ -96,6 +96,19 @@ fn write_and_check(s: &Session) -> (decode::Trace, Vec<Slice>) {
     (t, slices)
 }
 
+/// The flow ids the trace sends and the ones it terminates, each sorted.
+fn flow_ends(t: &decode::Trace) -> (Vec<u64>, Vec<u64>) {
+    let mut sent: Vec<u64> = t.events.iter().flat_map(|e| e.flow_ids.clone()).collect();
+    let mut received: Vec<u64> = t
+        .events
+        .iter()
+        .flat_map(|e| e.terminating_flow_ids.clone())
+        .collect();
+    sent.sort_unstable();
+    received.sort_unstable();
+    (sent, received)
+}
+
 #[test]
 fn pipeline_flows_have_one_sending_and_one_receiving_end() {
     let common::ExampleRun { cwd, out } = common::run_example("pipeline");
@@ -119,16 +132,9 @@ fn pipeline_flows_have_one_sending_and_one_receiving_end() {
             _ => {}
         }
     }
-    let mut sent: Vec<u64> = t.events.iter().flat_map(|e| e.flow_ids.clone()).collect();
-    let mut received: Vec<u64> = t
-        .events
-        .iter()
-        .flat_map(|e| e.terminating_flow_ids.clone())
-        .collect();
+    let (sent, received) = flow_ends(&t);
     outs.sort_unstable();
     ins.sort_unstable();
-    sent.sort_unstable();
-    received.sort_unstable();
     assert_eq!(sent, outs);
     assert_eq!(received, ins);
     // 20 requests, 20 responses, 1 spawn: all matched.
@@ -331,14 +337,7 @@ fn a_wait_is_an_arrow_from_the_childs_end() {
     let (_dir, s) = common::record(WAIT_TEST, "pf-parent");
     assert_eq!(s.processes.len(), 2);
     let (t, _) = write_and_check(&s);
-    let mut sent: Vec<u64> = t.events.iter().flat_map(|e| e.flow_ids.clone()).collect();
-    let mut received: Vec<u64> = t
-        .events
-        .iter()
-        .flat_map(|e| e.terminating_flow_ids.clone())
-        .collect();
-    sent.sort_unstable();
-    received.sort_unstable();
+    let (sent, received) = flow_ends(&t);
     assert_eq!(sent.len(), 2, "the spawn and the wait");
     assert_eq!(sent, received);
     let child = s

@@ -20,15 +20,9 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
     // `mpprof::wait` records only the receiving end of a flow from the
     // child's end; its start is drawn on the child's first lane at the
     // child's last event, when the receive is written.
-    let exits = session
-        .processes
-        .iter()
-        .enumerate()
-        .filter_map(|(pi, p)| {
-            let flow = p.file.info.as_ref()?.parent_flow?.child_exit();
-            let lane = p.file.lanes.keys().next().copied().unwrap_or(0);
-            Some((flow, (tracks.pid(pi), tracks.tid(pi, lane), p.end_ns)))
-        })
+    let exits = super::child_exits(session)
+        .into_iter()
+        .map(|(flow, (pi, lane, ts))| (flow, (tracks.pid(pi), tracks.tid(pi, lane), ts)))
         .collect();
     let mut w = Json {
         out,

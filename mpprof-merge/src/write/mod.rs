@@ -9,6 +9,23 @@ use std::collections::{HashMap, HashSet};
 
 use crate::merge::Session;
 
+/// The flows that `mpprof::wait` received, whose start no one recorded:
+/// `FlowId::child_exit` of each child's spawn flow -> (the child's process
+/// index, its first lane, its last event's time). A writer draws the start
+/// there when it reaches the receive.
+pub(crate) fn child_exits(session: &Session) -> HashMap<mpprof::FlowId, (usize, u32, i64)> {
+    session
+        .processes
+        .iter()
+        .enumerate()
+        .filter_map(|(pi, p)| {
+            let flow = p.file.info.as_ref()?.parent_flow?.child_exit();
+            let lane = p.file.lanes.keys().next().copied().unwrap_or(0);
+            Some((flow, (pi, lane, p.end_ns)))
+        })
+        .collect()
+}
+
 /// Process and thread ids as shown in the output: the real pid and tid when
 /// they are unique in the session, else synthetic ones (pid reuse, several
 /// hosts, thread ids reused by short-lived threads).

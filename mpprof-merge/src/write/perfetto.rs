@@ -218,16 +218,7 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
     // child's end; its start is written on the child's first lane at the
     // child's last event when the receive is (out of time order, which the
     // trace processor sorts).
-    let mut exits: HashMap<mpprof::FlowId, (usize, u32, i64)> = session
-        .processes
-        .iter()
-        .enumerate()
-        .filter_map(|(pi, p)| {
-            let flow = p.file.info.as_ref()?.parent_flow?.child_exit();
-            let lane = p.file.lanes.keys().next().copied().unwrap_or(0);
-            Some((flow, (pi, lane, p.end_ns)))
-        })
-        .collect();
+    let mut exits = super::child_exits(session);
     let mut w = Pf {
         out,
         enc: Enc::default(),
