@@ -1,6 +1,6 @@
 //! Starting child processes that record into the same session.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io;
 use std::process::{Child, Command, ExitStatus};
 
@@ -36,17 +36,14 @@ pub fn spawn(cmd: &mut Command) -> io::Result<Child> {
         .env("MPPROF_CLOCK_HZ", format!("{}", r.clock_hz));
     let child = cmd.spawn();
     if let Ok(c) = &child {
-        SPAWNED
-            .lock()
-            .get_or_insert_with(HashMap::new)
-            .insert(c.id(), token);
+        SPAWNED.lock().insert(c.id(), token);
     }
     thread::record(site, kind::EXIT);
     child
 }
 
 /// Children started by [`spawn`], by pid: the flow that spawned each.
-static SPAWNED: Mutex<Option<HashMap<u32, crate::FlowId>>> = Mutex::new(None);
+static SPAWNED: Mutex<BTreeMap<u32, crate::FlowId>> = Mutex::new(BTreeMap::new());
 
 /// Waits for a child started by [`spawn`] to exit, like
 /// [`Child::wait`], and records the end of a flow from the child's last
@@ -58,10 +55,7 @@ static SPAWNED: Mutex<Option<HashMap<u32, crate::FlowId>>> = Mutex::new(None);
 /// child's last event, so a child that was killed has one too.
 pub fn wait(child: &mut Child) -> io::Result<ExitStatus> {
     let status = child.wait()?;
-    let token = SPAWNED
-        .lock()
-        .get_or_insert_with(HashMap::new)
-        .remove(&child.id());
+    let token = SPAWNED.lock().remove(&child.id());
     if let Some(token) = token {
         flow::record_in(token.child_exit(), "exit");
     }
