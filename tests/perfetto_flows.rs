@@ -313,6 +313,21 @@ fn pf_child_work() {
     std::thread::sleep(std::time::Duration::from_millis(2));
 }
 
+/// The child: its work, then a last event on a thread of its own, after
+/// everything on its main thread. The wait's arrow starts there, at the
+/// child's last event, not on its first lane.
+fn pf_child() {
+    pf_child_work();
+    std::thread::Builder::new()
+        .name("pf-last".into())
+        .spawn(|| {
+            let _s = mpprof::scope!("last words");
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
 #[mpprof::instrument]
 fn pf_waiting_parent() {
     let mut c = mpprof::spawn(
@@ -332,7 +347,7 @@ const WAIT_TEST: &str = "a_wait_is_an_arrow_from_the_childs_end";
 /// the spawn's arrow too): every flow id once sent, once received.
 #[test]
 fn a_wait_is_an_arrow_from_the_childs_end() {
-    child_role("pf-child", pf_child_work);
+    child_role("pf-child", pf_child);
     child_role("pf-parent", pf_waiting_parent);
     let (_dir, s) = common::record(WAIT_TEST, "pf-parent");
     assert_eq!(s.processes.len(), 2);
@@ -356,5 +371,11 @@ fn a_wait_is_an_arrow_from_the_childs_end() {
         .find(|e| e.name.as_deref() == Some("send exit"))
         .expect("the wait's start");
     let tracks: HashMap<u64, &decode::Track> = t.tracks.iter().map(|t| (t.uuid, t)).collect();
-    assert_eq!(tracks[&exit.track_uuid].pid, Some(child.file.pid as i32));
+    let track = tracks[&exit.track_uuid];
+    assert_eq!(track.pid, Some(child.file.pid as i32));
+    assert_eq!(
+        track.thread_name.as_deref(),
+        Some("pf-last"),
+        "the arrow starts at the child's last event, on its thread"
+    );
 }

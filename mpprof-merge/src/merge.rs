@@ -150,6 +150,10 @@ pub struct Process {
     pub start_ns: i64,
     /// Last timestamp (ns, aligned): last event or final anchor.
     pub end_ns: i64,
+    /// Lane of the process's last event (its first lane when it has no
+    /// event): where a thing that starts at the process's end, such as the
+    /// arrow of a parent's `mpprof::wait`, is drawn.
+    pub end_lane: u32,
 }
 
 impl Process {
@@ -339,24 +343,28 @@ impl Process {
             drift_origin_ns: 0,
             start_ns: 0,
             end_ns: 0,
+            end_lane: 0,
         };
-        let (start, end) = p.time_span();
+        let (start, end, end_lane) = p.time_span();
         p.start_ns = start;
         p.end_ns = end;
+        p.end_lane = end_lane;
         p
     }
 
     /// First and last timestamps: the first records and last records of all
-    /// lanes and the anchors.
-    fn time_span(&self) -> (i64, i64) {
+    /// lanes and the anchors; and the lane of the last event.
+    fn time_span(&self) -> (i64, i64, u32) {
         let mut start = i64::MAX;
         let mut end = i64::MIN;
+        let mut end_lane = self.file.lanes.keys().next().copied().unwrap_or(0);
+        let mut last_event = i64::MIN;
         for a in &self.file.anchors {
             let t = self.ns(a.ts);
             start = start.min(t);
             end = end.max(t);
         }
-        for l in self.file.lanes.values() {
+        for (&lane, l) in &self.file.lanes {
             if let Some(f) = l
                 .chunks
                 .first()
@@ -371,14 +379,19 @@ impl Process {
                     last = Some(e);
                 }
                 if let Some(e) = last {
-                    end = end.max(self.ns(e.ts));
+                    let t = self.ns(e.ts);
+                    end = end.max(t);
+                    if t > last_event {
+                        last_event = t;
+                        end_lane = lane;
+                    }
                 }
             }
         }
         if start > end {
-            (0, 0)
+            (0, 0, end_lane)
         } else {
-            (start, end)
+            (start, end, end_lane)
         }
     }
 }

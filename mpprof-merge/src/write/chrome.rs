@@ -18,7 +18,7 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
     let tracks = Tracks::new(session);
     let t0 = session.start_ns();
     // `mpprof::wait` records only the receiving end of a flow from the
-    // child's end; its start is drawn on the child's first lane at the
+    // child's end; its start is drawn at that end, on the lane of the
     // child's last event, when the receive is written.
     let exits = super::child_exits(session)
         .into_iter()

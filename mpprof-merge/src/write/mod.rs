@@ -11,7 +11,7 @@ use crate::merge::Session;
 
 /// The flows that `mpprof::wait` received, whose start no one recorded:
 /// `FlowId::child_exit` of each child's spawn flow -> (the child's process
-/// index, its first lane, its last event's time). A writer draws the start
+/// index, the lane of its last event, its end). A writer draws the start
 /// there when it reaches the receive.
 pub(crate) fn child_exits(session: &Session) -> HashMap<mpprof::FlowId, (usize, u32, i64)> {
     session
@@ -20,8 +20,7 @@ pub(crate) fn child_exits(session: &Session) -> HashMap<mpprof::FlowId, (usize, 
         .enumerate()
         .filter_map(|(pi, p)| {
             let flow = p.file.info.as_ref()?.parent_flow?.child_exit();
-            let lane = p.file.lanes.keys().next().copied().unwrap_or(0);
-            Some((flow, (pi, lane, p.end_ns)))
+            Some((flow, (pi, p.end_lane, p.end_ns)))
         })
         .collect()
 }

@@ -215,8 +215,8 @@ const WT_I32: u8 = 5;
 pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
     let tracks = Tracks::new(session);
     // `mpprof::wait` records only the receiving end of a flow from the
-    // child's end; its start is written on the child's first lane at the
-    // child's last event when the receive is (out of time order, which the
+    // child's end; its start is written at that end, on the lane of the
+    // child's last event, when the receive is (out of time order, which the
     // trace processor sorts).
     let mut exits = super::child_exits(session);
     let mut w = Pf {
