@@ -176,7 +176,7 @@ impl Process {
         let rate = if self.drift == 0.0 {
             0
         } else {
-            ((local - self.drift_origin_ns) as f64 * self.drift).round() as i64
+            crate::align::round_i64((local - self.drift_origin_ns) as f64 * self.drift)
         };
         local.saturating_add(rate).saturating_add(self.offset_ns)
     }
@@ -585,15 +585,10 @@ impl<'a> LaneStream<'a> {
                                 self.pending.push_back(e);
                             }
                             self.stack.pop();
-                            let e = self.ev(
-                                ts,
-                                EventKind::Exit {
-                                    site: r.site,
-                                    end: End::Normal,
-                                },
-                            );
-                            self.pending.push_back(e);
-                            continue;
+                            EventKind::Exit {
+                                site: r.site,
+                                end: End::Normal,
+                            }
                         }
                     }
                 }
@@ -632,6 +627,11 @@ impl<'a> LaneStream<'a> {
                 }
             };
             let e = self.ev(ts, kind);
+            if self.pending.is_empty() {
+                // The common case: nothing queued ahead of it.
+                self.stats.events += 1;
+                return Some(e);
+            }
             self.pending.push_back(e);
         }
     }
@@ -687,7 +687,7 @@ impl Iterator for Events<'_> {
     type Item = Event;
 
     fn next(&mut self) -> Option<Event> {
-        let Some(Reverse((_, i))) = self.heap.pop() else {
+        let Some(mut top) = self.heap.peek_mut() else {
             self.merged.fetch_add(self.unreported, Ordering::Relaxed);
             self.unreported = 0;
             return None;
@@ -697,13 +697,16 @@ impl Iterator for Events<'_> {
             self.merged.fetch_add(PROGRESS_STEP, Ordering::Relaxed);
             self.unreported = 0;
         }
-        let e = self.heads[i].take();
+        let Reverse((_, i)) = *top;
         let next = self.streams[i].next_event();
-        if let Some(n) = &next {
-            self.heap.push(Reverse((n.ts, i)));
+        // The stream's next event replaces its head in place: one sift
+        // down (when it is still the earliest, none) instead of a pop and
+        // a push.
+        match &next {
+            Some(n) => *top = Reverse((n.ts, i)),
+            None => drop(std::collections::binary_heap::PeekMut::pop(top)),
         }
-        self.heads[i] = next;
-        e
+        std::mem::replace(&mut self.heads[i], next)
     }
 }
 
