@@ -136,3 +136,35 @@ fn scrub(bytes: &mut [u8]) {
     bytes[data..data + out.len()].copy_from_slice(&out);
     bytes[c..c + 4].copy_from_slice(&(out.len() as u32).to_le_bytes());
 }
+
+/// The Chrome writer's timestamps are the merged events' times, to the
+/// nanosecond (microseconds with three decimals from the session's start),
+/// on the committed files of every format version.
+#[test]
+fn chrome_timestamps_are_the_events_times() {
+    let dir = data(1).parent().unwrap().to_path_buf();
+    let s = Session::open(&[&dir]).unwrap();
+    let mut out = Vec::new();
+    mpprof_merge::write::chrome::write(&s, &mut out).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let written: Vec<f64> = v["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| matches!(e["ph"].as_str(), Some("B" | "E" | "C" | "i")))
+        .map(|e| e["ts"].as_f64().unwrap())
+        .collect();
+    let t0 = s.start_ns();
+    let merged: Vec<i64> = s.events().map(|e| e.ts - t0).collect();
+    assert_eq!(written.len(), merged.len());
+    assert!(
+        merged.iter().any(|&ns| ns % 1000 >= 256),
+        "a fraction that needs more than a byte"
+    );
+    for (us, ns) in written.iter().zip(&merged) {
+        assert!(
+            (us * 1000.0 - *ns as f64).abs() < 0.5,
+            "{us} us written for {ns} ns"
+        );
+    }
+}

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use crate::merge::{End, Event, EventKind, MergeStats, Session};
-use crate::write::Tracks;
+use crate::write::{FastMap, Tracks};
 
 /// Writes the whole session as Chrome JSON.
 pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
@@ -30,6 +30,8 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
         first: true,
         open_async: HashMap::new(),
         exits,
+        names: FastMap::default(),
+        line: Vec::with_capacity(128),
     };
     w.out
         .write_all(b"{\"displayTimeUnit\":\"ns\",\"traceEvents\":[\n")?;
@@ -108,6 +110,11 @@ struct Json<'a> {
     /// Flows from a child's end to its parent's `mpprof::wait`: the child's
     /// (pid, tid, last event time).
     exits: HashMap<mpprof::FlowId, (u32, u32, i64)>,
+    /// (process, callsite) to its name as a JSON string (escaped, quoted):
+    /// looked up for most events, escaped once.
+    names: FastMap<(usize, u32), Box<[u8]>>,
+    /// The start of an event, built here and written at once.
+    line: Vec<u8>,
 }
 
 impl Json<'_> {
@@ -120,23 +127,43 @@ impl Json<'_> {
     }
 
     fn ts(&mut self, ns: i64) -> io::Result<()> {
-        let rel = ns.saturating_sub(self.t0);
-        let sign = if rel < 0 { "-" } else { "" };
-        let a = rel.unsigned_abs();
-        write!(self.out, "{sign}{}.{:03}", a / 1000, a % 1000)
+        self.line.clear();
+        push_us(&mut self.line, ns.saturating_sub(self.t0));
+        self.out.write_all(&self.line)
     }
 
     fn string(&mut self, s: &str) -> io::Result<()> {
         serde_json::to_writer(&mut *self.out, s).map_err(io::Error::other)
     }
 
+    /// The name of callsite `site` of process `pi`, as a JSON string.
+    fn site_name(&mut self, s: &Session, pi: usize, site: u32) -> io::Result<()> {
+        let name = self.names.entry((pi, site)).or_insert_with(|| {
+            serde_json::to_vec(&*s.processes[pi].site_name(site))
+                .expect("a str serializes")
+                .into_boxed_slice()
+        });
+        self.out.write_all(name)
+    }
+
+    /// `{"ph":..,"pid":..,"tid":..,"ts":..` (and the separator before it),
+    /// formatted by hand: this is most of what every event writes.
     fn head(&mut self, ph: &str, pid: u32, tid: u32, ts: i64) -> io::Result<()> {
-        self.begin()?;
-        write!(
-            self.out,
-            "{{\"ph\":\"{ph}\",\"pid\":{pid},\"tid\":{tid},\"ts\":"
-        )?;
-        self.ts(ts)
+        let l = &mut self.line;
+        l.clear();
+        if !std::mem::replace(&mut self.first, false) {
+            l.extend_from_slice(b",\n");
+        }
+        let mut n = itoa::Buffer::new();
+        l.extend_from_slice(b"{\"ph\":\"");
+        l.extend_from_slice(ph.as_bytes());
+        l.extend_from_slice(b"\",\"pid\":");
+        l.extend_from_slice(n.format(pid).as_bytes());
+        l.extend_from_slice(b",\"tid\":");
+        l.extend_from_slice(n.format(tid).as_bytes());
+        l.extend_from_slice(b",\"ts\":");
+        push_us(l, ts.saturating_sub(self.t0));
+        self.out.write_all(l)
     }
 
     /// The common part of an async event (`b`/`e`), without the closing
@@ -156,7 +183,7 @@ impl Json<'_> {
         let p = &s.processes[pi];
         self.head(ph, pid, tid, ts)?;
         self.out.write_all(b",\"cat\":\"async\",\"name\":")?;
-        self.string(&p.site_name(site))?;
+        self.site_name(s, pi, site)?;
         let key = flow_key(mpprof::FlowId::from_parts(p.file.uid, id));
         write!(self.out, ",\"id\":\"0x{key:x}\"")
     }
@@ -182,7 +209,7 @@ impl Json<'_> {
             EventKind::Enter { site } => {
                 self.head("B", pid, tid, e.ts)?;
                 self.out.write_all(b",\"cat\":\"span\",\"name\":")?;
-                self.string(&p.site_name(site))?;
+                self.site_name(s, e.proc, site)?;
                 self.out.write_all(b"}")
             }
             EventKind::Exit { end, .. } => {
@@ -194,13 +221,13 @@ impl Json<'_> {
                 self.head("i", pid, tid, e.ts)?;
                 self.out
                     .write_all(b",\"s\":\"t\",\"cat\":\"event\",\"name\":")?;
-                self.string(&p.site_name(site))?;
+                self.site_name(s, e.proc, site)?;
                 self.out.write_all(b"}")
             }
             EventKind::Counter { site, value } => {
                 self.head("C", pid, tid, e.ts)?;
                 self.out.write_all(b",\"name\":")?;
-                self.string(&p.site_name(site))?;
+                self.site_name(s, e.proc, site)?;
                 let v = if value.is_finite() { value } else { 0.0 };
                 write!(self.out, ",\"args\":{{\"value\":{v}}}}}")
             }
@@ -279,6 +306,18 @@ impl Json<'_> {
             }
         }
     }
+}
+
+/// Appends `ns` nanoseconds as microseconds with three decimals.
+fn push_us(l: &mut Vec<u8>, ns: i64) {
+    if ns < 0 {
+        l.push(b'-');
+    }
+    let a = ns.unsigned_abs();
+    l.extend_from_slice(itoa::Buffer::new().format(a / 1000).as_bytes());
+    let f = a % 1000;
+    let digit = |d: u64| b'0' + d as u8; // d < 10
+    l.extend_from_slice(&[b'.', digit(f / 100), digit(f / 10 % 10), digit(f % 10)]);
 }
 
 /// The 64-bit id a flow gets in JSON (Perfetto parses ids as 64-bit). A

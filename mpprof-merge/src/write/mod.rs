@@ -6,8 +6,45 @@ pub mod perfetto;
 pub mod summary;
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::merge::Session;
+
+/// A multiply-rotate hasher for the small integer keys looked up once or
+/// twice per event (SipHash showed in profiles); the keys come from the
+/// session's own files.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FastHasher(u64);
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.write_u64(v as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// The flows that `mpprof::wait` received, whose start no one recorded:
 /// `FlowId::child_exit` of each child's spawn flow -> (the child's process
@@ -30,7 +67,7 @@ pub(crate) fn child_exits(session: &Session) -> HashMap<mpprof::FlowId, (usize, 
 /// hosts, thread ids reused by short-lived threads).
 pub struct Tracks {
     pids: Vec<u32>,
-    tids: HashMap<(usize, u32), u32>,
+    tids: FastMap<(usize, u32), u32>,
 }
 
 impl Tracks {
@@ -51,7 +88,7 @@ impl Tracks {
         }
         let mut used_tids: HashSet<u32> = pids.iter().copied().collect();
         let mut assigned = HashSet::new();
-        let mut tids = HashMap::new();
+        let mut tids = FastMap::default();
         for (pi, p) in s.processes.iter().enumerate() {
             for (&lane, l) in &p.file.lanes {
                 let mut tid = l.tid;

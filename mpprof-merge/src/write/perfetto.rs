@@ -44,7 +44,6 @@
 //! debugging.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Write};
 
 use crate::merge::{End, EventKind, MergeStats, Session};
@@ -167,41 +166,7 @@ pub mod field {
 
 use field::{annotation as da, event as te, interned, packet as pk, track as td};
 
-/// A multiply-rotate hasher for the small integer keys looked up once or
-/// twice per event (SipHash showed in profiles); the keys come from the
-/// session's own files.
-#[derive(Default, Clone, Copy)]
-struct FastHasher(u64);
-
-impl Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(u64::from(v));
-    }
-
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+use super::FastMap;
 
 /// The packet sequence every packet is written on.
 const SEQUENCE_ID: u64 = 1;
