@@ -215,7 +215,7 @@ fn handmade(
 /// it was written.
 #[test]
 fn reused_chunks_drop_their_old_hand_offs_once_the_header_shows_the_reuse() {
-    use mpprof::format::{kind, word, Meta, SiteKind};
+    use mpprof::format::{kind, word, Handoff, Meta, Reused, SiteKind};
     let base = |ts: u64| [word::site_kind(0, kind::BASE), ts];
     let instant = |ts: u64| word::new(ts, word::site_kind(1, kind::INSTANT));
     let mut meta = vec![Meta::Callsite {
@@ -233,22 +233,26 @@ fn reused_chunks_drop_their_old_hand_offs_once_the_header_shows_the_reuse() {
             name: format!("t{lane}"),
         });
     }
-    let handoff = |start, lane| Meta::Handoff {
-        slot: 0,
-        start,
-        lane,
-        tid: 100 + lane,
-        seq: 0,
-        lost_before: 0,
+    let handoff = |start, lane| {
+        Meta::Handoff(Handoff {
+            slot: 0,
+            start,
+            lane,
+            tid: 100 + lane,
+            seq: 0,
+            lost_before: 0,
+        })
     };
-    let reused = |lane, seq, ow: Vec<(u32, u64)>| Meta::Reused {
-        slot: 0,
-        lane,
-        seq,
-        ts: 1000,
-        prev_lane: 1,
-        prev_overwritten: 0,
-        overwritten: ow,
+    let reused = |lane, seq, ow: Vec<(u32, u64)>| {
+        Meta::Reused(Reused {
+            slot: 0,
+            lane,
+            seq,
+            ts: 1000,
+            prev_lane: 1,
+            prev_overwritten: 0,
+            overwritten: ow,
+        })
     };
     // Old content: lane 1 wrote words 0..3 (a base and one event), lane 2
     // continued at word 3 (a base and two events). Then lane 3 took the

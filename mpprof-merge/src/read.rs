@@ -57,41 +57,16 @@ pub struct Site {
     pub line: u32,
 }
 
-/// A thread continued another (finished) thread's chunk from record `start`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Handoff {
-    /// Chunk slot.
-    pub slot: u32,
-    /// First record of the new owner.
-    pub start: u32,
-    /// The new owner's lane.
-    pub lane: u32,
-    /// Its OS thread id.
-    pub tid: u32,
-    /// Sequence number of the segment within the lane.
-    pub seq: u32,
-    /// Events the lane lost just before the segment.
-    pub lost_before: u64,
-}
+/// [`Meta::Handoff`] (a thread continued another, finished thread's chunk
+/// from record `start`) and [`Meta::Reused`] entries, as decoded.
+pub use mpprof::format::{Handoff, Reused};
 
 /// The flight recorder gave a chunk that other threads wrote to another
-/// thread ([`Meta::Reused`]).
+/// thread: a [`Meta::Reused`] entry, and whether it took effect.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reuse {
-    /// Chunk slot.
-    pub slot: u32,
-    /// The new owner's lane.
-    pub lane: u32,
-    /// Sequence number of the new owner's chunk.
-    pub seq: u32,
-    /// Process clock when the chunk was taken.
-    pub ts: u64,
-    /// Lane in the replaced chunk header.
-    pub prev_lane: u32,
-    /// `overwritten` in the replaced chunk header.
-    pub prev_overwritten: u64,
-    /// Events overwritten, `(lane, events)` per segment of the old content.
-    pub overwritten: Vec<(u32, u64)>,
+    /// The entry as decoded.
+    pub entry: Reused,
     /// Whether the file shows that the reuse happened: the slot's header is
     /// the new owner's (or a later one's). False for an entry whose writer
     /// was killed before it re-initialised the header: the old content, its
@@ -163,9 +138,9 @@ pub struct Lane {
     pub chunks: Vec<ChunkRef>,
     /// Events of this lane the flight recorder overwrote: the largest
     /// `overwritten` of its chunk headers (its own chunks it reused, kept
-    /// also in [`Reuse::prev_overwritten`] when another thread took the
+    /// also in [`Reused::prev_overwritten`] when another thread took the
     /// chunk) plus its events in chunks other threads took
-    /// ([`Reuse::overwritten`]). All are older than its first surviving
+    /// ([`Reused::overwritten`]). All are older than its first surviving
     /// event.
     pub overwritten: u64,
     /// Process clock of the last reuse that overwrote events of this lane
@@ -584,7 +559,7 @@ fn apply_reuses(
 ) -> BTreeMap<u32, (usize, bool)> {
     let mut by_slot: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
     for (i, r) in pf.reuses.iter().enumerate() {
-        by_slot.entry(r.slot).or_default().push(i);
+        by_slot.entry(r.entry.slot).or_default().push(i);
     }
     let headers: BTreeMap<u32, (u32, u32)> = event_chunks
         .iter()
@@ -595,7 +570,10 @@ fn apply_reuses(
         let took_effect = match headers.get(&slot) {
             Some(&(lane, seq)) => entries
                 .iter()
-                .rposition(|&i| pf.reuses[i].lane == lane && pf.reuses[i].seq <= seq)
+                .rposition(|&i| {
+                    let e = &pf.reuses[i].entry;
+                    e.lane == lane && e.seq <= seq
+                })
                 .map_or(0, |k| k + 1),
             None => entries.len() - 1,
         };
@@ -618,13 +596,13 @@ fn lane_overwritten(pf: &mut ProcessFile) {
     for l in pf.lanes.values_mut() {
         l.overwritten = l.chunks.iter().map(|c| c.overwritten).max().unwrap_or(0);
     }
-    for r in pf.reuses.iter().filter(|r| r.effective) {
+    for r in pf.reuses.iter().filter(|r| r.effective).map(|r| &r.entry) {
         if r.prev_overwritten > 0 {
             let l = pf.lanes.entry(r.prev_lane).or_default();
             l.overwritten = l.overwritten.max(r.prev_overwritten);
         }
     }
-    for r in pf.reuses.iter().filter(|r| r.effective) {
+    for r in pf.reuses.iter().filter(|r| r.effective).map(|r| &r.entry) {
         for &(lane, events) in &r.overwritten {
             if events == 0 {
                 continue;
@@ -747,39 +725,11 @@ fn decode_meta(
                 l.name = name;
             }
             Ok(Meta::Anchor(a)) => pf.anchors.push(a),
-            Ok(Meta::Handoff {
-                slot,
-                start,
-                lane,
-                tid,
-                seq,
-                lost_before,
-            }) => pf.handoffs.push(Handoff {
-                slot,
-                start,
-                lane,
-                tid,
-                seq,
-                lost_before,
-            }),
-            Ok(Meta::Reused {
-                slot,
-                lane,
-                seq,
-                ts,
-                prev_lane,
-                prev_overwritten,
-                overwritten,
-            }) => {
+            Ok(Meta::Handoff(h)) => pf.handoffs.push(h),
+            Ok(Meta::Reused(entry)) => {
                 reuse_at.push(pf.handoffs.len());
                 pf.reuses.push(Reuse {
-                    slot,
-                    lane,
-                    seq,
-                    ts,
-                    prev_lane,
-                    prev_overwritten,
-                    overwritten,
+                    entry,
                     effective: false,
                 });
             }

@@ -358,6 +358,55 @@ pub enum SiteKind {
     Flow,
 }
 
+/// [`Meta::Handoff`]: a thread took over the rest of a chunk that a
+/// finished thread left partly used: records `start..` of chunk `slot`
+/// belong to `lane`. Encoded exactly as the struct variant it was before
+/// (postcard writes a newtype variant's struct as the variant's fields).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// Chunk slot.
+    pub slot: u32,
+    /// First record of the new owner.
+    pub start: u32,
+    /// The new owner's lane.
+    pub lane: u32,
+    /// Its OS thread id.
+    pub tid: u32,
+    /// Sequence number of this segment within the lane.
+    pub seq: u32,
+    /// Events the lane lost just before this segment.
+    pub lost_before: u64,
+}
+
+/// [`Meta::Reused`]: the flight recorder (`keep-last`) gave chunk `slot`,
+/// which another thread wrote last or which other threads had continued,
+/// to the thread of `lane`. Written before the chunk header is
+/// re-initialised: [`Meta::Handoff`] entries of `slot` before it describe
+/// the old content and no longer apply once the header shows `lane` with a
+/// `seq` of at least `seq`. A chunk a thread reuses that only it ever wrote
+/// gets no entry. Encoded exactly as the struct variant it was before.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reused {
+    /// Chunk slot.
+    pub slot: u32,
+    /// The new owner's lane, as in the re-initialised header.
+    pub lane: u32,
+    /// The `seq` in the re-initialised header.
+    pub seq: u32,
+    /// Process clock when the chunk was taken: every overwritten event
+    /// is older.
+    pub ts: u64,
+    /// Lane in the chunk header being replaced.
+    pub prev_lane: u32,
+    /// `overwritten` in the chunk header being replaced: that lane's
+    /// cumulative count, kept here because the header is gone.
+    pub prev_overwritten: u64,
+    /// The events overwritten, per segment of the old content in
+    /// order: `(lane, events)` (the header's lane first, then each
+    /// hand-off's).
+    pub overwritten: Vec<(u32, u64)>,
+}
+
 /// One entry of the metadata log. New variants are appended at the end
 /// (postcard encodes the variant index).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -391,49 +440,12 @@ pub enum Meta {
     /// A clock anchor.
     Anchor(Anchor),
     /// A thread took over the rest of a chunk that a finished thread left
-    /// partly used: records `start..` of chunk `slot` belong to `lane` (added
-    /// in format 2).
-    Handoff {
-        /// Chunk slot.
-        slot: u32,
-        /// First record of the new owner.
-        start: u32,
-        /// The new owner's lane.
-        lane: u32,
-        /// Its OS thread id.
-        tid: u32,
-        /// Sequence number of this segment within the lane.
-        seq: u32,
-        /// Events the lane lost just before this segment.
-        lost_before: u64,
-    },
-    /// The flight recorder (`keep-last`) gave chunk `slot`, which another
-    /// thread wrote last or which other threads had continued, to the
-    /// thread of `lane`. Written before the chunk header is re-initialised
-    /// (added in format 4): [`Meta::Handoff`] entries of `slot` before it
-    /// describe the old content and no longer apply once the header shows
-    /// `lane` with a `seq` of at least `seq`. A chunk a thread reuses that
-    /// only it ever wrote gets no entry.
-    Reused {
-        /// Chunk slot.
-        slot: u32,
-        /// The new owner's lane, as in the re-initialised header.
-        lane: u32,
-        /// The `seq` in the re-initialised header.
-        seq: u32,
-        /// Process clock when the chunk was taken: every overwritten event
-        /// is older.
-        ts: u64,
-        /// Lane in the chunk header being replaced.
-        prev_lane: u32,
-        /// `overwritten` in the chunk header being replaced: that lane's
-        /// cumulative count, kept here because the header is gone.
-        prev_overwritten: u64,
-        /// The events overwritten, per segment of the old content in
-        /// order: `(lane, events)` (the header's lane first, then each
-        /// hand-off's).
-        overwritten: Vec<(u32, u64)>,
-    },
+    /// partly used (added in format 2; see [`Handoff`]).
+    Handoff(Handoff),
+    /// The flight recorder (`keep-last`) gave a chunk that another thread
+    /// wrote last, or that other threads had continued, to another thread
+    /// (added in format 4; see [`Reused`]).
+    Reused(Reused),
 }
 
 /// Largest encoded metadata entry (bytes), so an entry always fits one
@@ -488,9 +500,24 @@ mod tests {
     }
 
     // Variants only grow at the end: the first byte is the variant index.
+    // `Handoff` and `Reused` were struct variants until they became newtype
+    // variants over shared structs; postcard encodes both alike (index, then
+    // the fields in order), and these bytes are what the struct variants
+    // wrote, so files on disk read the same.
     #[test]
-    fn reused_is_meta_variant_5() {
-        let m = Meta::Reused {
+    fn handoff_and_reused_encode_as_variants_4_and_5() {
+        let h = Meta::Handoff(Handoff {
+            slot: 7,
+            start: 300,
+            lane: 3,
+            tid: 70000,
+            seq: 2,
+            lost_before: 5,
+        });
+        let bytes = postcard::to_stdvec(&h).unwrap();
+        assert_eq!(bytes, [4, 7, 172, 2, 3, 240, 162, 4, 2, 5]);
+        assert_eq!(postcard::from_bytes::<Meta>(&bytes).unwrap(), h);
+        let m = Meta::Reused(Reused {
             slot: 7,
             lane: 3,
             seq: 2,
@@ -498,7 +525,7 @@ mod tests {
             prev_lane: 1,
             prev_overwritten: 0,
             overwritten: vec![(1, 100), (2, 5)],
-        };
+        });
         let bytes = postcard::to_stdvec(&m).unwrap();
         assert_eq!(bytes, [5, 7, 3, 2, 1, 1, 0, 2, 1, 100, 2, 5]);
         assert_eq!(postcard::from_bytes::<Meta>(&bytes).unwrap(), m);

@@ -334,14 +334,14 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
         // Continue a finished thread's chunk: say so in the metadata
         // first, so the reader attributes the records from `start` on to
         // this lane.
-        let stored = r.write_meta_stored(&Meta::Handoff {
+        let stored = r.write_meta_stored(&Meta::Handoff(format::Handoff {
             slot: h.chunk.slot,
             start: h.next,
             lane: init.lane,
             tid: init.tid,
             seq: init.seq,
             lost_before: init.lost_before,
-        });
+        }));
         if !stored {
             // Without the entry a reader would give this thread's records
             // to the chunk's previous lane: do not continue the chunk.
@@ -534,7 +534,7 @@ unsafe fn reuse_shared(
     // SAFETY: guaranteed by the caller.
     let (prev_lane, prev_overwritten) = unsafe { r.buf.chunk_owner(slot) };
     let events = segments.iter().map(|s| s.1).sum::<u64>();
-    let entry = Meta::Reused {
+    let entry = Meta::Reused(format::Reused {
         slot,
         lane: init.lane,
         seq: init.seq,
@@ -542,7 +542,7 @@ unsafe fn reuse_shared(
         prev_lane,
         prev_overwritten,
         overwritten: segments.to_vec(),
-    };
+    });
     if !r.write_meta_stored(&entry) {
         return None;
     }
