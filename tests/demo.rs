@@ -231,5 +231,9 @@ fn pipeline_messages_carry_flows_in_both_directions() {
     let s = mpprof_merge::Session::open(&[common::recorded_session(cwd.path())]).unwrap();
     let h = mpprof_merge::check::check(&s);
     assert_eq!((h.flows_matched, h.causality_violations), (41, 0));
+    // Counted during the merge, as the reader counts them on its own.
+    for (ph, p) in h.processes.iter().zip(&s.processes) {
+        assert_eq!(ph.events, p.file.recorded_events(), "{}", ph.name);
+    }
     assert!(!h.imperfect(), "a clean run is reported as clean");
 }

@@ -82,6 +82,11 @@ pub fn exercise(s: &Session) -> u64 {
     write::summary::write(s, sink, 10).expect("writing into a sink cannot fail");
     let h = check::check(s);
     std::hint::black_box((h.damaged(), h.imperfect()));
+    // `check` counts each process's events while it merges; the reader's
+    // own pass over the records must agree.
+    for (ph, p) in h.processes.iter().zip(&s.processes) {
+        assert_eq!(ph.events, p.file.recorded_events(), "{}", ph.name);
+    }
     check::write_text(&h, sink).expect("writing into a sink cannot fail");
     n
 }

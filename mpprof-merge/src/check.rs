@@ -92,8 +92,32 @@ impl Health {
 
 /// Examines a session.
 pub fn check(session: &Session) -> Health {
+    // Send time and whether the flow is a fork point (a forked child that
+    // execs another program never records the other end: not a defect).
+    let mut sends: HashMap<FlowId, (i64, bool)> = HashMap::new();
+    let mut recvs: Vec<(FlowId, i64)> = Vec::new();
+    // `mpprof::wait` receives a flow that starts at the child's last event
+    // (no send is recorded; one that no parent waited for is no defect).
+    let exits: HashMap<FlowId, i64> = session
+        .processes
+        .iter()
+        .filter_map(|p| Some((p.file.info.as_ref()?.parent_flow?.child_exit(), p.end_ns)))
+        .collect();
+    let mut events = session.events();
+    for e in events.by_ref() {
+        match e.kind {
+            EventKind::FlowOut { flow, site } => {
+                let fork = session.processes[e.proc].site_name(site) == "fork";
+                sends.insert(flow, (e.ts, fork));
+            }
+            EventKind::FlowIn { flow, .. } => recvs.push((flow, e.ts)),
+            _ => {}
+        }
+    }
+    // Per process; its events are counted while the merge above reads them,
+    // so every record is read once.
     let mut processes = Vec::new();
-    for p in &session.processes {
+    for (pi, p) in session.processes.iter().enumerate() {
         let f = &p.file;
         let info = f.info.as_ref();
         let lost_reason = (f.lost_events > 0).then(|| {
@@ -144,7 +168,7 @@ pub fn check(session: &Session) -> Health {
                 .map(|i| format!("{}/time:{}", i.host_id, i.time_ns))
                 .unwrap_or_else(|| "unknown".into()),
             threads: f.lanes.len(),
-            events: f.recorded_events(),
+            events: events.recorded_events(pi),
             lost_events: f.lost_events,
             lost_reason,
             clean: f.clean,
@@ -153,28 +177,6 @@ pub fn check(session: &Session) -> Health {
             torn_records: f.torn_records,
             warnings: f.warnings.clone(),
         });
-    }
-    // Send time and whether the flow is a fork point (a forked child that
-    // execs another program never records the other end: not a defect).
-    let mut sends: HashMap<FlowId, (i64, bool)> = HashMap::new();
-    let mut recvs: Vec<(FlowId, i64)> = Vec::new();
-    // `mpprof::wait` receives a flow that starts at the child's last event
-    // (no send is recorded; one that no parent waited for is no defect).
-    let exits: HashMap<FlowId, i64> = session
-        .processes
-        .iter()
-        .filter_map(|p| Some((p.file.info.as_ref()?.parent_flow?.child_exit(), p.end_ns)))
-        .collect();
-    let mut events = session.events();
-    for e in events.by_ref() {
-        match e.kind {
-            EventKind::FlowOut { flow, site } => {
-                let fork = session.processes[e.proc].site_name(site) == "fork";
-                sends.insert(flow, (e.ts, fork));
-            }
-            EventKind::FlowIn { flow, .. } => recvs.push((flow, e.ts)),
-            _ => {}
-        }
     }
     let (mut matched, mut violations, mut unmatched_in) = (0, 0, 0);
     for (flow, ts) in &recvs {

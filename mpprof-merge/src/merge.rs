@@ -445,6 +445,8 @@ struct LaneStream<'a> {
     unattributed_lost: u64,
     done: bool,
     stats: MergeStats,
+    /// Events read from the lane's records (before repairs and markers).
+    recorded: u64,
 }
 
 impl<'a> LaneStream<'a> {
@@ -471,6 +473,7 @@ impl<'a> LaneStream<'a> {
             unattributed_lost,
             done: false,
             stats: MergeStats::default(),
+            recorded: 0,
         }
     }
 
@@ -498,6 +501,7 @@ impl<'a> LaneStream<'a> {
         loop {
             if let Some(r) = &mut self.reader {
                 if let Some(e) = r.next_event(file) {
+                    self.recorded += 1;
                     return Some(e);
                 }
                 self.stats.bad_records += r.bad;
@@ -531,6 +535,7 @@ impl<'a> LaneStream<'a> {
             }
             self.lost(ts, c.lost_before, false);
             if first.is_some() {
+                self.recorded += 1;
                 return first;
             }
         }
@@ -680,6 +685,18 @@ impl Events<'_> {
             t.clamped += s.stats.clamped;
         }
         t
+    }
+
+    /// Events read so far from the records of process `proc` (its index in
+    /// [`Session::processes`]), before repairs and loss markers. Once the
+    /// iterator has ended, this is [`ProcessFile::recorded_events`], counted
+    /// without reading the file again.
+    pub fn recorded_events(&self, proc: usize) -> u64 {
+        self.streams
+            .iter()
+            .filter(|s| s.proc == proc)
+            .map(|s| s.recorded)
+            .sum()
     }
 }
 
