@@ -45,6 +45,7 @@ impl Hasher for FastHasher {
 }
 
 pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+pub(crate) type FastSet<K> = HashSet<K, BuildHasherDefault<FastHasher>>;
 
 /// The flows that `mpprof::wait` received, whose start no one recorded:
 /// `FlowId::child_exit` of each child's spawn flow -> (the child's process

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 
 use crate::merge::{EventKind, MergeStats, Process, Session};
+use crate::write::FastMap;
 
 pub mod critical;
 
@@ -133,8 +134,8 @@ struct Frame {
 /// Computes the summary from the merged event stream.
 pub fn compute(session: &Session) -> Summary {
     let n = session.processes.len();
-    let mut per: Vec<HashMap<u32, FuncStats>> = vec![HashMap::new(); n];
-    let mut stacks: HashMap<(usize, u32), Vec<Frame>> = HashMap::new();
+    let mut per: Vec<FastMap<u32, FuncStats>> = vec![FastMap::default(); n];
+    let mut stacks: FastMap<(usize, u32), Vec<Frame>> = FastMap::default();
     let mut flows = critical::FlowIndex::new(n);
     let mut events = session.events();
     for e in events.by_ref() {

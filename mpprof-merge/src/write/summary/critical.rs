@@ -36,6 +36,7 @@ use mpprof::FlowId;
 
 use super::{func_key, FuncKey};
 use crate::merge::{Event, EventKind, Session};
+use crate::write::{FastMap, FastSet};
 
 /// Hops after which the walk stops (and the path is marked truncated).
 pub const MAX_HOPS: usize = 1 << 24;
@@ -147,7 +148,7 @@ struct LaneFlows {
 #[derive(Default)]
 pub(crate) struct FlowIndex {
     outs: HashMap<FlowId, (usize, u32, i64)>,
-    lanes: HashMap<(usize, u32), LaneFlows>,
+    lanes: FastMap<(usize, u32), LaneFlows>,
     /// Per process: time and lane of its last event.
     last: Vec<Option<(i64, u32)>>,
 }
@@ -325,12 +326,12 @@ fn walk(
 /// segment. Segments are disjoint and in time order, so one cursor walks
 /// them along the merged stream.
 fn attribute(session: &Session, segs: &[PathSegment]) -> Vec<PathFunc> {
-    let on_path: HashSet<(usize, u32)> = segs.iter().map(|s| (s.proc, s.lane)).collect();
-    let mut stacks: HashMap<(usize, u32), Vec<u32>> = HashMap::new();
-    let mut acc: HashMap<(usize, Option<u32>), i64> = HashMap::new();
+    let on_path: FastSet<(usize, u32)> = segs.iter().map(|s| (s.proc, s.lane)).collect();
+    let mut stacks: FastMap<(usize, u32), Vec<u32>> = FastMap::default();
+    let mut acc: FastMap<(usize, Option<u32>), i64> = FastMap::default();
     let mut cur = 0;
     let mut last = i64::MIN;
-    let mut advance = |to: i64, cur: &mut usize, stacks: &HashMap<(usize, u32), Vec<u32>>| {
+    let mut advance = |to: i64, cur: &mut usize, stacks: &FastMap<(usize, u32), Vec<u32>>| {
         while let Some(s) = segs.get(*cur) {
             let a = last.max(s.start_ns);
             let b = to.min(s.end_ns);
