@@ -29,8 +29,13 @@ const ROLE: &str = "MERGE_BENCH_ROLE";
 const PROCS: usize = 4;
 const THREADS: usize = 2;
 /// Outer calls per thread; each makes 3 nested calls (8 events), and every
-/// 64th also a counter sample and a flow out and in.
+/// 64th also a counter sample and a flow out and in. Fewer in criterion's
+/// test mode (`cargo test --all-targets`, a debug build), which only checks
+/// that every case runs.
 const CALLS: u64 = 100_000;
+const TEST_MODE_CALLS: u64 = 2_000;
+/// The calls per thread, passed down to the recording processes.
+const CALLS_VAR: &str = "MERGE_BENCH_CALLS";
 
 #[mpprof::instrument]
 #[inline(never)]
@@ -57,11 +62,15 @@ fn outer(i: u64) -> u64 {
 }
 
 fn worker() {
+    let calls: u64 = std::env::var(CALLS_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(CALLS);
     let threads: Vec<_> = (0..THREADS as u64)
         .map(|t| {
             std::thread::spawn(move || {
                 let mut x = t;
-                for i in 0..CALLS {
+                for i in 0..calls {
                     x ^= outer(i);
                 }
                 black_box(x);
@@ -91,9 +100,10 @@ fn root() {
 
 /// Records the session into `dir`: the root is a child process too, so
 /// that this process (which measures) records nothing.
-fn record(dir: &Path) {
+fn record(dir: &Path, calls: u64) {
     let status = std::process::Command::new(std::env::current_exe().expect("bench binary path"))
         .env(ROLE, "root")
+        .env(CALLS_VAR, calls.to_string())
         .env("MPPROF_DIR", dir)
         .env_remove("MPPROF")
         .status()
@@ -125,8 +135,11 @@ fn main() {
         Ok("worker") => return worker(),
         _ => {}
     }
+    // Criterion measures when given `--bench` (as `cargo bench` does), and
+    // runs each case once otherwise.
+    let measuring = std::env::args().any(|a| a == "--bench");
     let dir = tempfile::tempdir().expect("temp dir");
-    record(dir.path());
+    record(dir.path(), if measuring { CALLS } else { TEST_MODE_CALLS });
     let session = Session::open(&[dir.path()]).expect("open the session");
     let events = session.events().count() as u64;
     let bytes = |f: fn(&Session, &mut dyn Write) -> io::Result<mpprof_merge::merge::MergeStats>| {
