@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use mpprof_merge::{write, Session};
+use mpprof_workspace::Counting;
 
 const ROLE: &str = "MERGE_BENCH_ROLE";
 const PROCS: usize = 4;
@@ -109,20 +110,6 @@ fn record(dir: &Path, calls: u64) {
         .status()
         .expect("run the root");
     assert!(status.success(), "the recording failed");
-}
-
-/// A writer that counts bytes and keeps none.
-#[derive(Default)]
-struct Counting(u64);
-
-impl Write for Counting {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0 += b.len() as u64;
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
 }
 
 fn main() {

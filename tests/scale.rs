@@ -16,13 +16,14 @@
 
 mod common;
 
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 use std::process::Child;
 use std::time::Instant;
 
 use common::{child_role, self_command, session_dir};
 use mpprof_merge::{write, Session};
+use mpprof_workspace::Counting;
 
 #[mpprof::instrument]
 fn scale_call(i: u64) -> u64 {
@@ -67,18 +68,6 @@ fn record() {
         .collect();
     for t in threads {
         t.join().unwrap();
-    }
-}
-
-/// A writer that counts bytes and keeps none.
-struct Counting(u64);
-impl Write for Counting {
-    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-        self.0 += b.len() as u64;
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
