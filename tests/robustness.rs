@@ -815,13 +815,25 @@ fn keep_last_keeps_late_threads_recording() {
 /// Runs `role` (hosted by `test`) under `policy` with a 1 MiB budget of
 /// 64 KiB chunks, checks it exited successfully, and opens its session.
 fn record_small(test: &str, role: &str, policy: &str) -> (tempfile::TempDir, Session) {
+    record_small_with(test, role, policy, &[])
+}
+
+/// [`record_small`] with more environment variables.
+fn record_small_with(
+    test: &str,
+    role: &str,
+    policy: &str,
+    env: &[(&str, &str)],
+) -> (tempfile::TempDir, Session) {
     let dir = session_dir();
-    let out = self_command(test, role, dir.path())
-        .env("MPPROF_OVERFLOW", policy)
+    let mut c = self_command(test, role, dir.path());
+    c.env("MPPROF_OVERFLOW", policy)
         .env("MPPROF_BUFFER_MB", "1")
-        .env("MPPROF_CHUNK_KB", "64")
-        .output()
-        .unwrap();
+        .env("MPPROF_CHUNK_KB", "64");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = c.output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -925,4 +937,157 @@ fn hand_offs_without_entries(policy: &str) {
         2 * SHORT_CALLS * SHORT_THREADS,
         "{policy}"
     );
+}
+
+/// Stops this process's buffer file from growing (a soft `RLIMIT_FSIZE` of
+/// its current size; `SIGXFSZ` ignored) until dropped: every chunk claim
+/// fails as on a full disk. Only for a child that records and has not
+/// started threads yet.
+struct FileCannotGrow(libc::rlimit);
+
+impl FileCannotGrow {
+    fn now() -> FileCannotGrow {
+        let dir = mpprof::session_dir().expect("recording");
+        let files = mpprof_merge::read::list_session(&dir).unwrap();
+        let size = std::fs::metadata(&files[0]).unwrap().len();
+        let mut old = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit on this process with valid pointers;
+        // ignoring SIGXFSZ makes a write past the limit fail with EFBIG.
+        unsafe {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut old), 0);
+            let lim = libc::rlimit {
+                rlim_cur: size,
+                rlim_max: old.rlim_max,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+        }
+        FileCannotGrow(old)
+    }
+}
+
+impl Drop for FileCannotGrow {
+    fn drop(&mut self) {
+        // SAFETY: restores the limit read in `now` (raising the soft limit
+        // up to the unchanged hard one needs no privilege).
+        unsafe { assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &self.0), 0) };
+    }
+}
+
+/// For each thread `(name, events made)`: the events kept on its lane plus
+/// the losses the merge shows there (markers) are exactly what it made, and
+/// the process's losses are all on the lanes of the threads that lost them.
+/// Returns the markers.
+fn assert_every_thread_accounts_for_its_events(
+    s: &Session,
+    made: &[(&str, u64)],
+) -> Vec<(u32, u64, bool)> {
+    let f = &s.processes[0].file;
+    let (lost, markers) = lane_losses(s);
+    assert_eq!(
+        f.lanes.len(),
+        made.len(),
+        "one lane per thread: {:?}",
+        f.lanes
+    );
+    for &(name, n) in made {
+        let lane = lane_named(s, name, made);
+        let kept = f.lane_events(lane);
+        let gone = lost.get(&lane).copied().unwrap_or(0);
+        assert_eq!(
+            kept + gone,
+            n,
+            "{name} (lane {lane}): {kept} kept + {gone} lost or overwritten; markers {markers:?}"
+        );
+    }
+    let total: u64 = made.iter().map(|m| m.1).sum();
+    assert_eq!(f.recorded_events() + f.lost_events, total);
+    markers
+}
+
+/// The lane of the thread `name` of the first process; "main" is the lane
+/// not named in `made` (the test harness names the main thread after the
+/// test).
+fn lane_named(s: &Session, name: &str, made: &[(&str, u64)]) -> u32 {
+    let lanes = &s.processes[0].file.lanes;
+    lanes
+        .iter()
+        .find(|(_, l)| l.name == name || (name == "main" && made.iter().all(|m| m.0 != l.name)))
+        .map(|(&lane, _)| lane)
+        .unwrap_or_else(|| panic!("no lane named {name}: {lanes:?}"))
+}
+
+/// Calls the thread of [`keep_last_keeps_the_losses_of_a_chunk_it_overwrites_on_its_lane`]
+/// makes while the file cannot grow (all lost).
+const REGROW_LOST_CALLS: u64 = 1_000;
+/// Calls it makes once the file can grow again: about 5 times the budget.
+const REGROW_CALLS: u64 = 300_000;
+
+#[mpprof::instrument]
+fn regrow_last() {}
+
+/// The flight recorder: a thread loses events while the file cannot grow
+/// (so its first chunk's header says how many it lost before it), then
+/// records so much that it overwrites that chunk as its own oldest. The
+/// losses the header held stay on the thread's lane: they are not charged
+/// to the process (the main thread's lane).
+#[test]
+fn keep_last_keeps_the_losses_of_a_chunk_it_overwrites_on_its_lane() {
+    child_role("regrow", || {
+        call(0); // the main thread's chunk
+        let limit = FileCannotGrow::now();
+        let (lost_tx, lost_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let h = std::thread::Builder::new()
+            .name("regrow".into())
+            .spawn(move || {
+                let sum = (0..REGROW_LOST_CALLS).fold(0u64, |a, i| a.wrapping_add(call(i)));
+                lost_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                // Past the 100 ms a thread waits after a failed claim.
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                let sum = (0..REGROW_CALLS).fold(sum, |a, i| a.wrapping_add(call(i)));
+                regrow_last();
+                sum
+            })
+            .unwrap();
+        lost_rx.recv().unwrap();
+        drop(limit);
+        go_tx.send(()).unwrap();
+        println!("sum={}", h.join().unwrap());
+    });
+    let (_dir, s) = record_small_with(
+        "keep_last_keeps_the_losses_of_a_chunk_it_overwrites_on_its_lane",
+        "regrow",
+        "keep-last",
+        &[("MPPROF_PREPARE", "0")],
+    );
+    let f = &s.processes[0].file;
+    let lost_while_full = 2 * REGROW_LOST_CALLS;
+    let markers = assert_every_thread_accounts_for_its_events(
+        &s,
+        &[
+            ("main", 2),
+            ("regrow", lost_while_full + 2 * REGROW_CALLS + 2),
+        ],
+    );
+    let regrow = lane_named(&s, "regrow", &[]);
+    // The thread overwrote its first chunk, and shows what it lost before it.
+    assert!(f.lanes[&regrow].overwritten > 0);
+    let lost: u64 = markers
+        .iter()
+        .filter(|m| m.0 == regrow && !m.2)
+        .map(|m| m.1)
+        .sum();
+    assert_eq!(lost, lost_while_full, "markers {markers:?}");
+    let h = mpprof_merge::check::check(&s);
+    assert!(!h.damaged(), "{:?}", h.processes[0].warnings);
+    assert!(h.processes[0]
+        .lost_reason
+        .as_deref()
+        .unwrap()
+        .contains("could not grow"));
 }

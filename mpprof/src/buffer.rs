@@ -296,20 +296,24 @@ impl ProcessBuffer {
         unsafe { self.init_chunk(slot, init) }
     }
 
-    /// The `lane` and `overwritten` fields of the header of event chunk
-    /// `slot`.
+    /// The fields of the header of event chunk `slot` that its reuse must
+    /// not lose.
     ///
     /// # Safety
     /// As for [`ProcessBuffer::reuse`]: the chunk's header is published and
     /// no thread changes it while this runs.
-    pub unsafe fn chunk_owner(&self, slot: u32) -> (u32, u64) {
+    pub unsafe fn chunk_owner(&self, slot: u32) -> OldHeader {
         let offset = format::HEADER_SIZE as usize + slot as usize * self.config.chunk_size as usize;
         // SAFETY: the header is inside the mapping, reserved on disk and
         // written by its last owner, whose writes were ordered before ours by
         // the mutex the chunk came through.
         unsafe {
             let c = self.map.as_mut_ptr().add(offset);
-            (get_u32(c, chunk::LANE), get_u64(c, chunk::OVERWRITTEN))
+            OldHeader {
+                lane: get_u32(c, chunk::LANE),
+                overwritten: get_u64(c, chunk::OVERWRITTEN),
+                lost_before: get_u64(c, chunk::LOST_BEFORE),
+            }
         }
     }
 
@@ -352,6 +356,18 @@ impl ProcessBuffer {
             }
         }
     }
+}
+
+/// What the header of an event chunk about to be reused says about its
+/// lane (see [`ProcessBuffer::chunk_owner`]).
+#[derive(Clone, Copy, Debug)]
+pub struct OldHeader {
+    /// Its lane.
+    pub lane: u32,
+    /// The lane's events overwritten before the chunk was (re)claimed.
+    pub overwritten: u64,
+    /// The lane's losses just before the chunk's first record.
+    pub lost_before: u64,
 }
 
 /// The header fields of a chunk being claimed.

@@ -117,7 +117,10 @@ pub mod chunk {
     /// (metadata chunks). Stored with release after the content it covers.
     pub const COMMITTED: usize = 20;
     /// `u64`: events lost by this lane (budget, disk) just before the first
-    /// record of this chunk: a gap marker for the merge.
+    /// record of this chunk: a gap marker for the merge. Keep-last, in a
+    /// chunk the lane reused as its own: plus the `LOST_BEFORE` of the
+    /// header it replaced (losses before the overwritten events), so that
+    /// the lane's losses survive the reuse.
     pub const LOST_BEFORE: usize = 24;
     /// `u64`: events of this lane overwritten by the flight recorder
     /// (`keep-last`) before this chunk was (re)claimed, cumulative. The

@@ -414,8 +414,7 @@ fn reuse_a_chunk(w: &Writer, r: &'static Recorder, init: &ChunkInit) -> bool {
         // SAFETY: the slot is an event chunk this thread claimed (or took)
         // in this recorder (the list is the recorder's) and left; taking it
         // from the list under its lock made it this thread's alone.
-        let c = unsafe { r.buf.reuse(old.slot, &own_init(w, init, old.events)) };
-        overwritten_own(w, r, old.events);
+        let c = unsafe { reuse_own(w, r, init, old.slot, old.events) };
         leave_current(w, r);
         Some(c)
     } else if let Some(c) = take_from_others(w, r, init) {
@@ -434,21 +433,34 @@ fn reuse_a_chunk(w: &Writer, r: &'static Recorder, init: &ChunkInit) -> bool {
     true
 }
 
-/// The header for this thread's own chunk holding `events` events, reused:
-/// the lane's cumulative `overwritten` grows by them.
-fn own_init(w: &Writer, init: &ChunkInit, events: u64) -> ChunkInit {
-    ChunkInit {
+/// Starts this thread's own chunk `slot`, holding `events` events of its
+/// lane, over: the new header's cumulative `overwritten` grows by the
+/// events, and its `lost_before` takes over the old header's (the events
+/// the lane lost before the overwritten ones: the chunk's content goes,
+/// the count of what the lane lost stays in a header of the lane). Then
+/// the events count in `lost_events` and in the lane's `overwritten`.
+///
+/// One header rewrite moves the losses, so a SIGKILL leaves them in the
+/// old header or in the new one, never in both (or, killed in the middle
+/// of the rewrite, in neither: the chunk has no magic and is skipped).
+///
+/// # Safety
+/// `slot` is an event chunk this thread claimed or reused as its own in
+/// this recorder, and no other thread can take it.
+unsafe fn reuse_own(w: &Writer, r: &Recorder, init: &ChunkInit, slot: u32, events: u64) -> Chunk {
+    // SAFETY: guaranteed by the caller.
+    let old = unsafe { r.buf.chunk_owner(slot) };
+    let init = ChunkInit {
         overwritten: w.overwritten.get() + events,
+        // Saturating: a panic here could be in a TLS destructor.
+        lost_before: init.lost_before.saturating_add(old.lost_before),
         ..*init
-    }
-}
-
-/// Counts `events` events of this thread's own chunk as overwritten (once
-/// its header was re-initialised), in `lost_events` and in the lane's
-/// cumulative `overwritten`.
-fn overwritten_own(w: &Writer, r: &Recorder, events: u64) {
+    };
+    // SAFETY: guaranteed by the caller.
+    let c = unsafe { r.buf.reuse(slot, &init) };
     r.buf.add_lost_events(events);
     w.overwritten.set(w.overwritten.get() + events);
+    c
 }
 
 /// For a thread with no chunk of its own to overwrite: takes the oldest
@@ -493,9 +505,7 @@ fn reuse_current(w: &Writer, r: &'static Recorder, init: &ChunkInit) -> Option<C
     let events = segment_events(w);
     if cur.own {
         // SAFETY: the thread's own chunk, which it stops writing here.
-        let c = unsafe { r.buf.reuse(cur.slot, &own_init(w, init, events)) };
-        overwritten_own(w, r, events);
-        return Some(c);
+        return Some(unsafe { reuse_own(w, r, init, cur.slot, events) });
     }
     let mut segments = cur.prior.clone();
     segments.push((w.lane.get(), events));
@@ -532,7 +542,8 @@ unsafe fn reuse_shared(
     segments: &[(u32, u64)],
 ) -> Option<Chunk> {
     // SAFETY: guaranteed by the caller.
-    let (prev_lane, prev_overwritten) = unsafe { r.buf.chunk_owner(slot) };
+    let old = unsafe { r.buf.chunk_owner(slot) };
+    let (prev_lane, prev_overwritten) = (old.lane, old.overwritten);
     let events = segments.iter().map(|s| s.1).sum::<u64>();
     let entry = Meta::Reused(format::Reused {
         slot,
