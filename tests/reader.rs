@@ -337,3 +337,129 @@ fn reused_chunks_drop_their_old_hand_offs_once_the_header_shows_the_reuse() {
     );
     assert_eq!((ow(&f, 1), ow(&f, 2), ow(&f, 4)), (1, 2, 0));
 }
+
+/// Appends a raw `[len][bytes]` entry to the metadata log of a
+/// [`handmade`] file.
+fn append_raw_meta(f: &mut [u8], entry: &[u8]) {
+    use mpprof::format::{chunk, CHUNK_HEADER_SIZE, HEADER_SIZE, MIN_CHUNK_SIZE};
+    let md = HEADER_SIZE as usize + MIN_CHUNK_SIZE as usize;
+    let c = md + chunk::COMMITTED;
+    let used = u32::from_le_bytes(f[c..c + 4].try_into().unwrap()) as usize;
+    let at = md + CHUNK_HEADER_SIZE as usize + used;
+    f[at..at + 4].copy_from_slice(&(entry.len() as u32).to_le_bytes());
+    f[at + 4..at + 4 + entry.len()].copy_from_slice(entry);
+    f[c..c + 4].copy_from_slice(&((used + 4 + entry.len()) as u32).to_le_bytes());
+}
+
+/// `Meta::Lost` gives a thread's losses to its lane (several entries add
+/// up), names a lane whose `Thread` entry is missing, and the merge shows
+/// them there, not on the process's first lane. An entry naming lane 0 or
+/// of a kind this reader does not know is a warning, never a panic.
+#[test]
+fn lost_entries_give_losses_to_their_lanes() {
+    use mpprof::format::{header, kind, word, Meta, SiteKind};
+    use mpprof_merge::EventKind;
+    let lost = |lane, name: &str, ts, events| {
+        Meta::Lost(mpprof::format::Lost {
+            lane,
+            tid: 100 + lane,
+            name: name.into(),
+            ts,
+            events,
+        })
+    };
+    let meta = vec![
+        Meta::Callsite {
+            id: 1,
+            kind: SiteKind::Event,
+            name: "tick".into(),
+            path: "t::tick".into(),
+            file: "t.rs".into(),
+            line: 1,
+        },
+        Meta::Thread {
+            lane: 1,
+            tid: 101,
+            name: "t1".into(),
+        },
+        Meta::Thread {
+            lane: 2,
+            tid: 102,
+            name: "t2".into(),
+        },
+        lost(2, "other name", 15, 5),
+        lost(2, "", 25, 7),
+        // Lane 3's `Thread` entry is missing: the entry names it.
+        lost(3, "t3", 20, 4),
+    ];
+    let words = [
+        word::site_kind(0, kind::BASE),
+        10,
+        word::new(10, word::site_kind(1, kind::INSTANT)),
+        word::new(30, word::site_kind(1, kind::INSTANT)),
+    ];
+    let mut f = handmade((1, 0), &words, &[], &meta, true);
+    f[header::LOST_EVENTS..header::LOST_EVENTS + 8].copy_from_slice(&16u64.to_le_bytes());
+    let tmp = session_dir();
+    let p = tmp.path().join("x.mpb");
+    std::fs::write(&p, &f).unwrap();
+    let pf = read::open(&p).unwrap();
+    let l = &pf.lanes;
+    assert_eq!(
+        (
+            l[&2].name.as_str(),
+            l[&2].lost_noted,
+            l[&2].lost_noted_until
+        ),
+        ("t2", 12, Some(25))
+    );
+    assert_eq!(
+        (l[&3].name.as_str(), l[&3].tid, l[&3].lost_noted),
+        ("t3", 103, 4)
+    );
+    assert_eq!(l[&1].lost_noted, 0);
+    let s = Session::open(&[tmp.path()]).unwrap();
+    let timeline: Vec<(u32, Option<u64>)> = s
+        .events()
+        .map(|e| match e.kind {
+            EventKind::Lost { count, overwritten } => {
+                assert!(!overwritten);
+                (e.lane, Some(count))
+            }
+            _ => (e.lane, None),
+        })
+        .collect();
+    // The lanes without records show their losses when their last entry
+    // was written (20 and 25, between the ticks at 10 and 30).
+    assert_eq!(
+        timeline,
+        [(1, None), (3, Some(4)), (2, Some(12)), (1, None)]
+    );
+
+    // Corrupt entries: lane 0, an unknown kind, garbage. Warnings, and the
+    // losses stay the process's (the first lane's, at its end).
+    append_raw_meta(&mut f, &postcard::to_stdvec(&lost(0, "x", 30, 9)).unwrap());
+    append_raw_meta(&mut f, &[Meta::VARIANTS as u8, 1, 2, 3]);
+    append_raw_meta(&mut f, &[6, 0xFF]);
+    f[header::LOST_EVENTS..header::LOST_EVENTS + 8].copy_from_slice(&25u64.to_le_bytes());
+    std::fs::write(&p, &f).unwrap();
+    let pf = read::open(&p).unwrap();
+    let w = pf.warnings.join("\n");
+    assert!(w.contains("a `Lost` entry of 9 events names lane 0"), "{w}");
+    assert!(
+        w.contains(&format!("entry of unknown kind {}", Meta::VARIANTS)),
+        "{w}"
+    );
+    assert!(w.contains("undecodable entry"), "{w}");
+    let s = Session::open(&[tmp.path()]).unwrap();
+    let unattributed: u64 = s
+        .events()
+        .filter_map(|e| match e.kind {
+            EventKind::Lost { count, .. } if e.lane == 1 => Some(count),
+            _ => None,
+        })
+        .sum();
+    assert_eq!(unattributed, 9);
+    let h = mpprof_merge::check::check(&s);
+    assert!(h.damaged(), "corrupt metadata is damage");
+}

@@ -397,7 +397,8 @@ impl Process {
 }
 
 /// Losses a lane's chunk headers and the metadata account for: gaps before
-/// chunks, after its last chunk, and what the flight recorder overwrote.
+/// chunks, after its last chunk, losses only `Meta::Lost` entries count,
+/// and what the flight recorder overwrote.
 fn lane_losses(l: &read::Lane) -> u64 {
     // Saturating: the counts come from untrusted chunk headers (found by
     // fuzzing: `fuzz/corpus/read_file/crash-lane-losses-overflow`).
@@ -406,7 +407,10 @@ fn lane_losses(l: &read::Lane) -> u64 {
         .iter()
         .fold(0u64, |a, c| a.saturating_add(c.lost_before));
     let after = l.chunks.last().map_or(0, |c| c.lost_after);
-    before.saturating_add(after).saturating_add(l.overwritten)
+    before
+        .saturating_add(after)
+        .saturating_add(l.lost_noted)
+        .saturating_add(l.overwritten)
 }
 
 /// What the merge repaired or could not read, per run of [`Events`].
@@ -435,6 +439,10 @@ struct LaneStream<'a> {
     /// with no surviving chunk) when the last of them went.
     overwritten: u64,
     overwritten_until: Option<u64>,
+    /// The lane's losses that only `Meta::Lost` entries count, and when the
+    /// last entry was written.
+    lost_noted: u64,
+    lost_noted_until: Option<u64>,
     next_chunk: usize,
     reader: Option<RecordReader>,
     /// Open spans: callsite ids.
@@ -465,6 +473,8 @@ impl<'a> LaneStream<'a> {
             chunks: &l.chunks,
             overwritten: l.overwritten,
             overwritten_until: l.overwritten_until,
+            lost_noted: l.lost_noted,
+            lost_noted_until: l.lost_noted_until,
             next_chunk: 0,
             reader: None,
             stack: Vec::new(),
@@ -513,10 +523,13 @@ impl<'a> LaneStream<'a> {
                     // Nothing of the lane survives: its overwritten events
                     // all came before the reuse that took the last of them.
                     self.next_chunk = 1;
-                    let ts = self
-                        .overwritten_until
-                        .map_or(self.p.start_ns, |t| self.p.ns(t));
-                    self.lost(ts, self.overwritten, true);
+                    if self.overwritten > 0 {
+                        let ts = self
+                            .overwritten_until
+                            .map_or(self.p.start_ns, |t| self.p.ns(t));
+                        self.lost(ts, self.overwritten, true);
+                        self.last_ts = self.last_ts.max(ts);
+                    }
                 }
                 return None;
             };
@@ -648,6 +661,15 @@ impl<'a> LaneStream<'a> {
         let end_ts = self.p.end_ns.max(self.last_ts);
         let after = self.chunks.last().map_or(0, |c| c.lost_after);
         self.lost(end_ts, after, false);
+        // A lane with no record (a thread that never had a chunk) shows the
+        // losses its entries count when the last entry was written (its
+        // exit), if the clock places that before the end; any other at its
+        // end.
+        let noted_ts = match self.lost_noted_until {
+            Some(t) if self.recorded == 0 => self.p.ns(t).clamp(self.last_ts, end_ts),
+            _ => end_ts,
+        };
+        self.lost(noted_ts, self.lost_noted, false);
         self.lost(end_ts, self.unattributed_lost, false);
         let end = if self.p.file.clean {
             End::OpenAtExit

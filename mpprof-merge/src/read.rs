@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use mpprof::format::{
-    self, chunk, header, kind, word, Anchor, Meta, Policy, ProcessInfo, SiteKind,
+    self, chunk, header, kind, word, Anchor, Lost, Meta, Policy, ProcessInfo, SiteKind,
 };
 
 /// Errors that make a file unreadable as a whole.
@@ -147,6 +147,12 @@ pub struct Lane {
     /// in a chunk another thread took; for a lane with no surviving chunk,
     /// every event of it is older.
     pub overwritten_until: Option<u64>,
+    /// Events this lane lost that no chunk header counts, from its
+    /// [`Meta::Lost`] entries (a thread that never had a chunk).
+    pub lost_noted: u64,
+    /// Process clock of the last of those entries: every event they count
+    /// is older.
+    pub lost_noted_until: Option<u64>,
 }
 
 /// One process's file, decoded up to the event records (which are read
@@ -733,9 +739,43 @@ fn decode_meta(
                     effective: false,
                 });
             }
-            Err(e) => pf.warnings.push(format!(
-                "{name}: metadata chunk {seq}: undecodable entry ({e}); skipped"
-            )),
+            Ok(Meta::Lost(Lost {
+                lane,
+                tid,
+                name: thread,
+                ts,
+                events,
+            })) => {
+                if lane == 0 {
+                    pf.warnings.push(format!(
+                        "{name}: metadata chunk {seq}: a `Lost` entry of {events} events names lane 0, which no thread has; they count for the process only"
+                    ));
+                } else {
+                    let l = pf.lanes.entry(lane).or_default();
+                    if l.tid == 0 {
+                        l.tid = tid;
+                    }
+                    if l.name.is_empty() {
+                        l.name = thread;
+                    }
+                    // Saturating: the counts are untrusted.
+                    l.lost_noted = l.lost_noted.saturating_add(events);
+                    l.lost_noted_until = Some(l.lost_noted_until.map_or(ts, |t| t.max(ts)));
+                }
+            }
+            Err(e) => {
+                // postcard starts an enum with its variant index (a varint:
+                // one byte below 128).
+                let what = match entry.first() {
+                    Some(&v) if (v as u32) >= Meta::VARIANTS => format!(
+                        "entry of unknown kind {v} (this reader knows {}; a newer writer?)",
+                        Meta::VARIANTS
+                    ),
+                    _ => format!("undecodable entry ({e})"),
+                };
+                pf.warnings
+                    .push(format!("{name}: metadata chunk {seq}: {what}; skipped"));
+            }
         }
         b = &b[format::META_LEN_SIZE + len..];
     }

@@ -35,8 +35,8 @@ pub const MAGIC: [u8; 8] = *b"MPPROF\r\n";
 /// - 3: record kinds `ASYNC_BEGIN` and `ASYNC_END`.
 /// - 4: 8-byte record words (the timestamp's low half, callsite and kind
 ///   in one `u64`, see [`word`]) instead of 16-byte records, and the record
-///   kind `BASE`, and [`Meta::Reused`]. Versions 1-3 use 16-byte records
-///   ([`record_v3`]).
+///   kind `BASE`, and [`Meta::Reused`] and [`Meta::Lost`]. Versions 1-3 use
+///   16-byte records ([`record_v3`]).
 pub const FORMAT_VERSION: u32 = 4;
 
 /// Size of the file header; chunk 0 starts here. One page, so the chunk area
@@ -410,6 +410,26 @@ pub struct Reused {
     pub overwritten: Vec<(u32, u64)>,
 }
 
+/// [`Meta::Lost`]: the thread of `lane` lost `events` events that no chunk
+/// header or hand-off counts. A thread that never had a chunk writes its
+/// losses when it exits, and the recorder writes those of such threads
+/// still running when it finishes. Entries of one lane add up; each loss is
+/// counted by one entry or one header, never both.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lost {
+    /// The lane.
+    pub lane: u32,
+    /// Its OS thread id.
+    pub tid: u32,
+    /// Its thread name (may be empty; cut at 256 bytes).
+    pub name: String,
+    /// Process clock when the entry was written: every event it counts is
+    /// older.
+    pub ts: u64,
+    /// Events lost.
+    pub events: u64,
+}
+
 /// One entry of the metadata log. New variants are appended at the end
 /// (postcard encodes the variant index).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -449,6 +469,16 @@ pub enum Meta {
     /// wrote last, or that other threads had continued, to another thread
     /// (added in format 4; see [`Reused`]).
     Reused(Reused),
+    /// Events a thread lost that no chunk header or hand-off counts (added
+    /// in format 4; see [`Lost`]).
+    Lost(Lost),
+}
+
+impl Meta {
+    /// Number of variants this version knows: an entry whose first byte
+    /// (postcard's variant index) is at least this was written by a newer
+    /// writer.
+    pub const VARIANTS: u32 = 7;
 }
 
 /// Largest encoded metadata entry (bytes), so an entry always fits one
@@ -532,5 +562,21 @@ mod tests {
         let bytes = postcard::to_stdvec(&m).unwrap();
         assert_eq!(bytes, [5, 7, 3, 2, 1, 1, 0, 2, 1, 100, 2, 5]);
         assert_eq!(postcard::from_bytes::<Meta>(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn lost_is_meta_variant_6_and_the_last() {
+        let m = Meta::Lost(Lost {
+            lane: 3,
+            tid: 77,
+            name: "w".into(),
+            ts: 1,
+            events: 300,
+        });
+        let bytes = postcard::to_stdvec(&m).unwrap();
+        assert_eq!(bytes, [6, 3, 77, 1, b'w', 1, 0xAC, 0x02]);
+        assert_eq!(postcard::from_bytes::<Meta>(&bytes).unwrap(), m);
+        assert_eq!(Meta::VARIANTS, 7);
+        assert!(postcard::from_bytes::<Meta>(&[7]).is_err());
     }
 }
