@@ -1091,3 +1091,146 @@ fn keep_last_keeps_the_losses_of_a_chunk_it_overwrites_on_its_lane() {
         .unwrap()
         .contains("could not grow"));
 }
+
+/// Calls each chunkless thread of [`a_thread_that_never_had_a_chunk_shows_its_own_losses`] makes.
+const CHUNKLESS_CALLS: u64 = 5_000;
+
+/// Two threads that never get a chunk: one exits, one still runs when the
+/// process exits. Returns the sum of their calls.
+fn chunkless_threads() -> u64 {
+    let gone = std::thread::Builder::new()
+        .name("late-exits".into())
+        .spawn(|| (0..CHUNKLESS_CALLS).fold(0u64, |a, i| a.wrapping_add(call(i))))
+        .unwrap()
+        .join()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("late-stays".into())
+        .spawn(move || {
+            let sum = (0..CHUNKLESS_CALLS).fold(0u64, |a, i| a.wrapping_add(call(i)));
+            tx.send(sum).unwrap();
+            loop {
+                std::thread::park();
+            }
+        })
+        .unwrap();
+    gone.wrapping_add(rx.recv().unwrap())
+}
+
+/// A thread that never had a chunk (it started after the keep-first budget
+/// was used up, or under keep-last when the file could not grow and no
+/// chunk could be taken) shows its losses on its own lane, named, whether
+/// it exited before the process or still ran at its end; they are not
+/// charged to the process's first lane.
+#[test]
+fn a_thread_that_never_had_a_chunk_shows_its_own_losses() {
+    child_role("budget", || {
+        // The main thread uses up the budget (1 MiB holds about 100k
+        // events).
+        let sum = (0..CALLS).fold(0u64, |a, i| a.wrapping_add(call(i)));
+        println!("sum={}", sum.wrapping_add(chunkless_threads()));
+    });
+    child_role("cannot-grow", || {
+        call(0);
+        let _limit = FileCannotGrow::now();
+        println!("sum={}", chunkless_threads());
+    });
+    let test = "a_thread_that_never_had_a_chunk_shows_its_own_losses";
+    let chunkless = 2 * CHUNKLESS_CALLS;
+    for (role, policy, main) in [
+        ("budget", "keep-first", 2 * CALLS),
+        ("cannot-grow", "keep-last", 2),
+    ] {
+        let (_dir, s) = record_small_with(test, role, policy, &[("MPPROF_PREPARE", "0")]);
+        let markers = assert_every_thread_accounts_for_its_events(
+            &s,
+            &[
+                ("main", main),
+                ("late-exits", chunkless),
+                ("late-stays", chunkless),
+            ],
+        );
+        let f = &s.processes[0].file;
+        for name in ["late-exits", "late-stays"] {
+            let lane = lane_named(&s, name, &[]);
+            assert_eq!(
+                markers.iter().filter(|m| m.0 == lane).collect::<Vec<_>>(),
+                [&(lane, chunkless, false)],
+                "{policy}: {name}"
+            );
+            assert_eq!(f.lane_events(lane), 0, "{policy}: {name} never had a chunk");
+        }
+        let h = mpprof_merge::check::check(&s);
+        assert!(!h.damaged(), "{policy}: {:?}", h.processes[0].warnings);
+    }
+}
+
+/// A process killed before a thread without a chunk wrote its `Lost` entry
+/// (it writes it at its exit, or the recorder at the finish): its losses
+/// still count for the process, shown at the end of the process's first
+/// lane, as before `Lost` existed.
+#[test]
+fn a_killed_process_keeps_unwritten_chunkless_losses_as_its_own() {
+    child_role("killed", || {
+        call(0);
+        let _limit = FileCannotGrow::now();
+        std::thread::Builder::new()
+            .name("late".into())
+            .spawn(|| {
+                let sum = (0..CHUNKLESS_CALLS).fold(0u64, |a, i| a.wrapping_add(call(i)));
+                use std::io::Write;
+                // On a line of its own: the harness's "test ... " has none.
+                println!("\nchunkless-lost {sum}");
+                std::io::stdout().flush().unwrap();
+                loop {
+                    std::thread::park();
+                }
+            })
+            .unwrap();
+        loop {
+            std::thread::park();
+        }
+    });
+    use std::io::BufRead;
+    let dir = session_dir();
+    let mut child = self_command(
+        "a_killed_process_keeps_unwritten_chunkless_losses_as_its_own",
+        "killed",
+        dir.path(),
+    )
+    .env("MPPROF_OVERFLOW", "keep-last")
+    .env("MPPROF_BUFFER_MB", "1")
+    .env("MPPROF_CHUNK_KB", "64")
+    .env("MPPROF_PREPARE", "0")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    // The test harness prints a line or two first.
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut lines = lines.map_while(Result::ok);
+    assert!(
+        lines.any(|l| l.starts_with("chunkless-lost ")),
+        "the thread lost its events"
+    );
+    // SAFETY: kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let s = Session::open(&[dir.path()]).unwrap();
+    let f = &s.processes[0].file;
+    assert!(!f.clean);
+    let late = lane_named(&s, "late", &[]);
+    let main = lane_named(&s, "main", &[("late", 0)]);
+    let (lost, _) = lane_losses(&s);
+    let chunkless = 2 * CHUNKLESS_CALLS;
+    assert_eq!(f.lost_events, chunkless);
+    assert_eq!(lost.get(&late), None, "no entry says whose they are");
+    assert_eq!(
+        lost.get(&main),
+        Some(&chunkless),
+        "the process's first lane"
+    );
+    assert_eq!(main, *f.lanes.keys().next().unwrap());
+    assert_eq!(f.recorded_events(), 2);
+}

@@ -5,12 +5,13 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::buffer::{Chunk, ChunkInit, ClaimError, Config, MetaLog, ProcessBuffer};
 use crate::flow::FlowId;
-use crate::format::{ClockKind, Meta, ProcessInfo};
+use crate::format::{ClockKind, Lost, Meta, ProcessInfo};
 use crate::{callsite, clock};
 
 /// Recording state, read (relaxed) at the top of every hot-path call:
@@ -105,6 +106,10 @@ pub(crate) struct Recorder {
     /// thread's current chunk: a thread adds its chunk only once it has
     /// stopped writing it, and taking one removes it under the lock.
     left: HintedList<Left>,
+    /// Threads that lost events while they had no chunk (see
+    /// [`Chunkless`]): [`Recorder::finish`] writes the losses of those
+    /// still running. A leaf lock.
+    chunkless: Mutex<Vec<Arc<Chunkless>>>,
     /// Event chunk slots reserved and page-mapped ahead by the preparer.
     ready: Mutex<Vec<u32>>,
     ready_cv: parking_lot::Condvar,
@@ -315,14 +320,78 @@ impl Recorder {
         }
     }
 
+    /// A thread without a chunk lost its first event: from now on its
+    /// losses are counted in the returned record, for a [`Meta::Lost`]
+    /// entry.
+    pub(crate) fn register_chunkless(&self, lane: u32, tid: u32, name: &str) -> Arc<Chunkless> {
+        let c = Arc::new(Chunkless {
+            lane,
+            tid,
+            name: truncate(name.to_owned(), 256),
+            events: AtomicU64::new(0),
+        });
+        self.chunkless.lock().push(c.clone());
+        c
+    }
+
+    /// The thread of `c` got a chunk, or exits: the finish no longer
+    /// looks at it.
+    pub(crate) fn forget_chunkless(&self, c: &Arc<Chunkless>) {
+        self.chunkless.lock().retain(|x| !Arc::ptr_eq(x, c));
+    }
+
+    /// Writes the losses of `c` that nothing counts yet as a [`Meta::Lost`]
+    /// entry (taking them from `c`, so that no other entry or header
+    /// counts them again). If the entry cannot be stored, they go back to
+    /// `c` for a later entry or chunk.
+    pub(crate) fn note_lost(&self, c: &Chunkless) {
+        // Relaxed: the count is the only thing exchanged; every loss is
+        // taken by exactly one swap.
+        let events = c.events.swap(0, Ordering::Relaxed);
+        if events == 0 {
+            return;
+        }
+        let entry = Meta::Lost(Lost {
+            lane: c.lane,
+            tid: c.tid,
+            name: c.name.clone(),
+            ts: clock::now_with(epoch_uses_tsc(self.epoch)),
+            events,
+        });
+        if !self.write_meta_stored(&entry) {
+            c.events.fetch_add(events, Ordering::Relaxed);
+        }
+    }
+
     fn finish(&self) {
         // Relaxed: guarded by LIFECYCLE.
         if self.finished.swap(true, Ordering::Relaxed) {
             return;
         }
+        // Threads that still run without a chunk: their losses so far.
+        let chunkless = self.chunkless.lock().clone();
+        for c in &chunkless {
+            self.note_lost(c);
+        }
         self.write_meta(&Meta::Anchor(clock::anchor()));
         self.buf.set_finished();
     }
+}
+
+/// The losses of a thread that has no chunk, and so no header to hold
+/// them, that no [`Meta::Lost`] entry and no header counts yet. The thread
+/// adds each loss; whoever counts them takes them with one swap to 0, so
+/// each loss is counted exactly once: the thread's exit, or the
+/// recorder's finish while it still runs (a `Meta::Lost` entry each), or
+/// the thread itself when it gets a chunk after all (the header's
+/// `lost_before`).
+pub(crate) struct Chunkless {
+    pub(crate) lane: u32,
+    pub(crate) tid: u32,
+    /// Thread name, cut at 256 bytes so the entry always fits.
+    pub(crate) name: String,
+    /// Losses not counted yet.
+    pub(crate) events: AtomicU64,
 }
 
 /// A list under a lock, with a flag saying whether it may hold anything, so
@@ -696,6 +765,7 @@ fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::
         handoffs: HintedList::new(),
         pool: HintedList::new(),
         left: HintedList::new(),
+        chunkless: Mutex::new(Vec::new()),
         ready: Mutex::new(Vec::new()),
         ready_cv: parking_lot::Condvar::new(),
         preparer_started: AtomicBool::new(false),

@@ -8,11 +8,12 @@
 
 use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 
 use crate::buffer::{Chunk, ChunkInit, ClaimError};
 use crate::clock;
 use crate::format::{self, kind, word, Meta, Policy};
-use crate::session::{self, HandedOff, Pooled, Recorder, OFF, STATE, UNKNOWN};
+use crate::session::{self, Chunkless, HandedOff, Pooled, Recorder, OFF, STATE, UNKNOWN};
 
 /// A thread's position in its current chunk. Plain `Cell`s: only the owning
 /// thread touches it. No destructor, so the thread-local is a bare
@@ -92,7 +93,7 @@ thread_local! {
     /// `left` list). Its destructor hands the thread's partly used chunk on
     /// at exit, and (keep-last) pools the rest.
     static OWNED: RefCell<Owned> = const {
-        RefCell::new(Owned { epoch: 0, current: None })
+        RefCell::new(Owned { epoch: 0, current: None, chunkless: None })
     };
 }
 
@@ -270,6 +271,8 @@ fn slow(w: &Writer, mut s: u32, bits: u32, kind: u8, payload: Option<[u64; 2]>) 
             if !w.hdr.get().is_null() {
                 // The gap is after the last chunk this lane has.
                 Chunk::set_lost_after_at(w.hdr.get(), w.lost.get());
+            } else {
+                lost_without_chunk(w, r);
             }
             return;
         }
@@ -299,6 +302,59 @@ fn slow(w: &Writer, mut s: u32, bits: u32, kind: u8, payload: Option<[u64; 2]>) 
     unsafe { write_words(w, w.idx.get(), &words[..n]) };
 }
 
+/// Counts a loss of a thread that has no chunk, so no header to hold it,
+/// in its [`Chunkless`] record (registered with the recorder at its first
+/// such loss), for the [`Meta::Lost`] entry its exit or the recorder's
+/// finish writes. While the thread exits (its slow-path state is gone) the
+/// loss counts for the process only.
+fn lost_without_chunk(w: &Writer, r: &Recorder) {
+    owned(w, |o| {
+        let c = o.chunkless.get_or_insert_with(|| {
+            let t = std::thread::current();
+            r.register_chunkless(w.lane.get(), w.tid.get(), t.name().unwrap_or(""))
+        });
+        // Relaxed: see `Recorder::note_lost`.
+        c.events.fetch_add(1, Ordering::Relaxed);
+    });
+}
+
+/// The losses a thread without a chunk brings into the chunk it gets:
+/// those of its [`Chunkless`] record that no [`Meta::Lost`] entry counts
+/// yet (the recorder's finish may have written some). They are taken just
+/// before the first attempt that may publish a header (or a hand-off) with
+/// them, and given back if every attempt fails, so that no loss is in an
+/// entry and in a header.
+struct Carry(Option<Arc<Chunkless>>);
+
+impl Carry {
+    /// Puts the thread's uncounted losses into `init` (once).
+    fn take(&mut self, w: &Writer, init: &mut ChunkInit) {
+        if self.0.is_some() {
+            return;
+        }
+        if let Some(c) = owned(w, |o| o.chunkless.clone()).flatten() {
+            // Relaxed: see `Recorder::note_lost`.
+            init.lost_before = c.events.swap(0, Ordering::Relaxed);
+            self.0 = Some(c);
+        }
+    }
+
+    /// The thread has a chunk now: its losses go into headers again.
+    fn done(self, w: &Writer, r: &Recorder) {
+        if let Some(c) = self.0 {
+            r.forget_chunkless(&c);
+            owned(w, |o| o.chunkless = None);
+        }
+    }
+
+    /// No chunk after all: the losses in `init` are uncounted again.
+    fn give_back(self, init: &ChunkInit) {
+        if let Some(c) = self.0 {
+            c.events.fetch_add(init.lost_before, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Most segments a flight-recorder chunk is shared by: a thread exiting
 /// with a chunk shared by this many pools it instead of handing it off, so
 /// a [`Meta::Reused`] entry (one `(lane, events)` pair per segment) stays
@@ -320,7 +376,7 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
         set_room(w, 0);
         return false;
     }
-    let init = ChunkInit {
+    let mut init = ChunkInit {
         kind: format::CHUNK_EVENTS,
         lane: w.lane.get(),
         tid: w.tid.get(),
@@ -328,9 +384,29 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
         lost_before: w.lost.get(),
         overwritten: w.overwritten.get(),
     };
+    let mut carry = Carry(None);
+    let got = take_a_chunk(w, r, &mut init, &mut carry);
+    if got {
+        carry.done(w, r);
+    } else {
+        carry.give_back(&init);
+        // Nothing to write to: keep-first with the budget used up or the
+        // disk full, or a flight-recorder thread with no chunk at all while
+        // every other chunk is some live thread's current chunk.
+        set_room(w, 0);
+    }
+    got
+}
+
+/// [`new_chunk`]'s attempts, in order: a hand-off, a claim, and (keep-last)
+/// a reuse. Each first puts the losses of a thread without a chunk into
+/// `init` (see [`Carry`]).
+fn take_a_chunk(w: &Writer, r: &'static Recorder, init: &mut ChunkInit, carry: &mut Carry) -> bool {
+    let keep_last = r.buf.policy() == Policy::KeepLast;
     let retry_at = w.retry_at.get();
     let may_claim = retry_at == 0 || (retry_at != u64::MAX && clock::monotonic_ns() >= retry_at);
     while let Some(h) = r.take_handoff() {
+        carry.take(w, init);
         // Continue a finished thread's chunk: say so in the metadata
         // first, so the reader attributes the records from `start` on to
         // this lane.
@@ -365,7 +441,8 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
         return true;
     }
     if may_claim {
-        match r.claim_events(&init) {
+        carry.take(w, init);
+        match r.claim_events(init) {
             Ok(c) => {
                 leave_current(w, r);
                 install(w, c, 0);
@@ -392,13 +469,10 @@ fn new_chunk(w: &Writer, r: &'static Recorder) -> bool {
             }
         }
     }
-    if keep_last && reuse_a_chunk(w, r, &init) {
-        return true;
+    if keep_last {
+        carry.take(w, init);
+        return reuse_a_chunk(w, r, init);
     }
-    // Nothing to write to: keep-first with the budget used up or the disk
-    // full, or a flight-recorder thread with no chunk at all while every
-    // other chunk is some live thread's current chunk.
-    set_room(w, 0);
     false
 }
 
@@ -621,6 +695,9 @@ struct Current {
 struct Owned {
     epoch: u32,
     current: Option<Current>,
+    /// The thread lost events while it had no chunk (and has none yet):
+    /// the losses no entry or header counts yet.
+    chunkless: Option<Arc<Chunkless>>,
 }
 
 impl Drop for Owned {
@@ -675,6 +752,11 @@ impl Drop for Owned {
                         });
                     }
                 }
+                if let Some(c) = self.chunkless.take() {
+                    // It never had a chunk: its losses go into an entry.
+                    r.forget_chunkless(&c);
+                    r.note_lost(&c);
+                }
             }
             // The chunk is another thread's (or the pool's) now: an event
             // recorded by a later thread-local destructor must not touch
@@ -694,9 +776,11 @@ fn owned<R>(w: &Writer, f: impl FnOnce(&mut Owned) -> R) -> Option<R> {
             let mut o = o.borrow_mut();
             if o.epoch != w.epoch.get() {
                 // Not `*o = ..`: dropping an `Owned` hands the chunk off.
-                // The chunks it left stay in the old recorder's list.
+                // The chunks it left stay in the old recorder's list, and
+                // its uncounted losses without a chunk in the old file.
                 o.epoch = w.epoch.get();
                 o.current = None;
+                o.chunkless = None;
             }
             f(&mut o)
         })
