@@ -257,7 +257,12 @@ fn reused_chunks_drop_their_old_hand_offs_once_the_header_shows_the_reuse() {
     // Old content: lane 1 wrote words 0..3 (a base and one event), lane 2
     // continued at word 3 (a base and two events). Then lane 3 took the
     // chunk over.
-    meta.push(handoff(3, 2));
+    // Lane 2 lost 6 events before it continued the chunk.
+    let mut h = handoff(3, 2);
+    if let Meta::Handoff(x) = &mut h {
+        x.lost_before = 6;
+    }
+    meta.push(h);
     meta.push(reused(3, 0, vec![(1, 1), (2, 2)]));
     let old: Vec<u64> = [
         base(10).as_slice(),
@@ -302,6 +307,16 @@ fn reused_chunks_drop_their_old_hand_offs_once_the_header_shows_the_reuse() {
     assert_eq!(f.lanes[&2].overwritten_until, Some(1000));
     assert!(f.reuses[0].effective);
     assert_eq!(f.torn_records, 0);
+    // The retired hand-off's losses stay lane 2's, counted once.
+    let lost_before = |f: &read::ProcessFile, lane| {
+        f.lanes[&lane]
+            .chunks
+            .iter()
+            .map(|c| c.lost_before)
+            .sum::<u64>()
+    };
+    assert_eq!((f.lanes[&2].lost_noted, lost_before(&f, 2)), (6, 0));
+    assert_eq!(f.lanes[&2].lost_noted_until, Some(1000));
 
     // Killed between the entry and the header: the old content stands,
     // split at its hand-off, and nothing counts as overwritten.
@@ -312,6 +327,7 @@ fn reused_chunks_drop_their_old_hand_offs_once_the_header_shows_the_reuse() {
     );
     assert_eq!((ow(&f, 1), ow(&f, 2)), (0, 0));
     assert!(!f.reuses[0].effective);
+    assert_eq!((f.lanes[&2].lost_noted, lost_before(&f, 2)), (0, 6));
 
     // Killed while the header was rewritten (no magic): the chunk is
     // skipped, and the entry did not take effect.

@@ -1234,3 +1234,136 @@ fn a_killed_process_keeps_unwritten_chunkless_losses_as_its_own() {
     assert_eq!(main, *f.lanes.keys().next().unwrap());
     assert_eq!(f.recorded_events(), 2);
 }
+
+/// Calls the threads of
+/// [`keep_last_keeps_the_losses_of_a_chunk_another_thread_overwrites_on_their_lanes`]
+/// make while the file cannot grow (all lost).
+const SHARED_LOST_CALLS: u64 = 1_000;
+/// Calls that fill a chunk several times over.
+const SHARED_CALLS: u64 = 30_000;
+
+fn calls(n: u64) -> u64 {
+    (0..n).fold(0u64, |a, i| a.wrapping_add(call(i)))
+}
+
+/// A thread that runs each function it is sent, answering with its
+/// result, until the sender is dropped.
+struct Stepped {
+    work: std::sync::mpsc::Sender<fn() -> u64>,
+    done: std::sync::mpsc::Receiver<u64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Stepped {
+    fn spawn(name: &str) -> Stepped {
+        let (work, rx) = std::sync::mpsc::channel::<fn() -> u64>();
+        let (tx, done) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                for f in rx {
+                    tx.send(f()).unwrap();
+                }
+            })
+            .unwrap();
+        Stepped { work, done, thread }
+    }
+
+    fn run(&self, f: fn() -> u64) -> u64 {
+        self.work.send(f).unwrap();
+        self.done.recv().unwrap()
+    }
+
+    fn exit(self) {
+        drop(self.work);
+        self.thread.join().unwrap();
+    }
+}
+
+/// Past the 100 ms a thread waits after a failed claim.
+fn after_back_off() -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    0
+}
+
+/// The flight recorder takes over chunks other threads wrote: the losses
+/// their headers and hand-offs noted before the overwritten events stay on
+/// the lanes that lost them.
+///
+/// - `handoff`: a thread loses events while the file cannot grow, then
+///   continues the chunk an exited thread left (the hand-off notes the
+///   losses), fills it and, with nothing else to take, starts it over (a
+///   `Reused` entry retires the hand-off).
+/// - `header`: a thread loses events while the file cannot grow, then
+///   claims a chunk once it can (its header notes the losses) and exits;
+///   with the file full again, another thread continues that chunk, fills
+///   it and starts it over (the header goes).
+#[test]
+fn keep_last_keeps_the_losses_of_a_chunk_another_thread_overwrites_on_their_lanes() {
+    child_role("handoff", || {
+        call(0);
+        let giver = Stepped::spawn("giver");
+        let mut sum = giver.run(|| calls(10));
+        let _limit = FileCannotGrow::now();
+        let taker = Stepped::spawn("taker");
+        sum = sum.wrapping_add(taker.run(|| calls(SHARED_LOST_CALLS)));
+        giver.exit();
+        sum = sum.wrapping_add(taker.run(|| calls(SHARED_CALLS)));
+        taker.exit();
+        println!("sum={sum}");
+    });
+    child_role("header", || {
+        call(0);
+        let limit = FileCannotGrow::now();
+        let late = Stepped::spawn("late");
+        let mut sum = late.run(|| calls(SHARED_LOST_CALLS));
+        drop(limit);
+        late.run(after_back_off);
+        sum = sum.wrapping_add(late.run(|| calls(10)));
+        late.exit();
+        let _limit = FileCannotGrow::now();
+        let follower = Stepped::spawn("follower");
+        sum = sum.wrapping_add(follower.run(|| calls(SHARED_CALLS)));
+        follower.exit();
+        println!("sum={sum}");
+    });
+    let test = "keep_last_keeps_the_losses_of_a_chunk_another_thread_overwrites_on_their_lanes";
+    let lost = 2 * SHARED_LOST_CALLS;
+    for (role, who, made) in [
+        (
+            "handoff",
+            "taker",
+            [
+                ("main", 2),
+                ("giver", 20),
+                ("taker", lost + 2 * SHARED_CALLS),
+            ],
+        ),
+        (
+            "header",
+            "late",
+            [
+                ("main", 2),
+                ("late", lost + 20),
+                ("follower", 2 * SHARED_CALLS),
+            ],
+        ),
+    ] {
+        let (_dir, s) = record_small_with(test, role, "keep-last", &[("MPPROF_PREPARE", "0")]);
+        let f = &s.processes[0].file;
+        assert!(
+            f.reuses.iter().any(|r| r.effective),
+            "{role}: another thread's chunk was taken over"
+        );
+        let markers = assert_every_thread_accounts_for_its_events(&s, &made);
+        let lane = lane_named(&s, who, &made);
+        let lost_markers: u64 = markers
+            .iter()
+            .filter(|m| m.0 == lane && !m.2)
+            .map(|m| m.1)
+            .sum();
+        assert_eq!(lost_markers, lost, "{role}: {who}'s markers {markers:?}");
+        let h = mpprof_merge::check::check(&s);
+        assert!(!h.damaged(), "{role}: {:?}", h.processes[0].warnings);
+    }
+}

@@ -147,11 +147,13 @@ pub struct Lane {
     /// in a chunk another thread took; for a lane with no surviving chunk,
     /// every event of it is older.
     pub overwritten_until: Option<u64>,
-    /// Events this lane lost that no chunk header counts, from its
-    /// [`Meta::Lost`] entries (a thread that never had a chunk).
+    /// Events this lane lost that only the metadata counts: its
+    /// [`Meta::Lost`] entries (a thread that never had a chunk, or the
+    /// `lost_before` of a header another thread replaced), and the
+    /// `lost_before` of its hand-offs whose content was overwritten.
     pub lost_noted: u64,
-    /// Process clock of the last of those entries: every event they count
-    /// is older.
+    /// Process clock of the last of those entries (or of the reuse that
+    /// overwrote the hand-off's content): every event they count is older.
     pub lost_noted_until: Option<u64>,
 }
 
@@ -633,13 +635,36 @@ fn split_handoffs(
     cap: u32,
     name: &str,
 ) {
-    let mut handoffs: Vec<(usize, Handoff)> = pf.handoffs.iter().copied().enumerate().collect();
-    handoffs.retain(|(i, h)| {
-        current_from
-            .get(&h.slot)
-            .is_none_or(|&(from, _)| *i >= from)
-    });
-    let mut handoffs: Vec<Handoff> = handoffs.into_iter().map(|(_, h)| h).collect();
+    // When each slot was last taken over (effective `Reused`).
+    let mut reused_at: BTreeMap<u32, u64> = BTreeMap::new();
+    for r in pf.reuses.iter().filter(|r| r.effective).map(|r| &r.entry) {
+        let t = reused_at.entry(r.slot).or_insert(r.ts);
+        *t = (*t).max(r.ts);
+    }
+    let (current, retired): (Vec<_>, Vec<_>) =
+        pf.handoffs.iter().copied().enumerate().partition(|(i, h)| {
+            current_from
+                .get(&h.slot)
+                .is_none_or(|&(from, _)| *i >= from)
+        });
+    // A hand-off of overwritten content no longer splits the chunk, but
+    // what its lane lost before the segment is still that lane's: the
+    // entry is the only place that counts it.
+    for (_, h) in retired {
+        if h.lost_before == 0 {
+            continue;
+        }
+        let l = pf.lanes.entry(h.lane).or_default();
+        if l.tid == 0 {
+            l.tid = h.tid;
+        }
+        // Saturating: the counts are untrusted.
+        l.lost_noted = l.lost_noted.saturating_add(h.lost_before);
+        if let Some(&ts) = reused_at.get(&h.slot) {
+            l.lost_noted_until = Some(l.lost_noted_until.map_or(ts, |t| t.max(ts)));
+        }
+    }
+    let mut handoffs: Vec<Handoff> = current.into_iter().map(|(_, h)| h).collect();
     handoffs.sort_by_key(|h| (h.slot, h.start));
     for (slot, lane, c) in chunks {
         let mine: Vec<&Handoff> = handoffs.iter().filter(|h| h.slot == slot).collect();

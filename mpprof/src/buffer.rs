@@ -311,6 +311,7 @@ impl ProcessBuffer {
             let c = self.map.as_mut_ptr().add(offset);
             OldHeader {
                 lane: get_u32(c, chunk::LANE),
+                tid: get_u32(c, chunk::TID),
                 overwritten: get_u64(c, chunk::OVERWRITTEN),
                 lost_before: get_u64(c, chunk::LOST_BEFORE),
             }
@@ -364,6 +365,8 @@ impl ProcessBuffer {
 pub struct OldHeader {
     /// Its lane.
     pub lane: u32,
+    /// The lane's OS thread id.
+    pub tid: u32,
     /// The lane's events overwritten before the chunk was (re)claimed.
     pub overwritten: u64,
     /// The lane's losses just before the chunk's first record.

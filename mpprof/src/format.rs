@@ -413,8 +413,10 @@ pub struct Reused {
 /// [`Meta::Lost`]: the thread of `lane` lost `events` events that no chunk
 /// header or hand-off counts. A thread that never had a chunk writes its
 /// losses when it exits, and the recorder writes those of such threads
-/// still running when it finishes. Entries of one lane add up; each loss is
-/// counted by one entry or one header, never both.
+/// still running when it finishes; a flight-recorder thread that took over
+/// a chunk another thread wrote writes the replaced header's
+/// `LOST_BEFORE`. Entries of one lane add up; each loss is counted by one
+/// entry or one header, never both.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lost {
     /// The lane.

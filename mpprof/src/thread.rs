@@ -596,7 +596,8 @@ fn reuse_current(w: &Writer, r: &'static Recorder, init: &ChunkInit) -> Option<C
 /// Gives `slot`, a chunk other threads wrote (`segments` says how many
 /// events of which lane it holds), to this thread: writes [`Meta::Reused`]
 /// under the metadata lock, then re-initialises the header, then counts
-/// the overwritten events. `None` (and the chunk untouched) if the entry
+/// the overwritten events, then writes the replaced header's `lost_before`
+/// (the losses of its lane before the chunk) as [`Meta::Lost`]. `None` (and the chunk untouched) if the entry
 /// could not be stored: without it a reader would split the new content
 /// at the old hand-offs.
 ///
@@ -619,11 +620,12 @@ unsafe fn reuse_shared(
     let old = unsafe { r.buf.chunk_owner(slot) };
     let (prev_lane, prev_overwritten) = (old.lane, old.overwritten);
     let events = segments.iter().map(|s| s.1).sum::<u64>();
+    let entry_ts = clock::now_with(session::epoch_uses_tsc(w.epoch.get()));
     let entry = Meta::Reused(format::Reused {
         slot,
         lane: init.lane,
         seq: init.seq,
-        ts: clock::now_with(session::epoch_uses_tsc(w.epoch.get())),
+        ts: entry_ts,
         prev_lane,
         prev_overwritten,
         overwritten: segments.to_vec(),
@@ -636,6 +638,19 @@ unsafe fn reuse_shared(
     // SAFETY: guaranteed by the caller.
     let c = unsafe { r.buf.reuse(slot, init) };
     r.buf.add_lost_events(events);
+    if old.lost_before > 0 {
+        // What the old header's lane lost before the chunk: the header is
+        // gone, so an entry counts it now (the hand-offs' losses are in
+        // their own entries). Written after the header, so a SIGKILL
+        // never leaves it counted twice.
+        r.write_meta(&Meta::Lost(format::Lost {
+            lane: old.lane,
+            tid: old.tid,
+            name: String::new(),
+            ts: entry_ts,
+            events: old.lost_before,
+        }));
+    }
     Some(c)
 }
 
