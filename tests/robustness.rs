@@ -1163,6 +1163,29 @@ fn a_thread_that_never_had_a_chunk_shows_its_own_losses() {
         }
         let h = mpprof_merge::check::check(&s);
         assert!(!h.damaged(), "{policy}: {:?}", h.processes[0].warnings);
+        // `check` and the summary say which thread lost what.
+        let mut check = Vec::new();
+        mpprof_merge::check::write_text(&h, &mut check).unwrap();
+        let mut summary = Vec::new();
+        mpprof_merge::write::summary::write(&s, &mut summary, 30).unwrap();
+        for text in [check, summary] {
+            let text = String::from_utf8(text).unwrap();
+            for name in ["late-exits", "late-stays"] {
+                let lane = lane_named(&s, name, &[]);
+                let line = text
+                    .lines()
+                    .find(|l| l.contains(&format!("thread \"{name}\"")))
+                    .unwrap_or_else(|| panic!("{policy}: no line for {name}:\n{text}"));
+                assert!(
+                    line.ends_with(&format!(
+                        "(lane {lane}, tid {}): {chunkless} not recorded",
+                        f.lanes[&lane].tid
+                    )),
+                    "{policy}: {line}"
+                );
+            }
+            assert!(!text.contains("no thread named"), "{policy}:\n{text}");
+        }
     }
 }
 
@@ -1233,6 +1256,13 @@ fn a_killed_process_keeps_unwritten_chunkless_losses_as_its_own() {
     );
     assert_eq!(main, *f.lanes.keys().next().unwrap());
     assert_eq!(f.recorded_events(), 2);
+    let mut check = Vec::new();
+    mpprof_merge::check::write_text(&mpprof_merge::check::check(&s), &mut check).unwrap();
+    let check = String::from_utf8(check).unwrap();
+    assert!(
+        check.contains(&format!("no thread named: {chunkless} ")),
+        "{check}"
+    );
 }
 
 /// Calls the threads of

@@ -1,5 +1,5 @@
-//! Session health: per process (events, losses, clean or abrupt end, clock
-//! domain and fit) and for the session (flows matched, causality
+//! Session health: per process (events, losses and the threads that lost
+//! them, clean or abrupt end, clock domain and fit) and for the session (flows matched, causality
 //! violations).
 
 use std::collections::HashMap;
@@ -29,6 +29,9 @@ pub struct ProcessHealth {
     pub lost_events: u64,
     /// Why events were lost.
     pub lost_reason: Option<String>,
+    /// Who lost them: the threads, most first, and what no thread accounts
+    /// for.
+    pub losses: crate::read::Losses,
     /// Finished cleanly.
     pub clean: bool,
     /// Time span, ns.
@@ -171,6 +174,7 @@ pub fn check(session: &Session) -> Health {
             events: events.recorded_events(pi),
             lost_events: f.lost_events,
             lost_reason,
+            losses: f.losses(),
             clean: f.clean,
             span_ns: p.end_ns.saturating_sub(p.start_ns),
             clock_fit: method,
@@ -223,6 +227,57 @@ pub fn check(session: &Session) -> Health {
     }
 }
 
+/// Writes who lost events, a line per thread (at most `limit`, most
+/// first), each line starting with `indent`.
+pub(crate) fn write_losses(
+    out: &mut dyn Write,
+    indent: &str,
+    losses: &crate::read::Losses,
+    limit: usize,
+) -> io::Result<()> {
+    for l in losses.lanes.iter().take(limit) {
+        let name = if l.name.is_empty() {
+            "(unnamed)".to_owned()
+        } else {
+            format!("{:?}", l.name)
+        };
+        let mut what = Vec::new();
+        if l.not_recorded > 0 {
+            what.push(format!("{} not recorded", l.not_recorded));
+        }
+        if l.overwritten > 0 {
+            what.push(format!("{} overwritten", l.overwritten));
+        }
+        writeln!(
+            out,
+            "{indent}thread {name} (lane {}, tid {}): {}",
+            l.lane,
+            l.tid,
+            what.join(", ")
+        )?;
+    }
+    if losses.lanes.len() > limit {
+        let rest = &losses.lanes[limit..];
+        let events = rest.iter().fold(0u64, |a, l| {
+            a.saturating_add(l.not_recorded)
+                .saturating_add(l.overwritten)
+        });
+        writeln!(
+            out,
+            "{indent}... {} more threads: {events} events",
+            rest.len()
+        )?;
+    }
+    if losses.unattributed > 0 {
+        writeln!(
+            out,
+            "{indent}no thread named: {} (shown on the process's first thread; a thread without a chunk that did not get to write its losses, e.g. killed)",
+            losses.unattributed
+        )?;
+    }
+    Ok(())
+}
+
 /// Writes the report as text.
 pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
     for p in &h.processes {
@@ -253,6 +308,7 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
                 p.lost_events,
                 p.lost_reason.as_deref().unwrap_or("unknown")
             )?;
+            write_losses(out, "    ", &p.losses, 10)?;
         }
         if p.torn_records > 0 {
             writeln!(

@@ -294,15 +294,11 @@ impl Session {
     pub fn events(&self) -> Events<'_> {
         let mut streams = Vec::new();
         for (pi, p) in self.processes.iter().enumerate() {
-            // Losses the lanes' chunk headers do not account for (the budget
-            // ran out, or the file could not grow) are shown once, on the
-            // process's first lane, at its end.
-            let attributed = p
-                .file
-                .lanes
-                .values()
-                .fold(0u64, |a, l| a.saturating_add(lane_losses(l)));
-            let mut unattributed = p.file.lost_events.saturating_sub(attributed);
+            // Losses no lane accounts for (a process killed before a thread
+            // without a chunk wrote its `Lost` entry, or a file from before
+            // such entries) are shown once, on the process's first lane, at
+            // its end.
+            let mut unattributed = p.file.unattributed_losses();
             for (&lane, l) in &p.file.lanes {
                 streams.push(LaneStream::new(
                     self,
@@ -394,23 +390,6 @@ impl Process {
             (start, end, end_lane)
         }
     }
-}
-
-/// Losses a lane's chunk headers and the metadata account for: gaps before
-/// chunks, after its last chunk, losses only `Meta::Lost` entries count,
-/// and what the flight recorder overwrote.
-fn lane_losses(l: &read::Lane) -> u64 {
-    // Saturating: the counts come from untrusted chunk headers (found by
-    // fuzzing: `fuzz/corpus/read_file/crash-lane-losses-overflow`).
-    let before = l
-        .chunks
-        .iter()
-        .fold(0u64, |a, c| a.saturating_add(c.lost_before));
-    let after = l.chunks.last().map_or(0, |c| c.lost_after);
-    before
-        .saturating_add(after)
-        .saturating_add(l.lost_noted)
-        .saturating_add(l.overwritten)
 }
 
 /// What the merge repaired or could not read, per run of [`Events`].

@@ -157,6 +157,54 @@ pub struct Lane {
     pub lost_noted_until: Option<u64>,
 }
 
+impl Lane {
+    /// Events this lane lost without recording them (budget, disk, no
+    /// chunk), as the merge shows them on the lane: the gaps before its
+    /// chunks, after its last chunk, and those only the metadata counts.
+    pub fn not_recorded(&self) -> u64 {
+        // Saturating: the counts come from untrusted chunk headers (found
+        // by fuzzing: `fuzz/corpus/read_file/crash-lane-losses-overflow`).
+        let before = self
+            .chunks
+            .iter()
+            .fold(0u64, |a, c| a.saturating_add(c.lost_before));
+        let after = self.chunks.last().map_or(0, |c| c.lost_after);
+        before.saturating_add(after).saturating_add(self.lost_noted)
+    }
+
+    /// All the events this lane lost: not recorded, or overwritten.
+    pub fn lost(&self) -> u64 {
+        self.not_recorded().saturating_add(self.overwritten)
+    }
+}
+
+/// What one thread lost (see [`ProcessFile::losses`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaneLoss {
+    /// Lane.
+    pub lane: u32,
+    /// OS thread id.
+    pub tid: u32,
+    /// Thread name ("" when unnamed or unknown).
+    pub name: String,
+    /// Events lost without being recorded ([`Lane::not_recorded`]).
+    pub not_recorded: u64,
+    /// Events the flight recorder overwrote ([`Lane::overwritten`]).
+    pub overwritten: u64,
+}
+
+/// A process's losses by thread (see [`ProcessFile::losses`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Losses {
+    /// The threads that lost events, most first.
+    pub lanes: Vec<LaneLoss>,
+    /// Losses of the process that no lane accounts for: `lost_events` less
+    /// what the lanes account for (a process killed before a thread without
+    /// a chunk wrote its `Lost` entry; a file from before such entries).
+    /// The merge shows them at the end of the process's first lane.
+    pub unattributed: u64,
+}
+
 /// One process's file, decoded up to the event records (which are read
 /// lazily, a chunk at a time, by [`crate::merge`]).
 #[derive(Debug)]
@@ -224,6 +272,42 @@ impl ProcessFile {
             .flat_map(|l| &l.chunks)
             .map(|c| c.records as u64)
             .sum()
+    }
+
+    /// The process's losses by thread, as the merge shows them.
+    pub fn losses(&self) -> Losses {
+        let mut lanes: Vec<LaneLoss> = self
+            .lanes
+            .iter()
+            .filter(|(_, l)| l.lost() > 0)
+            .map(|(&lane, l)| LaneLoss {
+                lane,
+                tid: l.tid,
+                name: l.name.clone(),
+                not_recorded: l.not_recorded(),
+                overwritten: l.overwritten,
+            })
+            .collect();
+        lanes.sort_by_key(|l| {
+            (
+                std::cmp::Reverse(l.not_recorded.saturating_add(l.overwritten)),
+                l.lane,
+            )
+        });
+        Losses {
+            lanes,
+            unattributed: self.unattributed_losses(),
+        }
+    }
+
+    /// `lost_events` less what the lanes account for (see
+    /// [`Losses::unattributed`]).
+    pub fn unattributed_losses(&self) -> u64 {
+        let attributed = self
+            .lanes
+            .values()
+            .fold(0u64, |a, l| a.saturating_add(l.lost()));
+        self.lost_events.saturating_sub(attributed)
     }
 
     /// Events recorded in all lanes (enters, exits, instants, counters, flow

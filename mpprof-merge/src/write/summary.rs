@@ -72,6 +72,8 @@ pub struct ProcessSummary {
     pub clean: bool,
     /// Functions, by cumulative time.
     pub funcs: Vec<(FuncKey, FuncStats)>,
+    /// Events the process lost, by thread.
+    pub losses: crate::read::Losses,
 }
 
 /// The whole summary.
@@ -188,6 +190,7 @@ pub fn compute(session: &Session) -> Summary {
             wall_ns: p.end_ns.saturating_sub(p.start_ns),
             clean: p.file.clean,
             funcs,
+            losses: p.file.losses(),
         });
     }
     let mut tree: Vec<_> = tree.into_iter().collect();
@@ -289,6 +292,12 @@ pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<
         let end = if p.clean { "" } else { " [ended abruptly]" };
         header(out, &format!("== {}{end} ==", p.name), &p.funcs, p.wall_ns)?;
         table(out, &p.funcs, limit)?;
+        let l = &p.losses;
+        if !l.lanes.is_empty() || l.unattributed > 0 {
+            writeln!(out)?;
+            writeln!(out, "   Lost events by thread:")?;
+            crate::check::write_losses(out, "     ", l, limit)?;
+        }
     }
     writeln!(out)?;
     critical::write_text(&s.critical_path, s.origin_ns, out, limit)?;
