@@ -597,9 +597,9 @@ fn reuse_current(w: &Writer, r: &'static Recorder, init: &ChunkInit) -> Option<C
 /// events of which lane it holds), to this thread: writes [`Meta::Reused`]
 /// under the metadata lock, then re-initialises the header, then counts
 /// the overwritten events, then writes the replaced header's `lost_before`
-/// (the losses of its lane before the chunk) as [`Meta::Lost`]. `None` (and the chunk untouched) if the entry
-/// could not be stored: without it a reader would split the new content
-/// at the old hand-offs.
+/// (the losses of its lane before the chunk) as [`Meta::Lost`]. `None`
+/// (and the chunk untouched) if the `Reused` entry could not be stored:
+/// without it a reader would split the new content at the old hand-offs.
 ///
 /// A SIGKILL between the entry and the end of the header's
 /// re-initialisation leaves either the old header (the reader sees that
