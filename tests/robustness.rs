@@ -940,9 +940,10 @@ fn hand_offs_without_entries(policy: &str) {
 }
 
 /// Stops this process's buffer file from growing (a soft `RLIMIT_FSIZE` of
-/// its current size; `SIGXFSZ` ignored) until dropped: every chunk claim
-/// fails as on a full disk. Only for a child that records and has not
-/// started threads yet.
+/// its current size, for the whole process; `SIGXFSZ` ignored) until
+/// dropped: every chunk claim fails as on a full disk. For a child that
+/// records with `MPPROF_PREPARE=0` (else the preparer's ready chunks,
+/// reserved before, would still be claimed).
 struct FileCannotGrow(libc::rlimit);
 
 impl FileCannotGrow {
