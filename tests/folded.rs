@@ -3,7 +3,9 @@
 //! each, one process killed with spans open. The writer's totals must equal
 //! those of the plain definition (per exit: the stack's text, self time =
 //! duration minus children), computed here from the merged events; the two
-//! children's identical stacks add up into one line.
+//! children's identical stacks add up into one line. On the same kind of
+//! recording, `Session::events_of` (which the critical path's second pass
+//! uses) yields exactly the selected lanes' part of `Session::events`.
 
 mod common;
 
@@ -121,4 +123,38 @@ fn folded_stacks_add_up_the_self_time_of_every_stack() {
         "{exe};fold_parent;fold:outer;fold_middle;fold_leaf"
     )));
     assert!(got.keys().any(|k| k.ends_with(";dying;fold_leaf")));
+}
+
+#[test]
+fn events_of_yields_the_selected_lanes_part_of_events() {
+    child_role("fold-child", fold_child);
+    child_role("fold-parent", fold_parent);
+    let (_dir, s) = common::record(
+        "events_of_yields_the_selected_lanes_part_of_events",
+        "fold-parent",
+    );
+    let key = |e: &mpprof_merge::Event| format!("{} {} {} {:?}", e.proc, e.lane, e.ts, e.kind);
+    let lanes: Vec<(usize, u32)> = s
+        .processes
+        .iter()
+        .enumerate()
+        .flat_map(|(pi, p)| p.file.lanes.keys().map(move |&l| (pi, l)))
+        .collect();
+    assert!(lanes.len() >= 6, "{lanes:?}");
+    // Every other lane, then each lane alone.
+    let mut picks: Vec<Vec<(usize, u32)>> = vec![lanes.iter().copied().step_by(2).collect()];
+    picks.extend(lanes.iter().map(|&l| vec![l]));
+    for pick in picks {
+        let want: Vec<String> = s
+            .events()
+            .filter(|e| pick.contains(&(e.proc, e.lane)))
+            .map(|e| key(&e))
+            .collect();
+        let got: Vec<String> = s
+            .events_of(|pi, lane| pick.contains(&(pi, lane)))
+            .map(|e| key(&e))
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(got, want, "lanes {pick:?}");
+    }
 }

@@ -292,6 +292,14 @@ impl Session {
 
     /// All events of all processes in time order, streamed.
     pub fn events(&self) -> Events<'_> {
+        self.events_of(|_, _| true)
+    }
+
+    /// The events of the lanes `keep(process index, lane)` selects, in
+    /// time order, streamed: what [`Session::events`] yields for them,
+    /// without reading the other lanes. (Losses no lane accounts for come
+    /// with the process's first lane.)
+    pub fn events_of(&self, keep: impl Fn(usize, u32) -> bool) -> Events<'_> {
         let mut streams = Vec::new();
         for (pi, p) in self.processes.iter().enumerate() {
             // Losses no lane accounts for (a process killed before a thread
@@ -300,13 +308,11 @@ impl Session {
             // its end.
             let mut unattributed = p.file.unattributed_losses();
             for (&lane, l) in &p.file.lanes {
-                streams.push(LaneStream::new(
-                    self,
-                    pi,
-                    lane,
-                    l,
-                    std::mem::take(&mut unattributed),
-                ));
+                let unattributed = std::mem::take(&mut unattributed);
+                if !keep(pi, lane) {
+                    continue;
+                }
+                streams.push(LaneStream::new(self, pi, lane, l, unattributed));
             }
         }
         let mut heads = Vec::with_capacity(streams.len());

@@ -322,9 +322,9 @@ fn walk(
     Some((root, segs, truncated))
 }
 
-/// Second pass: the innermost open span of each segment's lane, over the
-/// segment. Segments are disjoint and in time order, so one cursor walks
-/// them along the merged stream.
+/// Second pass, over the path's lanes only: the innermost open span of each
+/// segment's lane, over the segment. Segments are disjoint and in time
+/// order, so one cursor walks them along the merged stream.
 fn attribute(session: &Session, segs: &[PathSegment]) -> Vec<PathFunc> {
     let on_path: FastSet<(usize, u32)> = segs.iter().map(|s| (s.proc, s.lane)).collect();
     let mut stacks: FastMap<(usize, u32), Vec<u32>> = FastMap::default();
@@ -350,14 +350,13 @@ fn attribute(session: &Session, segs: &[PathSegment]) -> Vec<PathFunc> {
         }
         last = last.max(to);
     };
-    for e in session.events() {
+    // Only the path's lanes: the stacks change only there, so the times
+    // of other lanes' events would only split the intervals.
+    for e in session.events_of(|pi, lane| on_path.contains(&(pi, lane))) {
         if cur >= segs.len() {
             break;
         }
         advance(e.ts, &mut cur, &stacks);
-        if !on_path.contains(&(e.proc, e.lane)) {
-            continue;
-        }
         match e.kind {
             EventKind::Enter { site } => stacks.entry((e.proc, e.lane)).or_default().push(site),
             EventKind::Exit { .. } => {
