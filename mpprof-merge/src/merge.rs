@@ -186,12 +186,13 @@ impl Process {
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     /// A session directory could not be listed.
-    #[error("cannot read session directory {path}: {source}")]
+    #[error("cannot read session directory {path}: {error}")]
     Dir {
         /// The directory.
         path: PathBuf,
-        /// Why.
-        source: std::io::Error,
+        /// Why. (In the message, not the error's `source()`, so that a
+        /// report of the whole chain does not say it twice.)
+        error: std::io::Error,
     },
     /// No usable buffer file.
     #[error("no readable mpprof buffer files (*.mpb) in {0}")]
@@ -230,9 +231,9 @@ impl Session {
                 paths.push(d.to_owned());
                 continue;
             }
-            paths.extend(read::list_session(d).map_err(|source| OpenError::Dir {
+            paths.extend(read::list_session(d).map_err(|error| OpenError::Dir {
                 path: d.to_owned(),
-                source,
+                error,
             })?);
         }
         let mut processes = Vec::new();

@@ -15,12 +15,13 @@ use mpprof::format::{
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     /// I/O error while reading.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The error.
-        source: std::io::Error,
+        /// The error. (In the message, not the error's `source()`, so that
+        /// a report of the whole chain does not say it twice.)
+        error: std::io::Error,
     },
     /// The header is invalid.
     #[error("{path}: {what}")]
@@ -357,9 +358,9 @@ pub(crate) fn read_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Resu
 
 /// Opens and validates a buffer file; decodes its metadata and locates its chunks.
 pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
-    let io = |source| ReadError::Io {
+    let io = |error| ReadError::Io {
         path: path.to_owned(),
-        source,
+        error,
     };
     let bad = |what: String| ReadError::Header {
         path: path.to_owned(),

@@ -86,3 +86,68 @@ fn bad_input_gets_a_clear_error_and_no_output_file() {
     assert_eq!(st.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&st.stderr).contains("cannot create /nonexistent/dir/t.json"));
 }
+
+/// A full disk (`/dev/full`) names the output and says it is incomplete;
+/// a reader that goes away (`| head`) ends the merge quietly; an error's
+/// cause is said once.
+#[test]
+fn full_disks_closed_pipes_and_causes_are_reported_once() {
+    use std::process::Stdio;
+
+    let s = golden_session();
+    let st = bin()
+        .arg(s.path())
+        .args(["--format", "chrome", "-o", "/dev/full"])
+        .output()
+        .unwrap();
+    assert_eq!(st.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(
+        err.contains("cannot write /dev/full (what was written is incomplete)")
+            && err.contains("No space left on device"),
+        "{err}"
+    );
+    for args in [&["summary"][..], &["check"][..]] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let st = bin()
+            .args(args)
+            .arg(s.path())
+            .stdout(full)
+            .output()
+            .unwrap();
+        assert_eq!(st.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&st.stderr);
+        assert!(
+            err.contains("to standard output: No space left"),
+            "{args:?}: {err}"
+        );
+    }
+
+    // Chrome JSON on stdout, whose reader has gone before it is written.
+    let mut child = bin()
+        .arg(s.path())
+        .args(["-o", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let st = bin().arg("/nonexistent/session").output().unwrap();
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}

@@ -498,20 +498,22 @@ pub(crate) fn write_meta(m: &Meta) {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The session directory could not be made or used.
-    #[error("mpprof: cannot use session directory {path}: {source}")]
+    #[error("mpprof: cannot use session directory {path}: {error}")]
     Dir {
         /// The directory.
         path: PathBuf,
-        /// Why.
-        source: io::Error,
+        /// Why. (In the message, not the error's `source()`, so that a
+        /// report of the whole chain does not say it twice.)
+        error: io::Error,
     },
     /// The process file could not be created.
-    #[error("mpprof: cannot create buffer file in {path}: {source}")]
+    #[error("mpprof: cannot create buffer file in {path}: {error}")]
     File {
         /// The directory.
         path: PathBuf,
-        /// Why.
-        source: io::Error,
+        /// Why. (In the message, not the error's `source()`, so that a
+        /// report of the whole chain does not say it twice.)
+        error: io::Error,
     },
 }
 
@@ -568,19 +570,19 @@ pub fn init() -> Result<Session, Error> {
     let (dir, fresh) = match std::env::var_os("MPPROF_DIR") {
         Some(d) if !d.is_empty() => (PathBuf::from(d), false),
         _ => (
-            fresh_session_dir().map_err(|(path, source)| Error::Dir { path, source })?,
+            fresh_session_dir().map_err(|(path, error)| Error::Dir { path, error })?,
             true,
         ),
     };
     if !fresh {
-        check_dir(&dir).map_err(|source| Error::Dir {
+        check_dir(&dir).map_err(|error| Error::Dir {
             path: dir.clone(),
-            source,
+            error,
         })?;
     }
-    start(&dir, true, None).map_err(|source| Error::File {
+    start(&dir, true, None).map_err(|error| Error::File {
         path: dir.clone(),
-        source,
+        error,
     })?;
     eprintln!("mpprof: recording to {}", dir.display());
     Ok(Session { dir: Some(dir) })

@@ -74,11 +74,20 @@ enum Format {
 fn main() -> ExitCode {
     match run() {
         Ok(code) => code,
+        // The reader of our stdout went away (`| head`): nothing to report.
+        Err(e) if broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn open(inputs: &[PathBuf]) -> Result<Session> {
@@ -100,13 +109,15 @@ fn run() -> Result<ExitCode> {
         Some(Cmd::Summary { inputs, limit }) => {
             let s = open(&inputs)?;
             let stdout = std::io::stdout();
-            write::summary::write(&s, &mut stdout.lock(), limit)?;
+            write::summary::write(&s, &mut stdout.lock(), limit)
+                .context("cannot write the summary to standard output")?;
             Ok(ExitCode::SUCCESS)
         }
         Some(Cmd::Check { inputs, strict }) => {
             let s = Session::open(&inputs)?;
             let h = check::check(&s);
-            check::write_text(&h, &mut std::io::stdout().lock())?;
+            check::write_text(&h, &mut std::io::stdout().lock())
+                .context("cannot write the report to standard output")?;
             let bad = h.damaged() || (strict && h.imperfect());
             Ok(if bad {
                 ExitCode::FAILURE
@@ -127,15 +138,23 @@ fn run() -> Result<ExitCode> {
                     .with_context(|| format!("cannot create {}", cli.output.display()))?;
                 Box::new(BufWriter::with_capacity(1 << 20, f))
             };
+            let incomplete = || {
+                let to = if cli.output == Path::new("-") {
+                    "standard output".into()
+                } else {
+                    cli.output.display().to_string()
+                };
+                format!("cannot write {to} (what was written is incomplete)")
+            };
             let stats = with_progress(&s, || match format {
                 Format::Chrome => write::chrome::write(&s, &mut out),
                 Format::Summary => write::summary::write(&s, &mut out, cli.limit).map(|s| s.stats),
                 Format::Folded => write::folded::write(&s, &mut out),
                 Format::Svg => write::folded::write_svg(&s, &mut out),
                 Format::Perfetto => write::perfetto::write(&s, &mut out),
-            })?;
-            out.flush()
-                .with_context(|| format!("cannot write {}", cli.output.display()))?;
+            })
+            .with_context(incomplete)?;
+            out.flush().with_context(incomplete)?;
             if cli.output != Path::new("-") {
                 eprintln!(
                     "wrote {} ({} processes, {} events{})",
