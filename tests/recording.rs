@@ -388,3 +388,44 @@ fn without_a_session_nothing_is_written() {
         "MPPROF=off writes nothing"
     );
 }
+
+/// The preparer (the helper thread that reserves chunks ahead) runs at the
+/// lowest normal priority, so it never preempts the application's threads.
+#[test]
+fn the_preparer_yields_to_the_applications_threads() {
+    child_role("preparer", || {
+        fact(5);
+        // The preparer starts on the first chunk claim; give it a moment.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let nice = std::fs::read_dir("/proc/self/task").unwrap().find_map(|t| {
+                let t = t.unwrap().path();
+                let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                if comm.trim() != "mpprof-prepare" {
+                    return None;
+                }
+                // stat: "pid (comm) state ..."; nice is field 19.
+                let stat = std::fs::read_to_string(t.join("stat")).ok()?;
+                let rest = &stat[stat.rfind(')')? + 2..];
+                rest.split(' ').nth(16)?.parse::<i32>().ok()
+            });
+            match nice {
+                Some(19) => return,
+                Some(n) => panic!("the preparer runs at nice {n}"),
+                None if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                None => panic!("no mpprof-prepare thread"),
+            }
+        }
+    });
+    let dir = common::session_dir();
+    let st = common::self_command(
+        "the_preparer_yields_to_the_applications_threads",
+        "preparer",
+        dir.path(),
+    )
+    .status()
+    .unwrap();
+    assert!(st.success());
+}
