@@ -837,6 +837,8 @@ fn main() {
     std::fs::create_dir(&last).expect("session dir");
     std::env::set_var("MPPROF_DIR", &last);
     std::env::set_var("MPPROF_BUFFER_MB", "1");
+    // Explicit: a small budget would otherwise get smaller chunks.
+    std::env::set_var("MPPROF_CHUNK_KB", "256");
     std::env::set_var("MPPROF_OVERFLOW", "keep-last");
     let session = mpprof::init().expect("mpprof::init");
     let mut g = c.benchmark_group("mpprof");

@@ -85,6 +85,8 @@ fn start(dir: &std::path::Path, policy: &str, budget_mb: &str) -> mpprof::Sessio
     std::fs::create_dir(dir).expect("session dir");
     std::env::set_var("MPPROF_DIR", dir);
     std::env::set_var("MPPROF_BUFFER_MB", budget_mb);
+    // Explicit: a small budget would otherwise get smaller chunks.
+    std::env::set_var("MPPROF_CHUNK_KB", "256");
     std::env::set_var("MPPROF_OVERFLOW", policy);
     mpprof::init().expect("mpprof::init")
 }

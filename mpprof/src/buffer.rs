@@ -30,10 +30,35 @@ pub struct Config {
 /// of the budget, so names can still be written after the events ran out.
 pub const META_RESERVE: u32 = 2;
 
+/// Slots a budget should hold when the chunk size is the default: a budget
+/// too small for that many default chunks gets smaller chunks (see
+/// [`Config::from_env`]), so that several threads, and a flight recorder's
+/// history, have chunks to work with.
+pub const MIN_SLOTS: u64 = 16;
+
+/// The chunk size and the budget in slots, for a budget of `budget` bytes
+/// and a chunk size `chunk` (given explicitly or the default): see
+/// [`Config::from_env`].
+fn sizes(budget: u64, mut chunk: u32, explicit: bool) -> (u32, u32) {
+    if !explicit {
+        while budget / (chunk as u64) < MIN_SLOTS && chunk / 2 >= format::MIN_CHUNK_SIZE {
+            chunk /= 2;
+        }
+    }
+    let slots = (budget / chunk as u64).clamp(META_RESERVE as u64 + 2, u32::MAX as u64 / 2);
+    (chunk, slots as u32)
+}
+
 impl Config {
     /// Reads `MPPROF_BUFFER_MB` (default 64), `MPPROF_CHUNK_KB` (default
     /// 256) and `MPPROF_OVERFLOW` (`keep-first`, default, or `keep-last`).
     /// Invalid values fall back to the default with a warning.
+    ///
+    /// Without `MPPROF_CHUNK_KB`, a budget that holds fewer than
+    /// [`MIN_SLOTS`] default chunks gets chunks halved until it holds that
+    /// many (1 MiB: 64 KiB chunks). A chunk size given explicitly is kept;
+    /// if the budget then holds fewer than the 4 slots a file needs, the
+    /// file gets 4 and a warning says it outgrows the budget.
     pub fn from_env() -> Config {
         fn num(var: &str, default: u64, min: u64, max: u64) -> u64 {
             match std::env::var(var) {
@@ -55,10 +80,17 @@ impl Config {
             (format::MIN_CHUNK_SIZE / 1024) as u64,
             (format::MAX_CHUNK_SIZE / 1024) as u64,
         );
-        let chunk_size = (chunk_kb * 1024) as u32;
         let budget_mb = num("MPPROF_BUFFER_MB", 64, 1, 1 << 20);
-        let max_chunks = ((budget_mb << 20) / chunk_size as u64)
-            .clamp(META_RESERVE as u64 + 2, u32::MAX as u64 / 2) as u32;
+        let explicit = std::env::var_os("MPPROF_CHUNK_KB").is_some();
+        let (chunk_size, max_chunks) = sizes(budget_mb << 20, (chunk_kb * 1024) as u32, explicit);
+        if (max_chunks as u64) * chunk_size as u64 > budget_mb << 20 {
+            crate::warn(format_args!(
+                "MPPROF_BUFFER_MB={budget_mb} holds fewer than {} chunks of MPPROF_CHUNK_KB={chunk_kb}; \
+                 the buffer file may grow to {} KiB",
+                META_RESERVE + 2,
+                max_chunks as u64 * chunk_kb
+            ));
+        }
         let policy = match std::env::var("MPPROF_OVERFLOW").as_deref() {
             Err(_) | Ok("keep-first") => Policy::KeepFirst,
             Ok("keep-last") => Policy::KeepLast,
@@ -595,6 +627,25 @@ mod tests {
 
     use super::*;
     use crate::format::word;
+
+    #[test]
+    fn small_budgets_get_smaller_default_chunks() {
+        const MIB: u64 = 1 << 20;
+        let d = format::DEFAULT_CHUNK_SIZE;
+        // The default: 64 MiB of 256 KiB chunks.
+        assert_eq!(sizes(64 * MIB, d, false), (d, 256));
+        assert_eq!(sizes(4 * MIB, d, false), (d, 16));
+        // Smaller budgets: halved until 16 slots fit.
+        assert_eq!(sizes(2 * MIB, d, false), (128 * 1024, 16));
+        assert_eq!(sizes(MIB, d, false), (64 * 1024, 16));
+        // A chunk size the user chose is kept; at least 4 slots.
+        assert_eq!(sizes(MIB, d, true), (d, 4));
+        assert_eq!(sizes(MIB, 1024 * 1024, true), (1024 * 1024, 4));
+        assert_eq!(sizes(MIB, 64 * 1024, true), (64 * 1024, 16));
+        // Never below the smallest chunk.
+        let (c, n) = sizes(MIB, format::MIN_CHUNK_SIZE * 2, false);
+        assert_eq!((c, n), (format::MIN_CHUNK_SIZE * 2, 128));
+    }
 
     /// The test word for record `i`.
     fn test_word(i: u32) -> u64 {
