@@ -208,6 +208,18 @@ fn handmade(
     f
 }
 
+/// The callsite (id 1, an instant named "tick") of the hand-made files.
+fn tick_site() -> mpprof::format::Meta {
+    mpprof::format::Meta::Callsite {
+        id: 1,
+        kind: mpprof::format::SiteKind::Event,
+        name: "tick".into(),
+        path: "t::tick".into(),
+        file: "t.rs".into(),
+        line: 1,
+    }
+}
+
 /// `Meta::Reused` retires the hand-offs of the slot's old content, and
 /// counts what it overwrote against the lanes that wrote it, but only once
 /// the chunk header shows that the reuse happened: a writer killed between
@@ -215,17 +227,10 @@ fn handmade(
 /// it was written.
 #[test]
 fn reused_chunks_drop_their_old_hand_offs_once_the_header_shows_the_reuse() {
-    use mpprof::format::{kind, word, Handoff, Meta, Reused, SiteKind};
+    use mpprof::format::{kind, word, Handoff, Meta, Reused};
     let base = |ts: u64| [word::site_kind(0, kind::BASE), ts];
     let instant = |ts: u64| word::new(ts, word::site_kind(1, kind::INSTANT));
-    let mut meta = vec![Meta::Callsite {
-        id: 1,
-        kind: SiteKind::Event,
-        name: "tick".into(),
-        path: "t::tick".into(),
-        file: "t.rs".into(),
-        line: 1,
-    }];
+    let mut meta = vec![tick_site()];
     for lane in 1..=5 {
         meta.push(Meta::Thread {
             lane,
@@ -373,7 +378,7 @@ fn append_raw_meta(f: &mut [u8], entry: &[u8]) {
 /// of a kind this reader does not know is a warning, never a panic.
 #[test]
 fn lost_entries_give_losses_to_their_lanes() {
-    use mpprof::format::{header, kind, word, Meta, SiteKind};
+    use mpprof::format::{header, kind, word, Meta};
     use mpprof_merge::EventKind;
     let lost = |lane, name: &str, ts, events| {
         Meta::Lost(mpprof::format::Lost {
@@ -385,14 +390,7 @@ fn lost_entries_give_losses_to_their_lanes() {
         })
     };
     let meta = vec![
-        Meta::Callsite {
-            id: 1,
-            kind: SiteKind::Event,
-            name: "tick".into(),
-            path: "t::tick".into(),
-            file: "t.rs".into(),
-            line: 1,
-        },
+        tick_site(),
         Meta::Thread {
             lane: 1,
             tid: 101,

@@ -978,6 +978,16 @@ impl Drop for FileCannotGrow {
     }
 }
 
+/// Events the loss markers (lane, count, overwritten) put on `lane` as
+/// lost, not overwritten.
+fn lost_on(markers: &[(u32, u64, bool)], lane: u32) -> u64 {
+    markers
+        .iter()
+        .filter(|m| m.0 == lane && !m.2)
+        .map(|m| m.1)
+        .sum()
+}
+
 /// For each thread `(name, events made)`: the events kept on its lane plus
 /// the losses the merge shows there (markers) are exactly what it made, and
 /// the process's losses are all on the lanes of the threads that lost them.
@@ -1078,11 +1088,7 @@ fn keep_last_keeps_the_losses_of_a_chunk_it_overwrites_on_its_lane() {
     let regrow = lane_named(&s, "regrow", &[]);
     // The thread overwrote its first chunk, and shows what it lost before it.
     assert!(f.lanes[&regrow].overwritten > 0);
-    let lost: u64 = markers
-        .iter()
-        .filter(|m| m.0 == regrow && !m.2)
-        .map(|m| m.1)
-        .sum();
+    let lost = lost_on(&markers, regrow);
     assert_eq!(lost, lost_while_full, "markers {markers:?}");
     let h = mpprof_merge::check::check(&s);
     assert!(!h.damaged(), "{:?}", h.processes[0].warnings);
@@ -1388,11 +1394,7 @@ fn keep_last_keeps_the_losses_of_a_chunk_another_thread_overwrites_on_their_lane
         );
         let markers = assert_every_thread_accounts_for_its_events(&s, &made);
         let lane = lane_named(&s, who, &made);
-        let lost_markers: u64 = markers
-            .iter()
-            .filter(|m| m.0 == lane && !m.2)
-            .map(|m| m.1)
-            .sum();
+        let lost_markers = lost_on(&markers, lane);
         assert_eq!(lost_markers, lost, "{role}: {who}'s markers {markers:?}");
         let h = mpprof_merge::check::check(&s);
         assert!(!h.damaged(), "{role}: {:?}", h.processes[0].warnings);
