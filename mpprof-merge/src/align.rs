@@ -238,6 +238,7 @@ pub mod domains {
     use mpprof::format::kind;
     use mpprof::FlowId;
 
+    use super::round_i64;
     use crate::merge::Process;
     use crate::read;
 
@@ -328,7 +329,7 @@ pub mod domains {
             .file
             .anchors
             .iter()
-            .map(|a| a.real_ns as i64 - a.mono_ns as i64)
+            .map(|a| (a.real_ns as i64).saturating_sub(a.mono_ns as i64))
             .collect();
         v.sort_unstable();
         v.get(v.len() / 2).copied()
@@ -404,11 +405,13 @@ pub mod domains {
     ) -> Option<(f64, i64)> {
         let mut upper = Vec::new();
         let mut lower = Vec::new();
+        // Saturating: the times come from untrusted files (found by
+        // fuzzing: `fuzz/corpus/session/crash-drift-overflow`).
         for &(a, s, b, r) in pairs {
             if a == d && b == 0 {
-                upper.push((s, r - s - lat));
+                upper.push((s, r.saturating_sub(s).saturating_sub(lat)));
             } else if a == 0 && b == d {
-                lower.push((r, s - r + lat));
+                lower.push((r, s.saturating_sub(r).saturating_add(lat)));
             }
         }
         if upper.is_empty() || lower.is_empty() {
@@ -417,13 +420,13 @@ pub mod domains {
         let x0 = upper.iter().chain(&lower).map(|p| p.0).min()?;
         let x1 = upper.iter().chain(&lower).map(|p| p.0).max()?;
         let width = |rate: f64| {
-            let at = |&(x, v): &(i64, i64)| v as f64 - rate * (x - x0) as f64;
+            let at = |&(x, v): &(i64, i64)| v as f64 - rate * (x as f64 - x0 as f64);
             let hi = upper.iter().map(at).fold(f64::INFINITY, f64::min);
             let lo = lower.iter().map(at).fold(f64::NEG_INFINITY, f64::max);
             hi - lo
         };
         let constant = width(0.0);
-        if constant >= 0.0 && x1 - x0 < DRIFT_MIN_SPAN_NS {
+        if constant >= 0.0 && x1.saturating_sub(x0) < DRIFT_MIN_SPAN_NS {
             return None;
         }
         let (mut lo, mut hi) = (-1e-3, 1e-3);
@@ -505,7 +508,7 @@ pub mod domains {
             .collect();
         let rt_est: Vec<i64> = (0..n)
             .map(|d| match (rt[d], rt[0]) {
-                (Some(a), Some(b)) => a - b,
+                (Some(a), Some(b)) => a.saturating_sub(b),
                 _ => 0,
             })
             .collect();
@@ -531,7 +534,9 @@ pub mod domains {
         let violations_in = |pairs: &[(usize, i64, usize, i64)], o: &[i64]| {
             pairs
                 .iter()
-                .filter(|&&(a, s, b, r)| r + o[b] < s + o[a])
+                .filter(|&&(a, s, b, r)| {
+                    i128::from(r) + i128::from(o[b]) < i128::from(s) + i128::from(o[a])
+                })
                 .count() as u64
         };
         let before = violations_in(&pairs, &rt_est);
@@ -549,7 +554,7 @@ pub mod domains {
             })
             .collect();
         let correct = |d: usize, t: i64| match drift[d] {
-            Some((rate, x0)) => t + ((t - x0) as f64 * rate).round() as i64,
+            Some((rate, x0)) => t.saturating_add(round_i64((t as f64 - x0 as f64) * rate)),
             None => t,
         };
         let pairs: Vec<(usize, i64, usize, i64)> = pairs
@@ -561,7 +566,7 @@ pub mod domains {
         let build = |lat: i64| {
             let mut w: Vec<Vec<Option<i64>>> = vec![vec![None; n]; n];
             for &(a, s, b, r) in &pairs {
-                let c = r - s - lat;
+                let c = r.saturating_sub(s).saturating_sub(lat);
                 let e = &mut w[b][a];
                 *e = Some(e.map_or(c, |x: i64| x.min(c)));
             }
@@ -595,9 +600,12 @@ pub mod domains {
                 if let Some(sp) = shortest(&w) {
                     // x_d - x_0 <= dist(0 -> d);  x_0 - x_d <= dist(d -> 0).
                     upper = sp[0][d];
-                    lower = sp[d][0].map(|x| -x);
+                    lower = sp[d][0].map(i64::saturating_neg);
                     (v, quality) = match (lower, upper) {
-                        (Some(lo), Some(hi)) => (lo + (hi - lo) / 2, Quality::TwoSided),
+                        (Some(lo), Some(hi)) => (
+                            lo.saturating_add(hi.saturating_sub(lo) / 2),
+                            Quality::TwoSided,
+                        ),
                         (Some(lo), None) => (v.max(lo), Quality::OneSided),
                         (None, Some(hi)) => (v.min(hi), Quality::OneSided),
                         (None, None) => (v, Quality::RealtimeOnly),
@@ -605,7 +613,7 @@ pub mod domains {
                 }
                 // Fix x_d = x_0 + v for the domains still to come.
                 w[0][d] = Some(w[0][d].map_or(v, |x| x.min(v)));
-                w[d][0] = Some(w[d][0].map_or(-v, |x| x.min(-v)));
+                w[d][0] = Some(w[d][0].map_or(v.saturating_neg(), |x| x.min(v.saturating_neg())));
             }
             offsets[d] = v;
             reports.push(DomainReport {

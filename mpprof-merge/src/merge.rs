@@ -176,7 +176,7 @@ impl Process {
         let rate = if self.drift == 0.0 {
             0
         } else {
-            crate::align::round_i64((local - self.drift_origin_ns) as f64 * self.drift)
+            crate::align::round_i64((local as f64 - self.drift_origin_ns as f64) * self.drift)
         };
         local.saturating_add(rate).saturating_add(self.offset_ns)
     }
