@@ -101,11 +101,7 @@ pub fn check(session: &Session) -> Health {
     let mut recvs: Vec<(FlowId, i64)> = Vec::new();
     // `mpprof::wait` receives a flow that starts at the child's last event
     // (no send is recorded; one that no parent waited for is no defect).
-    let exits: HashMap<FlowId, i64> = session
-        .processes
-        .iter()
-        .filter_map(|p| Some((p.file.info.as_ref()?.parent_flow?.child_exit(), p.end_ns)))
-        .collect();
+    let exits = crate::write::child_exits(session);
     let mut events = session.events();
     for e in events.by_ref() {
         match e.kind {
@@ -187,7 +183,7 @@ pub fn check(session: &Session) -> Health {
         match sends
             .get(flow)
             .map(|s| s.0)
-            .or_else(|| exits.get(flow).copied())
+            .or_else(|| exits.get(flow).map(|&(_, _, end)| end))
         {
             Some(s) => {
                 matched += 1;
