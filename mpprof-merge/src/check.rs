@@ -254,10 +254,7 @@ pub(crate) fn write_losses(
     }
     if losses.lanes.len() > limit {
         let rest = &losses.lanes[limit..];
-        let events = rest.iter().fold(0u64, |a, l| {
-            a.saturating_add(l.not_recorded)
-                .saturating_add(l.overwritten)
-        });
+        let events = rest.iter().fold(0u64, |a, l| a.saturating_add(l.total()));
         writeln!(
             out,
             "{indent}... {} more threads: {events} events",

@@ -177,6 +177,19 @@ impl Lane {
     pub fn lost(&self) -> u64 {
         self.not_recorded().saturating_add(self.overwritten)
     }
+
+    /// Counts `events` the metadata says this lane (thread `tid`) lost, up
+    /// to the time `until` when known.
+    fn note_lost(&mut self, tid: u32, events: u64, until: Option<u64>) {
+        if self.tid == 0 {
+            self.tid = tid;
+        }
+        // Saturating: the counts are untrusted.
+        self.lost_noted = self.lost_noted.saturating_add(events);
+        if let Some(ts) = until {
+            self.lost_noted_until = Some(self.lost_noted_until.map_or(ts, |t| t.max(ts)));
+        }
+    }
 }
 
 /// What one thread lost (see [`ProcessFile::losses`]).
@@ -192,6 +205,13 @@ pub struct LaneLoss {
     pub not_recorded: u64,
     /// Events the flight recorder overwrote ([`Lane::overwritten`]).
     pub overwritten: u64,
+}
+
+impl LaneLoss {
+    /// All of them: not recorded, or overwritten.
+    pub fn total(&self) -> u64 {
+        self.not_recorded.saturating_add(self.overwritten)
+    }
 }
 
 /// A process's losses by thread (see [`ProcessFile::losses`]).
@@ -289,12 +309,7 @@ impl ProcessFile {
                 overwritten: l.overwritten,
             })
             .collect();
-        lanes.sort_by_key(|l| {
-            (
-                std::cmp::Reverse(l.not_recorded.saturating_add(l.overwritten)),
-                l.lane,
-            )
-        });
+        lanes.sort_by_key(|l| (std::cmp::Reverse(l.total()), l.lane));
         Losses {
             lanes,
             unattributed: self.unattributed_losses(),
@@ -739,15 +754,11 @@ fn split_handoffs(
         if h.lost_before == 0 {
             continue;
         }
-        let l = pf.lanes.entry(h.lane).or_default();
-        if l.tid == 0 {
-            l.tid = h.tid;
-        }
-        // Saturating: the counts are untrusted.
-        l.lost_noted = l.lost_noted.saturating_add(h.lost_before);
-        if let Some(&ts) = reused_at.get(&h.slot) {
-            l.lost_noted_until = Some(l.lost_noted_until.map_or(ts, |t| t.max(ts)));
-        }
+        pf.lanes.entry(h.lane).or_default().note_lost(
+            h.tid,
+            h.lost_before,
+            reused_at.get(&h.slot).copied(),
+        );
     }
     let mut handoffs: Vec<Handoff> = current.into_iter().map(|(_, h)| h).collect();
     handoffs.sort_by_key(|h| (h.slot, h.start));
@@ -862,15 +873,10 @@ fn decode_meta(
                     ));
                 } else {
                     let l = pf.lanes.entry(lane).or_default();
-                    if l.tid == 0 {
-                        l.tid = tid;
-                    }
                     if l.name.is_empty() {
                         l.name = thread;
                     }
-                    // Saturating: the counts are untrusted.
-                    l.lost_noted = l.lost_noted.saturating_add(events);
-                    l.lost_noted_until = Some(l.lost_noted_until.map_or(ts, |t| t.max(ts)));
+                    l.note_lost(tid, events, Some(ts));
                 }
             }
             Err(e) => {
