@@ -33,8 +33,8 @@ fn expected_sum() -> u64 {
     (0..CALLS).fold(0u64, |a, i| a.wrapping_add(i.wrapping_mul(31)))
 }
 
-fn run(role: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> Output {
-    let mut c = self_command("overflow_policies_count_every_lost_event", role, dir);
+/// Runs the child `c` with `env` added and checks it exited successfully.
+fn succeed(mut c: std::process::Command, env: &[(&str, &str)]) -> Output {
     for (k, v) in env {
         c.env(k, v);
     }
@@ -44,6 +44,12 @@ fn run(role: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> Output {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+fn run(role: &str, dir: &std::path::Path, env: &[(&str, &str)]) -> Output {
+    let c = self_command("overflow_policies_count_every_lost_event", role, dir);
+    let out = succeed(c, env);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(&format!("sum={}", expected_sum())),
@@ -147,17 +153,12 @@ fn a_file_that_cannot_grow_costs_events_not_the_application() {
         work();
     });
     let dir = session_dir();
-    let mut c = self_command(
+    let c = self_command(
         "a_file_that_cannot_grow_costs_events_not_the_application",
         "fsize",
         dir.path(),
     );
-    let out = c.env("MPPROF_CHUNK_KB", "64").output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeed(c, &[("MPPROF_CHUNK_KB", "64")]);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("sum={}", expected_sum())));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -830,15 +831,7 @@ fn record_small_with(
     c.env("MPPROF_OVERFLOW", policy)
         .env("MPPROF_BUFFER_MB", "1")
         .env("MPPROF_CHUNK_KB", "64");
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(c, env);
     let s = Session::open(&[dir.path()]).unwrap();
     assert_eq!(s.processes.len(), 1);
     (dir, s)
