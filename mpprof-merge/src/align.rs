@@ -3,7 +3,7 @@
 //! its own mapping from record timestamps to CLOCK_MONOTONIC, fitted from
 //! its anchors.
 
-use mpprof::format::{Anchor, ClockKind, ProcessInfo};
+use mpprof_format::{Anchor, ClockKind, ProcessInfo};
 
 /// Maps a process's record timestamps to CLOCK_MONOTONIC nanoseconds:
 /// `mono = mono0 + (ts - ts0) * ns_per_tick`.
@@ -203,7 +203,7 @@ mod tests {
             time_ns: 0,
             clock: ClockKind::Tsc,
             clock_hz: 2e9,
-            policy: mpprof::format::Policy::KeepFirst,
+            policy: mpprof_format::Policy::KeepFirst,
         };
         let m = ClockMap::fit(Some(&info), &[a(100, 1000), a(120, 1011)]);
         assert_eq!(m.method, FitMethod::Estimate);
@@ -235,8 +235,8 @@ mod tests {
 pub mod domains {
     use std::collections::HashMap;
 
-    use mpprof::format::kind;
-    use mpprof::FlowId;
+    use mpprof_format::kind;
+    use mpprof_format::FlowId;
 
     use super::round_i64;
     use crate::merge::Process;

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use mpprof::FlowId;
+use mpprof_format::{flow_name, FlowId};
 
 use crate::align::FitMethod;
 use crate::merge::{EventKind, MergeStats, Session};
@@ -106,7 +106,7 @@ pub fn check(session: &Session) -> Health {
     for e in events.by_ref() {
         match e.kind {
             EventKind::FlowOut { flow, site } => {
-                let fork = session.processes[e.proc].site_name(site) == "fork";
+                let fork = session.processes[e.proc].site_name(site) == flow_name::FORK;
                 sends.insert(flow, (e.ts, fork));
             }
             EventKind::FlowIn { flow, .. } => recvs.push((flow, e.ts)),

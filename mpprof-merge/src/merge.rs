@@ -12,8 +12,8 @@ use std::collections::BinaryHeap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mpprof::format::{kind, SiteKind};
-use mpprof::FlowId;
+use mpprof_format::FlowId;
+use mpprof_format::{kind, SiteKind};
 
 use crate::align::ClockMap;
 use crate::read::{self, ChunkRef, ProcessFile, RawEvent, RecordReader, Site};
@@ -561,7 +561,7 @@ impl<'a> LaneStream<'a> {
             self.last_ts = ts;
             let flow = || {
                 let p = r.payload.unwrap_or_default();
-                FlowId::from_parts(p[0], p[1])
+                FlowId::from_payload(p)
             };
             let kind = match r.kind {
                 kind::ENTER => {

@@ -7,8 +7,9 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use mpprof::format::{
-    self, chunk, header, kind, word, Anchor, Lost, Meta, Policy, ProcessInfo, SiteKind,
+use mpprof_format::{
+    self as format, header, kind, word, Anchor, EntryError, Lost, Meta, Policy, ProcessInfo,
+    SiteKind,
 };
 
 /// Errors that make a file unreadable as a whole.
@@ -60,7 +61,7 @@ pub struct Site {
 
 /// [`Meta::Handoff`] (a thread continued another, finished thread's chunk
 /// from record `start`) and [`Meta::Reused`] entries, as decoded.
-pub use mpprof::format::{Handoff, Reused};
+pub use mpprof_format::{Handoff, Reused};
 
 /// The flight recorder gave a chunk that other threads wrote to another
 /// thread: a [`Meta::Reused`] entry, and whether it took effect.
@@ -347,9 +348,6 @@ impl ProcessFile {
     }
 }
 
-fn le_u16(b: &[u8], off: usize) -> u16 {
-    u16::from_le_bytes([b[off], b[off + 1]])
-}
 fn le_u32(b: &[u8], off: usize) -> u32 {
     u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
 }
@@ -385,16 +383,16 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
     let file_len = file.metadata().map_err(io)?.len();
     let mut h = vec![0u8; format::HEADER_SIZE as usize];
     let got = read_at(&file, &mut h, 0).map_err(io)?;
-    if got < header::END {
+    let Some(fh) = format::FileHeader::decode(&h[..got]) else {
         return Err(bad(format!(
             "file is {file_len} bytes, shorter than the {}-byte header: truncated or not an mpprof buffer",
             header::END
         )));
-    }
-    if h[header::MAGIC..header::MAGIC + 8] != format::MAGIC {
+    };
+    if fh.magic != format::MAGIC {
         return Err(bad("field `magic`: not an mpprof buffer file".into()));
     }
-    let version = le_u32(&h, header::VERSION);
+    let version = fh.version;
     if version > format::FORMAT_VERSION {
         return Err(ReadError::NewerFormat {
             path: path.to_owned(),
@@ -405,13 +403,13 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
     if version == 0 {
         return Err(bad("field `version` is 0".into()));
     }
-    let pid = le_u32(&h, header::PID);
+    let pid = fh.pid;
     let bad_field = |field: &str, v: u64, want: String| {
         bad(format!(
             "process {pid}: field `{field}` is {v}, expected {want}"
         ))
     };
-    let header_size = le_u32(&h, header::HEADER_SIZE) as u64;
+    let header_size = fh.header_size as u64;
     if header_size != format::HEADER_SIZE {
         return Err(bad_field(
             "header_size",
@@ -421,7 +419,7 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
     }
     let layout = Layout::of_version(version);
     let unit = layout.unit();
-    let rec_size = le_u16(&h, header::RECORD_SIZE) as u32;
+    let rec_size = fh.record_size as u32;
     if rec_size != unit {
         return Err(bad_field(
             "record_size",
@@ -429,7 +427,7 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
             format!("{unit} in a format {version} file"),
         ));
     }
-    let ch_size = le_u16(&h, header::CHUNK_HEADER_SIZE) as u32;
+    let ch_size = fh.chunk_header_size as u32;
     if ch_size != format::CHUNK_HEADER_SIZE {
         return Err(bad_field(
             "chunk_header_size",
@@ -437,7 +435,7 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
             format::CHUNK_HEADER_SIZE.to_string(),
         ));
     }
-    let chunk_size = le_u32(&h, header::CHUNK_SIZE);
+    let chunk_size = fh.chunk_size;
     if !(format::MIN_CHUNK_SIZE..=format::MAX_CHUNK_SIZE).contains(&chunk_size)
         || chunk_size % 16 != 0
     {
@@ -451,20 +449,20 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
             ),
         ));
     }
-    let max_chunks = le_u32(&h, header::MAX_CHUNKS);
-    let next_chunk = le_u32(&h, header::NEXT_CHUNK);
+    let max_chunks = fh.max_chunks;
+    let next_chunk = fh.next_chunk;
     let mut pf = ProcessFile {
         path: path.to_owned(),
         file,
         info: None,
         pid,
         version,
-        uid: le_u64(&h, header::PROCESS_UID),
-        clean: le_u32(&h, header::STATE) == format::STATE_FINISHED,
-        policy: Policy::from_u32(le_u32(&h, header::POLICY)),
-        lost_events: le_u64(&h, header::LOST_EVENTS),
-        lost_chunks: le_u64(&h, header::LOST_CHUNKS),
-        lost_meta: le_u32(&h, header::LOST_META),
+        uid: fh.process_uid,
+        clean: fh.state == format::STATE_FINISHED,
+        policy: Policy::from_u32(fh.policy),
+        lost_events: fh.lost_events,
+        lost_chunks: fh.lost_chunks,
+        lost_meta: fh.lost_meta,
         sites: BTreeMap::new(),
         lanes: BTreeMap::new(),
         anchors: Vec::new(),
@@ -477,7 +475,7 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
     if pf.policy.is_none() {
         pf.warnings.push(format!(
             "{name}: field `policy` has unknown value {}",
-            le_u32(&h, header::POLICY)
+            fh.policy
         ));
     }
     // Slots that can hold a chunk: claimed, within the budget, and (at least
@@ -506,16 +504,19 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
     for slot in 0..slots {
         let off = format::HEADER_SIZE + slot * chunk_size as u64;
         let got = read_at(&pf.file, &mut ch, off).map_err(io)?;
-        if got < chunk::END || le_u32(&ch, chunk::MAGIC) != format::CHUNK_MAGIC {
+        let Some(hd) = format::ChunkHeader::decode(&ch[..got]) else {
+            continue; // cut off by the end of the file
+        };
+        if hd.magic != format::CHUNK_MAGIC {
             continue; // never claimed, or its disk reservation failed
         }
         let data = off + format::CHUNK_HEADER_SIZE as u64;
         // Bytes of this chunk actually present in the file.
         let present = file_len.saturating_sub(data).min(cap_bytes as u64) as u32;
-        let committed = le_u32(&ch, chunk::COMMITTED);
-        let lane = le_u32(&ch, chunk::LANE);
-        let seq = le_u32(&ch, chunk::SEQ);
-        match le_u16(&ch, chunk::KIND) {
+        let committed = hd.committed;
+        let lane = hd.lane;
+        let seq = hd.seq;
+        match hd.kind {
             format::CHUNK_META => {
                 let mut bytes = committed;
                 if bytes > cap_bytes {
@@ -548,13 +549,13 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
                     records = present / unit;
                 }
                 if records < cap_records && !pf.clean {
-                    let reused = le_u64(&ch, chunk::OVERWRITTEN) > 0;
+                    let reused = hd.overwritten > 0;
                     torn_candidates.push((event_chunks.len(), reused));
                 }
-                let tid = le_u32(&ch, chunk::TID);
-                let lost_before = le_u64(&ch, chunk::LOST_BEFORE);
-                let overwritten = le_u64(&ch, chunk::OVERWRITTEN);
-                let lost_after = le_u64(&ch, chunk::LOST_AFTER);
+                let tid = hd.tid;
+                let lost_before = hd.lost_before;
+                let overwritten = hd.overwritten;
+                let lost_after = hd.lost_after;
                 event_chunks.push((
                     slot as u32,
                     lane,
@@ -803,29 +804,9 @@ fn split_handoffs(
     }
 }
 
-fn decode_meta(
-    pf: &mut ProcessFile,
-    mut b: &[u8],
-    seq: u32,
-    name: &str,
-    reuse_at: &mut Vec<usize>,
-) {
-    while !b.is_empty() {
-        if b.len() < format::META_LEN_SIZE {
-            pf.warnings.push(format!(
-                "{name}: metadata chunk {seq}: {} stray bytes at the end",
-                b.len()
-            ));
-            return;
-        }
-        let len = le_u32(b, 0) as usize;
-        let Some(entry) = b.get(format::META_LEN_SIZE..format::META_LEN_SIZE + len) else {
-            pf.warnings.push(format!(
-                "{name}: metadata chunk {seq}: entry length {len} runs past the committed bytes; rest of the chunk skipped"
-            ));
-            return;
-        };
-        match postcard::from_bytes::<Meta>(entry) {
+fn decode_meta(pf: &mut ProcessFile, b: &[u8], seq: u32, name: &str, reuse_at: &mut Vec<usize>) {
+    for entry in format::Entries::new(b) {
+        match entry {
             Ok(Meta::Process(info)) => pf.info = Some(info),
             Ok(Meta::Callsite {
                 id,
@@ -879,21 +860,20 @@ fn decode_meta(
                     l.note_lost(tid, events, Some(ts));
                 }
             }
-            Err(e) => {
-                // postcard starts an enum with its variant index (a varint:
-                // one byte below 128).
-                let what = match entry.first() {
-                    Some(&v) if (v as u32) >= Meta::VARIANTS => format!(
-                        "entry of unknown kind {v} (this reader knows {}; a newer writer?)",
-                        Meta::VARIANTS
-                    ),
-                    _ => format!("undecodable entry ({e})"),
-                };
-                pf.warnings
-                    .push(format!("{name}: metadata chunk {seq}: {what}; skipped"));
-            }
+            Err(EntryError::Stray { bytes }) => pf.warnings.push(format!(
+                "{name}: metadata chunk {seq}: {bytes} stray bytes at the end"
+            )),
+            Err(EntryError::Overrun { len }) => pf.warnings.push(format!(
+                "{name}: metadata chunk {seq}: entry length {len} runs past the committed bytes; rest of the chunk skipped"
+            )),
+            Err(EntryError::Unknown { variant }) => pf.warnings.push(format!(
+                "{name}: metadata chunk {seq}: entry of unknown kind {variant} (this reader knows {}; a newer writer?); skipped",
+                Meta::VARIANTS
+            )),
+            Err(EntryError::Undecodable(e)) => pf.warnings.push(format!(
+                "{name}: metadata chunk {seq}: undecodable entry ({e}); skipped"
+            )),
         }
-        b = &b[format::META_LEN_SIZE + len..];
     }
 }
 

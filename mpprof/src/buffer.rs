@@ -183,26 +183,21 @@ impl ProcessBuffer {
             path: path.to_owned(),
             config,
         };
+        let h = format::FileHeader::new(
+            config.chunk_size,
+            config.max_chunks,
+            config.policy,
+            uid,
+            pid,
+        )
+        .encode();
         // SAFETY: the header page is inside the file (reserved above) and no
         // other thread knows this mapping yet.
         unsafe {
-            let h = buf.map.as_mut_ptr();
-            h.add(header::MAGIC)
-                .copy_from_nonoverlapping(format::MAGIC.as_ptr(), 8);
-            put_u32(h, header::VERSION, format::FORMAT_VERSION);
-            put_u32(h, header::HEADER_SIZE, format::HEADER_SIZE as u32);
-            put_u32(h, header::CHUNK_SIZE, config.chunk_size);
-            put_u16(
-                h,
-                header::CHUNK_HEADER_SIZE,
-                format::CHUNK_HEADER_SIZE as u16,
-            );
-            put_u16(h, header::RECORD_SIZE, format::RECORD_SIZE as u16);
-            put_u32(h, header::MAX_CHUNKS, config.max_chunks);
-            put_u32(h, header::POLICY, config.policy as u32);
-            put_u64(h, header::PROCESS_UID, uid);
-            put_u32(h, header::PID, pid);
-        }
+            buf.map
+                .as_mut_ptr()
+                .copy_from_nonoverlapping(h.as_ptr(), h.len())
+        };
         Ok(buf)
     }
 
@@ -336,17 +331,20 @@ impl ProcessBuffer {
     /// no thread changes it while this runs.
     pub unsafe fn chunk_owner(&self, slot: u32) -> OldHeader {
         let offset = format::HEADER_SIZE as usize + slot as usize * self.config.chunk_size as usize;
+        let mut h = [0u8; chunk::END];
         // SAFETY: the header is inside the mapping, reserved on disk and
         // written by its last owner, whose writes were ordered before ours by
         // the mutex the chunk came through.
         unsafe {
-            let c = self.map.as_mut_ptr().add(offset);
-            OldHeader {
-                lane: get_u32(c, chunk::LANE),
-                tid: get_u32(c, chunk::TID),
-                overwritten: get_u64(c, chunk::OVERWRITTEN),
-                lost_before: get_u64(c, chunk::LOST_BEFORE),
-            }
+            h.as_mut_ptr()
+                .copy_from_nonoverlapping(self.map.as_mut_ptr().add(offset), chunk::END)
+        };
+        let h = format::ChunkHeader::decode(&h).expect("chunk::END bytes");
+        OldHeader {
+            lane: h.lane,
+            tid: h.tid,
+            overwritten: h.overwritten,
+            lost_before: h.lost_before,
         }
     }
 
@@ -366,13 +364,28 @@ impl ProcessBuffer {
             magic.store(0, Ordering::Relaxed);
             let committed = c.add(chunk::COMMITTED) as *const AtomicU32;
             (*committed).store(0, Ordering::Relaxed);
-            put_u16(c, chunk::KIND, init.kind);
-            put_u32(c, chunk::LANE, init.lane);
-            put_u32(c, chunk::TID, init.tid);
-            put_u32(c, chunk::SEQ, init.seq);
-            put_u64(c, chunk::LOST_BEFORE, init.lost_before);
-            put_u64(c, chunk::OVERWRITTEN, init.overwritten);
-            put_u64(c, chunk::LOST_AFTER, 0);
+            // The fields between the magic and the count, and after the
+            // count, as the format encodes them.
+            let h = format::ChunkHeader {
+                magic: 0,
+                kind: init.kind,
+                lane: init.lane,
+                tid: init.tid,
+                seq: init.seq,
+                committed: 0,
+                lost_before: init.lost_before,
+                overwritten: init.overwritten,
+                lost_after: 0,
+            }
+            .encode();
+            c.add(chunk::KIND).copy_from_nonoverlapping(
+                h[chunk::KIND..].as_ptr(),
+                chunk::COMMITTED - chunk::KIND,
+            );
+            c.add(chunk::LOST_BEFORE).copy_from_nonoverlapping(
+                h[chunk::LOST_BEFORE..].as_ptr(),
+                chunk::END - chunk::LOST_BEFORE,
+            );
             // Release: the header fields above are visible to anyone who
             // reads the magic with acquire.
             magic.store(format::CHUNK_MAGIC, Ordering::Release);
@@ -491,57 +504,14 @@ fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// # Safety
-/// `base + off .. + 2` is writable.
-unsafe fn put_u16(base: *mut u8, off: usize, v: u16) {
-    // SAFETY: guaranteed by the caller.
-    unsafe {
-        base.add(off)
-            .copy_from_nonoverlapping(v.to_le_bytes().as_ptr(), 2)
-    }
-}
-/// # Safety
-/// `base + off .. + 4` is writable.
-unsafe fn put_u32(base: *mut u8, off: usize, v: u32) {
-    // SAFETY: guaranteed by the caller.
-    unsafe {
-        base.add(off)
-            .copy_from_nonoverlapping(v.to_le_bytes().as_ptr(), 4)
-    }
-}
-/// # Safety
-/// `base + off .. + 4` is readable.
-unsafe fn get_u32(base: *const u8, off: usize) -> u32 {
-    let mut b = [0u8; 4];
-    // SAFETY: guaranteed by the caller.
-    unsafe { b.as_mut_ptr().copy_from_nonoverlapping(base.add(off), 4) };
-    u32::from_le_bytes(b)
-}
-/// # Safety
-/// `base + off .. + 8` is readable.
-unsafe fn get_u64(base: *const u8, off: usize) -> u64 {
-    let mut b = [0u8; 8];
-    // SAFETY: guaranteed by the caller.
-    unsafe { b.as_mut_ptr().copy_from_nonoverlapping(base.add(off), 8) };
-    u64::from_le_bytes(b)
-}
-/// # Safety
-/// `base + off .. + 8` is writable.
-unsafe fn put_u64(base: *mut u8, off: usize, v: u64) {
-    // SAFETY: guaranteed by the caller.
-    unsafe {
-        base.add(off)
-            .copy_from_nonoverlapping(v.to_le_bytes().as_ptr(), 8)
-    }
-}
-
 /// Appends postcard-encoded [`Meta`] entries to metadata chunks. Used under
 /// the recorder's metadata lock.
 pub struct MetaLog {
     chunk: Option<Chunk>,
     used: u32,
     seq: u32,
-    scratch: Vec<u8>,
+    /// The entry being written, framed (no allocation per entry).
+    scratch: Box<[u8; format::MAX_META_ENTRY]>,
 }
 
 impl MetaLog {
@@ -551,32 +521,21 @@ impl MetaLog {
             chunk: None,
             used: 0,
             seq: 0,
-            scratch: Vec::with_capacity(256),
+            scratch: Box::new([0; format::MAX_META_ENTRY]),
         }
     }
 
-    /// Appends one entry: `[len: u32][postcard bytes]`, then publishes it
-    /// with a release store of the chunk's byte count. Returns false (and
-    /// counts it in the header) when the entry could not be stored.
+    /// Appends one entry, framed by [`format::encode_entry`], then
+    /// publishes it with a release store of the chunk's byte count.
+    /// Returns false (and counts it in the header) when the entry could not
+    /// be stored.
     pub fn append(&mut self, buf: &ProcessBuffer, entry: &Meta) -> bool {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(&[0; format::META_LEN_SIZE]);
-        let encoded = match postcard::to_extend(entry, std::mem::take(&mut self.scratch)) {
-            Ok(v) => v,
-            Err(_) => {
-                buf.add_lost_meta();
-                return false;
-            }
-        };
-        self.scratch = encoded;
-        let len = self.scratch.len() - format::META_LEN_SIZE;
-        if self.scratch.len() > format::MAX_META_ENTRY {
+        let Ok(n) = format::encode_entry(entry, &mut self.scratch) else {
             buf.add_lost_meta();
             return false;
-        }
-        self.scratch[..4].copy_from_slice(&(len as u32).to_le_bytes());
-        let need = self.scratch.len() as u32;
-        let fits = matches!(self.chunk, Some(c) if self.used + need <= c.capacity);
+        };
+        let need = n as u32;
+        let fits = matches!(&self.chunk, Some(c) if self.used + need <= c.capacity);
         if !fits {
             let init = ChunkInit {
                 kind: format::CHUNK_META,
@@ -598,13 +557,13 @@ impl MetaLog {
                 }
             }
         }
-        let c = self.chunk.expect("claimed above");
+        let c = self.chunk.as_ref().expect("claimed above");
         // SAFETY: the entry fits in the chunk (checked above), which this
         // log owns; committed points into the chunk header.
         unsafe {
             c.data
                 .add(self.used as usize)
-                .copy_from_nonoverlapping(self.scratch.as_ptr(), self.scratch.len());
+                .copy_from_nonoverlapping(self.scratch.as_ptr(), n);
             self.used += need;
             // Release: the entry bytes above are visible before the count.
             (*c.committed).store(self.used, Ordering::Release);

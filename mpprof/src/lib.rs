@@ -39,20 +39,22 @@ mod buffer;
 mod callsite;
 pub mod clock;
 pub mod flow;
-pub mod format;
 mod future;
 mod session;
 mod spawn;
 mod thread;
-mod traceparent;
 #[cfg(feature = "tracing")]
 mod tracing_layer;
 
-pub use flow::{FlowId, Traced};
+/// The buffer file format (the `mpprof-format` crate), which the merge
+/// reads without this crate.
+pub use mpprof_format as format;
+
+pub use flow::Traced;
+pub use format::{FlowId, ParseFlowIdError, TraceparentError};
 pub use mpprof_macros::instrument;
 pub use session::{init, session_dir, Error, Session};
 pub use spawn::{spawn, wait};
-pub use traceparent::TraceparentError;
 #[cfg(feature = "tracing")]
 pub use tracing_layer::TracingLayer;
 

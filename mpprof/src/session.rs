@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 
 use crate::buffer::{Chunk, ChunkInit, ClaimError, Config, MetaLog, ProcessBuffer};
 use crate::flow::FlowId;
-use crate::format::{ClockKind, Lost, Meta, ProcessInfo};
+use crate::format::{flow_name, ClockKind, Lost, Meta, ProcessInfo};
 use crate::{callsite, clock};
 
 /// Recording state, read (relaxed) at the top of every hot-path call:
@@ -706,7 +706,7 @@ pub(crate) fn lazy_start() {
     // the parent's session, in a file of its own.
     let forked = FORK_INFO.lock().take();
     if let Some((dir, flow)) = forked {
-        if let Err(e) = start(&dir, false, Some((flow, "fork"))) {
+        if let Err(e) = start(&dir, false, Some((flow, flow_name::FORK))) {
             crate::warn(format_args!(
                 "cannot record the forked child (pid {}) into {} ({e}); it runs without recording",
                 std::process::id(),
@@ -753,7 +753,7 @@ fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::
     let mut info = process_info(uid, clock, clock_hz, config);
     let (parent_flow, flow_name) = match origin {
         Some((f, name)) => (Some(f), name),
-        None => (info.parent_flow, "spawn"),
+        None => (info.parent_flow, flow_name::SPAWN),
     };
     info.parent_flow = parent_flow;
     let epoch = NEXT_EPOCH.fetch_add(2, Ordering::Relaxed) | u32::from(clock == ClockKind::Tsc);
@@ -932,7 +932,7 @@ fn register_fork_hook() {
             })
             .map(|r| {
                 let flow = r.next_flow();
-                crate::flow::record_out(flow, "fork");
+                crate::flow::record_out(flow, flow_name::FORK);
                 (r.dir.clone(), flow)
             });
         *FORK_INFO.lock() = info;

@@ -6,7 +6,7 @@ use std::process::{Child, Command, ExitStatus};
 
 use parking_lot::Mutex;
 
-use crate::format::{kind, SiteKind};
+use crate::format::{flow_name, kind, SiteKind};
 use crate::{callsite, flow, session, thread};
 
 /// Spawns `cmd` as a child that records into this process's session.
@@ -29,7 +29,7 @@ pub fn spawn(cmd: &mut Command) -> io::Result<Child> {
     let site = callsite::intern(SiteKind::Span, &format!("spawn {short}"));
     thread::record(site, kind::ENTER);
     let token = r.next_flow();
-    flow::record_out(token, "spawn");
+    flow::record_out(token, flow_name::SPAWN);
     cmd.env("MPPROF_DIR", &r.dir)
         .env("MPPROF_PARENT_FLOW", token.to_string())
         .env("MPPROF_PARENT_PID", std::process::id().to_string())
@@ -57,7 +57,7 @@ pub fn wait(child: &mut Child) -> io::Result<ExitStatus> {
     let status = child.wait()?;
     let token = SPAWNED.lock().remove(&child.id());
     if let Some(token) = token {
-        flow::record_in(token.child_exit(), "exit");
+        flow::record_in(token.child_exit(), flow_name::EXIT);
     }
     Ok(status)
 }

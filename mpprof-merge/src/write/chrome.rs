@@ -10,6 +10,8 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
+use mpprof_format::flow_name;
+
 use crate::merge::{End, Event, EventKind, MergeStats, Session};
 use crate::write::{FastMap, Tracks};
 
@@ -109,7 +111,7 @@ struct Json<'a> {
     open_async: HashMap<(usize, u64), (u32, u32)>,
     /// Flows from a child's end to its parent's `mpprof::wait`: the child's
     /// (pid, tid, last event time).
-    exits: HashMap<mpprof::FlowId, (u32, u32, i64)>,
+    exits: HashMap<mpprof_format::FlowId, (u32, u32, i64)>,
     /// (process, callsite) to its name as a JSON string (escaped, quoted):
     /// looked up for most events, escaped once.
     names: FastMap<(usize, u32), Box<[u8]>>,
@@ -184,7 +186,7 @@ impl Json<'_> {
         self.head(ph, pid, tid, ts)?;
         self.out.write_all(b",\"cat\":\"async\",\"name\":")?;
         self.site_name(s, pi, site)?;
-        let key = flow_key(mpprof::FlowId::from_parts(p.file.uid, id));
+        let key = flow_key(mpprof_format::FlowId::from_parts(p.file.uid, id));
         write!(self.out, ",\"id\":\"0x{key:x}\"")
     }
 
@@ -279,7 +281,9 @@ impl Json<'_> {
                     self.head("B", pid, tid, e.ts)?;
                     self.out.write_all(b",\"cat\":\"flow\",\"name\":")?;
                     let label = match (out, &*name) {
-                        (false, "spawn" | "fork") => "process start".to_owned(),
+                        (false, n) if n == flow_name::SPAWN || n == flow_name::FORK => {
+                            "process start".to_owned()
+                        }
                         (true, n) => format!("send {n}"),
                         (false, n) => format!("recv {n}"),
                     };
@@ -322,7 +326,7 @@ fn push_us(l: &mut Vec<u8>, ns: i64) {
 
 /// The 64-bit id a flow gets in JSON (Perfetto parses ids as 64-bit). A
 /// mix of both halves; a collision needs ~2^32 flows in one trace.
-pub fn flow_key(f: mpprof::FlowId) -> u64 {
+pub fn flow_key(f: mpprof_format::FlowId) -> u64 {
     fn mix(mut z: u64) -> u64 {
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

@@ -51,7 +51,7 @@ pub(crate) type FastSet<K> = HashSet<K, BuildHasherDefault<FastHasher>>;
 /// `FlowId::child_exit` of each child's spawn flow -> (the child's process
 /// index, the lane of its last event, its end). A writer draws the start
 /// there when it reaches the receive.
-pub(crate) fn child_exits(session: &Session) -> HashMap<mpprof::FlowId, (usize, u32, i64)> {
+pub(crate) fn child_exits(session: &Session) -> HashMap<mpprof_format::FlowId, (usize, u32, i64)> {
     session
         .processes
         .iter()

@@ -46,6 +46,8 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
+use mpprof_format::flow_name;
+
 use crate::merge::{End, EventKind, MergeStats, Session};
 use crate::write::chrome::flow_key;
 use crate::write::Tracks;
@@ -283,7 +285,9 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
             EventKind::FlowOut { site, flow } | EventKind::FlowIn { site, flow } => {
                 let out = matches!(e.kind, EventKind::FlowOut { .. });
                 let label = match (out, &*p.site_name(site)) {
-                    (false, "spawn" | "fork") => Label::ProcessStart,
+                    (false, n) if n == flow_name::SPAWN || n == flow_name::FORK => {
+                        Label::ProcessStart
+                    }
                     (true, _) => Label::Send,
                     (false, _) => Label::Recv,
                 };

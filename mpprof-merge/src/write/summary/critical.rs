@@ -32,7 +32,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 
-use mpprof::FlowId;
+use mpprof_format::FlowId;
 
 use super::{func_key, FuncKey};
 use crate::merge::{Event, EventKind, Session};

@@ -7,27 +7,38 @@
 //! names the caller; here the caller is a process), or 1 when that is 0.
 //! Flags are `01` (sampled). Parsing keeps only the trace id.
 
-use crate::flow::FlowId;
+use crate::FlowId;
 
 /// Why a `traceparent` header was rejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TraceparentError {
     /// Not `version-traceid-parentid-flags` with the spec's lengths.
-    #[error("traceparent: not `vv-<32 hex>-<16 hex>-ff` (wrong length or separators)")]
     Format,
     /// Version `ff` (forbidden) or not two lowercase hex digits.
-    #[error("traceparent: invalid version")]
     Version,
     /// Trace id not 32 lowercase hex digits, or all zero.
-    #[error("traceparent: invalid trace id")]
     TraceId,
     /// Parent id not 16 lowercase hex digits, or all zero.
-    #[error("traceparent: invalid parent id")]
     ParentId,
     /// Flags not two lowercase hex digits.
-    #[error("traceparent: invalid trace flags")]
     Flags,
 }
+
+impl std::fmt::Display for TraceparentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TraceparentError::Format => {
+                "traceparent: not `vv-<32 hex>-<16 hex>-ff` (wrong length or separators)"
+            }
+            TraceparentError::Version => "traceparent: invalid version",
+            TraceparentError::TraceId => "traceparent: invalid trace id",
+            TraceparentError::ParentId => "traceparent: invalid parent id",
+            TraceparentError::Flags => "traceparent: invalid trace flags",
+        })
+    }
+}
+
+impl std::error::Error for TraceparentError {}
 
 /// Version 00 is exactly this long; later versions are at least this long.
 const LEN_V0: usize = 55;
