@@ -157,7 +157,9 @@ fn main() {
     g.bench_function("chrome", |b| {
         b.iter(|| write::chrome::write(&session, &mut Counting::default()).expect("write"))
     });
-    g.bench_function("summary", |b| b.iter(|| write::summary::compute(&session)));
+    g.bench_function("summary", |b| {
+        b.iter(|| mpprof_merge::analysis::summary::compute(&session))
+    });
     g.bench_function("folded", |b| {
         b.iter(|| write::folded::write(&session, &mut Counting::default()).expect("write"))
     });

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::{child_role, site_name, ROLE};
 use mpprof::flow;
+use mpprof_merge::analysis::{self, critical_path};
 use mpprof_merge::write::summary;
 use mpprof_merge::{EventKind, Session};
 
@@ -101,7 +102,7 @@ fn critical_path_runs_through_the_servers_work() {
         .expect("a root process");
     let server = 1 - root;
 
-    let cp = summary::critical_path(&s);
+    let cp = critical_path::compute(&s);
     eprintln!("{cp:#?}");
     assert_eq!(cp.root, Some(root));
     assert!(!cp.truncated);
@@ -173,7 +174,7 @@ fn critical_path_runs_through_the_servers_work() {
     assert_eq!(cp.transit_ns, cp.total_ns - in_segments);
 
     // The summary carries the same path and prints the section.
-    let sum = summary::compute(&s);
+    let sum = analysis::summary::compute(&s);
     assert_eq!(sum.critical_path, cp);
     let mut text = Vec::new();
     summary::write_text(&sum, &mut text, 30).unwrap();
@@ -204,7 +205,7 @@ fn critical_path_without_flows_is_the_roots_timeline() {
     child_role("alone", cp_alone);
     let (_dir, s) = common::record("critical_path_without_flows_is_the_roots_timeline", "alone");
     assert_eq!(s.processes.len(), 1);
-    let cp = summary::critical_path(&s);
+    let cp = critical_path::compute(&s);
     assert_eq!(cp.root, Some(0));
     assert_eq!(cp.segments.len(), 1, "{cp:#?}");
     assert_eq!(cp.processes, 1);
@@ -277,7 +278,7 @@ fn critical_path_goes_through_the_child_a_parent_waits_for() {
             })
         })
         .expect("the slow worker");
-    let cp = summary::critical_path(&s);
+    let cp = critical_path::compute(&s);
     assert_eq!(cp.processes, 2, "{cp:#?}");
     let top = &cp.funcs[0];
     assert!(top.key.label.ends_with("cp_worker_work"), "{:#?}", cp.funcs);
@@ -291,7 +292,7 @@ fn critical_path_goes_through_the_child_a_parent_waits_for() {
             .any(|g| g.via.map(|v| v.0) == spawn_flow.map(|f| f.child_exit())),
         "{cp:#?}"
     );
-    let h = mpprof_merge::check::check(&s);
+    let h = mpprof_merge::analysis::check::check(&s);
     assert_eq!(h.flows_unmatched_in, 0);
     assert_eq!(h.flows_unmatched_out, 0);
     assert_eq!(h.flows_matched, 4, "two spawns and two waits");

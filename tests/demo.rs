@@ -229,7 +229,7 @@ fn pipeline_messages_carry_flows_in_both_directions() {
         "responses go worker -> client"
     );
     let s = mpprof_merge::Session::open(&[common::recorded_session(cwd.path())]).unwrap();
-    let h = mpprof_merge::check::check(&s);
+    let h = mpprof_merge::analysis::check::check(&s);
     assert_eq!((h.flows_matched, h.causality_violations), (41, 0));
     // Counted during the merge, as the reader counts them on its own.
     for (ph, p) in h.processes.iter().zip(&s.processes) {

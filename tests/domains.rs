@@ -114,7 +114,7 @@ fn a_time_namespace_on_another_host_is_aligned_from_the_messages() {
         "the skewed REALTIME guess alone puts receives before sends"
     );
     assert_eq!(al.violations_after, 0);
-    let h = mpprof_merge::check::check(&s);
+    let h = mpprof_merge::analysis::check::check(&s);
     assert_eq!(h.causality_violations, 0);
     assert_eq!(h.flows_matched, 2 * ROUNDS as u64);
     eprintln!(
@@ -268,7 +268,7 @@ fn a_drifting_clock_is_corrected_from_messages_both_ways() {
     );
     assert_eq!(d.quality, Quality::TwoSided);
     assert_eq!(al.violations_after, 0, "{al:#?}");
-    let h = mpprof_merge::check::check(&s);
+    let h = mpprof_merge::analysis::check::check(&s);
     assert_eq!(h.causality_violations, 0);
     eprintln!(
         "drift {:+.1} ppm (truth {:+.1}), {} messages, bound width {} ns, violations {} -> 0",

@@ -69,7 +69,7 @@ fn check_two_way(dir: &std::path::Path, req: &str, resp: &str, n: usize) {
     assert_eq!(count(req, parent, child), n, "{fl:?}");
     assert_eq!(count(resp, child, parent), n, "{fl:?}");
     assert_eq!(fl.len(), 2 * n + 1, "{fl:?}");
-    let h = mpprof_merge::check::check(&s);
+    let h = mpprof_merge::analysis::check::check(&s);
     assert_eq!(
         (
             h.flows_matched,
@@ -353,7 +353,7 @@ fn tracing_layer_records_spans_and_events_in_a_tracing_only_child() {
     assert_eq!(outer.file, "tests/ecosystem.rs");
     assert!(outer.line > 0);
 
-    let h = mpprof_merge::check::check(&s);
+    let h = mpprof_merge::analysis::check::check(&s);
     assert!(!h.imperfect(), "a clean run is reported as clean");
 }
 
@@ -467,7 +467,7 @@ fn tokio_service_shows_request_and_response_arrows() {
 
     let dir = common::recorded_session(cwd.path());
     let s = Session::open(&[dir]).unwrap();
-    let h = mpprof_merge::check::check(&s);
+    let h = mpprof_merge::analysis::check::check(&s);
     assert_eq!((h.flows_matched, h.causality_violations), (65, 0));
     assert!(!h.imperfect(), "a clean run is reported as clean");
 }

@@ -125,10 +125,8 @@ fn pipeline_flows_have_one_sending_and_one_receiving_end() {
     let (mut outs, mut ins) = (Vec::new(), Vec::new());
     for e in s.events() {
         match e.kind {
-            EventKind::FlowOut { flow, .. } => {
-                outs.push(mpprof_merge::write::chrome::flow_key(flow))
-            }
-            EventKind::FlowIn { flow, .. } => ins.push(mpprof_merge::write::chrome::flow_key(flow)),
+            EventKind::FlowOut { flow, .. } => outs.push(mpprof_merge::write::flow_key(flow)),
+            EventKind::FlowIn { flow, .. } => ins.push(mpprof_merge::write::flow_key(flow)),
             _ => {}
         }
     }

@@ -37,7 +37,7 @@ fn merge_bytes(dir: &Path, bytes: &[u8]) -> Result<u64, String> {
     let mut sink = Vec::new();
     mpprof_merge::write::chrome::write(&s, &mut sink).unwrap();
     mpprof_merge::write::summary::write(&s, &mut sink, 10).unwrap();
-    mpprof_merge::check::check(&s);
+    mpprof_merge::analysis::check::check(&s);
     Ok(n)
 }
 
@@ -474,6 +474,6 @@ fn lost_entries_give_losses_to_their_lanes() {
         })
         .sum();
     assert_eq!(unattributed, 9);
-    let h = mpprof_merge::check::check(&s);
+    let h = mpprof_merge::analysis::check::check(&s);
     assert!(h.damaged(), "corrupt metadata is damage");
 }

@@ -109,7 +109,7 @@ fn recursion_panics_and_early_returns_nest_correctly() {
     assert_eq!(site.path, "recording::fact");
     assert!(site.file.ends_with("recording.rs"));
     // cProfile semantics: 4 calls, 1 primitive.
-    let sum = mpprof_merge::write::summary::compute(&s);
+    let sum = mpprof_merge::analysis::summary::compute(&s);
     let f = sum.tree_func("fact").unwrap();
     assert_eq!((f.ncalls, f.primitive), (4, 1));
     assert!(f.cumtime_ns >= 0 && f.tottime_ns <= f.cumtime_ns);
@@ -338,7 +338,7 @@ fn sigkill_keeps_every_committed_event_and_marks_the_open_span() {
         Some(End::Abrupt),
         "the open span is closed by the merge and marked abrupt"
     );
-    let health = mpprof_merge::check::check(&s);
+    let health = mpprof_merge::analysis::check::check(&s);
     assert!(!health.processes[0].clean);
     // The Chrome output marks it too.
     let marked = common::chrome_events(&s)

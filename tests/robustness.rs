@@ -99,7 +99,7 @@ fn overflow_policies_count_every_lost_event() {
         .unwrap()
         .len();
     assert!(size <= (1 << 20) + 4096, "file within its budget: {size}");
-    let h = mpprof_merge::check::check(&Session::open(&[dir.path()]).unwrap());
+    let h = mpprof_merge::analysis::check::check(&Session::open(&[dir.path()]).unwrap());
     assert!(h.processes[0]
         .lost_reason
         .as_deref()
@@ -170,7 +170,7 @@ fn a_file_that_cannot_grow_costs_events_not_the_application() {
     assert_eq!(kept + lost, 2 * CALLS + 2);
     assert!(lost > 0);
     let s = Session::open(&[dir.path()]).unwrap();
-    let h = mpprof_merge::check::check(&s);
+    let h = mpprof_merge::analysis::check::check(&s);
     assert!(
         h.processes[0]
             .lost_reason
@@ -325,7 +325,7 @@ fn fork_without_exec_records_into_a_file_of_its_own() {
     assert!(pf.clean && cf.clean);
     assert_ne!(pf.uid, cf.uid, "the child has its own process uid");
     assert_eq!(cf.info.as_ref().unwrap().ppid, pf.pid);
-    let h = mpprof_merge::check::check(&s);
+    let h = mpprof_merge::analysis::check::check(&s);
     assert_eq!(
         (h.flows_matched, h.causality_violations),
         (1, 0),
@@ -573,7 +573,7 @@ fn a_full_disk_costs_events_not_the_application() {
             policy == "keep-last",
             "{policy}: the flight recorder keeps the newest events"
         );
-        let h = mpprof_merge::check::check(&Session::open(&[fs.0.path()]).unwrap());
+        let h = mpprof_merge::analysis::check::check(&Session::open(&[fs.0.path()]).unwrap());
         assert!(
             !h.damaged(),
             "{policy}: a full disk is a loss, not damage: {:?}",
@@ -857,12 +857,12 @@ fn lane_losses(s: &Session) -> Losses {
 fn assert_only_overwritten_and_healthy(
     s: &Session,
     markers: &[(u32, u64, bool)],
-) -> mpprof_merge::check::Health {
+) -> mpprof_merge::analysis::check::Health {
     assert!(
         markers.iter().all(|&(_, _, overwritten)| overwritten),
         "nothing was lost without being overwritten: {markers:?}"
     );
-    let h = mpprof_merge::check::check(s);
+    let h = mpprof_merge::analysis::check::check(s);
     assert!(!h.damaged(), "{:?} {:?}", h.processes[0].warnings, h.stats);
     assert_eq!(h.causality_violations, 0);
     assert_eq!(h.processes[0].torn_records, 0);
@@ -1083,7 +1083,7 @@ fn keep_last_keeps_the_losses_of_a_chunk_it_overwrites_on_its_lane() {
     assert!(f.lanes[&regrow].overwritten > 0);
     let lost = lost_on(&markers, regrow);
     assert_eq!(lost, lost_while_full, "markers {markers:?}");
-    let h = mpprof_merge::check::check(&s);
+    let h = mpprof_merge::analysis::check::check(&s);
     assert!(!h.damaged(), "{:?}", h.processes[0].warnings);
     assert!(h.processes[0]
         .lost_reason
@@ -1161,11 +1161,11 @@ fn a_thread_that_never_had_a_chunk_shows_its_own_losses() {
             );
             assert_eq!(f.lane_events(lane), 0, "{policy}: {name} never had a chunk");
         }
-        let h = mpprof_merge::check::check(&s);
+        let h = mpprof_merge::analysis::check::check(&s);
         assert!(!h.damaged(), "{policy}: {:?}", h.processes[0].warnings);
         // `check` and the summary say which thread lost what.
         let mut check = Vec::new();
-        mpprof_merge::check::write_text(&h, &mut check).unwrap();
+        mpprof_merge::write::check::write_text(&h, &mut check).unwrap();
         let mut summary = Vec::new();
         mpprof_merge::write::summary::write(&s, &mut summary, 30).unwrap();
         for text in [check, summary] {
@@ -1257,7 +1257,8 @@ fn a_killed_process_keeps_unwritten_chunkless_losses_as_its_own() {
     assert_eq!(main, *f.lanes.keys().next().unwrap());
     assert_eq!(f.recorded_events(), 2);
     let mut check = Vec::new();
-    mpprof_merge::check::write_text(&mpprof_merge::check::check(&s), &mut check).unwrap();
+    mpprof_merge::write::check::write_text(&mpprof_merge::analysis::check::check(&s), &mut check)
+        .unwrap();
     let check = String::from_utf8(check).unwrap();
     assert!(
         check.contains(&format!("no thread named: {chunkless} ")),
@@ -1389,7 +1390,7 @@ fn keep_last_keeps_the_losses_of_a_chunk_another_thread_overwrites_on_their_lane
         let lane = lane_named(&s, who, &made);
         let lost_markers = lost_on(&markers, lane);
         assert_eq!(lost_markers, lost, "{role}: {who}'s markers {markers:?}");
-        let h = mpprof_merge::check::check(&s);
+        let h = mpprof_merge::analysis::check::check(&s);
         assert!(!h.damaged(), "{role}: {:?}", h.processes[0].warnings);
     }
 }

@@ -65,7 +65,7 @@ fn eight_processes_ping_pong_without_causality_violations() {
     );
     assert_eq!(s.processes.len(), PEERS + 1);
     assert_eq!(s.alignment.domains.len(), 1, "one host, one clock domain");
-    let h = mpprof_merge::check::check(&s);
+    let h = mpprof_merge::analysis::check::check(&s);
     let expected = (2 * PEERS * ROUNDS + PEERS) as u64; // pings, pongs, spawns
     assert_eq!(h.flows_matched, expected);
     assert!(h.flows_matched >= 10_000);

@@ -95,7 +95,7 @@ fn merge() {
     let bytes = out.into_inner().map_err(|e| e.into_error()).unwrap().0;
     let chrome_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let summary = write::summary::compute(&s);
+    let summary = mpprof_merge::analysis::summary::compute(&s);
     let summary_s = t.elapsed().as_secs_f64();
     assert_eq!(summary.stats.events, stats.events);
     println!(

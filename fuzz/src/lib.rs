@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use mpprof_merge::{check, read, write, Session};
+use mpprof_merge::{analysis, read, write, Session};
 
 /// Most files a session input is split into.
 pub const MAX_FILES: usize = 3;
@@ -80,14 +80,14 @@ pub fn exercise(s: &Session) -> u64 {
     write::chrome::write(s, sink).expect("writing into a sink cannot fail");
     write::folded::write(s, sink).expect("writing into a sink cannot fail");
     write::summary::write(s, sink, 10).expect("writing into a sink cannot fail");
-    let h = check::check(s);
+    let h = analysis::check::check(s);
     std::hint::black_box((h.damaged(), h.imperfect()));
     // `check` counts each process's events while it merges; the reader's
     // own pass over the records must agree.
     for (ph, p) in h.processes.iter().zip(&s.processes) {
         assert_eq!(ph.events, p.file.recorded_events(), "{}", ph.name);
     }
-    check::write_text(&h, sink).expect("writing into a sink cannot fail");
+    write::check::write_text(&h, sink).expect("writing into a sink cannot fail");
     n
 }
 

@@ -13,9 +13,12 @@
 #![warn(missing_docs)]
 
 pub mod align;
-pub mod check;
+pub mod analysis;
+mod hash;
 pub mod merge;
 pub mod read;
+pub mod trace;
 pub mod write;
 
-pub use merge::{Event, EventKind, Session};
+pub use merge::{End, Event, EventKind, MergeStats};
+pub use trace::{Process, Session};

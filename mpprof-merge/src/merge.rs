@@ -9,14 +9,15 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mpprof_format::FlowId;
-use mpprof_format::{kind, SiteKind};
+use mpprof_format::{kind, FlowId, SiteKind};
 
-use crate::align::ClockMap;
-use crate::read::{self, ChunkRef, ProcessFile, RawEvent, RecordReader, Site};
+use crate::read::{self, ChunkRef, RawEvent, RecordReader};
+use crate::trace::{Process, Session};
+
+/// [`Events`] adds to [`Session::events_merged`] once per this many events.
+const PROGRESS_STEP: u64 = 1 << 16;
 
 /// How a span ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,166 +132,7 @@ pub struct Event {
     pub kind: EventKind,
 }
 
-/// A process of the session, with its clock mapping.
-#[derive(Debug)]
-pub struct Process {
-    /// The decoded file.
-    pub file: ProcessFile,
-    /// Record timestamps to CLOCK_MONOTONIC.
-    pub clock: ClockMap,
-    /// Offset added to align this process's clock domain with the
-    /// reference domain, ns (0 within one domain).
-    pub offset_ns: i64,
-    /// Rate correction of this process's clock domain (ns per ns, added to
-    /// 1), applied around `drift_origin_ns` before the offset; 0 when none.
-    pub drift: f64,
-    /// Local time the rate correction is taken around, ns.
-    pub drift_origin_ns: i64,
-    /// First timestamp (ns, aligned).
-    pub start_ns: i64,
-    /// Last timestamp (ns, aligned): last event or final anchor.
-    pub end_ns: i64,
-    /// Lane of the process's last event (its first lane when it has no
-    /// event): where a thing that starts at the process's end, such as the
-    /// arrow of a parent's `mpprof::wait`, is drawn.
-    pub end_lane: u32,
-}
-
-impl Process {
-    /// Callsite by id.
-    pub fn site(&self, id: u32) -> Option<&Site> {
-        self.file.sites.get(&id)
-    }
-
-    /// Display name of a callsite (`#<id>` if its metadata is missing).
-    pub fn site_name(&self, id: u32) -> std::borrow::Cow<'_, str> {
-        match self.file.sites.get(&id) {
-            Some(s) => std::borrow::Cow::Borrowed(&s.name),
-            None => std::borrow::Cow::Owned(format!("#{id}")),
-        }
-    }
-
-    /// Aligned ns of a record timestamp.
-    pub fn ns(&self, ts: u64) -> i64 {
-        let local = self.clock.to_ns(ts);
-        let rate = if self.drift == 0.0 {
-            0
-        } else {
-            crate::align::round_i64((local as f64 - self.drift_origin_ns as f64) * self.drift)
-        };
-        local.saturating_add(rate).saturating_add(self.offset_ns)
-    }
-}
-
-/// Errors of [`Session::open`].
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// A session directory could not be listed.
-    #[error("cannot read session directory {path}: {error}")]
-    Dir {
-        /// The directory.
-        path: PathBuf,
-        /// Why. (In the message, not the error's `source()`, so that a
-        /// report of the whole chain does not say it twice.)
-        error: std::io::Error,
-    },
-    /// No usable buffer file.
-    #[error("no readable mpprof buffer files (*.mpb) in {0}")]
-    Empty(String),
-}
-
-/// Smallest one-way message latency assumed when aligning clock domains, ns.
-pub const DEFAULT_MIN_LATENCY_NS: i64 = 1_000;
-
-/// All processes of one or more session directories.
-#[derive(Debug)]
-pub struct Session {
-    /// Processes, ordered by start time.
-    pub processes: Vec<Process>,
-    /// Files that could not be read at all, with the reason.
-    pub unreadable: Vec<(PathBuf, String)>,
-    /// How the clock domains were aligned.
-    pub alignment: crate::align::domains::Alignment,
-    /// Events yielded so far by this session's [`Events`] iterators, for
-    /// progress reporting (see [`Session::events_merged`]).
-    merged: AtomicU64,
-}
-
-/// [`Events`] adds to [`Session::events_merged`] once per this many events.
-const PROGRESS_STEP: u64 = 1 << 16;
-
 impl Session {
-    /// Reads every buffer file of the given session directories (or single
-    /// `.mpb` files). A file that cannot be read is reported in
-    /// [`Session::unreadable`] and the rest is merged.
-    pub fn open<P: AsRef<Path>>(inputs: &[P]) -> Result<Session, OpenError> {
-        let mut paths = Vec::new();
-        for d in inputs {
-            let d = d.as_ref();
-            if d.is_file() {
-                paths.push(d.to_owned());
-                continue;
-            }
-            paths.extend(read::list_session(d).map_err(|error| OpenError::Dir {
-                path: d.to_owned(),
-                error,
-            })?);
-        }
-        let mut processes = Vec::new();
-        let mut unreadable = Vec::new();
-        for p in paths {
-            match read::open(&p) {
-                Ok(f) => processes.push(Process::new(f)),
-                Err(e) => unreadable.push((p, e.to_string())),
-            }
-        }
-        if processes.is_empty() {
-            let names: Vec<String> = inputs
-                .iter()
-                .map(|p| p.as_ref().display().to_string())
-                .collect();
-            let mut msg = names.join(", ");
-            for (p, e) in &unreadable {
-                msg.push_str(&format!("\n  {}: {e}", p.display()));
-            }
-            return Err(OpenError::Empty(msg));
-        }
-        let alignment = crate::align::domains::align(&mut processes, DEFAULT_MIN_LATENCY_NS);
-        processes.sort_by_key(|p| (p.start_ns, p.file.pid));
-        Ok(Session {
-            alignment,
-            processes,
-            unreadable,
-            merged: AtomicU64::new(0),
-        })
-    }
-
-    /// Earliest timestamp of the session (ns, aligned).
-    pub fn start_ns(&self) -> i64 {
-        self.processes.iter().map(|p| p.start_ns).min().unwrap_or(0)
-    }
-
-    /// Latest timestamp of the session (ns, aligned).
-    pub fn end_ns(&self) -> i64 {
-        self.processes.iter().map(|p| p.end_ns).max().unwrap_or(0)
-    }
-
-    /// Records committed in all files: about the number of events a merge
-    /// yields (payload records make it a little more; repairs and loss
-    /// markers add a few events). The denominator of a progress bar.
-    pub fn total_records(&self) -> u64 {
-        self.processes
-            .iter()
-            .fold(0u64, |a, p| a.saturating_add(p.file.committed_records()))
-    }
-
-    /// Events yielded so far by all iterators from [`Session::events`]
-    /// (in steps of 65536, and exactly when an iterator ends). It may be
-    /// read from another thread while a writer runs, to show progress.
-    pub fn events_merged(&self) -> u64 {
-        self.merged.load(Ordering::Relaxed)
-    }
-
     /// All events of all processes in time order, streamed.
     pub fn events(&self) -> Events<'_> {
         self.events_of(|_, _| true)
@@ -331,70 +173,6 @@ impl Session {
             heap,
             merged: &self.merged,
             unreported: 0,
-        }
-    }
-}
-
-impl Process {
-    fn new(file: ProcessFile) -> Process {
-        let clock = ClockMap::fit(file.info.as_ref(), &file.anchors);
-        let mut p = Process {
-            file,
-            clock,
-            offset_ns: 0,
-            drift: 0.0,
-            drift_origin_ns: 0,
-            start_ns: 0,
-            end_ns: 0,
-            end_lane: 0,
-        };
-        let (start, end, end_lane) = p.time_span();
-        p.start_ns = start;
-        p.end_ns = end;
-        p.end_lane = end_lane;
-        p
-    }
-
-    /// First and last timestamps: the first records and last records of all
-    /// lanes and the anchors; and the lane of the last event.
-    fn time_span(&self) -> (i64, i64, u32) {
-        let mut start = i64::MAX;
-        let mut end = i64::MIN;
-        let mut end_lane = self.file.lanes.keys().next().copied().unwrap_or(0);
-        let mut last_event = i64::MIN;
-        for a in &self.file.anchors {
-            let t = self.ns(a.ts);
-            start = start.min(t);
-            end = end.max(t);
-        }
-        for (&lane, l) in &self.file.lanes {
-            if let Some(f) = l
-                .chunks
-                .first()
-                .and_then(|c| RecordReader::new(*c).next_event(&self.file.file))
-            {
-                start = start.min(self.ns(f.ts));
-            }
-            if let Some(c) = l.chunks.last() {
-                let mut r = RecordReader::new(*c);
-                let mut last = None;
-                while let Some(e) = r.next_event(&self.file.file) {
-                    last = Some(e);
-                }
-                if let Some(e) = last {
-                    let t = self.ns(e.ts);
-                    end = end.max(t);
-                    if t > last_event {
-                        last_event = t;
-                        end_lane = lane;
-                    }
-                }
-            }
-        }
-        if start > end {
-            (0, 0, end_lane)
-        } else {
-            (start, end, end_lane)
         }
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use mpprof_merge::{check, write, Session};
+use mpprof_merge::{analysis, write, Session};
 
 /// Merge mpprof session directories into one clock-aligned trace.
 #[derive(Parser, Debug)]
@@ -115,8 +115,8 @@ fn run() -> Result<ExitCode> {
         }
         Some(Cmd::Check { inputs, strict }) => {
             let s = Session::open(&inputs)?;
-            let h = check::check(&s);
-            check::write_text(&h, &mut std::io::stdout().lock())
+            let h = analysis::check::check(&s);
+            write::check::write_text(&h, &mut std::io::stdout().lock())
                 .context("cannot write the report to standard output")?;
             let bad = h.damaged() || (strict && h.imperfect());
             Ok(if bad {

@@ -12,8 +12,10 @@ use std::io::{self, Write};
 
 use mpprof_format::flow_name;
 
-use crate::merge::{End, Event, EventKind, MergeStats, Session};
-use crate::write::{FastMap, Tracks};
+use super::{flow_key, Tracks};
+use crate::hash::FastMap;
+use crate::merge::{End, Event, EventKind, MergeStats};
+use crate::trace::Session;
 
 /// Writes the whole session as Chrome JSON.
 pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
@@ -22,7 +24,8 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
     // `mpprof::wait` records only the receiving end of a flow from the
     // child's end; its start is drawn at that end, on the lane of the
     // child's last event, when the receive is written.
-    let exits = super::child_exits(session)
+    let exits = session
+        .child_exits()
         .into_iter()
         .map(|(flow, (pi, lane, ts))| (flow, (tracks.pid(pi), tracks.tid(pi, lane), ts)))
         .collect();
@@ -322,15 +325,4 @@ fn push_us(l: &mut Vec<u8>, ns: i64) {
     let f = a % 1000;
     let digit = |d: u64| b'0' + d as u8; // d < 10
     l.extend_from_slice(&[b'.', digit(f / 100), digit(f / 10 % 10), digit(f % 10)]);
-}
-
-/// The 64-bit id a flow gets in JSON (Perfetto parses ids as 64-bit). A
-/// mix of both halves; a collision needs ~2^32 flows in one trace.
-pub fn flow_key(f: mpprof_format::FlowId) -> u64 {
-    fn mix(mut z: u64) -> u64 {
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    mix(f.process() ^ mix(f.seq()))
 }

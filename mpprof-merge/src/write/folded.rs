@@ -8,8 +8,9 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 
-use crate::merge::{EventKind, MergeStats, Session};
-use crate::write::FastMap;
+use crate::hash::FastMap;
+use crate::merge::{EventKind, MergeStats};
+use crate::trace::Session;
 
 /// Self time per distinct stack, ns. Memory grows with the number of
 /// distinct stacks, not with the number of events.

@@ -1,67 +1,22 @@
-//! Output formats. Each writer consumes the merged event stream once.
+//! Renderers: each output format, and the text of the analyses. A trace
+//! writer consumes the merged event stream once; the text writers render
+//! what [`crate::analysis`] computed.
 
+pub mod check;
 pub mod chrome;
+pub mod critical_path;
 pub mod folded;
 pub mod perfetto;
 pub mod summary;
 
-use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::HashSet;
+use std::io::{self, Write};
 
-use crate::merge::Session;
+use mpprof_format::FlowId;
 
-/// A multiply-rotate hasher for the small integer keys looked up once or
-/// twice per event (SipHash showed in profiles); the keys come from the
-/// session's own files.
-#[derive(Default, Clone, Copy)]
-pub(crate) struct FastHasher(u64);
-
-impl Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.write_u64(u64::from(b));
-        }
-    }
-
-    fn write_u8(&mut self, v: u8) {
-        self.write_u64(u64::from(v));
-    }
-
-    fn write_u32(&mut self, v: u32) {
-        self.write_u64(u64::from(v));
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_usize(&mut self, v: usize) {
-        self.write_u64(v as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
-pub(crate) type FastSet<K> = HashSet<K, BuildHasherDefault<FastHasher>>;
-
-/// The flows that `mpprof::wait` received, whose start no one recorded:
-/// `FlowId::child_exit` of each child's spawn flow -> (the child's process
-/// index, the lane of its last event, its end). A writer draws the start
-/// there when it reaches the receive.
-pub(crate) fn child_exits(session: &Session) -> HashMap<mpprof_format::FlowId, (usize, u32, i64)> {
-    session
-        .processes
-        .iter()
-        .enumerate()
-        .filter_map(|(pi, p)| {
-            let flow = p.file.info.as_ref()?.parent_flow?.child_exit();
-            Some((flow, (pi, p.end_lane, p.end_ns)))
-        })
-        .collect()
-}
+use crate::hash::FastMap;
+use crate::read::Losses;
+use crate::trace::Session;
 
 /// Process and thread ids as shown in the output: the real pid and tid when
 /// they are unique in the session, else synthetic ones (pid reuse, several
@@ -118,4 +73,64 @@ impl Tracks {
     pub fn tid(&self, i: usize, lane: u32) -> u32 {
         self.tids.get(&(i, lane)).copied().unwrap_or(self.pids[i])
     }
+}
+
+/// Writes who lost events, a line per thread (at most `limit`, most
+/// first), each line starting with `indent`.
+pub(crate) fn losses(
+    out: &mut dyn Write,
+    indent: &str,
+    losses: &Losses,
+    limit: usize,
+) -> io::Result<()> {
+    for l in losses.lanes.iter().take(limit) {
+        let name = if l.name.is_empty() {
+            "(unnamed)".to_owned()
+        } else {
+            format!("{:?}", l.name)
+        };
+        let mut what = Vec::new();
+        if l.not_recorded > 0 {
+            what.push(format!("{} not recorded", l.not_recorded));
+        }
+        if l.overwritten > 0 {
+            what.push(format!("{} overwritten", l.overwritten));
+        }
+        writeln!(
+            out,
+            "{indent}thread {name} (lane {}, tid {}): {}",
+            l.lane,
+            l.tid,
+            what.join(", ")
+        )?;
+    }
+    if losses.lanes.len() > limit {
+        let rest = &losses.lanes[limit..];
+        let events = rest.iter().fold(0u64, |a, l| a.saturating_add(l.total()));
+        writeln!(
+            out,
+            "{indent}... {} more threads: {events} events",
+            rest.len()
+        )?;
+    }
+    if losses.unattributed > 0 {
+        writeln!(
+            out,
+            "{indent}no thread named: {} (shown on the process's first thread; a thread without a chunk that did not get to write its losses, e.g. killed)",
+            losses.unattributed
+        )?;
+    }
+    Ok(())
+}
+
+/// The 64-bit id a flow gets in both trace formats (Perfetto keys flows
+/// by a u64). A
+/// mix of both halves; a collision needs ~2^32 flows in one trace.
+pub fn flow_key(f: FlowId) -> u64 {
+    fn mix(mut z: u64) -> u64 {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    mix(f.process() ^ mix(f.seq()))
 }

@@ -48,9 +48,10 @@ use std::io::{self, Write};
 
 use mpprof_format::flow_name;
 
-use crate::merge::{End, EventKind, MergeStats, Session};
-use crate::write::chrome::flow_key;
-use crate::write::Tracks;
+use super::{flow_key, Tracks};
+use crate::hash::FastMap;
+use crate::merge::{End, EventKind, MergeStats};
+use crate::trace::Session;
 
 /// Field numbers and enum values used, as in Perfetto's `.proto` files
 /// (package `perfetto.protos`).
@@ -168,8 +169,6 @@ pub mod field {
 
 use field::{annotation as da, event as te, interned, packet as pk, track as td};
 
-use super::FastMap;
-
 /// The packet sequence every packet is written on.
 const SEQUENCE_ID: u64 = 1;
 
@@ -185,7 +184,7 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
     // child's end; its start is written at that end, on the lane of the
     // child's last event, when the receive is (out of time order, which the
     // trace processor sorts).
-    let mut exits = super::child_exits(session);
+    let mut exits = session.child_exits();
     let mut w = Pf {
         out,
         enc: Enc::default(),

@@ -1,217 +1,10 @@
-//! cProfile-style summary: per process and for the whole process tree,
-//! `ncalls tottime percall cumtime percall filename:lineno(function)`.
-//! As in cProfile, recursive calls count once in `cumtime` (only the
-//! outermost activation of a function adds to it) and `ncalls` shows
-//! `total/primitive` when they differ.
+//! The cProfile-style summary as text: the whole tree, each process, the
+//! threads that lost events, then the critical path.
 
-use std::collections::HashMap;
 use std::io::{self, Write};
 
-use crate::merge::{EventKind, MergeStats, Process, Session};
-use crate::write::FastMap;
-
-pub mod critical;
-
-pub use critical::{critical_path, CriticalPath, PathFunc, PathSegment};
-
-/// A function (callsite) as the summary groups it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FuncKey {
-    /// Label: the full path for functions, the given name otherwise.
-    pub label: String,
-    /// Source file.
-    pub file: String,
-    /// Source line.
-    pub line: u32,
-}
-
-impl FuncKey {
-    /// `file:line(label)`, cProfile's location column.
-    pub fn location(&self) -> String {
-        if self.file.is_empty() {
-            format!("~:0({})", self.label)
-        } else {
-            format!("{}:{}({})", self.file, self.line, self.label)
-        }
-    }
-}
-
-/// Statistics of one function.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FuncStats {
-    /// Calls.
-    pub ncalls: u64,
-    /// Calls that were not recursive (the outermost activation).
-    pub primitive: u64,
-    /// Time in the function itself, excluding callees, ns.
-    pub tottime_ns: i64,
-    /// Time in the function including callees, recursion counted once, ns.
-    pub cumtime_ns: i64,
-    /// Calls that did not end normally (closed by the merge).
-    pub unfinished: u64,
-}
-
-impl FuncStats {
-    fn add(&mut self, o: &FuncStats) {
-        self.ncalls += o.ncalls;
-        self.primitive += o.primitive;
-        self.tottime_ns = self.tottime_ns.saturating_add(o.tottime_ns);
-        self.cumtime_ns = self.cumtime_ns.saturating_add(o.cumtime_ns);
-        self.unfinished += o.unfinished;
-    }
-}
-
-/// One process's table.
-#[derive(Clone, Debug)]
-pub struct ProcessSummary {
-    /// Display name (executable and pid).
-    pub name: String,
-    /// Wall time from first to last event, ns.
-    pub wall_ns: i64,
-    /// Whether the process finished cleanly.
-    pub clean: bool,
-    /// Functions, by cumulative time.
-    pub funcs: Vec<(FuncKey, FuncStats)>,
-    /// Events the process lost, by thread.
-    pub losses: crate::read::Losses,
-}
-
-/// The whole summary.
-#[derive(Clone, Debug)]
-pub struct Summary {
-    /// Per process, in start order.
-    pub processes: Vec<ProcessSummary>,
-    /// All processes together, by cumulative time.
-    pub tree: Vec<(FuncKey, FuncStats)>,
-    /// Wall time of the whole tree, ns.
-    pub wall_ns: i64,
-    /// Merge repairs.
-    pub stats: MergeStats,
-    /// The cross-process critical path (see [`critical`]).
-    pub critical_path: CriticalPath,
-    /// Start of the session, ns: the origin of the critical path's times
-    /// in the text.
-    pub origin_ns: i64,
-}
-
-impl Summary {
-    /// Statistics of the function whose label ends with `name` in the tree.
-    pub fn tree_func(&self, name: &str) -> Option<&FuncStats> {
-        self.tree
-            .iter()
-            .find(|(k, _)| k.label == name || k.label.ends_with(&format!("::{name}")))
-            .map(|(_, s)| s)
-    }
-}
-
-/// The summary's key of a callsite of process `p`.
-fn func_key(p: &Process, site: u32) -> FuncKey {
-    match p.site(site) {
-        Some(s) => {
-            let label = if !s.path.is_empty() && s.path.ends_with(&s.name) {
-                s.path.clone()
-            } else {
-                s.name.clone()
-            };
-            FuncKey {
-                label,
-                file: s.file.clone(),
-                line: s.line,
-            }
-        }
-        None => FuncKey {
-            label: format!("#{site}"),
-            file: String::new(),
-            line: 0,
-        },
-    }
-}
-
-struct Frame {
-    site: u32,
-    start: i64,
-    child: i64,
-}
-
-/// Computes the summary from the merged event stream.
-pub fn compute(session: &Session) -> Summary {
-    let n = session.processes.len();
-    let mut per: Vec<FastMap<u32, FuncStats>> = vec![FastMap::default(); n];
-    let mut stacks: FastMap<(usize, u32), Vec<Frame>> = FastMap::default();
-    let mut flows = critical::FlowIndex::new(n);
-    let mut events = session.events();
-    for e in events.by_ref() {
-        flows.observe(&e);
-        match e.kind {
-            EventKind::Enter { site } => stacks.entry((e.proc, e.lane)).or_default().push(Frame {
-                site,
-                start: e.ts,
-                child: 0,
-            }),
-            EventKind::Exit { site, end } => {
-                let stack = stacks.entry((e.proc, e.lane)).or_default();
-                let Some(f) = stack.pop() else { continue };
-                debug_assert_eq!(f.site, site, "the merge keeps exits nested");
-                let dur = e.ts.saturating_sub(f.start);
-                let recursive = stack.iter().any(|g| g.site == f.site);
-                if let Some(parent) = stack.last_mut() {
-                    parent.child = parent.child.saturating_add(dur);
-                }
-                let st = per[e.proc].entry(f.site).or_default();
-                st.ncalls += 1;
-                st.tottime_ns = st.tottime_ns.saturating_add(dur.saturating_sub(f.child));
-                if !recursive {
-                    st.primitive += 1;
-                    st.cumtime_ns = st.cumtime_ns.saturating_add(dur);
-                }
-                if end.reason().is_some() {
-                    st.unfinished += 1;
-                }
-            }
-            _ => {}
-        }
-    }
-    let stats = events.stats();
-    drop(events);
-    let critical_path = critical::from_index(session, flows);
-    let mut tree: HashMap<FuncKey, FuncStats> = HashMap::new();
-    let mut processes = Vec::new();
-    for (pi, p) in session.processes.iter().enumerate() {
-        let mut funcs: Vec<(FuncKey, FuncStats)> = per[pi]
-            .iter()
-            .map(|(&site, st)| (func_key(p, site), *st))
-            .collect();
-        for (k, st) in &funcs {
-            tree.entry(k.clone()).or_default().add(st);
-        }
-        sort(&mut funcs);
-        processes.push(ProcessSummary {
-            name: p.file.display_name(),
-            wall_ns: p.end_ns.saturating_sub(p.start_ns),
-            clean: p.file.clean,
-            funcs,
-            losses: p.file.losses(),
-        });
-    }
-    let mut tree: Vec<_> = tree.into_iter().collect();
-    sort(&mut tree);
-    Summary {
-        processes,
-        tree,
-        wall_ns: session.end_ns().saturating_sub(session.start_ns()),
-        stats,
-        critical_path,
-        origin_ns: session.start_ns(),
-    }
-}
-
-fn sort(v: &mut [(FuncKey, FuncStats)]) {
-    v.sort_by(|a, b| {
-        b.1.cumtime_ns
-            .cmp(&a.1.cumtime_ns)
-            .then_with(|| a.0.cmp(&b.0))
-    });
-}
+use crate::analysis::summary::{self, FuncKey, FuncStats, Summary};
+use crate::trace::Session;
 
 fn secs(ns: i64) -> f64 {
     ns as f64 / 1e9
@@ -296,11 +89,11 @@ pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<
         if !l.lanes.is_empty() || l.unattributed > 0 {
             writeln!(out)?;
             writeln!(out, "   Lost events by thread:")?;
-            crate::check::write_losses(out, "     ", l, limit)?;
+            super::losses(out, "     ", l, limit)?;
         }
     }
     writeln!(out)?;
-    critical::write_text(&s.critical_path, s.origin_ns, out, limit)?;
+    super::critical_path::write(&s.critical_path, s.origin_ns, out, limit)?;
     let st = &s.stats;
     if st.closed_spans + st.unmatched_exits + st.bad_records + st.unreadable_chunks > 0 {
         writeln!(out)?;
@@ -315,7 +108,7 @@ pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<
 
 /// Computes and writes the summary.
 pub fn write(session: &Session, out: &mut dyn Write, limit: usize) -> io::Result<Summary> {
-    let s = compute(session);
+    let s = summary::compute(session);
     write_text(&s, out, limit)?;
     Ok(s)
 }

@@ -1,14 +1,15 @@
 //! Session health: per process (events, losses and the threads that lost
-//! them, clean or abrupt end, clock domain and fit) and for the session (flows matched, causality
-//! violations).
+//! them, clean or abrupt end, clock domain and fit) and for the session
+//! (flows matched, causality violations). [`crate::write::check`] renders
+//! it as text.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
 
 use mpprof_format::{flow_name, FlowId};
 
 use crate::align::FitMethod;
-use crate::merge::{EventKind, MergeStats, Session};
+use crate::merge::{EventKind, MergeStats};
+use crate::trace::Session;
 
 /// Health of one process.
 #[derive(Clone, Debug)]
@@ -101,7 +102,7 @@ pub fn check(session: &Session) -> Health {
     let mut recvs: Vec<(FlowId, i64)> = Vec::new();
     // `mpprof::wait` receives a flow that starts at the child's last event
     // (no send is recorded; one that no parent waited for is no defect).
-    let exits = crate::write::child_exits(session);
+    let exits = session.child_exits();
     let mut events = session.events();
     for e in events.by_ref() {
         match e.kind {
@@ -221,160 +222,4 @@ pub fn check(session: &Session) -> Health {
         alignment: session.alignment.clone(),
         stats: events.stats(),
     }
-}
-
-/// Writes who lost events, a line per thread (at most `limit`, most
-/// first), each line starting with `indent`.
-pub(crate) fn write_losses(
-    out: &mut dyn Write,
-    indent: &str,
-    losses: &crate::read::Losses,
-    limit: usize,
-) -> io::Result<()> {
-    for l in losses.lanes.iter().take(limit) {
-        let name = if l.name.is_empty() {
-            "(unnamed)".to_owned()
-        } else {
-            format!("{:?}", l.name)
-        };
-        let mut what = Vec::new();
-        if l.not_recorded > 0 {
-            what.push(format!("{} not recorded", l.not_recorded));
-        }
-        if l.overwritten > 0 {
-            what.push(format!("{} overwritten", l.overwritten));
-        }
-        writeln!(
-            out,
-            "{indent}thread {name} (lane {}, tid {}): {}",
-            l.lane,
-            l.tid,
-            what.join(", ")
-        )?;
-    }
-    if losses.lanes.len() > limit {
-        let rest = &losses.lanes[limit..];
-        let events = rest.iter().fold(0u64, |a, l| a.saturating_add(l.total()));
-        writeln!(
-            out,
-            "{indent}... {} more threads: {events} events",
-            rest.len()
-        )?;
-    }
-    if losses.unattributed > 0 {
-        writeln!(
-            out,
-            "{indent}no thread named: {} (shown on the process's first thread; a thread without a chunk that did not get to write its losses, e.g. killed)",
-            losses.unattributed
-        )?;
-    }
-    Ok(())
-}
-
-/// Writes the report as text.
-pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
-    for p in &h.processes {
-        let end = if p.clean {
-            "clean exit"
-        } else {
-            "ENDED ABRUPTLY (killed or crashed; open spans closed at its last event)"
-        };
-        writeln!(
-            out,
-            "{} on {}: {end}",
-            p.name,
-            if p.host.is_empty() { "?" } else { &p.host }
-        )?;
-        writeln!(
-            out,
-            "  threads {}, events {}, span {:.3} ms, clock domain {}",
-            p.threads,
-            p.events,
-            p.span_ns as f64 / 1e6,
-            p.domain
-        )?;
-        writeln!(out, "  clock: {}", p.clock_fit)?;
-        if p.lost_events > 0 {
-            writeln!(
-                out,
-                "  LOST {} events: {}",
-                p.lost_events,
-                p.lost_reason.as_deref().unwrap_or("unknown")
-            )?;
-            write_losses(out, "    ", &p.losses, 10)?;
-        }
-        if p.torn_records > 0 {
-            writeln!(
-                out,
-                "  {} record(s) being written at the end were torn or uncommitted; skipped",
-                p.torn_records
-            )?;
-        }
-        for w in &p.warnings {
-            writeln!(out, "  warning: {w}")?;
-        }
-    }
-    for u in &h.unreadable {
-        writeln!(out, "UNREADABLE {u}")?;
-    }
-    writeln!(
-        out,
-        "flows: {} matched, {} sent but not received, {} received but not sent; causality violations: {}",
-        h.flows_matched, h.flows_unmatched_out, h.flows_unmatched_in, h.causality_violations
-    )?;
-    if h.forks_without_recording_child > 0 {
-        writeln!(
-            out,
-            "  ({} fork points without a recording child: exec'd or not instrumented)",
-            h.forks_without_recording_child
-        )?;
-    }
-    if h.alignment.domains.len() > 1 {
-        writeln!(
-            out,
-            "clock domains: {} (reference {}); {} cross-domain flows, min latency {} ns",
-            h.alignment.domains.len(),
-            h.alignment.domains[0].domain,
-            h.alignment.cross_flows,
-            h.alignment.min_latency_ns
-        )?;
-        for d in &h.alignment.domains[1..] {
-            let b =
-                |v: Option<i64>| v.map_or("-".to_owned(), |x| format!("{:.6} s", x as f64 / 1e9));
-            writeln!(
-                out,
-                "  {}: offset {:.6} s [{} .. {}] from {} messages; REALTIME said {:.6} s; drift {:+.1} ppm; {}",
-                d.domain,
-                d.offset_ns as f64 / 1e9,
-                b(d.lower_ns),
-                b(d.upper_ns),
-                d.messages,
-                d.realtime_offset_ns as f64 / 1e9,
-                d.drift_ppm,
-                d.quality.label()
-            )?;
-        }
-        writeln!(
-            out,
-            "  causality violations: {} before alignment, {} after",
-            h.alignment.violations_before, h.alignment.violations_after
-        )?;
-    }
-    let s = &h.stats;
-    writeln!(
-        out,
-        "merge: {} events, {} spans closed by the merge, {} exits without entry, {} malformed records, {} unreadable chunks",
-        s.events, s.closed_spans, s.unmatched_exits, s.bad_records, s.unreadable_chunks
-    )?;
-    writeln!(
-        out,
-        "{}",
-        if h.damaged() {
-            "status: DAMAGED"
-        } else if h.imperfect() {
-            "status: ok with losses or abrupt ends"
-        } else {
-            "status: ok"
-        }
-    )
 }
