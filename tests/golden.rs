@@ -94,47 +94,14 @@ fn golden_files_decode() {
 /// process entry of the first metadata chunk, so the committed file names
 /// nothing of the machine that made it.
 fn scrub(bytes: &mut [u8]) {
-    use mpprof::format::{chunk, Meta, CHUNK_HEADER_SIZE, CHUNK_META, HEADER_SIZE};
-    let chunk_size = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
-    let mut off = HEADER_SIZE as usize;
-    while off + chunk_size <= bytes.len() {
-        let kind = u16::from_le_bytes(
-            bytes[off + chunk::KIND..off + chunk::KIND + 2]
-                .try_into()
-                .unwrap(),
-        );
-        if kind == CHUNK_META {
-            break;
-        }
-        off += chunk_size;
-    }
-    let c = off + chunk::COMMITTED;
-    let committed = u32::from_le_bytes(bytes[c..c + 4].try_into().unwrap()) as usize;
-    let data = off + CHUNK_HEADER_SIZE as usize;
-    let mut entries = Vec::new();
-    let mut at = 0;
-    while at < committed {
-        let len = u32::from_le_bytes(bytes[data + at..data + at + 4].try_into().unwrap()) as usize;
-        let mut m: Meta = postcard::from_bytes(&bytes[data + at + 4..data + at + 4 + len]).unwrap();
-        if let Meta::Process(info) = &mut m {
+    common::file::rewrite_meta(bytes, |m| {
+        if let mpprof::format::Meta::Process(info) = m {
             info.exe = "/golden/golden".into();
             info.argv = vec!["/golden/golden".into()];
             info.hostname = "golden-host".into();
             info.host_id = "00000000-0000-0000-0000-000000000000".into();
         }
-        entries.push(m);
-        at += 4 + len;
-    }
-    let mut out = Vec::new();
-    for m in &entries {
-        let e = postcard::to_stdvec(m).unwrap();
-        out.extend_from_slice(&(e.len() as u32).to_le_bytes());
-        out.extend_from_slice(&e);
-    }
-    assert!(out.len() <= chunk_size - CHUNK_HEADER_SIZE as usize);
-    bytes[data..data + committed].fill(0);
-    bytes[data..data + out.len()].copy_from_slice(&out);
-    bytes[c..c + 4].copy_from_slice(&(out.len() as u32).to_le_bytes());
+    });
 }
 
 /// The Chrome writer's timestamps are the merged events' times, to the

@@ -1,7 +1,7 @@
 //! The Perfetto protobuf writer on real recordings: the pipeline example's
 //! message flows (every arrow has one sending and one receiving end), and
 //! async spans and spans left open at exit. Decoded with the writer's own
-//! reader (`mpprof_merge::write::perfetto::decode`), which also checks the
+//! reader (`mpprof_testkit::perfetto`), which also checks the
 //! sequence and interning rules.
 
 mod common;
@@ -11,8 +11,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
+use common::perfetto as decode;
 use common::{child_role, self_command, session_dir};
-use mpprof_merge::write::perfetto::{decode, field::event as te};
+use mpprof_merge::write::perfetto::field::event as te;
 use mpprof_merge::{EventKind, Session};
 
 /// A slice of the decoded trace: a BEGIN paired with its END.

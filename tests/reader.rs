@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{child_role, self_command, session_dir};
+use common::{child_role, file, self_command, session_dir};
 use mpprof_merge::read::{self, ReadError};
 use mpprof_merge::Session;
 
@@ -144,68 +144,16 @@ fn handmade(
     meta: &[mpprof::format::Meta],
     finished: bool,
 ) -> Vec<u8> {
-    use mpprof::format::{chunk, header, *};
-    let cs = MIN_CHUNK_SIZE as usize;
-    let mut f = vec![0u8; HEADER_SIZE as usize + 2 * cs];
-    let put = |f: &mut [u8], at: usize, b: &[u8]| f[at..at + b.len()].copy_from_slice(b);
-    put(&mut f, header::MAGIC, &MAGIC);
-    put(&mut f, header::VERSION, &FORMAT_VERSION.to_le_bytes());
-    put(
-        &mut f,
-        header::HEADER_SIZE,
-        &(HEADER_SIZE as u32).to_le_bytes(),
-    );
-    put(&mut f, header::CHUNK_SIZE, &MIN_CHUNK_SIZE.to_le_bytes());
-    put(
-        &mut f,
-        header::CHUNK_HEADER_SIZE,
-        &(CHUNK_HEADER_SIZE as u16).to_le_bytes(),
-    );
-    put(
-        &mut f,
-        header::RECORD_SIZE,
-        &(RECORD_SIZE as u16).to_le_bytes(),
-    );
-    put(&mut f, header::MAX_CHUNKS, &4u32.to_le_bytes());
-    put(&mut f, header::POLICY, &1u32.to_le_bytes());
-    put(&mut f, header::NEXT_CHUNK, &2u32.to_le_bytes());
-    put(&mut f, header::STATE, &u32::from(finished).to_le_bytes());
-    put(&mut f, header::PID, &42u32.to_le_bytes());
-    let ev = HEADER_SIZE as usize;
-    if lane != 0 {
-        put(&mut f, ev + chunk::MAGIC, &CHUNK_MAGIC.to_le_bytes());
+    let mut h = file::event_header(lane, seq);
+    if lane == 0 {
+        h.magic = 0;
     }
-    put(&mut f, ev + chunk::KIND, &CHUNK_EVENTS.to_le_bytes());
-    put(&mut f, ev + chunk::LANE, &lane.to_le_bytes());
-    put(&mut f, ev + chunk::SEQ, &seq.to_le_bytes());
-    put(
-        &mut f,
-        ev + chunk::COMMITTED,
-        &(words.len() as u32).to_le_bytes(),
-    );
-    for (i, w) in words.iter().chain(leftover).enumerate() {
-        put(
-            &mut f,
-            ev + CHUNK_HEADER_SIZE as usize + 8 * i,
-            &w.to_le_bytes(),
-        );
-    }
-    let md = ev + cs;
-    put(&mut f, md + chunk::MAGIC, &CHUNK_MAGIC.to_le_bytes());
-    put(&mut f, md + chunk::KIND, &CHUNK_META.to_le_bytes());
-    let mut log = Vec::new();
-    for m in meta {
-        let b = postcard::to_stdvec(m).unwrap();
-        log.extend_from_slice(&(b.len() as u32).to_le_bytes());
-        log.extend_from_slice(&b);
-    }
-    put(
-        &mut f,
-        md + chunk::COMMITTED,
-        &(log.len() as u32).to_le_bytes(),
-    );
-    put(&mut f, md + CHUNK_HEADER_SIZE as usize, &log);
-    f
+    let mut b = file::FileBuilder::new(mpprof::format::MIN_CHUNK_SIZE, 4);
+    b.header.policy = mpprof::format::Policy::KeepLast as u32;
+    b.finished(finished)
+        .event_chunk(h, words, leftover)
+        .meta_chunk(0, meta);
+    b.build()
 }
 
 /// The callsite (id 1, an instant named "tick") of the hand-made files.
@@ -359,26 +307,13 @@ fn reused_chunks_drop_their_old_hand_offs_once_the_header_shows_the_reuse() {
     assert_eq!((ow(&f, 1), ow(&f, 2), ow(&f, 4)), (1, 2, 0));
 }
 
-/// Appends a raw `[len][bytes]` entry to the metadata log of a
-/// [`handmade`] file.
-fn append_raw_meta(f: &mut [u8], entry: &[u8]) {
-    use mpprof::format::{chunk, CHUNK_HEADER_SIZE, HEADER_SIZE, MIN_CHUNK_SIZE};
-    let md = HEADER_SIZE as usize + MIN_CHUNK_SIZE as usize;
-    let c = md + chunk::COMMITTED;
-    let used = u32::from_le_bytes(f[c..c + 4].try_into().unwrap()) as usize;
-    let at = md + CHUNK_HEADER_SIZE as usize + used;
-    f[at..at + 4].copy_from_slice(&(entry.len() as u32).to_le_bytes());
-    f[at + 4..at + 4 + entry.len()].copy_from_slice(entry);
-    f[c..c + 4].copy_from_slice(&((used + 4 + entry.len()) as u32).to_le_bytes());
-}
-
 /// `Meta::Lost` gives a thread's losses to its lane (several entries add
 /// up), names a lane whose `Thread` entry is missing, and the merge shows
 /// them there, not on the process's first lane. An entry naming lane 0 or
 /// of a kind this reader does not know is a warning, never a panic.
 #[test]
 fn lost_entries_give_losses_to_their_lanes() {
-    use mpprof::format::{header, kind, word, Meta};
+    use mpprof::format::{kind, word, Meta};
     use mpprof_merge::EventKind;
     let lost = |lane, name: &str, ts, events| {
         Meta::Lost(mpprof::format::Lost {
@@ -413,7 +348,7 @@ fn lost_entries_give_losses_to_their_lanes() {
         word::new(30, word::site_kind(1, kind::INSTANT)),
     ];
     let mut f = handmade((1, 0), &words, &[], &meta, true);
-    f[header::LOST_EVENTS..header::LOST_EVENTS + 8].copy_from_slice(&16u64.to_le_bytes());
+    file::edit_file_header(&mut f, |h| h.lost_events = 16);
     let tmp = session_dir();
     let p = tmp.path().join("x.mpb");
     std::fs::write(&p, &f).unwrap();
@@ -452,10 +387,10 @@ fn lost_entries_give_losses_to_their_lanes() {
 
     // Corrupt entries: lane 0, an unknown kind, garbage. Warnings, and the
     // losses stay the process's (the first lane's, at its end).
-    append_raw_meta(&mut f, &postcard::to_stdvec(&lost(0, "x", 30, 9)).unwrap());
-    append_raw_meta(&mut f, &[Meta::VARIANTS as u8, 1, 2, 3]);
-    append_raw_meta(&mut f, &[6, 0xFF]);
-    f[header::LOST_EVENTS..header::LOST_EVENTS + 8].copy_from_slice(&25u64.to_le_bytes());
+    file::append_raw_meta(&mut f, &postcard::to_stdvec(&lost(0, "x", 30, 9)).unwrap());
+    file::append_raw_meta(&mut f, &[Meta::VARIANTS as u8, 1, 2, 3]);
+    file::append_raw_meta(&mut f, &[6, 0xFF]);
+    file::edit_file_header(&mut f, |h| h.lost_events = 25);
     std::fs::write(&p, &f).unwrap();
     let pf = read::open(&p).unwrap();
     let w = pf.warnings.join("\n");

@@ -3,4 +3,6 @@
 //! allocation, no hang.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mpprof_fuzz::read_file(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    mpprof_fuzz::read_file(data);
+});

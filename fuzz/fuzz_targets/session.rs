@@ -3,4 +3,6 @@
 //! `read_file`.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mpprof_fuzz::session(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    mpprof_fuzz::session(data);
+});

@@ -1,29 +1,16 @@
 //! What the fuzz targets (`fuzz_targets/`) do with an input. The workspace
 //! test `tests/fuzz_corpus.rs` replays the committed corpus the same way.
 //!
-//! The reader only takes paths, so each input is written to a per-process
-//! scratch directory under the system temp dir and read back from there.
+//! The reader reads the input from memory (`read::from_bytes`), through
+//! the same parser as a file on disk, and `Session::from_files` merges it.
 
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::Path;
 
 use mpprof_merge::{analysis, read, write, Session};
 
 /// Most files a session input is split into.
 pub const MAX_FILES: usize = 3;
-
-/// This process's scratch directory (created once, mode 0700, removed by
-/// nobody: it holds at most the last input, a few KiB).
-pub fn scratch() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let d = std::env::temp_dir().join(format!("mpprof-fuzz-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).expect("create the scratch directory");
-        d
-    })
-}
 
 /// Splits a session input into 1 to [`MAX_FILES`] files. The first byte
 /// chooses the number of files (`b % 3 + 1`); then one little-endian `u32`
@@ -91,15 +78,13 @@ pub fn exercise(s: &Session) -> u64 {
     n
 }
 
-/// Target `read_file`: the input is one buffer file.
-pub fn read_file(data: &[u8]) {
-    let dir = scratch().join("file");
-    let _ = std::fs::create_dir(&dir);
-    let p = dir.join("input.mpb");
-    std::fs::write(&p, data).expect("write the input file");
-    match read::open(&p) {
+/// Target `read_file`: the input is one buffer file. Returns the number
+/// of merged events when it opens.
+pub fn read_file(data: &[u8]) -> Option<u64> {
+    match read::from_bytes(Path::new("input.mpb"), data.to_vec()) {
         Ok(f) => {
             std::hint::black_box((f.committed_records(), f.display_name()));
+            Some(exercise(&Session::from_files(vec![f])))
         }
         Err(e) => {
             // Errors name the file.
@@ -108,25 +93,31 @@ pub fn read_file(data: &[u8]) {
                 msg.contains("input.mpb"),
                 "error does not name the file: {msg}"
             );
+            None
         }
-    }
-    if let Ok(s) = Session::open(&[&p]) {
-        exercise(&s);
     }
 }
 
 /// Target `session`: the input is 1 to 3 files of one session directory
-/// (see [`split_session`]).
-pub fn session(data: &[u8]) {
-    let dir = scratch().join("session");
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir(&dir).expect("create the session directory");
+/// (see [`split_session`]); those that open are merged, as
+/// `Session::open` does, and those that do not are the session's
+/// unreadable files. Returns the number of merged events, if any opened.
+pub fn session(data: &[u8]) -> Option<u64> {
+    let mut files = Vec::new();
+    let mut unreadable = Vec::new();
     for (i, f) in split_session(data).iter().enumerate() {
-        std::fs::write(dir.join(format!("{i}.mpb")), f).expect("write an input file");
+        let name = format!("{i}.mpb");
+        match read::from_bytes(Path::new(&name), f.to_vec()) {
+            Ok(f) => files.push(f),
+            Err(e) => unreadable.push((name.into(), e.to_string())),
+        }
     }
-    if let Ok(s) = Session::open(&[&dir]) {
-        exercise(&s);
+    if files.is_empty() {
+        return None;
     }
+    let mut s = Session::from_files(files);
+    s.unreadable = unreadable;
+    Some(exercise(&s))
 }
 
 /// Runs target `name` on `data`; `false` for an unknown target.
@@ -135,7 +126,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "read_file" => read_file(data),
         "session" => session(data),
         _ => return false,
-    }
+    };
     true
 }
 

@@ -3,6 +3,7 @@
 //! message names and field numbers), so the bytes are checked by a
 //! protobuf implementation that is not ours.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,6 +11,8 @@ use std::process::{Command, Stdio};
 mod common;
 
 use common::{bin, golden_session};
+use mpprof_merge::write::perfetto::field::event as te;
+use mpprof_testkit::perfetto as decode;
 
 /// `protoc --decode=perfetto.protos.Trace` of `bytes`, or `None` (after a
 /// SKIPPED line) when protoc is not installed.
@@ -104,4 +107,91 @@ fn pftrace_from_the_cli_decodes_with_protoc() {
         "interned once: {text}"
     );
     assert_eq!(text.matches("packet {").count(), 12, "{text}");
+}
+
+fn golden() -> mpprof_merge::Session {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/v2.mpb");
+    mpprof_merge::Session::open(&[p]).expect("golden file")
+}
+
+/// The golden session written as Perfetto and read back by the testkit's
+/// decoder (which checks the writer's promises): one process and thread
+/// track, balanced slices, counters on a counter track, interned names.
+#[test]
+fn golden_session_decodes_with_balanced_slices_and_counters() {
+    let s = golden();
+    let mut buf = Vec::new();
+    let stats = mpprof_merge::write::perfetto::write(&s, &mut buf).unwrap();
+    assert!(stats.events > 0);
+    let t = decode::trace(&buf).unwrap();
+
+    let procs: Vec<_> = t
+        .tracks
+        .iter()
+        .filter(|t| t.process_name.is_some())
+        .collect();
+    assert_eq!(procs.len(), 1);
+    assert_eq!(procs[0].process_name.as_deref(), Some("golden (pid 3450)"));
+    assert_eq!(procs[0].pid, Some(3450));
+    let threads: Vec<_> = t.tracks.iter().filter(|t| t.tid.is_some()).collect();
+    assert_eq!(threads.len(), 1);
+    assert_eq!(
+        (
+            threads[0].pid,
+            threads[0].tid,
+            threads[0].thread_name.as_deref()
+        ),
+        (Some(3450), Some(3451), Some("golden_files_decode"))
+    );
+    assert_eq!(threads[0].parent_uuid, Some(procs[0].uuid));
+
+    // Every event is on a described track; slices balance per track.
+    let kinds: HashMap<u64, &decode::Track> = t.tracks.iter().map(|t| (t.uuid, t)).collect();
+    assert_eq!(kinds.len(), t.tracks.len(), "track uuids are unique");
+    let mut depth: HashMap<u64, i64> = HashMap::new();
+    let mut last = 0;
+    for e in &t.events {
+        let track = kinds.get(&e.track_uuid).expect("described track");
+        assert!(e.ts >= last, "time-ordered");
+        last = e.ts;
+        let d = depth.entry(e.track_uuid).or_default();
+        match e.kind {
+            te::TYPE_SLICE_BEGIN => {
+                assert!(e.name.is_some());
+                *d += 1
+            }
+            te::TYPE_SLICE_END => {
+                *d -= 1;
+                assert!(*d >= 0, "END without BEGIN");
+            }
+            te::TYPE_COUNTER => assert!(track.counter),
+            te::TYPE_INSTANT => assert!(!track.counter),
+            k => panic!("type {k}"),
+        }
+    }
+    assert!(depth.values().all(|&d| d == 0), "{depth:?}");
+
+    let begins: Vec<_> = t
+        .events
+        .iter()
+        .filter(|e| e.kind == te::TYPE_SLICE_BEGIN)
+        .map(|e| e.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(begins, ["golden_outer", "inner", "inner"]);
+    let counters: Vec<_> = t.events.iter().filter_map(|e| e.counter).collect();
+    assert_eq!(counters, [1.0, 2.0]);
+    let ctrack = t.tracks.iter().find(|t| t.counter).unwrap();
+    assert_eq!(ctrack.name.as_deref(), Some("x"));
+    assert_eq!(ctrack.parent_uuid, Some(procs[0].uuid));
+    let instants: Vec<_> = t
+        .events
+        .iter()
+        .filter(|e| e.kind == te::TYPE_INSTANT)
+        .map(|e| e.name.as_deref().unwrap())
+        .collect();
+    assert_eq!(instants, ["end"]);
+
+    // Names are interned: "inner" is spelled once in the file.
+    let n = buf.windows(5).filter(|w| w == b"inner").count();
+    assert_eq!(n, 1);
 }

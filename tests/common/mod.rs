@@ -1,43 +1,13 @@
-//! Helpers shared by the multi-process tests: run this test binary again as
-//! a child in a given role, and merge what it recorded.
-#![allow(dead_code)]
+//! Helpers shared by the root package's tests: `mpprof-testkit` (child
+//! processes in roles, session directories, merged events, hand-made
+//! buffer files, the Perfetto decoder), and what needs this package: its
+//! examples and instrumented code.
+#![allow(dead_code, unused_imports)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use mpprof_merge::{Event, EventKind, Session};
-
-/// Environment variable that tells a re-executed test binary which role to play.
-pub const ROLE: &str = "MPPROF_TEST_ROLE";
-
-/// If this process was started as a child in some role, runs `f` for the
-/// matching role and exits; otherwise returns.
-pub fn child_role(role: &str, f: impl FnOnce()) {
-    if std::env::var(ROLE).as_deref() == Ok(role) {
-        f();
-        std::process::exit(0);
-    }
-}
-
-/// A command that re-runs the current test binary as `role`, recording
-/// into `dir`. `test` is the name of the test function that hosts the role.
-pub fn self_command(test: &str, role: &str, dir: &Path) -> Command {
-    let mut c = Command::new(std::env::current_exe().expect("test binary path"));
-    c.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
-        .env("MPPROF_DIR", dir)
-        .env_remove("MPPROF")
-        .stdin(Stdio::null());
-    c
-}
-
-/// A fresh session directory (mode 0700, as the recorder demands).
-pub fn session_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("mpprof-test-")
-        .tempdir()
-        .expect("tempdir")
-}
+pub use mpprof_testkit::*;
 
 /// Path of an example binary, built by `cargo test` next to `deps/` (when
 /// only one test target was built, it is built here with the same cargo).
@@ -61,50 +31,6 @@ pub fn example(name: &str) -> PathBuf {
     }
     assert!(p.exists(), "{} not found after building it", p.display());
     p
-}
-
-/// All merged events of a session.
-pub fn events(s: &Session) -> Vec<Event> {
-    s.events().collect()
-}
-
-/// Name of the callsite of an event, if it has one.
-pub fn site_name(s: &Session, e: &Event) -> Option<String> {
-    let site = match e.kind {
-        EventKind::Enter { site }
-        | EventKind::Exit { site, .. }
-        | EventKind::Instant { site }
-        | EventKind::Counter { site, .. }
-        | EventKind::FlowOut { site, .. }
-        | EventKind::FlowIn { site, .. }
-        | EventKind::AsyncBegin { site, .. }
-        | EventKind::AsyncEnd { site, .. } => site,
-        EventKind::Lost { .. } => return None,
-    };
-    Some(s.processes[e.proc].site_name(site).into_owned())
-}
-
-/// The session written as Chrome JSON and parsed back: its `traceEvents`.
-pub fn chrome_events(s: &Session) -> Vec<serde_json::Value> {
-    let mut json = Vec::new();
-    mpprof_merge::write::chrome::write(s, &mut json).expect("write Chrome JSON");
-    let mut v: serde_json::Value = serde_json::from_slice(&json).expect("valid JSON");
-    match v["traceEvents"].take() {
-        serde_json::Value::Array(events) => events,
-        other => panic!("traceEvents is not an array: {other}"),
-    }
-}
-
-/// The enter/exit sequence of one lane as `+name`/`-name` strings.
-pub fn span_sequence(s: &Session, proc: usize, lane: u32) -> Vec<String> {
-    s.events()
-        .filter(|e| e.proc == proc && e.lane == lane)
-        .filter_map(|e| match e.kind {
-            EventKind::Enter { .. } => Some(format!("+{}", site_name(s, &e)?)),
-            EventKind::Exit { .. } => Some(format!("-{}", site_name(s, &e)?)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// An example run as a user would: in a fresh working directory, with no
@@ -138,38 +64,6 @@ pub fn recorded_session(cwd: &Path) -> PathBuf {
         .path()
 }
 
-/// A future that is pending on its first poll and ready on the second.
-pub struct YieldOnce(pub bool);
-
-impl std::future::Future for YieldOnce {
-    type Output = ();
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<()> {
-        if self.0 {
-            std::task::Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    }
-}
-
-/// Runs `role` of the test `test` in a child recording into a fresh
-/// session directory, checks it exited successfully, and opens the
-/// session. Keep the directory alive as long as the session is used.
-pub fn record(test: &str, role: &str) -> (tempfile::TempDir, Session) {
-    let dir = session_dir();
-    let st = self_command(test, role, dir.path())
-        .status()
-        .expect("run the child");
-    assert!(st.success(), "child {role} of {test} failed: {st}");
-    let s = Session::open(&[dir.path()]).expect("open the session");
-    (dir, s)
-}
-
 /// The answering side of a ping-pong over stdin/stdout: each `ping <flow>`
 /// line is received as a flow and answered with `pong <new flow>`, until a
 /// line that is not a ping.
@@ -187,24 +81,4 @@ pub fn answer_pings() {
         writeln!(out, "pong {}", mpprof::flow::send("pong")).unwrap();
         out.flush().unwrap();
     }
-}
-
-/// This test binary again, as `role` of `test`, in a new time namespace
-/// whose CLOCK_MONOTONIC is `offset_s` seconds ahead (`unshare -T`, root
-/// only), recording into `dir` as host `host`.
-pub fn in_time_namespace(
-    test: &str,
-    role: &str,
-    offset_s: u64,
-    dir: &std::ffi::OsStr,
-    host: &str,
-) -> Command {
-    let mut c = Command::new("unshare");
-    c.args(["-T", "--monotonic", &offset_s.to_string()])
-        .arg(std::env::current_exe().expect("test binary path"))
-        .args([test, "--exact", "--nocapture"])
-        .env(ROLE, role)
-        .env("MPPROF_DIR", dir)
-        .env("MPPROF_HOST_ID", host);
-    c
 }

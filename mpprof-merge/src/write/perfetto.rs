@@ -40,8 +40,9 @@
 //!   as they are: the file holds no other clock to relate them to, and a
 //!   non-default clock id would need `ClockSnapshot` packets to convert.
 //!
-//! [`decode`] is a tiny reader for exactly this output, for tests and
-//! debugging.
+//! The tests read this output back with `mpprof-testkit`'s decoder (which
+//! checks the promises above) and with `protoc` against Perfetto's own
+//! protos.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -172,10 +173,19 @@ use field::{annotation as da, event as te, interned, packet as pk, track as td};
 /// The packet sequence every packet is written on.
 const SEQUENCE_ID: u64 = 1;
 
-const WT_VARINT: u8 = 0;
-const WT_I64: u8 = 1;
-const WT_LEN: u8 = 2;
-const WT_I32: u8 = 5;
+/// Protobuf wire types (the low 3 bits of a field's tag).
+pub mod wire {
+    /// Varint: uint32, uint64, int32/int64 (two's complement), bool, enum.
+    pub const VARINT: u8 = 0;
+    /// 64-bit: fixed64, double.
+    pub const I64: u8 = 1;
+    /// Length-delimited: string, bytes, nested messages, packed fields.
+    pub const LEN: u8 = 2;
+    /// 32-bit: fixed32, float.
+    pub const I32: u8 = 5;
+}
+
+use wire::{I64 as WT_I64, LEN as WT_LEN, VARINT as WT_VARINT};
 
 /// Writes the whole session as a Perfetto protobuf trace.
 pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
@@ -697,521 +707,47 @@ impl Enc {
     }
 }
 
-/// A tiny reader for the traces [`write()`] produces, for tests and
-/// debugging: it walks the protobuf fields, resolves interned names on the
-/// sequence and returns the tracks and track events. It checks what the
-/// writer promises (every packet on one sequence, incremental state cleared
-/// by the first packet, interned names defined before use and never
-/// redefined) and fails on malformed input. It is not a general Perfetto
-/// parser: fields it does not know are skipped.
-pub mod decode {
-    use std::collections::HashMap;
-    use std::fmt;
-
-    use super::field::{self, annotation as da, event as te, interned, packet as pk, track as td};
-    use super::{WT_I32, WT_I64, WT_LEN, WT_VARINT};
-
-    /// A malformed trace, or one that breaks the writer's promises.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub struct DecodeError(pub String);
-
-    impl fmt::Display for DecodeError {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(&self.0)
-        }
-    }
-
-    impl std::error::Error for DecodeError {}
-
-    fn err<T>(msg: impl Into<String>) -> Result<T, DecodeError> {
-        Err(DecodeError(msg.into()))
-    }
-
-    /// The value of one field, by wire type.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub enum Value<'a> {
-        /// Wire type 0.
-        Varint(u64),
-        /// Wire type 1 (fixed64, double).
-        I64(u64),
-        /// Wire type 2 (strings, bytes, messages, packed fields).
-        Len(&'a [u8]),
-        /// Wire type 5 (fixed32, float).
-        I32(u32),
-    }
-
-    impl<'a> Value<'a> {
-        fn uint(self, what: &str) -> Result<u64, DecodeError> {
-            match self {
-                Value::Varint(v) => Ok(v),
-                other => err(format!("{what}: expected a varint, got {other:?}")),
-            }
-        }
-
-        fn bytes(self, what: &str) -> Result<&'a [u8], DecodeError> {
-            match self {
-                Value::Len(b) => Ok(b),
-                other => err(format!("{what}: expected bytes, got {other:?}")),
-            }
-        }
-
-        fn string(self, what: &str) -> Result<String, DecodeError> {
-            String::from_utf8(self.bytes(what)?.to_vec())
-                .map_err(|_| DecodeError(format!("{what}: not UTF-8")))
-        }
-    }
-
-    /// The fields of one message, in order.
-    pub fn fields(buf: &[u8]) -> Fields<'_> {
-        Fields { buf }
-    }
-
-    /// Iterator of [`fields`].
-    pub struct Fields<'a> {
-        buf: &'a [u8],
-    }
-
-    impl<'a> Fields<'a> {
-        fn varint(&mut self) -> Result<u64, DecodeError> {
-            let mut v = 0u64;
-            for i in 0..10 {
-                let Some((&b, rest)) = self.buf.split_first() else {
-                    return err("truncated varint");
-                };
-                self.buf = rest;
-                v |= u64::from(b & 0x7f) << (7 * i);
-                if b & 0x80 == 0 {
-                    return Ok(v);
-                }
-            }
-            err("varint longer than 10 bytes")
-        }
-
-        fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-            if self.buf.len() < n {
-                return err(format!(
-                    "field of {n} bytes, {} left in the message",
-                    self.buf.len()
-                ));
-            }
-            let (a, b) = self.buf.split_at(n);
-            self.buf = b;
-            Ok(a)
-        }
-    }
-
-    impl<'a> Iterator for Fields<'a> {
-        type Item = Result<(u32, Value<'a>), DecodeError>;
-
-        fn next(&mut self) -> Option<Self::Item> {
-            if self.buf.is_empty() {
-                return None;
-            }
-            let r = (|| {
-                let key = self.varint()?;
-                let (field, wire) = ((key >> 3) as u32, (key & 7) as u8);
-                if field == 0 {
-                    return err("field number 0");
-                }
-                let v = match wire {
-                    WT_VARINT => Value::Varint(self.varint()?),
-                    WT_I64 => {
-                        let b = self.take(8)?;
-                        Value::I64(u64::from_le_bytes(b.try_into().expect("8 bytes")))
-                    }
-                    WT_LEN => {
-                        let n = self.varint()?;
-                        let n = usize::try_from(n)
-                            .map_err(|_| DecodeError(format!("field {field}: length {n}")))?;
-                        Value::Len(self.take(n)?)
-                    }
-                    WT_I32 => {
-                        let b = self.take(4)?;
-                        Value::I32(u32::from_le_bytes(b.try_into().expect("4 bytes")))
-                    }
-                    w => return err(format!("field {field}: unsupported wire type {w}")),
-                };
-                Ok((field, v))
-            })();
-            if r.is_err() {
-                self.buf = &[];
-            }
-            Some(r)
-        }
-    }
-
-    /// A track of the trace.
-    #[derive(Debug, Clone, Default, PartialEq)]
-    pub struct Track {
-        /// Its uuid.
-        pub uuid: u64,
-        /// Parent track.
-        pub parent_uuid: Option<u64>,
-        /// `TrackDescriptor.name` (counter tracks).
-        pub name: Option<String>,
-        /// Pid of a process or thread track.
-        pub pid: Option<i32>,
-        /// Tid of a thread track.
-        pub tid: Option<i32>,
-        /// Name of a process track.
-        pub process_name: Option<String>,
-        /// Name of a thread track.
-        pub thread_name: Option<String>,
-        /// A counter track.
-        pub counter: bool,
-    }
-
-    /// A track event, its name resolved.
-    #[derive(Debug, Clone, Default, PartialEq)]
-    pub struct TrackEvent {
-        /// `TracePacket.timestamp`.
-        pub ts: u64,
-        /// `TrackEvent.type` (see [`field::event`]).
-        pub kind: u64,
-        /// Its track.
-        pub track_uuid: u64,
-        /// Its name (interned or not).
-        pub name: Option<String>,
-        /// Its categories.
-        pub categories: Vec<String>,
-        /// Counter value (integer or double).
-        pub counter: Option<f64>,
-        /// Outgoing flows.
-        pub flow_ids: Vec<u64>,
-        /// Flows ending here.
-        pub terminating_flow_ids: Vec<u64>,
-        /// Debug annotations, values as text.
-        pub annotations: Vec<(String, String)>,
-    }
-
-    /// What [`trace`] read: tracks and events in file order.
-    #[derive(Debug, Clone, Default)]
-    pub struct Trace {
-        /// Track descriptors.
-        pub tracks: Vec<Track>,
-        /// Track events.
-        pub events: Vec<TrackEvent>,
-    }
-
-    /// Reads a whole trace.
-    pub fn trace(bytes: &[u8]) -> Result<Trace, DecodeError> {
-        let mut t = Trace::default();
-        let mut names: HashMap<u64, String> = HashMap::new();
-        let mut seq = None;
-        for f in fields(bytes) {
-            let (num, v) = f?;
-            if num != field::TRACE_PACKET {
-                return err(format!("Trace field {num}: only packets (1) expected"));
-            }
-            let mut ts = None;
-            let mut flags = 0;
-            let mut this_seq = None;
-            let mut event = None;
-            for f in fields(v.bytes("packet")?) {
-                let (num, v) = f?;
-                match num {
-                    pk::TIMESTAMP => ts = Some(v.uint("timestamp")?),
-                    pk::TRUSTED_PACKET_SEQUENCE_ID => this_seq = Some(v.uint("sequence id")?),
-                    pk::SEQUENCE_FLAGS => flags = v.uint("sequence_flags")?,
-                    pk::INTERNED_DATA => {
-                        for f in fields(v.bytes("interned_data")?) {
-                            let (num, v) = f?;
-                            if num != interned::EVENT_NAMES {
-                                continue;
-                            }
-                            let (mut iid, mut name) = (0, None);
-                            for f in fields(v.bytes("event_names")?) {
-                                match f? {
-                                    (interned::IID, v) => iid = v.uint("iid")?,
-                                    (interned::NAME, v) => name = Some(v.string("name")?),
-                                    _ => {}
-                                }
-                            }
-                            let name = name.unwrap_or_default();
-                            if iid == 0 {
-                                return err(format!("interned name {name:?} with iid 0"));
-                            }
-                            if let Some(old) = names.insert(iid, name.clone()) {
-                                if old != name {
-                                    return err(format!(
-                                        "iid {iid} redefined: {old:?} then {name:?}"
-                                    ));
-                                }
-                            }
-                        }
-                    }
-                    pk::TRACK_DESCRIPTOR => t.tracks.push(track(v.bytes("track_descriptor")?)?),
-                    pk::TRACK_EVENT => event = Some(v.bytes("track_event")?),
-                    _ => {}
-                }
-            }
-            match (seq, this_seq) {
-                (_, None) => return err("packet without trusted_packet_sequence_id"),
-                (None, Some(s)) => {
-                    if flags & pk::SEQ_INCREMENTAL_STATE_CLEARED == 0 {
-                        return err("first packet does not clear the incremental state");
-                    }
-                    seq = Some(s);
-                }
-                (Some(a), Some(b)) if a != b => {
-                    return err(format!("packets on sequences {a} and {b}"))
-                }
-                _ => {}
-            }
-            if let Some(b) = event {
-                let Some(ts) = ts else {
-                    return err("track event without a timestamp");
-                };
-                t.events.push(track_event(b, ts, &names)?);
-            }
-        }
-        Ok(t)
-    }
-
-    fn track(b: &[u8]) -> Result<Track, DecodeError> {
-        let mut t = Track::default();
-        for f in fields(b) {
-            match f? {
-                (td::UUID, v) => t.uuid = v.uint("uuid")?,
-                (td::PARENT_UUID, v) => t.parent_uuid = Some(v.uint("parent_uuid")?),
-                (td::NAME, v) => t.name = Some(v.string("track name")?),
-                (td::COUNTER, _) => t.counter = true,
-                (td::PROCESS, v) => {
-                    for f in fields(v.bytes("process")?) {
-                        match f? {
-                            (field::process::PID, v) => t.pid = Some(v.uint("pid")? as i32),
-                            (field::process::PROCESS_NAME, v) => {
-                                t.process_name = Some(v.string("process_name")?)
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                (td::THREAD, v) => {
-                    for f in fields(v.bytes("thread")?) {
-                        match f? {
-                            (field::thread::PID, v) => t.pid = Some(v.uint("pid")? as i32),
-                            (field::thread::TID, v) => t.tid = Some(v.uint("tid")? as i32),
-                            (field::thread::THREAD_NAME, v) => {
-                                t.thread_name = Some(v.string("thread_name")?)
-                            }
-                            _ => {}
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        if t.uuid == 0 {
-            return err("track descriptor without uuid");
-        }
-        Ok(t)
-    }
-
-    fn fixed64s(v: Value<'_>, out: &mut Vec<u64>) -> Result<(), DecodeError> {
-        match v {
-            Value::I64(x) => out.push(x),
-            Value::Len(b) if b.len() % 8 == 0 => out.extend(
-                b.chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
-            ),
-            other => return err(format!("flow ids: expected fixed64, got {other:?}")),
-        }
-        Ok(())
-    }
-
-    fn track_event(
-        b: &[u8],
-        ts: u64,
-        names: &HashMap<u64, String>,
-    ) -> Result<TrackEvent, DecodeError> {
-        let mut e = TrackEvent {
-            ts,
-            ..TrackEvent::default()
-        };
-        for f in fields(b) {
-            match f? {
-                (te::TYPE, v) => e.kind = v.uint("type")?,
-                (te::TRACK_UUID, v) => e.track_uuid = v.uint("track_uuid")?,
-                (te::NAME, v) => e.name = Some(v.string("name")?),
-                (te::NAME_IID, v) => {
-                    let iid = v.uint("name_iid")?;
-                    match names.get(&iid) {
-                        Some(n) => e.name = Some(n.clone()),
-                        None => return err(format!("name_iid {iid} used before it is defined")),
-                    }
-                }
-                (te::CATEGORIES, v) => e.categories.push(v.string("category")?),
-                (te::COUNTER_VALUE, v) => e.counter = Some(v.uint("counter_value")? as i64 as f64),
-                (te::DOUBLE_COUNTER_VALUE, Value::I64(bits)) => {
-                    e.counter = Some(f64::from_bits(bits))
-                }
-                (te::FLOW_IDS, v) => fixed64s(v, &mut e.flow_ids)?,
-                (te::TERMINATING_FLOW_IDS, v) => fixed64s(v, &mut e.terminating_flow_ids)?,
-                (te::DEBUG_ANNOTATIONS, v) => {
-                    let (mut name, mut value) = (String::new(), String::new());
-                    for f in fields(v.bytes("debug annotation")?) {
-                        match f? {
-                            (da::NAME, v) => name = v.string("annotation name")?,
-                            (da::STRING_VALUE, v) => value = v.string("annotation value")?,
-                            (da::UINT_VALUE, v) => value = v.uint("uint_value")?.to_string(),
-                            (da::BOOL_VALUE, v) => value = (v.uint("bool_value")? != 0).to_string(),
-                            _ => {}
-                        }
-                    }
-                    e.annotations.push((name, value));
-                }
-                _ => {}
-            }
-        }
-        Ok(e)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
-    use super::decode::{self, Value};
     use super::*;
 
-    fn golden() -> Session {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/v2.mpb");
-        Session::open(&[p]).expect("golden file")
-    }
-
+    /// The encoder's bytes, checked by hand: varints of every length, int32
+    /// sign extension, fixed64, and nested messages whose length needs one,
+    /// two or three bytes (the length is patched in after the body).
     #[test]
-    fn encoder_and_reader_agree() {
+    fn the_encoder_writes_protobuf_wire_format() {
         let mut e = Enc::default();
         e.uint(1, 0);
         e.uint(2, 300);
         e.uint(3, u64::MAX);
-        e.int32(4, u32::MAX); // -1 as int32
+        e.int32(4, u32::MAX); // -1 as int32: ten bytes
         e.fixed64(5, 0x0102_0304_0506_0708);
-        e.msg(6, |e| e.str(7, &"x".repeat(200)));
-        e.msg(8, |_| {});
-        e.msg(9, |e| e.msg(10, |e| e.str(11, &"y".repeat(20_000))));
-        assert_eq!(&e.buf[..5], &[0x08, 0x00, 0x10, 0xac, 0x02]);
-        let got: Vec<_> = decode::fields(&e.buf).map(Result::unwrap).collect();
-        assert_eq!(got[0], (1, Value::Varint(0)));
-        assert_eq!(got[1], (2, Value::Varint(300)));
-        assert_eq!(got[2], (3, Value::Varint(u64::MAX)));
-        assert_eq!(got[3], (4, Value::Varint(u64::MAX)));
-        assert_eq!(got[4], (5, Value::I64(0x0102_0304_0506_0708)));
-        let Value::Len(inner) = got[5].1 else {
-            panic!("nested message")
-        };
-        let inner: Vec<_> = decode::fields(inner).map(Result::unwrap).collect();
-        assert_eq!(inner, [(7, Value::Len("x".repeat(200).as_bytes()))]);
-        assert_eq!(got[6], (8, Value::Len(&[])));
-        let Value::Len(nine) = got[7].1 else {
-            panic!("nested message")
-        };
-        let (ten, v) = decode::fields(nine).next().unwrap().unwrap();
-        assert_eq!(ten, 10);
-        let Value::Len(ten) = v else { panic!() };
-        let eleven: Vec<_> = decode::fields(ten).map(Result::unwrap).collect();
-        assert_eq!(eleven, [(11, Value::Len("y".repeat(20_000).as_bytes()))]);
-        assert_eq!(got.len(), 8);
-        // Truncated input is an error, not a panic.
-        assert!(decode::fields(&e.buf[..e.buf.len() - 3]).any(|f| f.is_err()));
-    }
-
-    #[test]
-    fn golden_session_decodes_with_balanced_slices_and_counters() {
-        let s = golden();
-        let mut buf = Vec::new();
-        let stats = write(&s, &mut buf).unwrap();
-        assert!(stats.events > 0);
-        let t = decode::trace(&buf).unwrap();
-
-        let procs: Vec<_> = t
-            .tracks
-            .iter()
-            .filter(|t| t.process_name.is_some())
-            .collect();
-        assert_eq!(procs.len(), 1);
-        assert_eq!(procs[0].process_name.as_deref(), Some("golden (pid 3450)"));
-        assert_eq!(procs[0].pid, Some(3450));
-        let threads: Vec<_> = t.tracks.iter().filter(|t| t.tid.is_some()).collect();
-        assert_eq!(threads.len(), 1);
-        assert_eq!(
-            (
-                threads[0].pid,
-                threads[0].tid,
-                threads[0].thread_name.as_deref()
-            ),
-            (Some(3450), Some(3451), Some("golden_files_decode"))
-        );
-        assert_eq!(threads[0].parent_uuid, Some(procs[0].uuid));
-
-        // Every event is on a described track; slices balance per track.
-        let kinds: HashMap<u64, &decode::Track> = t.tracks.iter().map(|t| (t.uuid, t)).collect();
-        assert_eq!(kinds.len(), t.tracks.len(), "track uuids are unique");
-        let mut depth: HashMap<u64, i64> = HashMap::new();
-        let mut last = 0;
-        for e in &t.events {
-            let track = kinds.get(&e.track_uuid).expect("described track");
-            assert!(e.ts >= last, "time-ordered");
-            last = e.ts;
-            let d = depth.entry(e.track_uuid).or_default();
-            match e.kind {
-                te::TYPE_SLICE_BEGIN => {
-                    assert!(e.name.is_some());
-                    *d += 1
-                }
-                te::TYPE_SLICE_END => {
-                    *d -= 1;
-                    assert!(*d >= 0, "END without BEGIN");
-                }
-                te::TYPE_COUNTER => assert!(track.counter),
-                te::TYPE_INSTANT => assert!(!track.counter),
-                k => panic!("type {k}"),
-            }
+        let mut want = vec![0x08, 0x00, 0x10, 0xac, 0x02, 0x18];
+        want.extend([0xff; 9]);
+        want.push(0x01);
+        want.push(0x20);
+        want.extend([0xff; 9]);
+        want.push(0x01);
+        want.push(0x29);
+        want.extend([8, 7, 6, 5, 4, 3, 2, 1]);
+        assert_eq!(e.buf, want);
+        for (len, prefix) in [
+            (0usize, vec![0x00]),
+            (127, vec![0x7f]),
+            (128, vec![0x80, 0x01]),
+            (20_000, vec![0xa0, 0x9c, 0x01]),
+        ] {
+            let mut e = Enc::default();
+            e.msg(6, |e| e.buf.extend(std::iter::repeat_n(b'x', len)));
+            let mut want = vec![0x32];
+            want.extend(&prefix);
+            want.extend(std::iter::repeat_n(b'x', len));
+            assert_eq!(e.buf, want, "a body of {len} bytes");
         }
-        assert!(depth.values().all(|&d| d == 0), "{depth:?}");
-
-        let begins: Vec<_> = t
-            .events
-            .iter()
-            .filter(|e| e.kind == te::TYPE_SLICE_BEGIN)
-            .map(|e| e.name.as_deref().unwrap())
-            .collect();
-        assert_eq!(begins, ["golden_outer", "inner", "inner"]);
-        let counters: Vec<_> = t.events.iter().filter_map(|e| e.counter).collect();
-        assert_eq!(counters, [1.0, 2.0]);
-        let ctrack = t.tracks.iter().find(|t| t.counter).unwrap();
-        assert_eq!(ctrack.name.as_deref(), Some("x"));
-        assert_eq!(ctrack.parent_uuid, Some(procs[0].uuid));
-        let instants: Vec<_> = t
-            .events
-            .iter()
-            .filter(|e| e.kind == te::TYPE_INSTANT)
-            .map(|e| e.name.as_deref().unwrap())
-            .collect();
-        assert_eq!(instants, ["end"]);
-
-        // Names are interned: "inner" is spelled once in the file.
-        let n = buf.windows(5).filter(|w| w == b"inner").count();
-        assert_eq!(n, 1);
-    }
-
-    #[test]
-    fn reader_rejects_what_the_writer_never_writes() {
-        // An interned name used before it is defined.
         let mut e = Enc::default();
-        e.msg(field::TRACE_PACKET, |e| {
-            e.uint(pk::TIMESTAMP, 1);
-            e.uint(pk::TRUSTED_PACKET_SEQUENCE_ID, 1);
-            e.uint(pk::SEQUENCE_FLAGS, 1);
-            e.msg(pk::TRACK_EVENT, |e| e.uint(te::NAME_IID, 7));
-        });
-        assert!(decode::trace(&e.buf).is_err());
-        // A first packet that does not clear the incremental state.
-        let mut e = Enc::default();
-        e.msg(field::TRACE_PACKET, |e| {
-            e.uint(pk::TRUSTED_PACKET_SEQUENCE_ID, 1);
-        });
-        assert!(decode::trace(&e.buf).is_err());
+        e.msg(9, |e| e.msg(10, |e| e.str(11, &"y".repeat(200))));
+        let mut want = vec![0x4a, 0xce, 0x01, 0x52, 0xcb, 0x01, 0x5a, 0xc8, 0x01];
+        want.extend(std::iter::repeat_n(b'y', 200));
+        assert_eq!(e.buf, want);
     }
 }
