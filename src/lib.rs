@@ -1,6 +1,5 @@
-//! The workspace's root package: it owns `examples/`, `tests/` and
-//! `benches/`. This library only holds what the examples (and a few tests
-//! and benches) share; its
+//! The workspace's root package: it owns `examples/` and `tests/`. This
+//! library only holds what the examples share; its
 //! documentation is the README, whose Rust snippets are compiled as doc
 //! tests so they stay true.
 #![doc = include_str!("../README.md")]
@@ -44,19 +43,4 @@ pub fn arg_value(flag: &str) -> Option<String> {
         .position(|a| a == flag)
         .and_then(|i| args.get(i + 1))
         .cloned()
-}
-
-/// A writer that counts the bytes written to it and keeps none: merge
-/// outputs measured without a disk (`tests/scale.rs`, `benches/merge.rs`).
-#[derive(Debug, Default)]
-pub struct Counting(pub u64);
-
-impl std::io::Write for Counting {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0 += b.len() as u64;
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

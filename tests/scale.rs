@@ -21,9 +21,9 @@ use std::path::Path;
 use std::process::Child;
 use std::time::Instant;
 
+use common::Counting;
 use common::{child_role, self_command, session_dir};
 use mpprof_merge::{write, Session};
-use mpprof_workspace::Counting;
 
 #[mpprof::instrument]
 fn scale_call(i: u64) -> u64 {

@@ -12,3 +12,18 @@ pub mod perfetto;
 pub mod process;
 
 pub use process::*;
+
+/// A writer that counts the bytes written to it and keeps none: merge
+/// outputs measured without a disk (the scale test, the merge bench).
+#[derive(Debug, Default)]
+pub struct Counting(pub u64);
+
+impl std::io::Write for Counting {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0 += b.len() as u64;
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use mpprof_merge::{write, Session};
-use mpprof_workspace::Counting;
+use mpprof_testkit::Counting;
 
 const ROLE: &str = "MERGE_BENCH_ROLE";
 const PROCS: usize = 4;
