@@ -1,9 +1,15 @@
-//! The per-process buffer file: creation, chunk claims, the metadata log.
+//! The per-process buffer file: creation, slot claims, chunk headers, the
+//! metadata log.
 //!
 //! The file is mapped `MAP_SHARED` for its whole budget up front but only
 //! grows (by writing the chunk's zeros) when a chunk is claimed, so pages
 //! are backed by reserved disk blocks before anyone writes them: a full disk
 //! turns into a failed claim and counted losses, never into SIGBUS.
+//!
+//! A buffer can also live in anonymous memory ([`ProcessBuffer::in_memory`],
+//! with a byte limit standing in for the disk), so that the chunk supply
+//! and the flight recorder are unit-tested on plain memory, full disk
+//! included.
 
 use std::fs::File;
 use std::io;
@@ -66,7 +72,7 @@ impl Config {
                 Ok(s) => match s.trim().parse::<u64>() {
                     Ok(v) if (min..=max).contains(&v) => v,
                     _ => {
-                        crate::warn(format_args!(
+                        crate::warn::warn(format_args!(
                             "{var}={s:?} is not a number in {min}..={max}; using {default}"
                         ));
                         default
@@ -84,7 +90,7 @@ impl Config {
         let explicit = std::env::var_os("MPPROF_CHUNK_KB").is_some();
         let (chunk_size, max_chunks) = sizes(budget_mb << 20, (chunk_kb * 1024) as u32, explicit);
         if (max_chunks as u64) * chunk_size as u64 > budget_mb << 20 {
-            crate::warn(format_args!(
+            crate::warn::warn(format_args!(
                 "MPPROF_BUFFER_MB={budget_mb} holds fewer than {} chunks of MPPROF_CHUNK_KB={chunk_kb}; \
                  the buffer file may grow to {} KiB",
                 META_RESERVE + 2,
@@ -95,7 +101,7 @@ impl Config {
             Err(_) | Ok("keep-first") => Policy::KeepFirst,
             Ok("keep-last") => Policy::KeepLast,
             Ok(other) => {
-                crate::warn(format_args!(
+                crate::warn::warn(format_args!(
                     "MPPROF_OVERFLOW={other:?} is not `keep-first` or `keep-last`; using keep-first"
                 ));
                 Policy::KeepFirst
@@ -114,8 +120,11 @@ impl Config {
     }
 }
 
-/// A claimed chunk: where its content starts and how much it holds.
-#[derive(Clone, Copy, Debug)]
+/// A claimed chunk: where its content starts and how much it holds. Not
+/// `Copy`: a chunk has one owner at a time (a thread writing it, the
+/// metadata log, or a list of the chunk supply), and passing it on moves
+/// it.
+#[derive(Debug)]
 pub struct Chunk {
     /// The chunk header.
     pub header: *mut u8,
@@ -150,9 +159,26 @@ pub struct ProcessBuffer {
     /// so a disk that stays full for a while does not use up the budget.
     failed: parking_lot::Mutex<Vec<u32>>,
     map: MmapRaw,
-    file: File,
-    path: PathBuf,
+    backing: Backing,
     config: Config,
+}
+
+/// What backs a buffer's mapping.
+enum Backing {
+    /// A file, grown by reserving each chunk's blocks before use.
+    File {
+        /// The open file.
+        file: File,
+        /// Its path.
+        path: PathBuf,
+    },
+    /// Anonymous memory (unit tests): a reservation past `limit` bytes
+    /// fails as a full disk would.
+    #[cfg_attr(not(test), allow(dead_code))]
+    Memory {
+        /// Bytes of the buffer that can be reserved.
+        limit: AtomicU64,
+    },
 }
 
 // SAFETY: the mapping is only accessed through atomics (shared fields) or by
@@ -176,11 +202,53 @@ impl ProcessBuffer {
         let map = memmap2::MmapOptions::new()
             .len(config.file_len() as usize)
             .map_raw(&file)?;
+        let backing = Backing::File {
+            file,
+            path: path.to_owned(),
+        };
+        Ok(ProcessBuffer::init(map, backing, config, uid, pid))
+    }
+
+    /// A buffer in anonymous memory, as [`ProcessBuffer::create`] makes
+    /// one in a file; reserving space past `limit` bytes of it fails like
+    /// a full disk (`u64::MAX`: never).
+    #[cfg(test)]
+    pub fn in_memory(config: Config, uid: u64, pid: u32, limit: u64) -> io::Result<ProcessBuffer> {
+        let map = memmap2::MmapOptions::new()
+            .len(config.file_len() as usize)
+            .map_anon()?;
+        let backing = Backing::Memory {
+            limit: AtomicU64::new(limit),
+        };
+        Ok(ProcessBuffer::init(map.into(), backing, config, uid, pid))
+    }
+
+    /// The bytes of the buffer as a reader would find them in the file: the
+    /// header and the slots claimed so far.
+    #[cfg(test)]
+    pub fn snapshot(&self) -> Vec<u8> {
+        let slots = self.atomic_u32(header::NEXT_CHUNK).load(Ordering::Acquire);
+        let len = format::HEADER_SIZE as usize + slots as usize * self.config.chunk_size as usize;
+        // SAFETY: the range is inside the mapping; the test that calls this
+        // writes nothing meanwhile (it runs its "threads" one at a time).
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr(), len) }.to_vec()
+    }
+
+    /// Memory only: lets reservations reach `limit` bytes (a disk that
+    /// filled up, or was freed).
+    #[cfg(test)]
+    pub fn set_memory_limit(&self, limit: u64) {
+        if let Backing::Memory { limit: l } = &self.backing {
+            // Relaxed: read by the same test thread.
+            l.store(limit, Ordering::Relaxed);
+        }
+    }
+
+    fn init(map: MmapRaw, backing: Backing, config: Config, uid: u64, pid: u32) -> ProcessBuffer {
         let buf = ProcessBuffer {
             failed: parking_lot::Mutex::new(Vec::new()),
             map,
-            file,
-            path: path.to_owned(),
+            backing,
             config,
         };
         let h = format::FileHeader::new(
@@ -198,7 +266,7 @@ impl ProcessBuffer {
                 .as_mut_ptr()
                 .copy_from_nonoverlapping(h.as_ptr(), h.len())
         };
-        Ok(buf)
+        buf
     }
 
     /// The overflow policy.
@@ -206,9 +274,12 @@ impl ProcessBuffer {
         self.config.policy
     }
 
-    /// Path of the file.
+    /// Path of the file (for messages; a buffer in memory has none).
     pub fn path(&self) -> &Path {
-        &self.path
+        match &self.backing {
+            Backing::File { path, .. } => path,
+            Backing::Memory { .. } => Path::new("(memory)"),
+        }
     }
 
     fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
@@ -274,7 +345,7 @@ impl ProcessBuffer {
             None => self.next_slot(limit)?,
         };
         let offset = format::HEADER_SIZE + slot as u64 * self.config.chunk_size as u64;
-        if let Err(e) = reserve(&self.file, offset, self.config.chunk_size as u64) {
+        if let Err(e) = self.reserve(offset, self.config.chunk_size as u64) {
             // Relaxed: a statistic.
             self.atomic_u64(header::LOST_CHUNKS)
                 .fetch_add(1, Ordering::Relaxed);
@@ -295,6 +366,21 @@ impl ProcessBuffer {
             };
         }
         Ok(slot)
+    }
+
+    /// Reserves `[offset, offset+len)` of the backing (see [`reserve`]).
+    fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
+        match &self.backing {
+            Backing::File { file, .. } => reserve(file, offset, len),
+            Backing::Memory { limit } => {
+                // Relaxed: a test's knob.
+                if offset + len > limit.load(Ordering::Relaxed) {
+                    Err(io::Error::from_raw_os_error(libc::ENOSPC))
+                } else {
+                    Ok(())
+                }
+            }
+        }
     }
 
     /// Takes the next never-used slot below `limit`.

@@ -145,7 +145,7 @@ impl Registry {
             if self.sites.len() + 1 == max as usize {
                 self.sites.push(&OVERFLOW);
                 crate::session::write_meta(&OVERFLOW.meta(max));
-                crate::warn(format_args!(
+                crate::warn::warn(format_args!(
                     "more than {} callsites in this process; the rest are recorded as \"{}\"",
                     max - 1,
                     OVERFLOW.name

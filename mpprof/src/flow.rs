@@ -3,9 +3,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::format::{kind, SiteKind};
+use crate::format::kind;
 pub use crate::format::{FlowId, ParseFlowIdError};
-use crate::{callsite, session, thread};
+use crate::{record, session};
 
 /// Starts a flow: records its start on this thread, here and now, and
 /// returns the token to put in your message. The receiving side calls
@@ -15,11 +15,7 @@ pub fn send(name: &str) -> FlowId {
     match session::ensure_recording() {
         Some(r) => {
             let id = r.next_flow();
-            thread::record_with_payload(
-                callsite::intern(SiteKind::Flow, name),
-                kind::FLOW_OUT,
-                id.to_payload(),
-            );
+            record::flow(kind::FLOW_OUT, id, name);
             id
         }
         None => FlowId::from_parts(session::process_uid(), next_untracked()),
@@ -29,11 +25,7 @@ pub fn send(name: &str) -> FlowId {
 /// Ends a flow on this thread: the token arrived (in a message, a request).
 pub fn recv(token: FlowId, name: &str) {
     if session::ensure_recording().is_some() {
-        thread::record_with_payload(
-            callsite::intern(SiteKind::Flow, name),
-            kind::FLOW_IN,
-            token.to_payload(),
-        );
+        record::flow(kind::FLOW_IN, token, name);
     }
 }
 
@@ -44,24 +36,6 @@ fn next_untracked() -> u64 {
     static SEQ: AtomicU64 = AtomicU64::new(1 << 63);
     // Relaxed: only uniqueness matters.
     SEQ.fetch_add(1, Ordering::Relaxed)
-}
-
-/// Records a flow start with an id made elsewhere (the spawn path).
-pub(crate) fn record_out(id: FlowId, name: &str) {
-    thread::record_with_payload(
-        callsite::intern(SiteKind::Flow, name),
-        kind::FLOW_OUT,
-        id.to_payload(),
-    );
-}
-
-/// Records a flow end with an id received from the parent process.
-pub(crate) fn record_in(id: FlowId, name: &str) {
-    thread::record_with_payload(
-        callsite::intern(SiteKind::Flow, name),
-        kind::FLOW_IN,
-        id.to_payload(),
-    );
 }
 
 /// A message payload that carries a flow token. Creating it records the

@@ -7,10 +7,9 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use crate::__private::SpanGuard;
 use crate::callsite::Callsite;
 use crate::format::kind;
-use crate::thread;
+use crate::record::{self, SpanGuard};
 
 /// A future whose polls are recorded as spans of its callsite, and whose
 /// life is recorded as an async span.
@@ -42,7 +41,7 @@ fn next_async_id() -> u64 {
 impl<F> Instrumented<F> {
     fn end(&mut self) {
         if self.async_id != 0 && self.async_id != u64::MAX {
-            thread::record_with_payload(self.cs.id(), kind::ASYNC_END, [self.async_id, 0]);
+            record::record_with_payload(self.cs.id(), kind::ASYNC_END, [self.async_id, 0]);
         }
         self.async_id = u64::MAX;
     }
@@ -56,9 +55,9 @@ impl<F: Future> Future for Instrumented<F> {
         // `self` (Drop below only touches `cs` and `async_id`), and
         // `Instrumented` is not Unpin unless F is.
         let this = unsafe { self.get_unchecked_mut() };
-        if this.async_id == 0 && thread::maybe_on() {
+        if this.async_id == 0 && record::maybe_on() {
             this.async_id = next_async_id();
-            thread::record_with_payload(this.cs.id(), kind::ASYNC_BEGIN, [this.async_id, 0]);
+            record::record_with_payload(this.cs.id(), kind::ASYNC_BEGIN, [this.async_id, 0]);
         }
         let poll = {
             let _g = SpanGuard::enter(this.cs);

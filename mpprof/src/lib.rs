@@ -37,14 +37,17 @@ compile_error!("the mpprof buffer format is little-endian; big-endian targets ar
 
 mod buffer;
 mod callsite;
+mod chunks;
 pub mod clock;
 pub mod flow;
 mod future;
+mod record;
 mod session;
 mod spawn;
-mod thread;
 #[cfg(feature = "tracing")]
 mod tracing_layer;
+mod warn;
+mod writer;
 
 /// The buffer file format (the `mpprof-format` crate), which the merge
 /// reads without this crate.
@@ -53,6 +56,7 @@ pub use mpprof_format as format;
 pub use flow::Traced;
 pub use format::{FlowId, ParseFlowIdError, TraceparentError};
 pub use mpprof_macros::instrument;
+pub use record::CounterValue;
 pub use session::{init, session_dir, Error, Session};
 pub use spawn::{spawn, wait};
 #[cfg(feature = "tracing")]
@@ -74,32 +78,6 @@ pub use tracing_layer::TracingLayer;
 pub fn tracing_layer() -> TracingLayer {
     TracingLayer::default()
 }
-
-use format::kind;
-
-/// Prints a warning about recording, prefixed so users know where it comes from.
-pub(crate) fn warn(args: std::fmt::Arguments<'_>) {
-    eprintln!("mpprof: warning: {args}");
-}
-
-/// A counter value: integers are stored as `i64`, floats as `f64`.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum CounterValue {
-    /// An integer sample.
-    Int(i64),
-    /// A floating-point sample.
-    Float(f64),
-}
-
-macro_rules! counter_from {
-    ($($t:ty => $v:ident),*) => {$(
-        impl From<$t> for CounterValue {
-            fn from(v: $t) -> CounterValue { CounterValue::$v(v as _) }
-        }
-    )*};
-}
-counter_from!(i8 => Int, i16 => Int, i32 => Int, i64 => Int, isize => Int, u8 => Int, u16 => Int, u32 => Int,
-    u64 => Int, usize => Int, f32 => Float, f64 => Float);
 
 /// The `static` callsite of a macro call site, of the given kind, named
 /// `$name`, located at the call. Not a public API.
@@ -156,68 +134,7 @@ macro_rules! counter {
 /// Used by the macros; not a public API.
 #[doc(hidden)]
 pub mod __private {
-    use std::marker::PhantomData;
-
     pub use crate::callsite::{fn_path, Callsite};
     pub use crate::future::{instrument_future, Instrumented};
-    use crate::{kind, thread, CounterValue};
-
-    /// Records the exit of a span when dropped (also while unwinding).
-    /// Not `Send`: the exit belongs to the thread of the entry.
-    #[must_use = "the span ends when the guard is dropped"]
-    pub struct SpanGuard {
-        /// The callsite's id in its place in a record word
-        /// ([`Callsite::bits`]), 0 when the entry was not recorded.
-        bits: u32,
-        _not_send: PhantomData<*const ()>,
-    }
-
-    impl SpanGuard {
-        /// Records the entry of the span at `cs`.
-        #[inline(always)]
-        pub fn enter(cs: &'static Callsite) -> SpanGuard {
-            let s = thread::state();
-            if s == crate::session::OFF {
-                return SpanGuard {
-                    bits: 0,
-                    _not_send: PhantomData,
-                };
-            }
-            let bits = cs.bits();
-            thread::record_in(s, bits, kind::ENTER);
-            SpanGuard {
-                bits,
-                _not_send: PhantomData,
-            }
-        }
-    }
-
-    impl Drop for SpanGuard {
-        #[inline(always)]
-        fn drop(&mut self) {
-            if self.bits != 0 {
-                thread::exit(self.bits);
-            }
-        }
-    }
-
-    /// Records an instant event at `cs`.
-    #[inline]
-    pub fn instant(cs: &'static Callsite) {
-        if thread::maybe_on() {
-            thread::record(cs.id(), kind::INSTANT);
-        }
-    }
-
-    /// Records a counter sample at `cs`.
-    #[inline]
-    pub fn counter(cs: &'static Callsite, v: CounterValue) {
-        if thread::maybe_on() {
-            let payload = match v {
-                CounterValue::Int(i) => [i as u64, 0],
-                CounterValue::Float(f) => [f.to_bits(), 1],
-            };
-            thread::record_with_payload(cs.id(), kind::COUNTER, payload);
-        }
-    }
+    pub use crate::record::{counter, instant, SpanGuard};
 }

@@ -7,7 +7,7 @@ use std::process::{Child, Command, ExitStatus};
 use parking_lot::Mutex;
 
 use crate::format::{flow_name, kind, SiteKind};
-use crate::{callsite, flow, session, thread};
+use crate::{callsite, record, session};
 
 /// Spawns `cmd` as a child that records into this process's session.
 ///
@@ -27,9 +27,9 @@ pub fn spawn(cmd: &mut Command) -> io::Result<Child> {
     let program = cmd.get_program().to_string_lossy();
     let short = program.rsplit('/').next().unwrap_or(&program);
     let site = callsite::intern(SiteKind::Span, &format!("spawn {short}"));
-    thread::record(site, kind::ENTER);
+    record::record(site, kind::ENTER);
     let token = r.next_flow();
-    flow::record_out(token, flow_name::SPAWN);
+    record::flow(kind::FLOW_OUT, token, flow_name::SPAWN);
     cmd.env("MPPROF_DIR", &r.dir)
         .env("MPPROF_PARENT_FLOW", token.to_string())
         .env("MPPROF_PARENT_PID", std::process::id().to_string())
@@ -38,7 +38,7 @@ pub fn spawn(cmd: &mut Command) -> io::Result<Child> {
     if let Ok(c) = &child {
         SPAWNED.lock().insert(c.id(), token);
     }
-    thread::record(site, kind::EXIT);
+    record::record(site, kind::EXIT);
     child
 }
 
@@ -57,7 +57,7 @@ pub fn wait(child: &mut Child) -> io::Result<ExitStatus> {
     let status = child.wait()?;
     let token = SPAWNED.lock().remove(&child.id());
     if let Some(token) = token {
-        flow::record_in(token.child_exit(), flow_name::EXIT);
+        record::flow(kind::FLOW_IN, token.child_exit(), flow_name::EXIT);
     }
     Ok(status)
 }

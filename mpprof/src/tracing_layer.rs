@@ -58,7 +58,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::callsite::Callsite;
 use crate::format::{kind, SiteKind};
-use crate::thread;
+use crate::{record, session};
 
 /// Distinct names (event messages, span field sets) kept per tracing
 /// callsite; further ones use the callsite's plain name.
@@ -76,9 +76,22 @@ const MAX_NAME_LEN: usize = 200;
 /// use tracing_subscriber::prelude::*;
 /// tracing_subscriber::registry().with(mpprof::tracing_layer()).init();
 /// ```
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct TracingLayer {
     fields: bool,
+}
+
+impl Default for TracingLayer {
+    /// The layer without span fields. Its registration lock is held across
+    /// `fork()` from now on, so a child never inherits it locked by a
+    /// thread that does not exist there.
+    fn default() -> TracingLayer {
+        session::hold_across_fork(session::ForkLock {
+            lock: lock_for_fork,
+            unlock: unlock_after_fork,
+        });
+        TracingLayer { fields: false }
+    }
 }
 
 impl TracingLayer {
@@ -118,7 +131,7 @@ where
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        if !self.fields || !thread::maybe_on() || attrs.fields().is_empty() {
+        if !self.fields || !record::maybe_on() || attrs.fields().is_empty() {
             return;
         }
         let meta = attrs.metadata();
@@ -140,26 +153,26 @@ where
 
     #[inline]
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        if !thread::maybe_on() {
+        if !record::maybe_on() {
             return;
         }
         if let Some(site) = self.span_site(id, &ctx) {
-            thread::enter(site);
+            record::enter(site);
         }
     }
 
     #[inline]
     fn on_exit(&self, id: &Id, ctx: Context<'_, S>) {
-        if !thread::maybe_on() {
+        if !record::maybe_on() {
             return;
         }
         if let Some(site) = self.span_site(id, &ctx) {
-            thread::exit(site << crate::format::word::SITE_SHIFT);
+            record::exit(site << crate::format::word::SITE_SHIFT);
         }
     }
 
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        if !thread::maybe_on() {
+        if !record::maybe_on() {
             return;
         }
         let meta = event.metadata();
@@ -169,7 +182,7 @@ where
             v.found
         })
         .unwrap_or_else(|| site_of(meta));
-        thread::record(site, kind::INSTANT);
+        record::record(site, kind::INSTANT);
     }
 }
 
@@ -444,15 +457,16 @@ impl Visit for FieldsVisitor<'_> {
     }
 }
 
-/// Holds the layer's registration lock across `fork()`, so a child never
-/// inherits it locked by a thread that does not exist there (see
-/// `session::register_fork_hook`).
-pub(crate) fn lock_for_fork() {
+/// Takes the layer's registration lock for a `fork()` and leaves it held
+/// (see `session::hold_across_fork`). It comes before the callsite
+/// registry in the lock order: [`register`] holds it while it registers
+/// an mpprof callsite.
+fn lock_for_fork() {
     std::mem::forget(COLD.lock());
 }
 
 /// Releases the lock taken by [`lock_for_fork`], in the parent or the child.
-pub(crate) fn unlock_after_fork() {
+fn unlock_after_fork() {
     // SAFETY: locked by `lock_for_fork` on this thread, which still owns it
     // (in the child it is the only thread).
     unsafe { COLD.force_unlock() };

@@ -1,0 +1,1351 @@
+//! The chunk supply of one process file, and the slow path that uses it:
+//! giving a thread a chunk (a hand-off, a claim, or under keep-last a
+//! reuse), counting what it could not record, and taking its chunks back
+//! when it exits. The flight recorder's algorithm lives here.
+//!
+//! Nothing here touches a thread-local: a thread is a [`Writer`] (its
+//! cursor) and an [`Owned`] (its slow-path state), passed in as a
+//! [`Thread`]. The recorder (`record.rs`) keeps both in thread-locals; the
+//! unit tests below drive several "threads" on one [`Chunks`] over plain
+//! memory and read the result back with the merge's own reader.
+//!
+//! `docs/ARCHITECTURE.md` (*Recording path*, *Slow path*) describes the
+//! algorithm; the comments here say why each step is safe.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::buffer::{Chunk, ChunkInit, ClaimError, MetaLog, ProcessBuffer};
+use crate::clock;
+use crate::format::{self, kind, word, Meta, Policy};
+use crate::writer::Writer;
+
+/// One file's chunks: the buffer, its metadata log, and the lists through
+/// which chunks pass from one thread to another.
+pub(crate) struct Chunks {
+    pub(crate) buf: ProcessBuffer,
+    /// Whether the file's timestamps come from the time-stamp counter.
+    tsc: bool,
+    meta: Mutex<MetaLog>,
+    next_lane: AtomicU32,
+    /// Set by [`Chunks::finish`]; the preparer stops.
+    finished: AtomicBool,
+    /// Partly used chunks left by finished threads: new threads continue
+    /// them before claiming fresh ones, so thread churn does not eat the
+    /// budget.
+    handoffs: HintedList<HandedOff>,
+    /// Flight recorder (keep-last): event chunks no thread writes any more
+    /// (left by exited threads, or continued chunks their last writer moved
+    /// on from), ordered by when they were left, newest first: the last one
+    /// holds the oldest events and is reused first.
+    pool: HintedList<Pooled>,
+    /// Flight recorder (keep-last): event chunks that live threads claimed
+    /// (or reused) and have since left, in the order they were left, oldest
+    /// first. A thread needing a chunk overwrites its own oldest one; a
+    /// thread with none of its own, when the pool is empty too, takes
+    /// another lane's (see [`Chunks::take_left_of_others`]). Never a
+    /// thread's current chunk: a thread adds its chunk only once it has
+    /// stopped writing it, and taking one removes it under the lock.
+    left: HintedList<Left>,
+    /// Threads that lost events while they had no chunk (see
+    /// [`Chunkless`]): [`Chunks::finish`] writes the losses of those still
+    /// running. A leaf lock.
+    chunkless: Mutex<Vec<Arc<Chunkless>>>,
+    /// Whether a preparer thread keeps chunks ready (`MPPROF_PREPARE`).
+    prepare: bool,
+    /// Event chunk slots reserved and page-mapped ahead by the preparer.
+    ready: Mutex<Vec<u32>>,
+    ready_cv: parking_lot::Condvar,
+    preparer_started: AtomicBool,
+    start_mono: u64,
+    last_anchor_mono: AtomicU64,
+}
+
+/// Chunks kept ready (reserved and page-mapped) by the preparer thread.
+const READY_CHUNKS: usize = 4;
+
+/// Most segments a flight-recorder chunk is shared by: a thread exiting
+/// with a chunk shared by this many pools it instead of handing it off, so
+/// a [`Meta::Reused`] entry (one `(lane, events)` pair per segment) stays
+/// small.
+const MAX_SEGMENTS: usize = 32;
+
+impl Chunks {
+    /// The supply of `buf`, whose timestamps come from the TSC if `tsc`;
+    /// with `prepare`, a preparer thread keeps chunks ready.
+    pub(crate) fn new(buf: ProcessBuffer, tsc: bool, prepare: bool) -> Chunks {
+        let now = clock::monotonic_ns();
+        Chunks {
+            buf,
+            tsc,
+            meta: Mutex::new(MetaLog::new()),
+            next_lane: AtomicU32::new(1),
+            finished: AtomicBool::new(false),
+            handoffs: HintedList::new(),
+            pool: HintedList::new(),
+            left: HintedList::new(),
+            chunkless: Mutex::new(Vec::new()),
+            prepare,
+            ready: Mutex::new(Vec::new()),
+            ready_cv: parking_lot::Condvar::new(),
+            preparer_started: AtomicBool::new(false),
+            start_mono: now,
+            last_anchor_mono: AtomicU64::new(now),
+        }
+    }
+
+    /// The file's clock now.
+    fn now(&self) -> u64 {
+        clock::now_with(self.tsc)
+    }
+
+    /// Appends a metadata entry.
+    pub(crate) fn write_meta(&self, m: &Meta) {
+        self.meta.lock().append(&self.buf, m);
+    }
+
+    /// Appends a metadata entry; false if it could not be stored.
+    pub(crate) fn write_meta_stored(&self, m: &Meta) -> bool {
+        self.meta.lock().append(&self.buf, m)
+    }
+
+    /// Whether [`Chunks::finish`] ran.
+    pub(crate) fn is_finished(&self) -> bool {
+        // Relaxed: a flag; the file stays mapped either way.
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    /// A new lane for a thread starting to record (thread `tid`, named
+    /// `name`), named in the metadata.
+    pub(crate) fn new_lane(&self, tid: u32, name: &str) -> u32 {
+        // Relaxed: only uniqueness matters.
+        let lane = self.next_lane.fetch_add(1, Ordering::Relaxed);
+        self.write_meta(&Meta::Thread {
+            lane,
+            tid,
+            name: name.to_owned(),
+        });
+        lane
+    }
+
+    /// Claims an event chunk for a thread (and maybe writes an anchor).
+    fn claim_events(&'static self, init: &ChunkInit) -> Result<Chunk, ClaimError> {
+        let ready = self.ready.lock().pop();
+        let c = match ready {
+            // SAFETY: the slot was reserved by the preparer for anyone, and
+            // popping it from the list made it ours alone.
+            Some(slot) => unsafe { self.buf.publish(slot, init) },
+            None => self.buf.claim(init)?,
+        };
+        self.wake_preparer();
+        self.maybe_anchor();
+        Ok(c)
+    }
+
+    /// Starts the preparer on first use, and asks it to refill the ready
+    /// list. The preparer reserves chunks and maps their pages ahead of time
+    /// on its own thread, so a recording thread that takes one writes into
+    /// pages that are already there: no page fault, no zero-fill, no disk
+    /// reservation on the application's threads (`MPPROF_PREPARE=0` turns it
+    /// off; chunks are then reserved by the thread that needs one).
+    fn wake_preparer(&'static self) {
+        if !self.prepare {
+            return;
+        }
+        // Relaxed: guarded by the swap; at most one thread spawns.
+        if !self.preparer_started.swap(true, Ordering::Relaxed) {
+            let spawned = std::thread::Builder::new()
+                .name("mpprof-prepare".into())
+                .spawn(move || self.prepare_loop());
+            if spawned.is_err() {
+                return; // no thread: threads reserve their own chunks
+            }
+        }
+        self.ready_cv.notify_one();
+    }
+
+    fn prepare_loop(&self) {
+        idle_priority();
+        loop {
+            {
+                let mut ready = self.ready.lock();
+                while ready.len() >= READY_CHUNKS {
+                    if self.is_finished() {
+                        return;
+                    }
+                    self.ready_cv
+                        .wait_for(&mut ready, std::time::Duration::from_millis(200));
+                }
+            }
+            if self.is_finished() {
+                return;
+            }
+            match self.buf.reserve_slot(format::CHUNK_EVENTS, true) {
+                Ok(slot) => self.ready.lock().push(slot),
+                // The budget is used up: nothing more to prepare.
+                Err(ClaimError::Budget) => return,
+                // The disk is full: the recording threads find out and count
+                // their losses; try again later.
+                Err(ClaimError::Io(_)) => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Offers the rest of a finished thread's chunk to the next thread.
+    fn hand_off(&self, h: HandedOff) {
+        self.handoffs.update(|list| list.push(h));
+    }
+
+    /// Takes a partly used chunk left by a finished thread, if any. Without
+    /// any, costs one relaxed load (a thread losing events calls this for
+    /// every event).
+    fn take_handoff(&self) -> Option<HandedOff> {
+        self.handoffs.pop()
+    }
+
+    /// Flight recorder: puts a chunk that no thread writes any more into the
+    /// pool of reusable chunks.
+    fn pool(&self, p: Pooled) {
+        self.pool.update(|pool| {
+            // Newest first; among equal times, the one pooled first is taken first.
+            let at = pool.partition_point(|q| q.left_at > p.left_at);
+            pool.insert(at, p);
+        });
+    }
+
+    /// Flight recorder: takes the pooled chunk that was left longest ago
+    /// (its newest event is the oldest in the pool). Without any, costs one
+    /// relaxed load.
+    fn take_pooled(&self) -> Option<Pooled> {
+        self.pool.pop()
+    }
+
+    /// Flight recorder: when the pooled chunk left longest ago was left, if
+    /// the pool holds any.
+    fn oldest_pooled_at(&self) -> Option<u64> {
+        self.pool.take(|pool| pool.last().map(|p| p.left_at))
+    }
+
+    /// Flight recorder: a live thread has left its own chunk `slot`
+    /// (holding `events` events of `lane`); it joins the recorder-wide list
+    /// of left chunks, stamped with the time under the list's lock so the
+    /// list stays in the order chunks were left.
+    fn leave(&self, lane: u32, slot: u32, events: u64) {
+        self.left.update(|list| {
+            list.push(Left {
+                lane,
+                slot,
+                events,
+                left_at: clock::monotonic_ns(),
+            })
+        });
+    }
+
+    /// Flight recorder: takes the oldest chunk that `lane` has left, if any.
+    fn take_left(&self, lane: u32) -> Option<Left> {
+        self.left.take(|list| {
+            let i = list.iter().position(|l| l.lane == lane)?;
+            Some(list.remove(i))
+        })
+    }
+
+    /// Flight recorder, for a thread with no left chunk of its own: takes
+    /// the oldest chunk another (live) lane has left, from a lane that has
+    /// left more than one (so that a thread keeps some history of its own
+    /// while another has more to give), if it was left before `before`.
+    /// With `before` `None` (the pool is empty), if no lane has left more
+    /// than one, the oldest chunk any other lane has left.
+    fn take_left_of_others(&self, lane: u32, before: Option<u64>) -> Option<Left> {
+        self.left.take(|list| {
+            let mut counts = std::collections::HashMap::<u32, usize>::new();
+            for l in list.iter() {
+                *counts.entry(l.lane).or_default() += 1;
+            }
+            let other = |l: &Left| l.lane != lane;
+            let i = match list.iter().position(|l| other(l) && counts[&l.lane] > 1) {
+                Some(i) if before.is_none_or(|t| list[i].left_at < t) => i,
+                Some(_) => return None,
+                None if before.is_none() => list.iter().position(other)?,
+                None => return None,
+            };
+            Some(list.remove(i))
+        })
+    }
+
+    /// Flight recorder: takes every chunk `lane` has left, oldest first (the
+    /// thread is exiting and pools them).
+    fn drain_left(&self, lane: u32) -> Vec<Left> {
+        self.left
+            .take(|list| {
+                let (mine, rest) = std::mem::take(list)
+                    .into_iter()
+                    .partition(|l| l.lane == lane);
+                *list = rest;
+                Some(mine)
+            })
+            .unwrap_or_default()
+    }
+
+    /// Writes a clock anchor unless one was written recently: every 10 ms
+    /// during the first second (so even a short or killed process has a
+    /// well-spread fit), then every second (so a long run's metadata grows
+    /// by about 100 KB an hour).
+    pub(crate) fn maybe_anchor(&self) {
+        let now = clock::monotonic_ns();
+        let interval = if now.saturating_sub(self.start_mono) < 1_000_000_000 {
+            10_000_000
+        } else {
+            1_000_000_000
+        };
+        // Relaxed: a rate limit; a race writes one extra anchor.
+        if now.saturating_sub(self.last_anchor_mono.load(Ordering::Relaxed)) > interval {
+            self.last_anchor_mono.store(now, Ordering::Relaxed);
+            self.write_meta(&Meta::Anchor(clock::anchor()));
+        }
+    }
+
+    /// A thread without a chunk lost its first event: from now on its
+    /// losses are counted in the returned record, for a [`Meta::Lost`]
+    /// entry.
+    fn register_chunkless(&self, lane: u32, tid: u32, name: &str) -> Arc<Chunkless> {
+        let c = Arc::new(Chunkless {
+            lane,
+            tid,
+            name: truncate(name, 256).to_owned(),
+            events: AtomicU64::new(0),
+        });
+        self.chunkless.lock().push(c.clone());
+        c
+    }
+
+    /// The thread of `c` got a chunk, or exits: the finish no longer
+    /// looks at it.
+    fn forget_chunkless(&self, c: &Arc<Chunkless>) {
+        self.chunkless.lock().retain(|x| !Arc::ptr_eq(x, c));
+    }
+
+    /// Writes the losses of `c` that nothing counts yet as a [`Meta::Lost`]
+    /// entry (taking them from `c`, so that no other entry or header
+    /// counts them again). If the entry cannot be stored, they go back to
+    /// `c` for a later entry or chunk.
+    fn note_lost(&self, c: &Chunkless) {
+        // Relaxed: the count is the only thing exchanged; every loss is
+        // taken by exactly one swap.
+        let events = c.events.swap(0, Ordering::Relaxed);
+        if events == 0 {
+            return;
+        }
+        let entry = Meta::Lost(format::Lost {
+            lane: c.lane,
+            tid: c.tid,
+            name: c.name.clone(),
+            ts: self.now(),
+            events,
+        });
+        if !self.write_meta_stored(&entry) {
+            c.events.fetch_add(events, Ordering::Relaxed);
+        }
+    }
+
+    /// Finishes the file: the losses of threads that still run without a
+    /// chunk, a final anchor, the clean-exit flag. Once.
+    pub(crate) fn finish(&self) {
+        // Relaxed: callers serialise finishing (the session's lock).
+        if self.finished.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let chunkless = self.chunkless.lock().clone();
+        for c in &chunkless {
+            self.note_lost(c);
+        }
+        self.write_meta(&Meta::Anchor(clock::anchor()));
+        self.buf.set_finished();
+    }
+}
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
+    let mut cut = s.len().min(max);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+/// Gives the calling thread the lowest normal priority (nice 19). For the
+/// preparer: its page work is worth doing on a spare core, but it should
+/// not preempt the application's threads on a busy machine (they reserve
+/// their own chunks when none is ready). Measured with two recording
+/// threads on two cores: 1.43x the one-thread cost at nice 0, 1.33-1.38x at
+/// nice 19, one thread unchanged; SCHED_IDLE did as well for two threads
+/// but cost one thread 3% (docs/PERFORMANCE.md). Best effort.
+fn idle_priority() {
+    // SAFETY: who 0 is the calling thread (Linux: a thread id).
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+}
+
+/// The losses of a thread that has no chunk, and so no header to hold
+/// them, that no [`Meta::Lost`] entry and no header counts yet. The thread
+/// adds each loss; whoever counts them takes them with one swap to 0, so
+/// each loss is counted exactly once: the thread's exit, or the
+/// recorder's finish while it still runs (a `Meta::Lost` entry each), or
+/// the thread itself when it gets a chunk after all (the header's
+/// `lost_before`).
+pub(crate) struct Chunkless {
+    lane: u32,
+    tid: u32,
+    /// Thread name, cut at 256 bytes so the entry always fits.
+    name: String,
+    /// Losses not counted yet.
+    events: AtomicU64,
+}
+
+/// A list under a lock, with a flag saying whether it may hold anything, so
+/// that finding it empty (the common case, on a slow path that may run for
+/// every lost event) costs one relaxed load and no lock.
+struct HintedList<T> {
+    list: Mutex<Vec<T>>,
+    hint: AtomicBool,
+}
+
+impl<T> HintedList<T> {
+    fn new() -> HintedList<T> {
+        HintedList {
+            list: Mutex::new(Vec::new()),
+            hint: AtomicBool::new(false),
+        }
+    }
+
+    /// Changes the list under its lock.
+    fn update(&self, f: impl FnOnce(&mut Vec<T>)) {
+        let mut list = self.list.lock();
+        f(&mut list);
+        // Relaxed: a hint for `pop`; the list itself is under the lock.
+        self.hint.store(!list.is_empty(), Ordering::Relaxed);
+    }
+
+    /// Takes the last element, if any.
+    fn pop(&self) -> Option<T> {
+        self.take(Vec::pop)
+    }
+
+    /// Takes what `f` removes from the list under its lock; `None` without
+    /// the lock when the list is (probably) empty.
+    fn take<R>(&self, f: impl FnOnce(&mut Vec<T>) -> Option<R>) -> Option<R> {
+        // Relaxed: a stale `false` only means the element is taken next time.
+        if !self.hint.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut x = None;
+        self.update(|list| x = f(list));
+        x
+    }
+}
+
+/// The rest of an exited thread's chunk, for the next thread that needs one.
+struct HandedOff {
+    /// The chunk.
+    chunk: Chunk,
+    /// Its next free record word.
+    next: u32,
+    /// Flight recorder only (empty under keep-first): the events of each
+    /// segment written so far, `(lane, events)`, the header's lane first.
+    segments: Vec<(u32, u64)>,
+}
+
+/// A flight-recorder chunk that no thread writes any more.
+struct Pooled {
+    /// Its slot.
+    slot: u32,
+    /// CLOCK_MONOTONIC ns when its last writer left it.
+    left_at: u64,
+    /// The events of each of its segments, `(lane, events)`, the header's
+    /// lane first: what reusing it overwrites.
+    segments: Vec<(u32, u64)>,
+}
+
+/// A flight-recorder chunk that a live thread claimed (or reused) and has
+/// left: no thread writes it.
+struct Left {
+    /// The lane that left it (its header's lane).
+    lane: u32,
+    /// Its slot.
+    slot: u32,
+    /// Events of `lane` in it.
+    events: u64,
+    /// CLOCK_MONOTONIC ns when the thread left it.
+    left_at: u64,
+}
+
+/// The thread's current chunk.
+struct Current {
+    slot: u32,
+    /// Claimed (or reused) by this thread, rather than continued.
+    own: bool,
+    /// Keep-last, continued chunk: the events of the earlier segments,
+    /// `(lane, events)`.
+    prior: Vec<(u32, u64)>,
+}
+
+/// The slow path's per-thread state for one recorder: its current chunk,
+/// and its losses while it had none. Plain data: what happens at the
+/// thread's exit is [`thread_exit`].
+pub(crate) struct Owned {
+    /// The recorder epoch this state is about.
+    epoch: u32,
+    current: Option<Current>,
+    /// The thread lost events while it had no chunk (and has none yet):
+    /// the losses no entry or header counts yet.
+    chunkless: Option<Arc<Chunkless>>,
+}
+
+impl Owned {
+    /// No chunk, nothing lost.
+    pub(crate) const fn new() -> Owned {
+        Owned {
+            epoch: 0,
+            current: None,
+            chunkless: None,
+        }
+    }
+
+    /// Whether this state is about the recorder `w` writes to.
+    pub(crate) fn is_about(&self, w: &Writer) -> bool {
+        self.epoch == w.epoch.get()
+    }
+}
+
+/// A thread as the slow path sees it: its cursor, and its slow-path state
+/// (`None` while the thread exits and its state is gone).
+pub(crate) struct Thread<'a> {
+    pub(crate) w: &'a Writer,
+    pub(crate) owned: Option<&'a RefCell<Owned>>,
+}
+
+impl Thread<'_> {
+    /// Runs `f` on the thread's slow-path state for the writer's epoch;
+    /// `None` while the thread is exiting.
+    fn owned<R>(&self, f: impl FnOnce(&mut Owned) -> R) -> Option<R> {
+        let mut o = self.owned?.borrow_mut();
+        if o.epoch != self.w.epoch.get() {
+            // Another recorder's state: the chunks it left stay in the old
+            // recorder's list, and its uncounted losses without a chunk in
+            // the old file.
+            *o = Owned {
+                epoch: self.w.epoch.get(),
+                ..Owned::new()
+            };
+        }
+        Some(f(&mut o))
+    }
+
+    /// Records what the thread knows about the chunk it just installed.
+    fn set_current(&self, own: bool, prior: Vec<(u32, u64)>) {
+        let slot = self.w.slot.get();
+        self.owned(|o| o.current = Some(Current { slot, own, prior }));
+    }
+}
+
+/// Writes an event (and its payload) for the slow path: whenever the fast
+/// path could not, because the thread has no room, needs a new time base,
+/// or records on CLOCK_MONOTONIC. Gives the thread a chunk when it needs
+/// one; without one, counts the event as lost. The thread has a lane.
+pub(crate) fn write_slow(
+    t: &Thread,
+    sup: &'static Chunks,
+    bits: u32,
+    kind: u8,
+    payload: Option<[u64; 2]>,
+) {
+    let w = t.w;
+    let event_words = 1 + if payload.is_some() { 2 } else { 0 };
+    let mut ts = sup.now();
+    let mut need_base = w.need_base.get() || word::high(ts) != w.base_hi.get();
+    let need = event_words + if need_base { 2 } else { 0 };
+    if w.idx.get() + need > w.room.get() {
+        if !new_chunk(t, sup) {
+            w.lost.set(w.lost.get() + 1);
+            sup.buf.add_lost_events(1);
+            if !w.hdr.get().is_null() {
+                // The gap is after the last chunk this lane has.
+                Chunk::set_lost_after_at(w.hdr.get(), w.lost.get());
+            } else {
+                lost_without_chunk(t, sup);
+            }
+            return;
+        }
+        // A fresh segment (new_chunk guarantees room for a base and an
+        // event with payload): its time base is the event's time.
+        ts = sup.now();
+        need_base = true;
+    }
+    let mut words = [0u64; 5];
+    let mut n = 0;
+    if need_base {
+        words[0] = word::site_kind(0, kind::BASE);
+        words[1] = ts;
+        n = 2;
+        w.base_hi.set(word::high(ts));
+        w.need_base.set(false);
+    }
+    words[n] = word::new(ts, bits as u64 | kind as u64);
+    n += 1;
+    if let Some(p) = payload {
+        words[n] = p[0];
+        words[n + 1] = p[1];
+        n += 2;
+    }
+    w.extra.set(w.extra.get() + n as u32 - 1);
+    // SAFETY: new_chunk or the check above guarantees room for `n` words.
+    unsafe { w.write_words(w.idx.get(), &words[..n]) };
+}
+
+/// Counts a loss of a thread that has no chunk, so no header to hold it,
+/// in its [`Chunkless`] record (registered with the recorder at its first
+/// such loss), for the [`Meta::Lost`] entry its exit or the recorder's
+/// finish writes. While the thread exits (its slow-path state is gone) the
+/// loss counts for the process only.
+fn lost_without_chunk(t: &Thread, sup: &Chunks) {
+    t.owned(|o| {
+        let c = o.chunkless.get_or_insert_with(|| {
+            let th = std::thread::current();
+            sup.register_chunkless(t.w.lane.get(), t.w.tid.get(), th.name().unwrap_or(""))
+        });
+        // Relaxed: see `Chunks::note_lost`.
+        c.events.fetch_add(1, Ordering::Relaxed);
+    });
+}
+
+/// The losses a thread without a chunk brings into the chunk it gets:
+/// those of its [`Chunkless`] record that no [`Meta::Lost`] entry counts
+/// yet (the recorder's finish may have written some). They are taken just
+/// before the first attempt that may publish a header (or a hand-off) with
+/// them, and given back if every attempt fails, so that no loss is in an
+/// entry and in a header.
+struct Carry(Option<Arc<Chunkless>>);
+
+impl Carry {
+    /// Puts the thread's uncounted losses into `init` (once).
+    fn take(&mut self, t: &Thread, init: &mut ChunkInit) {
+        if self.0.is_some() {
+            return;
+        }
+        if let Some(c) = t.owned(|o| o.chunkless.clone()).flatten() {
+            // Relaxed: see `Chunks::note_lost`.
+            init.lost_before = c.events.swap(0, Ordering::Relaxed);
+            self.0 = Some(c);
+        }
+    }
+
+    /// The thread has a chunk now: its losses go into headers again.
+    fn done(self, t: &Thread, sup: &Chunks) {
+        if let Some(c) = self.0 {
+            sup.forget_chunkless(&c);
+            t.owned(|o| o.chunkless = None);
+        }
+    }
+
+    /// No chunk after all: the losses in `init` are uncounted again.
+    fn give_back(self, init: &ChunkInit) {
+        if let Some(c) = self.0 {
+            c.events.fetch_add(init.lost_before, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Gives this thread a chunk to write to: the rest of a finished thread's
+/// chunk, else a fresh one. Under `keep-last`, when the budget is used up
+/// or the file cannot grow, the thread starts its own oldest chunk over,
+/// or, when it has left none, the oldest chunk another thread has left
+/// (pooled, or on the recorder's left list), or else its current chunk.
+/// False when there is nothing to write to (keep-first with the budget
+/// used up or the disk full).
+fn new_chunk(t: &Thread, sup: &'static Chunks) -> bool {
+    let w = t.w;
+    let keep_last = sup.buf.policy() == Policy::KeepLast;
+    if keep_last && t.owned.is_none() {
+        // The thread is exiting and its chunk list is gone: a chunk taken
+        // now would never be pooled again. The event is lost (and counted).
+        w.set_room(0);
+        return false;
+    }
+    let mut init = ChunkInit {
+        kind: format::CHUNK_EVENTS,
+        lane: w.lane.get(),
+        tid: w.tid.get(),
+        seq: w.seq.get(),
+        lost_before: w.lost.get(),
+        overwritten: w.overwritten.get(),
+    };
+    let mut carry = Carry(None);
+    let got = take_a_chunk(t, sup, &mut init, &mut carry);
+    if got {
+        carry.done(t, sup);
+    } else {
+        carry.give_back(&init);
+        // Nothing to write to: keep-first with the budget used up or the
+        // disk full, or a flight-recorder thread with no chunk at all while
+        // every other chunk is some live thread's current chunk.
+        w.set_room(0);
+    }
+    got
+}
+
+/// [`new_chunk`]'s attempts, in order: a hand-off, a claim, and (keep-last)
+/// a reuse. Each first puts the losses of a thread without a chunk into
+/// `init` (see [`Carry`]).
+fn take_a_chunk(t: &Thread, sup: &'static Chunks, init: &mut ChunkInit, carry: &mut Carry) -> bool {
+    let w = t.w;
+    let keep_last = sup.buf.policy() == Policy::KeepLast;
+    let retry_at = w.retry_at.get();
+    let may_claim = retry_at == 0 || (retry_at != u64::MAX && clock::monotonic_ns() >= retry_at);
+    while let Some(h) = sup.take_handoff() {
+        carry.take(t, init);
+        // Continue a finished thread's chunk: say so in the metadata
+        // first, so the reader attributes the records from `start` on to
+        // this lane.
+        let stored = sup.write_meta_stored(&Meta::Handoff(format::Handoff {
+            slot: h.chunk.slot,
+            start: h.next,
+            lane: init.lane,
+            tid: init.tid,
+            seq: init.seq,
+            lost_before: init.lost_before,
+        }));
+        if !stored {
+            // Without the entry a reader would give this thread's records
+            // to the chunk's previous lane: do not continue the chunk.
+            // Keep-first leaves it as it is; keep-last pools it (reusing
+            // it needs a `Reused` entry, so it stays as it is too while
+            // the metadata space is full).
+            if keep_last {
+                sup.pool(Pooled {
+                    slot: h.chunk.slot,
+                    left_at: clock::monotonic_ns(),
+                    segments: h.segments,
+                });
+            }
+            continue;
+        }
+        leave_current(t, sup);
+        w.install(h.chunk, h.next);
+        // Not owned: a continued chunk is reused only through the pool,
+        // with a `Reused` entry that retires its hand-offs.
+        t.set_current(false, h.segments);
+        return true;
+    }
+    if may_claim {
+        carry.take(t, init);
+        match sup.claim_events(init) {
+            Ok(c) => {
+                leave_current(t, sup);
+                w.install(c, 0);
+                t.set_current(true, Vec::new());
+                return true;
+            }
+            // The budget will not come back.
+            Err(ClaimError::Budget) => w.retry_at.set(u64::MAX),
+            Err(ClaimError::Io(e)) => {
+                if retry_at == 0 {
+                    let then = match sup.buf.policy() {
+                        Policy::KeepLast => {
+                            "the flight recorder goes on by overwriting the oldest events"
+                        }
+                        Policy::KeepFirst => "this thread stops recording until space is available",
+                    };
+                    crate::warn::warn(format_args!(
+                        "cannot grow {} ({e}); {then}, and lost events are counted",
+                        sup.buf.path().display(),
+                    ));
+                }
+                // A full disk stays full for a while: retry in 100 ms.
+                w.retry_at.set(clock::monotonic_ns() + 100_000_000);
+            }
+        }
+    }
+    if keep_last {
+        carry.take(t, init);
+        return reuse_a_chunk(t, sup, init);
+    }
+    false
+}
+
+/// Flight recorder, once no fresh chunk can be had: overwrites, in order
+/// of preference, this thread's oldest chunk (one it left, never its
+/// current one, so it keeps at least a chunk of history), the oldest chunk
+/// another thread has left (pooled, or a live thread's: see
+/// [`take_from_others`]), or its current chunk. True when the thread got
+/// one.
+fn reuse_a_chunk(t: &Thread, sup: &'static Chunks, init: &ChunkInit) -> bool {
+    let w = t.w;
+    let retry = w.retry_at.get();
+    let got = if let Some(old) = sup.take_left(w.lane.get()) {
+        // SAFETY: the slot is an event chunk this thread claimed (or took)
+        // from this supply (the list is the supply's) and left; taking it
+        // from the list under its lock made it this thread's alone.
+        let c = unsafe { reuse_own(w, sup, init, old.slot, old.events) };
+        leave_current(t, sup);
+        Some(c)
+    } else if let Some(c) = take_from_others(w, sup, init) {
+        leave_current(t, sup);
+        Some(c)
+    } else {
+        reuse_current(t, sup, init)
+    };
+    let Some(c) = got else {
+        return false;
+    };
+    sup.maybe_anchor();
+    w.install(c, 0);
+    t.set_current(true, Vec::new());
+    w.retry_at.set(retry);
+    true
+}
+
+/// Starts this thread's own chunk `slot`, holding `events` events of its
+/// lane, over: the new header's cumulative `overwritten` grows by the
+/// events, and its `lost_before` takes over the old header's (the events
+/// the lane lost before the overwritten ones: the chunk's content goes,
+/// the count of what the lane lost stays in a header of the lane). Then
+/// the events count in `lost_events` and in the lane's `overwritten`.
+///
+/// One header rewrite moves the losses, so a SIGKILL leaves them in the
+/// old header or in the new one, never in both (or, killed in the middle
+/// of the rewrite, in neither: the chunk has no magic and is skipped).
+///
+/// # Safety
+/// `slot` is an event chunk this thread claimed or reused as its own from
+/// this supply, and no other thread can take it.
+unsafe fn reuse_own(w: &Writer, sup: &Chunks, init: &ChunkInit, slot: u32, events: u64) -> Chunk {
+    // SAFETY: guaranteed by the caller.
+    let old = unsafe { sup.buf.chunk_owner(slot) };
+    let init = ChunkInit {
+        overwritten: w.overwritten.get() + events,
+        // Saturating: a panic here could be in a TLS destructor.
+        lost_before: init.lost_before.saturating_add(old.lost_before),
+        ..*init
+    };
+    // SAFETY: guaranteed by the caller.
+    let c = unsafe { sup.buf.reuse(slot, &init) };
+    sup.buf.add_lost_events(events);
+    w.overwritten.set(w.overwritten.get() + events);
+    c
+}
+
+/// For a thread with no chunk of its own to overwrite: takes the oldest
+/// of the chunks other threads no longer write, until one can be reused,
+/// through a [`Meta::Reused`] entry (so that the overwritten events count
+/// against the lanes that wrote them). The candidates are the pooled chunk
+/// left longest ago (exited threads' chunks, and continued chunks) and the
+/// oldest chunk of a live lane that has left more than one (see
+/// [`Chunks::take_left_of_others`]); without either, the oldest chunk
+/// any other live lane has left. A chunk whose entry cannot be stored (the
+/// metadata space is used up) is left as it is, for good: its content
+/// stays readable.
+fn take_from_others(w: &Writer, sup: &'static Chunks, init: &ChunkInit) -> Option<Chunk> {
+    loop {
+        let pooled_at = sup.oldest_pooled_at();
+        let (slot, segments) = if let Some(l) = sup.take_left_of_others(w.lane.get(), pooled_at) {
+            (l.slot, vec![(l.lane, l.events)])
+        } else if pooled_at.is_none() {
+            return None;
+        } else if let Some(p) = sup.take_pooled() {
+            (p.slot, p.segments)
+        } else {
+            // Another thread emptied the pool meanwhile: look again.
+            continue;
+        };
+        // SAFETY: the thread that left the chunk (a live lane's, or a
+        // pooled one) no longer writes it, and taking it from its list
+        // under the list's lock made it this thread's alone.
+        if let Some(c) = unsafe { reuse_shared(sup, init, slot, &segments) } {
+            return Some(c);
+        }
+    }
+}
+
+/// Starts the current chunk over (the thread has no other chunk to
+/// overwrite).
+fn reuse_current(t: &Thread, sup: &'static Chunks, init: &ChunkInit) -> Option<Chunk> {
+    let w = t.w;
+    if w.hdr.get().is_null() {
+        return None;
+    }
+    let cur = t.owned(|o| o.current.take()).flatten()?;
+    let events = w.segment_events();
+    if cur.own {
+        // SAFETY: the thread's own chunk, which it stops writing here.
+        return Some(unsafe { reuse_own(w, sup, init, cur.slot, events) });
+    }
+    let mut segments = cur.prior.clone();
+    segments.push((w.lane.get(), events));
+    // SAFETY: a continued chunk is written only by its current owner, this
+    // thread, which stops writing it here.
+    let c = unsafe { reuse_shared(sup, init, cur.slot, &segments) };
+    if c.is_none() {
+        // Still the current chunk (full): the losses go into its header.
+        t.owned(|o| o.current = Some(cur));
+    }
+    c
+}
+
+/// Gives `slot`, a chunk other threads wrote (`segments` says how many
+/// events of which lane it holds), to the thread of `init`: writes
+/// [`Meta::Reused`] under the metadata lock, then re-initialises the
+/// header, then counts the overwritten events, then writes the replaced
+/// header's `lost_before` (the losses of its lane before the chunk) as
+/// [`Meta::Lost`]. `None` (and the chunk untouched) if the `Reused` entry
+/// could not be stored: without it a reader would split the new content at
+/// the old hand-offs.
+///
+/// A SIGKILL between the entry and the end of the header's
+/// re-initialisation leaves either the old header (the reader sees that
+/// the entry's `lane`/`seq` are not there and keeps the old hand-offs) or
+/// a header without magic (the reader skips the chunk); either way its
+/// old events are not yet in `lost_events`.
+///
+/// # Safety
+/// No thread writes `slot` any more or can take it.
+unsafe fn reuse_shared(
+    sup: &'static Chunks,
+    init: &ChunkInit,
+    slot: u32,
+    segments: &[(u32, u64)],
+) -> Option<Chunk> {
+    // SAFETY: guaranteed by the caller.
+    let old = unsafe { sup.buf.chunk_owner(slot) };
+    let (prev_lane, prev_overwritten) = (old.lane, old.overwritten);
+    let events = segments.iter().map(|s| s.1).sum::<u64>();
+    let entry_ts = sup.now();
+    let entry = Meta::Reused(format::Reused {
+        slot,
+        lane: init.lane,
+        seq: init.seq,
+        ts: entry_ts,
+        prev_lane,
+        prev_overwritten,
+        overwritten: segments.to_vec(),
+    });
+    if !sup.write_meta_stored(&entry) {
+        return None;
+    }
+    // The events belong to the lanes in the entry, not to this thread:
+    // its own `overwritten` stays as it is.
+    // SAFETY: guaranteed by the caller.
+    let c = unsafe { sup.buf.reuse(slot, init) };
+    sup.buf.add_lost_events(events);
+    if old.lost_before > 0 {
+        // What the old header's lane lost before the chunk: the header is
+        // gone, so an entry counts it now (the hand-offs' losses are in
+        // their own entries). Written after the header, so a SIGKILL
+        // never leaves it counted twice.
+        sup.write_meta(&Meta::Lost(format::Lost {
+            lane: old.lane,
+            tid: old.tid,
+            name: String::new(),
+            ts: entry_ts,
+            events: old.lost_before,
+        }));
+    }
+    Some(c)
+}
+
+/// The thread leaves its current chunk (it has a new one, not yet
+/// installed, and writes nothing more into this one): under keep-last an
+/// own chunk joins the recorder's list of left chunks, a continued one goes
+/// to the pool. Keep-first never reuses a chunk.
+fn leave_current(t: &Thread, sup: &Chunks) {
+    let w = t.w;
+    if w.hdr.get().is_null() || sup.buf.policy() != Policy::KeepLast {
+        return;
+    }
+    let Some(cur) = t.owned(|o| o.current.take()).flatten() else {
+        return;
+    };
+    let events = w.segment_events();
+    if cur.own {
+        sup.leave(w.lane.get(), cur.slot, events);
+    } else {
+        let mut segments = cur.prior;
+        segments.push((w.lane.get(), events));
+        sup.pool(Pooled {
+            slot: cur.slot,
+            left_at: clock::monotonic_ns(),
+            segments,
+        });
+    }
+}
+
+/// The thread is exiting: offer the unused rest of its chunk to the next
+/// thread that needs one (1,000 short-lived threads then share chunks
+/// instead of taking 1,000 of them), and stop writing into it. Under
+/// keep-last, its other chunks (and its current one, if not handed off) go
+/// to the pool, where threads with no chunk of their own to overwrite take
+/// them, the chunk left longest ago first. A thread that lost events
+/// without ever having a chunk writes them as [`Meta::Lost`].
+///
+/// Afterwards the writer has no chunk: an event recorded by a later
+/// thread-local destructor must not touch a header that is another
+/// thread's (or the pool's) now.
+pub(crate) fn thread_exit(w: &Writer, o: &mut Owned, sup: &Chunks) {
+    let keep_last = sup.buf.policy() == Policy::KeepLast;
+    let now = clock::monotonic_ns();
+    let lane = w.lane.get();
+    let next = w.idx.get();
+    let mut segments = Vec::new();
+    if keep_last {
+        if let Some(cur) = &mut o.current {
+            segments = std::mem::take(&mut cur.prior);
+            segments.push((lane, w.segment_events()));
+        }
+    }
+    let current = o.current.take();
+    let chunk = w.take_chunk();
+    if let (Some(cur), Some(chunk)) = (current, chunk) {
+        if chunk.capacity > next + 16 && segments.len() < MAX_SEGMENTS {
+            sup.hand_off(HandedOff {
+                chunk,
+                next,
+                segments,
+            });
+        } else if keep_last {
+            sup.pool(Pooled {
+                slot: cur.slot,
+                left_at: now,
+                segments,
+            });
+        }
+    }
+    if keep_last {
+        // The chunks it left that no other thread took.
+        for l in sup.drain_left(lane) {
+            sup.pool(Pooled {
+                slot: l.slot,
+                left_at: l.left_at,
+                segments: vec![(lane, l.events)],
+            });
+        }
+    }
+    if let Some(c) = o.chunkless.take() {
+        // It never had a chunk: its losses go into an entry.
+        sup.forget_chunkless(&c);
+        sup.note_lost(&c);
+    }
+}
+
+/// The chunk supply and the flight recorder on plain memory: simulated
+/// threads (a [`Writer`] and an [`Owned`] each, driven one at a time from
+/// the test thread) record into a [`Chunks`] over anonymous memory, and the
+/// merge's own reader decodes the bytes. Every test checks the accounting
+/// the format promises: per lane, events kept + events lost or overwritten
+/// = events made, and no loss left to the process.
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use mpprof_merge::read::{self, ProcessFile};
+    use mpprof_merge::{EventKind, Session};
+
+    use super::*;
+    use crate::buffer::Config;
+    use crate::format::MIN_CHUNK_SIZE;
+
+    /// Record words in a 4 KiB chunk: (4096 - 64) / 8.
+    const WORDS: u64 = ((MIN_CHUNK_SIZE - format::CHUNK_HEADER_SIZE) / format::RECORD_SIZE) as u64;
+
+    /// A supply of `slots` 4 KiB chunks under `policy`, whose "disk" holds
+    /// `limit` bytes. Leaked: a supply is `'static`, like a recorder.
+    fn supply(policy: Policy, slots: u32, limit: u64) -> &'static Chunks {
+        let config = Config {
+            chunk_size: MIN_CHUNK_SIZE,
+            max_chunks: slots,
+            policy,
+        };
+        let buf = ProcessBuffer::in_memory(config, 0xfeed, 4242, limit).expect("anonymous memory");
+        Box::leak(Box::new(Chunks::new(buf, false, false)))
+    }
+
+    /// A simulated thread, and how many events it made.
+    struct T {
+        w: Writer,
+        o: RefCell<Owned>,
+        name: String,
+        made: u64,
+    }
+
+    impl T {
+        fn new(sup: &Chunks, name: &str) -> T {
+            let w = Writer::new();
+            // An even epoch: timestamps from CLOCK_MONOTONIC, so every
+            // event takes the slow path (the fast path only skips it).
+            w.reset(4);
+            let tid = 1000 + sup.next_lane.load(Ordering::Relaxed);
+            w.tid.set(tid);
+            w.lane.set(sup.new_lane(tid, name));
+            T {
+                w,
+                o: RefCell::new(Owned::new()),
+                name: name.to_owned(),
+                made: 0,
+            }
+        }
+
+        /// Records `n` instants (callsite 1), every 7th a counter with a
+        /// payload, so segments hold payload words too.
+        fn record(&mut self, sup: &'static Chunks, n: u64) {
+            for i in 0..n {
+                let t = Thread {
+                    w: &self.w,
+                    owned: Some(&self.o),
+                };
+                let (k, p) = if i % 7 == 6 {
+                    (kind::COUNTER, Some([i, 0]))
+                } else {
+                    (kind::INSTANT, None)
+                };
+                write_slow(&t, sup, 1 << word::SITE_SHIFT, k, p);
+                self.made += 1;
+            }
+        }
+
+        fn exit(self, sup: &Chunks) -> (String, u64) {
+            thread_exit(&self.w, &mut self.o.borrow_mut(), sup);
+            assert!(self.w.hdr.get().is_null(), "an exited thread has no chunk");
+            (self.name, self.made)
+        }
+
+        fn made(&self) -> (String, u64) {
+            (self.name.clone(), self.made)
+        }
+    }
+
+    /// The buffer as the merge reads it.
+    fn read(sup: &Chunks) -> ProcessFile {
+        let f = read::from_bytes("memory.mpb".as_ref(), sup.buf.snapshot()).expect("it reads");
+        let unexpected: Vec<&String> = f
+            .warnings
+            .iter()
+            .filter(|w| !w.contains("no process information"))
+            .collect();
+        assert!(unexpected.is_empty(), "{unexpected:?}");
+        f
+    }
+
+    /// Each thread's events kept on its lane plus its losses (as the reader
+    /// counts them, and as the merged trace's loss markers show them on
+    /// the lane) are exactly what it made; the process's lost events are
+    /// all some lane's. Returns the events kept per thread.
+    fn accounts(sup: &Chunks, made: &[(String, u64)]) -> BTreeMap<String, u64> {
+        let f = read(sup);
+        let lane_of: BTreeMap<String, u32> = f
+            .lanes
+            .iter()
+            .map(|(&lane, l)| (l.name.clone(), lane))
+            .collect();
+        let mut kept = BTreeMap::new();
+        for (name, n) in made {
+            let lane = lane_of[name];
+            let k = f.lane_events(lane);
+            let lost = f.lanes[&lane].lost();
+            assert_eq!(k + lost, *n, "{name} (lane {lane}): {k} kept + {lost} lost");
+            kept.insert(name.clone(), k);
+        }
+        assert_eq!(f.unattributed_losses(), 0, "every loss is a lane's");
+        let total: u64 = made.iter().map(|m| m.1).sum();
+        assert_eq!(f.recorded_events() + f.lost_events, total);
+        // The merged trace shows the same on each lane.
+        let s = Session::from_files(vec![f]);
+        let mut shown: BTreeMap<u32, u64> = BTreeMap::new();
+        for e in s.events() {
+            let n = match e.kind {
+                EventKind::Lost { count, .. } => count,
+                EventKind::Instant { .. } | EventKind::Counter { .. } => 1,
+                _ => 0,
+            };
+            *shown.entry(e.lane).or_default() += n;
+        }
+        for (name, n) in made {
+            assert_eq!(shown[&lane_of[name]], *n, "{name} in the merged trace");
+        }
+        kept
+    }
+
+    #[test]
+    fn keep_first_counts_what_comes_after_the_budget() {
+        // 6 slots: events stop 2 short of the budget, and the metadata log
+        // took the first slot: 3 event chunks.
+        let sup = supply(Policy::KeepFirst, 6, u64::MAX);
+        let mut a = T::new(sup, "a");
+        let mut b = T::new(sup, "b");
+        for _ in 0..10 {
+            a.record(sup, 300);
+            b.record(sup, 200);
+        }
+        let kept = accounts(sup, &[a.made(), b.made()]);
+        // Three chunks' worth is kept: 6 of 7 events take a word, every 7th
+        // (a counter) three, and each chunk starts with a time base.
+        let all: u64 = kept.values().sum();
+        assert!(
+            all * 9 / 7 <= 3 * WORDS && all * 9 / 7 > 3 * (WORDS - 8),
+            "{kept:?}"
+        );
+        assert_eq!(read(sup).lost_chunks, 0);
+    }
+
+    #[test]
+    fn a_full_disk_costs_events_and_recording_resumes_when_space_returns() {
+        // The "disk" holds the header and two chunks (metadata, one event
+        // chunk): the second event chunk cannot be reserved.
+        let room = format::HEADER_SIZE + 2 * u64::from(MIN_CHUNK_SIZE);
+        let sup = supply(Policy::KeepFirst, 16, room);
+        let mut a = T::new(sup, "a");
+        a.record(sup, 2 * WORDS);
+        let before = accounts(sup, &[a.made()])["a"];
+        let f = read(sup);
+        assert!(f.lost_chunks > 0 && f.lost_events == 2 * WORDS - before);
+        // Space comes back; the thread retries after its 100 ms back-off.
+        sup.buf.set_memory_limit(u64::MAX);
+        std::thread::sleep(std::time::Duration::from_millis(110));
+        a.record(sup, 100);
+        let kept = accounts(sup, &[a.made()]);
+        assert_eq!(kept["a"], before + 100, "recording resumed");
+    }
+
+    #[test]
+    fn keep_last_keeps_each_threads_newest_events_and_counts_the_rest() {
+        let sup = supply(Policy::KeepLast, 8, u64::MAX);
+        let mut threads: Vec<T> = (0..3).map(|i| T::new(sup, &format!("t{i}"))).collect();
+        for round in 0..20u64 {
+            for (i, t) in threads.iter_mut().enumerate() {
+                t.record(sup, 100 + 37 * ((round + i as u64) % 5));
+            }
+        }
+        let made: Vec<_> = threads.iter().map(T::made).collect();
+        let kept = accounts(sup, &made);
+        let f = read(sup);
+        for (name, k) in &kept {
+            assert!(*k > 0, "{name} keeps events: {kept:?}");
+            let lane = f.lanes.iter().find(|l| &l.1.name == name).unwrap().1;
+            assert!(lane.overwritten > 0, "{name} had events overwritten");
+            assert_eq!(lane.not_recorded(), 0, "keep-last loses nothing unrecorded");
+        }
+        // The newest event of each thread survives: its last counter.
+        let s = Session::from_files(vec![f]);
+        let mut last_counter: BTreeMap<u32, f64> = BTreeMap::new();
+        for e in s.events() {
+            if let EventKind::Counter { value, .. } = e.kind {
+                last_counter.insert(e.lane, value);
+            }
+        }
+        assert_eq!(last_counter.len(), 3, "{last_counter:?}");
+    }
+
+    /// Keep-last: the losses a lane had before a chunk (here: while the
+    /// disk was full) stay counted when the lane overwrites that chunk.
+    #[test]
+    fn keep_last_keeps_the_losses_before_a_chunk_it_overwrites() {
+        let room = format::HEADER_SIZE + u64::from(MIN_CHUNK_SIZE);
+        let sup = supply(Policy::KeepLast, 8, room);
+        let mut a = T::new(sup, "a");
+        a.record(sup, 1000);
+        assert_eq!(read(sup).lost_events, 1000, "no event chunk: all lost");
+        sup.buf.set_memory_limit(u64::MAX);
+        std::thread::sleep(std::time::Duration::from_millis(110));
+        a.record(sup, 20 * WORDS);
+        accounts(sup, &[a.made()]);
+        let f = read(sup);
+        let lane = f.lanes.values().next().unwrap();
+        assert_eq!(lane.not_recorded(), 1000, "{lane:?}");
+    }
+
+    #[test]
+    fn an_exited_threads_chunk_is_continued_by_the_next_thread() {
+        let sup = supply(Policy::KeepFirst, 16, u64::MAX);
+        let mut made = Vec::new();
+        for i in 0..50 {
+            let mut t = T::new(sup, &format!("short{i}"));
+            t.record(sup, 3);
+            made.push(t.exit(sup));
+        }
+        accounts(sup, &made);
+        let f = read(sup);
+        // 50 threads of 3 events (and a time base each) share one chunk.
+        let event_chunks = f.lanes.values().flat_map(|l| &l.chunks).count();
+        assert_eq!(event_chunks, 50, "one segment per thread");
+        assert_eq!(f.handoffs.len(), 49);
+        assert!(
+            f.handoffs.iter().all(|h| h.slot == f.handoffs[0].slot),
+            "all in the first event chunk"
+        );
+    }
+
+    #[test]
+    fn a_thread_that_never_had_a_chunk_reports_its_own_losses() {
+        let sup = supply(Policy::KeepFirst, 6, u64::MAX);
+        let mut busy = T::new(sup, "busy");
+        busy.record(sup, 10 * WORDS);
+        let mut late = T::new(sup, "late");
+        late.record(sup, 500);
+        // It exits: its losses become a `Lost` entry of its lane.
+        let late = late.exit(sup);
+        let mut later = T::new(sup, "later");
+        later.record(sup, 70);
+        // Still running at the finish: the finish writes its entry.
+        sup.finish();
+        accounts(sup, &[busy.made(), late, later.made()]);
+        let f = read(sup);
+        assert!(f.clean);
+        let by_name = |n: &str| f.lanes.values().find(|l| l.name == n).unwrap();
+        assert_eq!(by_name("late").lost_noted, 500);
+        assert_eq!(by_name("later").lost_noted, 70);
+    }
+
+    #[test]
+    fn keep_last_threads_churning_account_for_every_event() {
+        let sup = supply(Policy::KeepLast, 8, u64::MAX);
+        let mut made = Vec::new();
+        let mut long = T::new(sup, "long");
+        for i in 0..120u64 {
+            long.record(sup, 40);
+            let mut t = T::new(sup, &format!("short{i}"));
+            t.record(sup, 5 + i % 90);
+            made.push(t.exit(sup));
+        }
+        made.push(long.made());
+        accounts(sup, &made);
+        let f = read(sup);
+        assert!(
+            f.reuses.iter().any(|r| r.effective),
+            "chunks other threads wrote were taken over"
+        );
+        assert!(f.lanes.values().any(|l| l.overwritten > 0));
+    }
+
+    #[test]
+    fn a_late_thread_under_keep_last_takes_a_chunk_another_thread_left() {
+        // 6 slots: 4 event chunks, all claimed by `busy`.
+        let sup = supply(Policy::KeepLast, 6, u64::MAX);
+        let mut busy = T::new(sup, "busy");
+        busy.record(sup, 6 * WORDS);
+        let mut late = T::new(sup, "late");
+        late.record(sup, 300);
+        busy.record(sup, 100);
+        accounts(sup, &[busy.made(), late.made()]);
+        let f = read(sup);
+        let late_lane = f.lanes.iter().find(|l| l.1.name == "late").unwrap();
+        assert_eq!(
+            f.lane_events(*late_lane.0),
+            300,
+            "the late thread kept all it made"
+        );
+        let r = f
+            .reuses
+            .iter()
+            .find(|r| r.entry.lane == *late_lane.0)
+            .unwrap();
+        assert!(r.effective && r.entry.overwritten.iter().all(|o| o.0 != *late_lane.0));
+    }
+}

@@ -1,0 +1,299 @@
+//! The hot path: each thread writes 8-byte record words into its own chunk
+//! and publishes them with one release store of the chunk's commit count
+//! (see [`Writer`]). Everything else (starting to record, a lane, a new
+//! chunk, a lost event) goes through [`slow`] to the chunk supply
+//! (`chunks.rs`).
+//!
+//! Also the guards and calls the macros expand to ([`SpanGuard`],
+//! [`instant`], [`counter`]).
+
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+
+use crate::callsite::{self, Callsite};
+use crate::chunks::{self, Owned, Thread};
+use crate::clock;
+use crate::format::{kind, word, FlowId, SiteKind};
+use crate::session::{self, OFF, STATE, UNKNOWN};
+use crate::writer::Writer;
+
+thread_local! {
+    /// The thread's cursor: the hot path's only thread-local.
+    static WRITER: Writer = const { Writer::new() };
+    /// Slow-path state: what the thread knows about its current chunk in
+    /// the current recorder (the chunks it has left are in the recorder's
+    /// lists). Its destructor gives the thread's chunks back at exit.
+    static OWNED: OwnedSlot = const { OwnedSlot(RefCell::new(Owned::new())) };
+}
+
+/// The thread-local holding [`Owned`]; dropping it (at thread exit) runs
+/// [`chunks::thread_exit`] when the state is about the current recorder.
+struct OwnedSlot(RefCell<Owned>);
+
+impl Drop for OwnedSlot {
+    fn drop(&mut self) {
+        let _ = WRITER.try_with(|w| {
+            let owned = self.0.get_mut();
+            match session::recorder_for(w.epoch.get()).filter(|_| owned.is_about(w)) {
+                Some(r) => chunks::thread_exit(w, owned, &r.chunks),
+                // Another recorder's chunk (or none): only stop writing it.
+                None => drop(w.take_chunk()),
+            }
+        });
+    }
+}
+
+/// A counter value: integers are stored as `i64`, floats as `f64`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CounterValue {
+    /// An integer sample.
+    Int(i64),
+    /// A floating-point sample.
+    Float(f64),
+}
+
+macro_rules! counter_from {
+    ($($t:ty => $v:ident),*) => {$(
+        impl From<$t> for CounterValue {
+            fn from(v: $t) -> CounterValue { CounterValue::$v(v as _) }
+        }
+    )*};
+}
+counter_from!(i8 => Int, i16 => Int, i32 => Int, i64 => Int, isize => Int, u8 => Int, u16 => Int, u32 => Int,
+    u64 => Int, usize => Int, f32 => Float, f64 => Float);
+
+/// Records the exit of a span when dropped (also while unwinding).
+/// Not `Send`: the exit belongs to the thread of the entry.
+#[must_use = "the span ends when the guard is dropped"]
+pub struct SpanGuard {
+    /// The callsite's id in its place in a record word
+    /// ([`Callsite::bits`]), 0 when the entry was not recorded.
+    bits: u32,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl SpanGuard {
+    /// Records the entry of the span at `cs`.
+    #[inline(always)]
+    pub fn enter(cs: &'static Callsite) -> SpanGuard {
+        let s = state();
+        if s == OFF {
+            return SpanGuard {
+                bits: 0,
+                _not_send: PhantomData,
+            };
+        }
+        let bits = cs.bits();
+        record_in(s, bits, kind::ENTER);
+        SpanGuard {
+            bits,
+            _not_send: PhantomData,
+        }
+    }
+}
+
+impl Drop for SpanGuard {
+    #[inline(always)]
+    fn drop(&mut self) {
+        if self.bits != 0 {
+            exit(self.bits);
+        }
+    }
+}
+
+/// Records an instant event at `cs`.
+#[inline]
+pub fn instant(cs: &'static Callsite) {
+    if maybe_on() {
+        record(cs.id(), kind::INSTANT);
+    }
+}
+
+/// Records a counter sample at `cs`.
+#[inline]
+pub fn counter(cs: &'static Callsite, v: CounterValue) {
+    if maybe_on() {
+        let payload = match v {
+            CounterValue::Int(i) => [i as u64, 0],
+            CounterValue::Float(f) => [f.to_bits(), 1],
+        };
+        record_with_payload(cs.id(), kind::COUNTER, payload);
+    }
+}
+
+/// Records one end of a flow (`FLOW_OUT` or `FLOW_IN`) named `name`.
+pub(crate) fn flow(kind: u8, id: FlowId, name: &str) {
+    record_with_payload(
+        callsite::intern(SiteKind::Flow, name),
+        kind,
+        id.to_payload(),
+    );
+}
+
+/// Records one event. The hot path: one relaxed load of the global state,
+/// the thread-local, one timestamp, one 8-byte store, one release store.
+#[inline(always)]
+pub(crate) fn record(site: u32, kind: u8) {
+    let s = STATE.load(Ordering::Relaxed);
+    if s != OFF {
+        record_in(s, site << word::SITE_SHIFT, kind);
+    }
+}
+
+/// [`record`] for a caller that already loaded the state `s` (not OFF) and
+/// has the callsite as `bits` (`id << SITE_SHIFT`, see `Callsite::bits`).
+#[inline(always)]
+pub(crate) fn record_in(s: u32, bits: u32, kind: u8) {
+    // `try_with`: during thread teardown the slot may be gone; drop the event.
+    let _ = WRITER.try_with(|w| {
+        let i = w.idx.get();
+        if w.epoch.get() == s && i < w.cap.get() {
+            // cap > 0: the process clock is the hardware counter.
+            let (lo, hi) = clock::counter_parts();
+            if hi == w.base_hi.get() {
+                // SAFETY: i < cap, so the word is inside this thread's chunk,
+                // which no other thread writes; commit points into its header.
+                unsafe { w.write_one(i, word::new(lo as u64, bits as u64 | kind as u64)) };
+                return;
+            }
+        }
+        slow(w, s, bits, kind, None);
+    });
+}
+
+/// Records a span exit. No global load: the exit goes where its entry went,
+/// into the thread's current chunk, even if the session has just finished
+/// (the file stays mapped and the reader takes what is committed). A thread
+/// without room (or in a forked child, whose chunk was forgotten) takes the
+/// slow path, which looks at the state. `bits` as for [`record_in`].
+#[inline(always)]
+pub(crate) fn exit(bits: u32) {
+    let _ = WRITER.try_with(|w| {
+        let i = w.idx.get();
+        if i < w.cap.get() {
+            // cap > 0: the process clock is the hardware counter.
+            let (lo, hi) = clock::counter_parts();
+            if hi == w.base_hi.get() {
+                // SAFETY: as in `record_in`.
+                unsafe { w.write_one(i, word::new(lo as u64, bits as u64 | kind::EXIT as u64)) };
+                return;
+            }
+        }
+        // Relaxed: as in `record`.
+        let s = STATE.load(Ordering::Relaxed);
+        if s != OFF {
+            slow(w, s, bits, kind::EXIT, None);
+        }
+    });
+}
+
+/// Records an event followed by its two payload words (flows, counters,
+/// async spans). All three are committed by one store, so a reader sees all
+/// or none.
+#[inline]
+pub(crate) fn record_with_payload(site: u32, kind: u8, payload: [u64; 2]) {
+    let s = STATE.load(Ordering::Relaxed);
+    if s == OFF {
+        return;
+    }
+    let bits = site << word::SITE_SHIFT;
+    let _ = WRITER.try_with(|w| {
+        let i = w.idx.get();
+        if w.epoch.get() == s && i + 2 < w.cap.get() {
+            // cap > 0: the process clock is the hardware counter.
+            let (lo, hi) = clock::counter_parts();
+            if hi == w.base_hi.get() {
+                let words = [
+                    word::new(lo as u64, bits as u64 | kind as u64),
+                    payload[0],
+                    payload[1],
+                ];
+                // SAFETY: i + 2 < cap: all three words are inside this
+                // thread's chunk.
+                unsafe { w.write_words(i, &words) };
+                w.extra.set(w.extra.get() + 2);
+                return;
+            }
+        }
+        slow(w, s, bits, kind, Some(payload));
+    });
+}
+
+/// Everything that is not a plain write into a chunk with room: deciding
+/// whether to record at all, a new recorder, a new lane, then the chunk
+/// supply's slow write (a new chunk, or counting the event as lost).
+#[cold]
+#[inline(never)]
+fn slow(w: &Writer, mut s: u32, bits: u32, kind: u8, payload: Option<[u64; 2]>) {
+    if s == UNKNOWN {
+        session::lazy_start();
+        // Relaxed: lazy_start ran on this thread.
+        s = STATE.load(Ordering::Relaxed);
+        if s == OFF {
+            return;
+        }
+    }
+    let Some(r) = session::recorder_for(s) else {
+        return;
+    };
+    if w.epoch.get() != s {
+        // A new recorder (new session, or this is a forked child): forget the
+        // old chunk and lane.
+        w.reset(s);
+    }
+    if w.lane.get() == 0 {
+        w.tid.set(gettid());
+        let t = std::thread::current();
+        w.lane
+            .set(r.chunks.new_lane(w.tid.get(), t.name().unwrap_or("")));
+    }
+    let sup = &r.chunks;
+    let written = OWNED.try_with(|o| {
+        chunks::write_slow(
+            &Thread {
+                w,
+                owned: Some(&o.0),
+            },
+            sup,
+            bits,
+            kind,
+            payload,
+        )
+    });
+    if written.is_err() {
+        // The thread is exiting and its slow-path state is gone.
+        chunks::write_slow(&Thread { w, owned: None }, sup, bits, kind, payload);
+    }
+}
+
+fn gettid() -> u32 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::syscall(libc::SYS_gettid) as u32 }
+}
+
+/// Forgets this thread's chunk (in a forked child: the chunk is the
+/// parent's). Touches only this thread's cells.
+pub(crate) fn forget_chunk() {
+    let _ = WRITER.try_with(Writer::forget);
+}
+
+/// The recording state: [`OFF`], or something for [`record_in`]. One
+/// relaxed load (a hint: the write re-checks against the thread's epoch).
+#[inline(always)]
+pub(crate) fn state() -> u32 {
+    STATE.load(Ordering::Relaxed)
+}
+
+/// Whether recording may be on (not [`OFF`]): one relaxed load.
+#[inline(always)]
+pub(crate) fn maybe_on() -> bool {
+    state() != OFF
+}
+
+/// Records a span entry (kind ENTER).
+#[cfg(feature = "tracing")]
+#[inline(always)]
+pub(crate) fn enter(site: u32) {
+    record(site, kind::ENTER)
+}

@@ -1,0 +1,336 @@
+//! The recording session of this process: the global state the hot path
+//! reads, starting (explicitly with [`init`], or lazily in a child that
+//! inherited `MPPROF_DIR`), the current recorder, and finishing it.
+//!
+//! - `dir.rs`: the session directory;
+//! - `process.rs`: the process's uid and facts;
+//! - `hooks.rs`: `atexit` and `pthread_atfork`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::buffer::{Config, ProcessBuffer};
+use crate::chunks::Chunks;
+use crate::format::{flow_name, kind, ClockKind, FlowId, Meta};
+use crate::{callsite, clock, record};
+
+mod dir;
+mod hooks;
+mod process;
+
+#[cfg(feature = "tracing")]
+pub(crate) use hooks::{hold_across_fork, ForkLock};
+
+pub use process::process_uid;
+
+/// Recording state, read (relaxed) at the top of every hot-path call:
+/// [`OFF`], [`UNKNOWN`] (not yet decided: the first call looks at the
+/// environment), or an epoch `>= 4` naming the current recorder. Threads
+/// compare it with the epoch of their current chunk, so a new recorder (a
+/// new session, or a forked child's own file) is picked up without touching
+/// other threads' state. The epoch's low bit says whether timestamps come
+/// from the time-stamp counter (`writer::epoch_uses_tsc`), so the hot path
+/// needs no separate load for the clock choice.
+pub(crate) static STATE: AtomicU32 = AtomicU32::new(UNKNOWN);
+/// Not recording.
+pub(crate) const OFF: u32 = 0;
+/// Not yet decided.
+pub(crate) const UNKNOWN: u32 = 2;
+
+/// The current recorder (null when none). Recorders are never freed: a
+/// thread may still hold a pointer into a finished recorder's mapping.
+static CURRENT: AtomicPtr<Recorder> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Serialises starting and finishing.
+static LIFECYCLE: Mutex<()> = Mutex::new(());
+
+/// Epoch of the next recorder (even; the low bit is added for the TSC).
+static NEXT_EPOCH: AtomicU32 = AtomicU32::new(4);
+
+/// Sequence numbers of this process's flow ids (process-wide, so a second
+/// session in the same process never repeats an id).
+static FLOW_SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// One process file and what writes to it.
+pub(crate) struct Recorder {
+    /// The file's chunks and metadata log.
+    pub(crate) chunks: Chunks,
+    /// Its epoch (see [`STATE`]).
+    pub(crate) epoch: u32,
+    /// The session directory.
+    pub(crate) dir: PathBuf,
+    /// The clock frequency the process measured (or inherited).
+    pub(crate) clock_hz: f64,
+}
+
+impl Recorder {
+    /// A new flow id from this process.
+    pub(crate) fn next_flow(&self) -> FlowId {
+        // Relaxed: only uniqueness matters.
+        FlowId::from_parts(process_uid(), FLOW_SEQ.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The recorder for epoch `s`, if it is still the current one.
+#[inline]
+pub(crate) fn recorder_for(s: u32) -> Option<&'static Recorder> {
+    // Acquire: pairs with the release store in `install`, so the recorder's
+    // fields are initialised when seen through the pointer.
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: recorders are leaked, so a non-null pointer stays valid.
+    let r = unsafe { p.as_ref() }?;
+    (r.epoch == s).then_some(r)
+}
+
+/// Writes a metadata entry to the current file, if any.
+pub(crate) fn write_meta(m: &Meta) {
+    // Acquire: as in `recorder_for`.
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: recorders are leaked, so a non-null pointer stays valid.
+    if let Some(r) = unsafe { p.as_ref() } {
+        if !r.chunks.is_finished() {
+            r.chunks.write_meta(m);
+        }
+    }
+}
+
+/// Errors of [`init`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The session directory could not be made or used.
+    #[error("mpprof: cannot use session directory {path}: {error}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why. (In the message, not the error's `source()`, so that a
+        /// report of the whole chain does not say it twice.)
+        error: io::Error,
+    },
+    /// The process file could not be created.
+    #[error("mpprof: cannot create buffer file in {path}: {error}")]
+    File {
+        /// The directory.
+        path: PathBuf,
+        /// Why. (In the message, not the error's `source()`, so that a
+        /// report of the whole chain does not say it twice.)
+        error: io::Error,
+    },
+}
+
+/// Guard of a recording session, returned by [`init`]. Dropping it
+/// finishes this process's file (final clock anchor, clean-exit flag) and
+/// stops recording in this process.
+#[must_use = "recording stops when the Session is dropped"]
+#[derive(Debug)]
+pub struct Session {
+    dir: Option<PathBuf>,
+}
+
+impl Session {
+    /// The session directory, or `None` when recording is disabled
+    /// (`MPPROF=off`).
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
+    /// Finishes the file now (same as dropping the guard).
+    pub fn finish(self) {}
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if self.dir.is_some() {
+            finish_current();
+        }
+    }
+}
+
+/// Starts recording in this process.
+///
+/// The session directory is `MPPROF_DIR` when set (a process started by
+/// [`crate::spawn`] joins its parent's session this way), else a fresh
+/// directory `./mpprof-out/<time>-<pid>/`. Prints where it records to
+/// stderr, once. With `MPPROF=off` it returns an inert guard and nothing is
+/// recorded. If this process already records (a child whose instrumented
+/// code ran before `init`), the guard refers to that session.
+pub fn init() -> Result<Session, Error> {
+    if disabled_by_env() {
+        STATE.store(OFF, Ordering::Relaxed);
+        return Ok(Session { dir: None });
+    }
+    let _l = LIFECYCLE.lock();
+    // Acquire: as in `recorder_for`.
+    if let Some(r) = unsafe_current() {
+        if !r.chunks.is_finished() {
+            return Ok(Session {
+                dir: Some(r.dir.clone()),
+            });
+        }
+    }
+    let (dir, fresh) = match std::env::var_os("MPPROF_DIR") {
+        Some(d) if !d.is_empty() => (PathBuf::from(d), false),
+        _ => (
+            dir::fresh_session_dir().map_err(|(path, error)| Error::Dir { path, error })?,
+            true,
+        ),
+    };
+    if !fresh {
+        dir::check_dir(&dir).map_err(|error| Error::Dir {
+            path: dir.clone(),
+            error,
+        })?;
+    }
+    start(&dir, true, None).map_err(|error| Error::File {
+        path: dir.clone(),
+        error,
+    })?;
+    eprintln!("mpprof: recording to {}", dir.display());
+    Ok(Session { dir: Some(dir) })
+}
+
+pub(super) fn unsafe_current() -> Option<&'static Recorder> {
+    let p = CURRENT.load(Ordering::Acquire);
+    // SAFETY: recorders are leaked, so a non-null pointer stays valid.
+    unsafe { p.as_ref() }
+}
+
+/// The directory the current session records into.
+pub fn session_dir() -> Option<PathBuf> {
+    unsafe_current()
+        .filter(|r| !r.chunks.is_finished())
+        .map(|r| r.dir.clone())
+}
+
+fn disabled_by_env() -> bool {
+    matches!(
+        std::env::var("MPPROF").as_deref(),
+        Ok("off" | "0" | "false" | "no")
+    )
+}
+
+/// The first hot-path call in a process that has not decided yet: record
+/// into `MPPROF_DIR` if it is set (a child of [`crate::spawn`]), else turn
+/// recording off for good.
+#[cold]
+pub(crate) fn lazy_start() {
+    let _l = LIFECYCLE.lock();
+    // Relaxed: guarded by LIFECYCLE.
+    if STATE.load(Ordering::Relaxed) != UNKNOWN {
+        return;
+    }
+    // A child forked (without exec) from a recording process records into
+    // the parent's session, in a file of its own.
+    let forked = hooks::FORK_INFO.lock().take();
+    if let Some((dir, flow)) = forked {
+        if let Err(e) = start(&dir, false, Some((flow, flow_name::FORK))) {
+            crate::warn::warn(format_args!(
+                "cannot record the forked child (pid {}) into {} ({e}); it runs without recording",
+                std::process::id(),
+                dir.display()
+            ));
+            STATE.store(OFF, Ordering::Relaxed);
+        }
+        return;
+    }
+    let dir = match std::env::var_os("MPPROF_DIR") {
+        Some(d) if !d.is_empty() && !disabled_by_env() => PathBuf::from(d),
+        _ => {
+            STATE.store(OFF, Ordering::Relaxed);
+            return;
+        }
+    };
+    let res = dir::check_dir(&dir).and_then(|()| start(&dir, false, None));
+    if let Err(e) = res {
+        crate::warn::warn(format_args!(
+            "cannot record into {} ({e}); this process (pid {}) runs without recording and will be missing from the trace",
+            dir.display(),
+            std::process::id()
+        ));
+        STATE.store(OFF, Ordering::Relaxed);
+    }
+}
+
+/// Creates this process's file in `dir` and makes it current. `origin` is
+/// the flow that started this process when it is not the one passed by
+/// `spawn` in the environment (a fork).
+fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::Result<()> {
+    let clock = clock::select();
+    let clock_hz = clock::estimate_hz(if root { 5 } else { 2 });
+    let uid = process_uid();
+    let pid = std::process::id();
+    let config = Config::from_env();
+    // One file per recorder: a process that starts a second session in the
+    // same directory (or a forked child, which has a new uid) gets a new name.
+    let path = match NEXT_EPOCH.load(Ordering::Relaxed) {
+        4 => dir.join(format!("{pid}-{uid:016x}.mpb")),
+        e => dir.join(format!("{pid}-{uid:016x}-{}.mpb", e / 2 - 1)),
+    };
+    let buf = ProcessBuffer::create(&path, config, uid, pid)?;
+    let mut info = process::process_info(uid, clock, clock_hz, config);
+    let (parent_flow, flow_name) = match origin {
+        Some((f, name)) => (Some(f), name),
+        None => (info.parent_flow, flow_name::SPAWN),
+    };
+    info.parent_flow = parent_flow;
+    let epoch = NEXT_EPOCH.fetch_add(2, Ordering::Relaxed) | u32::from(clock == ClockKind::Tsc);
+    let tsc = clock == ClockKind::Tsc;
+    let rec: &'static Recorder = Box::leak(Box::new(Recorder {
+        chunks: Chunks::new(buf, tsc, prepare_enabled()),
+        epoch,
+        dir: dir.to_owned(),
+        clock_hz,
+    }));
+    rec.chunks.write_meta(&Meta::Process(info));
+    rec.chunks.write_meta(&Meta::Anchor(clock::anchor()));
+    callsite::replay_then(
+        |m| rec.chunks.write_meta(m),
+        || {
+            // Release: publishes the initialised recorder to `recorder_for`.
+            CURRENT.store(rec as *const Recorder as *mut Recorder, Ordering::Release);
+            // Relaxed: threads that see the new epoch find the recorder
+            // through CURRENT (acquire) before touching it.
+            STATE.store(epoch, Ordering::Relaxed);
+        },
+    );
+    hooks::register_exit_hook();
+    hooks::register_fork_hook();
+    if let Some(f) = parent_flow {
+        // The arrow from the parent's spawn point ends here, on the thread
+        // that starts recording, just before its first event.
+        record::flow(kind::FLOW_IN, f, flow_name);
+    }
+    Ok(())
+}
+
+/// Whether a preparer thread keeps chunks ready: unless `MPPROF_PREPARE=0`.
+fn prepare_enabled() -> bool {
+    std::env::var("MPPROF_PREPARE").map_or(true, |v| v != "0")
+}
+
+/// Finishes the current file: final anchor, clean-exit flag, recording off.
+pub(crate) fn finish_current() {
+    let _l = LIFECYCLE.lock();
+    if let Some(r) = unsafe_current() {
+        r.chunks.finish();
+        // Relaxed: threads that still see the old epoch write into the
+        // finished (still mapped) file, which the reader tolerates.
+        STATE.store(OFF, Ordering::Relaxed);
+    }
+}
+
+/// Data for [`crate::spawn`]: the environment a child needs to join this
+/// session, and the recorder to write the spawn flow to.
+pub(crate) fn ensure_recording() -> Option<&'static Recorder> {
+    let mut s = STATE.load(Ordering::Relaxed);
+    if s == UNKNOWN {
+        lazy_start();
+        s = STATE.load(Ordering::Relaxed);
+    }
+    if s == OFF {
+        return None;
+    }
+    recorder_for(s)
+}
