@@ -18,6 +18,10 @@ pub mod flow_name {
     /// `mpprof::wait`: from a child's end to the parent's wait (only the
     /// receiving end is recorded; see [`super::FlowId::child_exit`]).
     pub const EXIT: &str = "exit";
+    /// The end of a [`SPAWN`] flow whose child was never started (the
+    /// program is missing, permission denied): recorded by the parent
+    /// itself, right after the start, so the flow is closed and says why.
+    pub const SPAWN_FAILED: &str = "spawn failed";
 }
 
 /// A globally unique flow token: the sender's 64-bit random process uid and

@@ -231,12 +231,138 @@ impl std::fmt::Display for EncodeError {
 
 impl std::error::Error for EncodeError {}
 
+/// The writer's side of a metadata entry: [`Meta`]'s variants and fields,
+/// in the same order, borrowing its strings and lists, so that a writer
+/// builds and encodes an entry without allocating (the recorder may be
+/// called from a signal handler). postcard encodes a `MetaRef` exactly as
+/// the `Meta` it borrows from (`str` and `String`, slices and `Vec`s are
+/// the same to serde), which `tests/roundtrip.rs` checks; a reader decodes
+/// [`Meta`].
+#[derive(Clone, Copy, Debug, Serialize)]
+pub enum MetaRef<'a> {
+    /// [`Meta::Process`].
+    Process(&'a ProcessInfo),
+    /// [`Meta::Callsite`].
+    Callsite {
+        /// Id used in records.
+        id: u32,
+        /// Kind.
+        kind: SiteKind,
+        /// Display name.
+        name: &'a str,
+        /// Full path.
+        path: &'a str,
+        /// Source file.
+        file: &'a str,
+        /// Source line.
+        line: u32,
+    },
+    /// [`Meta::Thread`].
+    Thread {
+        /// Lane as in chunk headers.
+        lane: u32,
+        /// OS thread id.
+        tid: u32,
+        /// Thread name (may be empty).
+        name: &'a str,
+    },
+    /// [`Meta::Anchor`].
+    Anchor(Anchor),
+    /// [`Meta::Handoff`].
+    Handoff(Handoff),
+    /// [`Meta::Reused`].
+    Reused(ReusedRef<'a>),
+    /// [`Meta::Lost`].
+    Lost(LostRef<'a>),
+}
+
+/// [`Reused`], borrowing its list (see [`MetaRef`]).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ReusedRef<'a> {
+    /// [`Reused::slot`].
+    pub slot: u32,
+    /// [`Reused::lane`].
+    pub lane: u32,
+    /// [`Reused::seq`].
+    pub seq: u32,
+    /// [`Reused::ts`].
+    pub ts: u64,
+    /// [`Reused::prev_lane`].
+    pub prev_lane: u32,
+    /// [`Reused::prev_overwritten`].
+    pub prev_overwritten: u64,
+    /// [`Reused::overwritten`].
+    pub overwritten: &'a [(u32, u64)],
+}
+
+/// [`Lost`], borrowing its name (see [`MetaRef`]).
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct LostRef<'a> {
+    /// [`Lost::lane`].
+    pub lane: u32,
+    /// [`Lost::tid`].
+    pub tid: u32,
+    /// [`Lost::name`].
+    pub name: &'a str,
+    /// [`Lost::ts`].
+    pub ts: u64,
+    /// [`Lost::events`].
+    pub events: u64,
+}
+
+impl Meta {
+    /// This entry as the writer's [`MetaRef`], which encodes alike.
+    pub fn as_ref(&self) -> MetaRef<'_> {
+        match self {
+            Meta::Process(p) => MetaRef::Process(p),
+            Meta::Callsite {
+                id,
+                kind,
+                name,
+                path,
+                file,
+                line,
+            } => MetaRef::Callsite {
+                id: *id,
+                kind: *kind,
+                name,
+                path,
+                file,
+                line: *line,
+            },
+            Meta::Thread { lane, tid, name } => MetaRef::Thread {
+                lane: *lane,
+                tid: *tid,
+                name,
+            },
+            Meta::Anchor(a) => MetaRef::Anchor(*a),
+            Meta::Handoff(h) => MetaRef::Handoff(*h),
+            Meta::Reused(r) => MetaRef::Reused(ReusedRef {
+                slot: r.slot,
+                lane: r.lane,
+                seq: r.seq,
+                ts: r.ts,
+                prev_lane: r.prev_lane,
+                prev_overwritten: r.prev_overwritten,
+                overwritten: &r.overwritten,
+            }),
+            Meta::Lost(l) => MetaRef::Lost(LostRef {
+                lane: l.lane,
+                tid: l.tid,
+                name: &l.name,
+                ts: l.ts,
+                events: l.events,
+            }),
+        }
+    }
+}
+
 /// Encodes `entry` as one framed entry of a metadata chunk, `[len: u32
 /// little-endian][postcard bytes]`, into the start of `buf`, and returns
 /// the bytes used. No allocation. An entry whose frame would be over
 /// [`MAX_META_ENTRY`] bytes is refused (the writer counts it in the
 /// header's `LOST_META`), so an entry always fits one metadata chunk.
-pub fn encode_entry(entry: &Meta, buf: &mut [u8; MAX_META_ENTRY]) -> Result<usize, EncodeError> {
+pub fn encode_entry(entry: &MetaRef, buf: &mut [u8; MAX_META_ENTRY]) -> Result<usize, EncodeError> {
     let (len_bytes, body) = buf.split_at_mut(META_LEN_SIZE);
     let len = match postcard::to_slice(entry, body) {
         Ok(b) => b.len(),

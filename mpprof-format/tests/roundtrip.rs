@@ -241,7 +241,7 @@ fn metadata_entries_roundtrip_through_their_framing() {
     for _ in 0..N {
         let m = random_meta(&mut r);
         let plain = postcard::to_stdvec(&m).unwrap();
-        match mpprof_format::encode_entry(&m, &mut buf) {
+        match mpprof_format::encode_entry(&m.as_ref(), &mut buf) {
             Ok(n) => {
                 assert_eq!(n, META_LEN_SIZE + plain.len());
                 assert_eq!(buf[..4], (plain.len() as u32).to_le_bytes());
@@ -273,7 +273,7 @@ fn broken_framing_is_reported_and_ends_the_chunk() {
         mono_ns: 3,
         real_ns: 4,
     });
-    let n = mpprof_format::encode_entry(&m, &mut buf).unwrap();
+    let n = mpprof_format::encode_entry(&m.as_ref(), &mut buf).unwrap();
     let mut log = buf[..n].to_vec();
     // An entry of a kind from the future, then a good one again.
     log.extend_from_slice(&[1, 0, 0, 0, Meta::VARIANTS as u8]);

@@ -17,9 +17,11 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
+use arrayvec::ArrayVec;
 use memmap2::MmapRaw;
 
-use crate::format::{self, chunk, header, Meta, Policy};
+use crate::chunks::lock;
+use crate::format::{self, chunk, header, MetaRef, Policy};
 
 /// Layout and budget of one process file.
 #[derive(Clone, Copy, Debug)]
@@ -157,7 +159,9 @@ pub enum ClaimError {
 pub struct ProcessBuffer {
     /// Slots whose disk reservation failed (disk full): tried again first,
     /// so a disk that stays full for a while does not use up the budget.
-    failed: parking_lot::Mutex<Vec<u32>>,
+    /// Of fixed capacity (no allocation on the slow path): a slot that
+    /// fails when it is full is not tried again.
+    failed: std::sync::Mutex<ArrayVec<u32, 64>>,
     map: MmapRaw,
     backing: Backing,
     config: Config,
@@ -246,7 +250,7 @@ impl ProcessBuffer {
 
     fn init(map: MmapRaw, backing: Backing, config: Config, uid: u64, pid: u32) -> ProcessBuffer {
         let buf = ProcessBuffer {
-            failed: parking_lot::Mutex::new(Vec::new()),
+            failed: std::sync::Mutex::new(ArrayVec::new()),
             map,
             backing,
             config,
@@ -272,6 +276,11 @@ impl ProcessBuffer {
     /// The overflow policy.
     pub fn policy(&self) -> Policy {
         self.config.policy
+    }
+
+    /// The budget in chunks.
+    pub fn max_chunks(&self) -> u32 {
+        self.config.max_chunks
     }
 
     /// Path of the file (for messages; a buffer in memory has none).
@@ -334,7 +343,7 @@ impl ProcessBuffer {
             _ => self.config.max_chunks - META_RESERVE,
         };
         let retry = {
-            let mut failed = self.failed.lock();
+            let mut failed = lock(&self.failed);
             match failed.last() {
                 Some(&s) if s < limit => failed.pop(),
                 _ => None,
@@ -349,7 +358,8 @@ impl ProcessBuffer {
             // Relaxed: a statistic.
             self.atomic_u64(header::LOST_CHUNKS)
                 .fetch_add(1, Ordering::Relaxed);
-            self.failed.lock().push(slot);
+            // Full: the slot is given up (counted in `lost_chunks`).
+            let _ = lock(&self.failed).try_push(slot);
             return Err(ClaimError::Io(e));
         }
         if populate {
@@ -615,7 +625,7 @@ impl MetaLog {
     /// publishes it with a release store of the chunk's byte count.
     /// Returns false (and counts it in the header) when the entry could not
     /// be stored.
-    pub fn append(&mut self, buf: &ProcessBuffer, entry: &Meta) -> bool {
+    pub fn append(&mut self, buf: &ProcessBuffer, entry: &MetaRef) -> bool {
         let Ok(n) = format::encode_entry(entry, &mut self.scratch) else {
             buf.add_lost_meta();
             return false;

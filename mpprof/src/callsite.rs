@@ -1,13 +1,20 @@
 //! Callsites: one `static` per instrumented place, built by a `const fn`,
 //! given a process-wide id on first use (tracing-core's callsite pattern).
+//!
+//! Registration takes no lock and allocates nothing (it may run in a
+//! signal handler, at a callsite's first use): the id comes from an atomic
+//! counter, the callsite joins an intrusive list of registered callsites
+//! (replayed into every new file) with a compare-and-swap, and its name is
+//! written to the current file's metadata.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
 use crate::format::word::{MAX_SITE, SITE_SHIFT};
-use crate::format::{Meta, SiteKind};
+use crate::format::{MetaRef, SiteKind};
+use crate::session;
 
 /// The callsite that stands for every callsite past the [`MAX_SITE`]th.
 static OVERFLOW: Callsite = Callsite::with_kind(
@@ -24,6 +31,8 @@ pub struct Callsite {
     /// The id shifted to its place in a record word (`id << SITE_SHIFT`),
     /// so the hot path does not shift it; 0 until registered.
     bits: AtomicU32,
+    /// The callsite registered before this one (the list of [`REGISTERED`]).
+    next: AtomicPtr<Callsite>,
     kind: SiteKind,
     name: &'static str,
     path: fn() -> &'static str,
@@ -55,6 +64,7 @@ impl Callsite {
     ) -> Callsite {
         Callsite {
             bits: AtomicU32::new(0),
+            next: AtomicPtr::new(std::ptr::null_mut()),
             kind,
             name,
             path,
@@ -106,62 +116,111 @@ impl Callsite {
     #[cold]
     #[inline(never)]
     fn register(&'static self) -> u32 {
-        let mut reg = REGISTRY.lock();
-        // Relaxed: re-checked under the registry lock, which orders it.
-        let b = self.bits.load(Ordering::Relaxed);
-        if b != 0 {
-            return b >> SITE_SHIFT;
+        let id = assign_id(&NEXT_ID, MAX_SITE);
+        if id == MAX_SITE {
+            // Past the format's limit: this callsite, and every later one,
+            // shares the last id, which OVERFLOW names.
+            if OVERFLOW.claim(MAX_SITE) {
+                crate::warn::warn(format_args!(
+                    "more than {} callsites in this process; the rest are recorded as \"{}\"",
+                    MAX_SITE - 1,
+                    OVERFLOW.name
+                ));
+            }
         }
-        let id = reg.assign(self, MAX_SITE);
-        self.bits.store(id << SITE_SHIFT, Ordering::Relaxed);
-        id
+        // Relaxed: the id is a plain number (see `bits`); a thread that lost
+        // the race takes the winner's id, and its own is a gap.
+        match self
+            .bits
+            .compare_exchange(0, id << SITE_SHIFT, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) if id < MAX_SITE => {
+                self.publish(id);
+                id
+            }
+            Ok(_) => id,
+            Err(b) => b >> SITE_SHIFT,
+        }
     }
 
-    fn meta(&self, id: u32) -> Meta {
-        Meta::Callsite {
+    /// Gives this callsite `id` if it has none yet; true if it did.
+    fn claim(&'static self, id: u32) -> bool {
+        // Relaxed: as in `register`.
+        let won = self
+            .bits
+            .compare_exchange(0, id << SITE_SHIFT, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok();
+        if won {
+            self.publish(id);
+        }
+        won
+    }
+
+    /// Names `id` in the current file and adds this callsite to the list
+    /// that is replayed into every new file. If a new file became current
+    /// meanwhile, names it there too: with [`replay`]'s order (a new file
+    /// is made current, then the list is read) either the replay or this
+    /// second write reaches it.
+    fn publish(&'static self, id: u32) {
+        let first = session::live_recorder();
+        if let Some(r) = first {
+            r.chunks.write_meta(&self.meta(id));
+        }
+        // SeqCst: against `replay`, which makes a file current and then
+        // reads the list (see above).
+        let mut head = REGISTERED.load(Ordering::SeqCst);
+        loop {
+            // Relaxed: published by the compare-and-swap below.
+            self.next.store(head, Ordering::Relaxed);
+            match REGISTERED.compare_exchange_weak(
+                head,
+                self as *const Callsite as *mut Callsite,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(h) => head = h,
+            }
+        }
+        let now = session::live_recorder();
+        if let Some(r) = now.filter(|r| !first.is_some_and(|f| std::ptr::eq(*r, f))) {
+            r.chunks.write_meta(&self.meta(id));
+        }
+    }
+
+    fn meta(&self, id: u32) -> MetaRef<'_> {
+        MetaRef::Callsite {
             id,
             kind: self.kind,
-            name: self.name.to_owned(),
-            path: self.dyn_path.unwrap_or_else(|| (self.path)()).to_owned(),
-            file: self.file.to_owned(),
+            name: self.name,
+            path: self.dyn_path.unwrap_or_else(|| (self.path)()),
+            file: self.file,
             line: self.line,
         }
     }
 }
 
+/// The next callsite id (from 1).
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The registered callsites, newest first, linked through
+/// [`Callsite::next`].
+static REGISTERED: AtomicPtr<Callsite> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Takes the next id from `next`, at most `max`: the id `max` stands for
+/// every callsite past the `max - 1`th.
+fn assign_id(next: &AtomicU64, max: u32) -> u32 {
+    // Relaxed: only uniqueness matters.
+    next.fetch_add(1, Ordering::Relaxed).min(u64::from(max)) as u32
+}
+
+/// Callsites made at run time for names given as strings
+/// (`flow::send("request")`, spawn spans), by kind and name.
 struct Registry {
-    /// Registered callsites; id `i + 1` is `sites[i]`.
-    sites: Vec<&'static Callsite>,
-    /// Callsites made at run time for names given as strings.
     dynamic: BTreeMap<(SiteKind, String), &'static Callsite>,
 }
 
-impl Registry {
-    /// Gives `site` the next id, at most `max`: the id `max` is the
-    /// overflow callsite that stands for `site` and every later one.
-    /// Writes the metadata that names a new id.
-    fn assign(&mut self, site: &'static Callsite, max: u32) -> u32 {
-        if self.sites.len() + 1 >= max as usize {
-            if self.sites.len() + 1 == max as usize {
-                self.sites.push(&OVERFLOW);
-                crate::session::write_meta(&OVERFLOW.meta(max));
-                crate::warn::warn(format_args!(
-                    "more than {} callsites in this process; the rest are recorded as \"{}\"",
-                    max - 1,
-                    OVERFLOW.name
-                ));
-            }
-            return max;
-        }
-        self.sites.push(site);
-        let id = self.sites.len() as u32;
-        crate::session::write_meta(&site.meta(id));
-        id
-    }
-}
-
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
-    sites: Vec::new(),
     dynamic: BTreeMap::new(),
 });
 
@@ -227,16 +286,20 @@ pub fn intern(kind: SiteKind, name: &str) -> u32 {
     id
 }
 
-/// Writes the metadata of every registered callsite into a new file (after
-/// fork, or for a new session), then runs `then` (which installs the new
-/// file) while still holding the registry lock, so no callsite registered
-/// concurrently can miss the new file.
-pub fn replay_then<R>(mut write: impl FnMut(&Meta), then: impl FnOnce() -> R) -> R {
-    let reg = REGISTRY.lock();
-    for (i, s) in reg.sites.iter().enumerate() {
-        write(&s.meta(i as u32 + 1));
+/// Writes the metadata of every registered callsite with `write`: into a
+/// new file (for a new session, or after fork), which must be current
+/// already (see [`Callsite::publish`]).
+pub fn replay(mut write: impl FnMut(&MetaRef)) {
+    // SeqCst: see `Callsite::publish`.
+    let mut p = REGISTERED.load(Ordering::SeqCst);
+    // SAFETY: the list holds only `&'static Callsite`s, linked once each
+    // before being published by the compare-and-swap that made them head.
+    while let Some(c) = unsafe { p.as_ref() } {
+        // Relaxed: registered callsites have their id (set before publish).
+        let id = c.bits.load(Ordering::Relaxed) >> SITE_SHIFT;
+        write(&c.meta(id));
+        p = c.next.load(Ordering::Relaxed);
     }
-    then()
 }
 
 /// Strips the helper suffix from the type name of the function item the
@@ -267,16 +330,31 @@ mod tests {
     /// one is 2^28 - 1).
     #[test]
     fn callsites_past_the_limit_share_the_last_id() {
-        let mut reg = Registry {
-            sites: Vec::new(),
-            dynamic: BTreeMap::new(),
-        };
-        let ids: Vec<u32> = (0..6)
-            .map(|i| reg.assign(leaked(&format!("s{i}")), 4))
-            .collect();
+        let next = AtomicU64::new(1);
+        let ids: Vec<u32> = (0..6).map(|_| assign_id(&next, 4)).collect();
         assert_eq!(ids, [1, 2, 3, 4, 4, 4]);
-        assert_eq!(reg.sites.len(), 4);
-        assert!(std::ptr::eq(reg.sites[3], &OVERFLOW));
-        assert_eq!(reg.sites[2].name, "s2");
+    }
+
+    /// Threads racing to register the same callsite agree on one id, and
+    /// every registered callsite is on the list the replay reads.
+    #[test]
+    fn racing_registrations_agree_and_are_replayed() {
+        let sites: Vec<&'static Callsite> = (0..50).map(|i| leaked(&format!("race{i}"))).collect();
+        let ids: Vec<Vec<u32>> = std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| sc.spawn(|| sites.iter().map(|s| s.id()).collect::<Vec<u32>>()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|v| v == &ids[0]), "one id per callsite");
+        let mut replayed = std::collections::HashMap::new();
+        replay(|m| {
+            if let MetaRef::Callsite { id, name, .. } = m {
+                replayed.insert(name.to_string(), *id);
+            }
+        });
+        for (s, id) in sites.iter().zip(&ids[0]) {
+            assert_eq!(replayed.get(s.name), Some(id), "{}", s.name);
+        }
     }
 }

@@ -14,14 +14,24 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
-use parking_lot::Mutex;
+use arrayvec::ArrayVec;
 
 use crate::buffer::{Chunk, ChunkInit, ClaimError, MetaLog, ProcessBuffer};
 use crate::clock;
-use crate::format::{self, kind, word, Meta, Policy};
+use crate::format::{self, kind, word, LostRef, MetaRef, Policy, ReusedRef};
 use crate::writer::Writer;
+
+/// Locks `m`. The recorder's locks are `std::sync::Mutex`es, futexes with
+/// no state shared between locks: a thread never waits here on a lock its
+/// own code holds (recording on a thread is not re-entered, see
+/// `record.rs`), so a signal handler that records only waits for other
+/// threads, which make progress. A lock poisoned by a panic is used as it
+/// is: its data is valid at every point where the recorder could panic.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// One file's chunks: the buffer, its metadata log, and the lists through
 /// which chunks pass from one thread to another.
@@ -40,7 +50,9 @@ pub(crate) struct Chunks {
     /// Flight recorder (keep-last): event chunks no thread writes any more
     /// (left by exited threads, or continued chunks their last writer moved
     /// on from), ordered by when they were left, newest first: the last one
-    /// holds the oldest events and is reused first.
+    /// holds the oldest events and is reused first. Like `left`, of a
+    /// capacity reserved up front (the budget, at most [`MAX_LIST`]), so
+    /// that the slow path never allocates to add to it.
     pool: HintedList<Pooled>,
     /// Flight recorder (keep-last): event chunks that live threads claimed
     /// (or reused) and have since left, in the order they were left, oldest
@@ -52,14 +64,20 @@ pub(crate) struct Chunks {
     left: HintedList<Left>,
     /// Threads that lost events while they had no chunk (see
     /// [`Chunkless`]): [`Chunks::finish`] writes the losses of those still
-    /// running. A leaf lock.
-    chunkless: Mutex<Vec<Arc<Chunkless>>>,
+    /// running. A fixed table, so that the slow path never allocates.
+    chunkless: Box<[Chunkless]>,
     /// Whether a preparer thread keeps chunks ready (`MPPROF_PREPARE`).
     prepare: bool,
     /// Event chunk slots reserved and page-mapped ahead by the preparer.
-    ready: Mutex<Vec<u32>>,
-    ready_cv: parking_lot::Condvar,
-    preparer_started: AtomicBool,
+    ready: Mutex<ArrayVec<u32, READY_CHUNKS>>,
+    /// Wakes the preparer (a futex: waking it takes no lock).
+    ready_cv: Condvar,
+    /// The preparer thread, once started (joined when the file is released).
+    preparer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// A busy thread claimed a chunk: the preparer starts preparing.
+    wanted: AtomicBool,
+    /// Whether `ready` may hold a slot (see [`Chunks::ready_waiting`]).
+    ready_hint: AtomicBool,
     start_mono: u64,
     last_anchor_mono: AtomicU64,
 }
@@ -69,32 +87,65 @@ const READY_CHUNKS: usize = 4;
 
 /// Most segments a flight-recorder chunk is shared by: a thread exiting
 /// with a chunk shared by this many pools it instead of handing it off, so
-/// a [`Meta::Reused`] entry (one `(lane, events)` pair per segment) stays
-/// small.
-const MAX_SEGMENTS: usize = 32;
+/// a `Meta::Reused` entry (one `(lane, events)` pair per segment) stays
+/// small and a list entry has room for them without allocating.
+const MAX_SEGMENTS: usize = 16;
+
+/// The events of each segment of a flight-recorder chunk, `(lane,
+/// events)`, the header's lane first.
+type Segments = ArrayVec<(u32, u64), MAX_SEGMENTS>;
+
+/// Threads without a chunk whose losses [`Chunkless`] slots track at once;
+/// the losses of more count for the process only.
+const CHUNKLESS_SLOTS: usize = 64;
+
+/// Longest entry list of the flight recorder (`left`, pool) that is
+/// reserved up front: with a budget of more chunks, a chunk left when the
+/// list is full is retired (its events stay readable, it is just not
+/// reused).
+const MAX_LIST: usize = 1024;
 
 impl Chunks {
     /// The supply of `buf`, whose timestamps come from the TSC if `tsc`;
     /// with `prepare`, a preparer thread keeps chunks ready.
     pub(crate) fn new(buf: ProcessBuffer, tsc: bool, prepare: bool) -> Chunks {
         let now = clock::monotonic_ns();
+        let list_cap = (buf.max_chunks() as usize).min(MAX_LIST);
         Chunks {
             buf,
             tsc,
             meta: Mutex::new(MetaLog::new()),
             next_lane: AtomicU32::new(1),
             finished: AtomicBool::new(false),
-            handoffs: HintedList::new(),
-            pool: HintedList::new(),
-            left: HintedList::new(),
-            chunkless: Mutex::new(Vec::new()),
+            handoffs: HintedList::new(0),
+            pool: HintedList::new(list_cap),
+            left: HintedList::new(list_cap),
+            chunkless: (0..CHUNKLESS_SLOTS).map(|_| Chunkless::default()).collect(),
             prepare,
-            ready: Mutex::new(Vec::new()),
-            ready_cv: parking_lot::Condvar::new(),
-            preparer_started: AtomicBool::new(false),
+            ready: Mutex::new(ArrayVec::new()),
+            ready_cv: Condvar::new(),
+            preparer: Mutex::new(None),
+            wanted: AtomicBool::new(false),
+            ready_hint: AtomicBool::new(false),
             start_mono: now,
             last_anchor_mono: AtomicU64::new(now),
         }
+    }
+
+    /// Starts the preparer thread (with `MPPROF_PREPARE` on). It sleeps
+    /// until a thread fills a chunk: a process that records little never
+    /// has chunks prepared for it. Started with the file, in ordinary
+    /// context, so that the slow path (which may run in a signal handler)
+    /// never creates a thread.
+    pub(crate) fn start_preparer(&'static self) {
+        if !self.prepare {
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("mpprof-prepare".into())
+            .spawn(move || self.prepare_loop());
+        // No thread: threads reserve their own chunks.
+        *lock(&self.preparer) = spawned.ok();
     }
 
     /// The file's clock now.
@@ -103,13 +154,13 @@ impl Chunks {
     }
 
     /// Appends a metadata entry.
-    pub(crate) fn write_meta(&self, m: &Meta) {
-        self.meta.lock().append(&self.buf, m);
+    pub(crate) fn write_meta(&self, m: &MetaRef) {
+        lock(&self.meta).append(&self.buf, m);
     }
 
     /// Appends a metadata entry; false if it could not be stored.
-    pub(crate) fn write_meta_stored(&self, m: &Meta) -> bool {
-        self.meta.lock().append(&self.buf, m)
+    pub(crate) fn write_meta_stored(&self, m: &MetaRef) -> bool {
+        lock(&self.meta).append(&self.buf, m)
     }
 
     /// Whether [`Chunks::finish`] ran.
@@ -123,68 +174,105 @@ impl Chunks {
     pub(crate) fn new_lane(&self, tid: u32, name: &str) -> u32 {
         // Relaxed: only uniqueness matters.
         let lane = self.next_lane.fetch_add(1, Ordering::Relaxed);
-        self.write_meta(&Meta::Thread {
-            lane,
-            tid,
-            name: name.to_owned(),
-        });
+        self.write_meta(&MetaRef::Thread { lane, tid, name });
         lane
     }
 
     /// Claims an event chunk for a thread (and maybe writes an anchor).
-    fn claim_events(&'static self, init: &ChunkInit) -> Result<Chunk, ClaimError> {
-        let ready = self.ready.lock().pop();
+    /// A chunk the preparer made ready, else (with `reserve`) a slot of
+    /// the file's own; `Err(Budget)` when neither.
+    fn claim_events(&self, init: &ChunkInit, reserve: bool) -> Result<Chunk, ClaimError> {
+        let ready = if self.ready_waiting() {
+            let mut r = lock(&self.ready);
+            let slot = r.pop();
+            // Relaxed: a hint, updated under the lock.
+            self.ready_hint.store(!r.is_empty(), Ordering::Relaxed);
+            slot
+        } else {
+            None
+        };
         let c = match ready {
             // SAFETY: the slot was reserved by the preparer for anyone, and
             // popping it from the list made it ours alone.
             Some(slot) => unsafe { self.buf.publish(slot, init) },
-            None => self.buf.claim(init)?,
+            None if reserve => self.buf.claim(init)?,
+            None => return Err(ClaimError::Budget),
         };
-        self.wake_preparer();
+        if init.seq > 0 {
+            // The thread filled a chunk before: a busy thread, worth
+            // preparing chunks for. (A thread's first chunk does not wake
+            // the preparer, so a process that records little never has
+            // chunks reserved ahead.)
+            self.wake_preparer();
+        }
         self.maybe_anchor();
         Ok(c)
     }
 
-    /// Starts the preparer on first use, and asks it to refill the ready
-    /// list. The preparer reserves chunks and maps their pages ahead of time
-    /// on its own thread, so a recording thread that takes one writes into
-    /// pages that are already there: no page fault, no zero-fill, no disk
-    /// reservation on the application's threads (`MPPROF_PREPARE=0` turns it
-    /// off; chunks are then reserved by the thread that needs one).
-    fn wake_preparer(&'static self) {
-        if !self.prepare {
-            return;
-        }
-        // Relaxed: guarded by the swap; at most one thread spawns.
-        if !self.preparer_started.swap(true, Ordering::Relaxed) {
-            let spawned = std::thread::Builder::new()
-                .name("mpprof-prepare".into())
-                .spawn(move || self.prepare_loop());
-            if spawned.is_err() {
-                return; // no thread: threads reserve their own chunks
-            }
-        }
+    /// Whether the preparer has chunks ready: one relaxed load. A thread
+    /// that no longer claims (the budget is used up, or it waits out a
+    /// full disk) still takes those, or they would be stranded.
+    fn ready_waiting(&self) -> bool {
+        // Relaxed: a hint; the list itself is under its lock.
+        self.ready_hint.load(Ordering::Relaxed)
+    }
+
+    /// Asks the preparer to refill the ready list. The preparer reserves
+    /// chunks and maps their pages ahead of time on its own thread, so a
+    /// recording thread that takes one writes into pages that are already
+    /// there: no page fault, no zero-fill, no disk reservation on the
+    /// application's threads (`MPPROF_PREPARE=0` turns it off; chunks are
+    /// then reserved by the thread that needs one). Waking it is a futex
+    /// wake: no lock, no allocation.
+    fn wake_preparer(&self) {
+        // Relaxed: a flag the preparer polls (it also wakes every 200 ms,
+        // so a wake it misses between its check and its wait only delays
+        // it).
+        self.wanted.store(true, Ordering::Relaxed);
         self.ready_cv.notify_one();
     }
 
     fn prepare_loop(&self) {
         idle_priority();
+        // Woken by a busy thread's claim; then keeps READY_CHUNKS ready.
+        {
+            let mut ready = lock(&self.ready);
+            // Relaxed: see `wake_preparer`.
+            while !self.wanted.load(Ordering::Relaxed) {
+                if self.is_finished() {
+                    return;
+                }
+                ready = self
+                    .ready_cv
+                    .wait_timeout(ready, std::time::Duration::from_millis(200))
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0;
+            }
+        }
         loop {
             {
-                let mut ready = self.ready.lock();
+                let mut ready = lock(&self.ready);
                 while ready.len() >= READY_CHUNKS {
                     if self.is_finished() {
                         return;
                     }
-                    self.ready_cv
-                        .wait_for(&mut ready, std::time::Duration::from_millis(200));
+                    ready = self
+                        .ready_cv
+                        .wait_timeout(ready, std::time::Duration::from_millis(200))
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
                 }
             }
             if self.is_finished() {
                 return;
             }
             match self.buf.reserve_slot(format::CHUNK_EVENTS, true) {
-                Ok(slot) => self.ready.lock().push(slot),
+                Ok(slot) => {
+                    let mut r = lock(&self.ready);
+                    r.push(slot);
+                    // Relaxed: see `ready_waiting`.
+                    self.ready_hint.store(true, Ordering::Relaxed);
+                }
                 // The budget is used up: nothing more to prepare.
                 Err(ClaimError::Budget) => return,
                 // The disk is full: the recording threads find out and count
@@ -210,6 +298,11 @@ impl Chunks {
     /// pool of reusable chunks.
     fn pool(&self, p: Pooled) {
         self.pool.update(|pool| {
+            if pool.len() == pool.capacity() {
+                // Full (a budget of more than MAX_LIST chunks): the chunk
+                // is retired as it is, never reused; no allocation here.
+                return;
+            }
             // Newest first; among equal times, the one pooled first is taken first.
             let at = pool.partition_point(|q| q.left_at > p.left_at);
             pool.insert(at, p);
@@ -235,6 +328,10 @@ impl Chunks {
     /// list stays in the order chunks were left.
     fn leave(&self, lane: u32, slot: u32, events: u64) {
         self.left.update(|list| {
+            if list.len() == list.capacity() {
+                // Full: retired, as in `pool`.
+                return;
+            }
             list.push(Left {
                 lane,
                 slot,
@@ -260,12 +357,10 @@ impl Chunks {
     /// than one, the oldest chunk any other lane has left.
     fn take_left_of_others(&self, lane: u32, before: Option<u64>) -> Option<Left> {
         self.left.take(|list| {
-            let mut counts = std::collections::HashMap::<u32, usize>::new();
-            for l in list.iter() {
-                *counts.entry(l.lane).or_default() += 1;
-            }
             let other = |l: &Left| l.lane != lane;
-            let i = match list.iter().position(|l| other(l) && counts[&l.lane] > 1) {
+            // Counted by scanning, not in a map: no allocation here.
+            let several = |l: &Left| list.iter().filter(|m| m.lane == l.lane).nth(1).is_some();
+            let i = match list.iter().position(|l| other(l) && several(l)) {
                 Some(i) if before.is_none_or(|t| list[i].left_at < t) => i,
                 Some(_) => return None,
                 None if before.is_none() => list.iter().position(other)?,
@@ -280,10 +375,17 @@ impl Chunks {
     fn drain_left(&self, lane: u32) -> Vec<Left> {
         self.left
             .take(|list| {
-                let (mine, rest) = std::mem::take(list)
-                    .into_iter()
-                    .partition(|l| l.lane == lane);
-                *list = rest;
+                // In place, so the list keeps the capacity the slow path
+                // relies on (this runs at thread exit: it may allocate).
+                let mut mine = Vec::new();
+                let mut i = 0;
+                while i < list.len() {
+                    if list[i].lane == lane {
+                        mine.push(list.remove(i));
+                    } else {
+                        i += 1;
+                    }
+                }
                 Some(mine)
             })
             .unwrap_or_default()
@@ -303,45 +405,56 @@ impl Chunks {
         // Relaxed: a rate limit; a race writes one extra anchor.
         if now.saturating_sub(self.last_anchor_mono.load(Ordering::Relaxed)) > interval {
             self.last_anchor_mono.store(now, Ordering::Relaxed);
-            self.write_meta(&Meta::Anchor(clock::anchor()));
+            self.write_meta(&MetaRef::Anchor(clock::anchor()));
         }
     }
 
     /// A thread without a chunk lost its first event: from now on its
-    /// losses are counted in the returned record, for a [`Meta::Lost`]
-    /// entry.
-    fn register_chunkless(&self, lane: u32, tid: u32, name: &str) -> Arc<Chunkless> {
-        let c = Arc::new(Chunkless {
-            lane,
-            tid,
-            name: truncate(name, 256).to_owned(),
-            events: AtomicU64::new(0),
-        });
-        self.chunkless.lock().push(c.clone());
-        c
+    /// losses are counted in a [`Chunkless`] slot, for a `Meta::Lost`
+    /// entry. `None` when every slot is taken: the thread's losses then
+    /// count for the process only.
+    fn register_chunkless(&self, lane: u32, tid: u32, name: &str) -> Option<usize> {
+        let i = self.chunkless.iter().position(|c| {
+            // Relaxed: the slot's other fields are published below, under
+            // its lock.
+            c.lane
+                .compare_exchange(0, lane, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        })?;
+        let c = &self.chunkless[i];
+        let mut who = lock(&c.who);
+        who.lane = lane;
+        who.tid = tid;
+        let name = truncate(name, who.name.len());
+        who.name[..name.len()].copy_from_slice(name.as_bytes());
+        who.len = name.len();
+        Some(i)
     }
 
-    /// The thread of `c` got a chunk, or exits: the finish no longer
-    /// looks at it.
-    fn forget_chunkless(&self, c: &Arc<Chunkless>) {
-        self.chunkless.lock().retain(|x| !Arc::ptr_eq(x, c));
+    /// The thread of slot `i` got a chunk, or exits: the slot is free again
+    /// (its losses counted by then).
+    fn forget_chunkless(&self, i: usize) {
+        // Release: a thread taking the slot next sees the counts settled.
+        self.chunkless[i].lane.store(0, Ordering::Release);
     }
 
-    /// Writes the losses of `c` that nothing counts yet as a [`Meta::Lost`]
-    /// entry (taking them from `c`, so that no other entry or header
-    /// counts them again). If the entry cannot be stored, they go back to
-    /// `c` for a later entry or chunk.
-    fn note_lost(&self, c: &Chunkless) {
+    /// Writes the losses of slot `i` that nothing counts yet as a
+    /// `Meta::Lost` entry (taking them from the slot, so that no other
+    /// entry or header counts them again). If the entry cannot be stored,
+    /// they go back to the slot for a later entry or chunk.
+    fn note_lost(&self, i: usize) {
+        let c = &self.chunkless[i];
         // Relaxed: the count is the only thing exchanged; every loss is
         // taken by exactly one swap.
         let events = c.events.swap(0, Ordering::Relaxed);
         if events == 0 {
             return;
         }
-        let entry = Meta::Lost(format::Lost {
-            lane: c.lane,
-            tid: c.tid,
-            name: c.name.clone(),
+        let who = lock(&c.who);
+        let entry = MetaRef::Lost(LostRef {
+            lane: who.lane,
+            tid: who.tid,
+            name: std::str::from_utf8(&who.name[..who.len]).unwrap_or(""),
             ts: self.now(),
             events,
         });
@@ -357,12 +470,16 @@ impl Chunks {
         if self.finished.swap(true, Ordering::Relaxed) {
             return;
         }
-        let chunkless = self.chunkless.lock().clone();
-        for c in &chunkless {
-            self.note_lost(c);
+        for i in 0..self.chunkless.len() {
+            // Acquire: pairs with the slot's release when it was freed.
+            if self.chunkless[i].lane.load(Ordering::Acquire) != 0 {
+                self.note_lost(i);
+            }
         }
-        self.write_meta(&Meta::Anchor(clock::anchor()));
+        self.write_meta(&MetaRef::Anchor(clock::anchor()));
         self.buf.set_finished();
+        // The preparer stops.
+        self.ready_cv.notify_all();
     }
 }
 
@@ -388,19 +505,41 @@ fn idle_priority() {
 }
 
 /// The losses of a thread that has no chunk, and so no header to hold
-/// them, that no [`Meta::Lost`] entry and no header counts yet. The thread
+/// them, that no `Meta::Lost` entry and no header counts yet. The thread
 /// adds each loss; whoever counts them takes them with one swap to 0, so
 /// each loss is counted exactly once: the thread's exit, or the
 /// recorder's finish while it still runs (a `Meta::Lost` entry each), or
 /// the thread itself when it gets a chunk after all (the header's
-/// `lost_before`).
-pub(crate) struct Chunkless {
-    lane: u32,
-    tid: u32,
-    /// Thread name, cut at 256 bytes so the entry always fits.
-    name: String,
+/// `lost_before`). One slot of a fixed table per such thread.
+#[derive(Default)]
+struct Chunkless {
+    /// The lane of the thread using the slot; 0 when free.
+    lane: AtomicU32,
     /// Losses not counted yet.
     events: AtomicU64,
+    /// Its thread.
+    who: Mutex<ChunklessThread>,
+}
+
+/// The thread of a [`Chunkless`] slot.
+struct ChunklessThread {
+    lane: u32,
+    tid: u32,
+    /// Its name (the first `len` bytes), cut at 256 bytes so the entry
+    /// always fits.
+    name: [u8; 256],
+    len: usize,
+}
+
+impl Default for ChunklessThread {
+    fn default() -> ChunklessThread {
+        ChunklessThread {
+            lane: 0,
+            tid: 0,
+            name: [0; 256],
+            len: 0,
+        }
+    }
 }
 
 /// A list under a lock, with a flag saying whether it may hold anything, so
@@ -412,16 +551,17 @@ struct HintedList<T> {
 }
 
 impl<T> HintedList<T> {
-    fn new() -> HintedList<T> {
+    /// An empty list with room for `cap` entries.
+    fn new(cap: usize) -> HintedList<T> {
         HintedList {
-            list: Mutex::new(Vec::new()),
+            list: Mutex::new(Vec::with_capacity(cap)),
             hint: AtomicBool::new(false),
         }
     }
 
     /// Changes the list under its lock.
     fn update(&self, f: impl FnOnce(&mut Vec<T>)) {
-        let mut list = self.list.lock();
+        let mut list = lock(&self.list);
         f(&mut list);
         // Relaxed: a hint for `pop`; the list itself is under the lock.
         self.hint.store(!list.is_empty(), Ordering::Relaxed);
@@ -453,7 +593,7 @@ struct HandedOff {
     next: u32,
     /// Flight recorder only (empty under keep-first): the events of each
     /// segment written so far, `(lane, events)`, the header's lane first.
-    segments: Vec<(u32, u64)>,
+    segments: Segments,
 }
 
 /// A flight-recorder chunk that no thread writes any more.
@@ -464,7 +604,7 @@ struct Pooled {
     left_at: u64,
     /// The events of each of its segments, `(lane, events)`, the header's
     /// lane first: what reusing it overwrites.
-    segments: Vec<(u32, u64)>,
+    segments: Segments,
 }
 
 /// A flight-recorder chunk that a live thread claimed (or reused) and has
@@ -487,7 +627,7 @@ struct Current {
     own: bool,
     /// Keep-last, continued chunk: the events of the earlier segments,
     /// `(lane, events)`.
-    prior: Vec<(u32, u64)>,
+    prior: Segments,
 }
 
 /// The slow path's per-thread state for one recorder: its current chunk,
@@ -498,8 +638,9 @@ pub(crate) struct Owned {
     epoch: u32,
     current: Option<Current>,
     /// The thread lost events while it had no chunk (and has none yet):
-    /// the losses no entry or header counts yet.
-    chunkless: Option<Arc<Chunkless>>,
+    /// its [`Chunkless`] slot, which holds the losses no entry or header
+    /// counts yet ([`NO_SLOT`]: none was free).
+    chunkless: Option<usize>,
 }
 
 impl Owned {
@@ -543,7 +684,7 @@ impl Thread<'_> {
     }
 
     /// Records what the thread knows about the chunk it just installed.
-    fn set_current(&self, own: bool, prior: Vec<(u32, u64)>) {
+    fn set_current(&self, own: bool, prior: Segments) {
         let slot = self.w.slot.get();
         self.owned(|o| o.current = Some(Current { slot, own, prior }));
     }
@@ -604,53 +745,63 @@ pub(crate) fn write_slow(
 }
 
 /// Counts a loss of a thread that has no chunk, so no header to hold it,
-/// in its [`Chunkless`] record (registered with the recorder at its first
-/// such loss), for the [`Meta::Lost`] entry its exit or the recorder's
-/// finish writes. While the thread exits (its slow-path state is gone) the
-/// loss counts for the process only.
+/// in its [`Chunkless`] slot (taken at its first such loss), for the
+/// `Meta::Lost` entry its exit or the recorder's finish writes. While the
+/// thread exits (its slow-path state is gone), or when every slot is
+/// taken, the loss counts for the process only.
 fn lost_without_chunk(t: &Thread, sup: &Chunks) {
     t.owned(|o| {
-        let c = o.chunkless.get_or_insert_with(|| {
+        let i = *o.chunkless.get_or_insert_with(|| {
             let th = std::thread::current();
             sup.register_chunkless(t.w.lane.get(), t.w.tid.get(), th.name().unwrap_or(""))
+                .unwrap_or(NO_SLOT)
         });
-        // Relaxed: see `Chunks::note_lost`.
-        c.events.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = sup.chunkless.get(i) {
+            // Relaxed: see `Chunks::note_lost`.
+            c.events.fetch_add(1, Ordering::Relaxed);
+        }
     });
 }
 
+/// [`Owned::chunkless`] of a thread that found no free [`Chunkless`] slot.
+const NO_SLOT: usize = usize::MAX;
+
 /// The losses a thread without a chunk brings into the chunk it gets:
-/// those of its [`Chunkless`] record that no [`Meta::Lost`] entry counts
-/// yet (the recorder's finish may have written some). They are taken just
+/// those of its [`Chunkless`] slot that no `Meta::Lost` entry counts yet
+/// (the recorder's finish may have written some). They are taken just
 /// before the first attempt that may publish a header (or a hand-off) with
 /// them, and given back if every attempt fails, so that no loss is in an
 /// entry and in a header.
-struct Carry(Option<Arc<Chunkless>>);
+struct Carry(Option<usize>);
 
 impl Carry {
     /// Puts the thread's uncounted losses into `init` (once).
-    fn take(&mut self, t: &Thread, init: &mut ChunkInit) {
+    fn take(&mut self, t: &Thread, sup: &Chunks, init: &mut ChunkInit) {
         if self.0.is_some() {
             return;
         }
-        if let Some(c) = t.owned(|o| o.chunkless.clone()).flatten() {
-            // Relaxed: see `Chunks::note_lost`.
-            init.lost_before = c.events.swap(0, Ordering::Relaxed);
-            self.0 = Some(c);
+        if let Some(i) = t.owned(|o| o.chunkless).flatten() {
+            if let Some(c) = sup.chunkless.get(i) {
+                // Relaxed: see `Chunks::note_lost`.
+                init.lost_before = c.events.swap(0, Ordering::Relaxed);
+            }
+            self.0 = Some(i);
         }
     }
 
     /// The thread has a chunk now: its losses go into headers again.
     fn done(self, t: &Thread, sup: &Chunks) {
-        if let Some(c) = self.0 {
-            sup.forget_chunkless(&c);
+        if let Some(i) = self.0 {
+            if i != NO_SLOT {
+                sup.forget_chunkless(i);
+            }
             t.owned(|o| o.chunkless = None);
         }
     }
 
     /// No chunk after all: the losses in `init` are uncounted again.
-    fn give_back(self, init: &ChunkInit) {
-        if let Some(c) = self.0 {
+    fn give_back(self, sup: &Chunks, init: &ChunkInit) {
+        if let Some(c) = self.0.and_then(|i| sup.chunkless.get(i)) {
             c.events.fetch_add(init.lost_before, Ordering::Relaxed);
         }
     }
@@ -685,7 +836,7 @@ fn new_chunk(t: &Thread, sup: &'static Chunks) -> bool {
     if got {
         carry.done(t, sup);
     } else {
-        carry.give_back(&init);
+        carry.give_back(sup, &init);
         // Nothing to write to: keep-first with the budget used up or the
         // disk full, or a flight-recorder thread with no chunk at all while
         // every other chunk is some live thread's current chunk.
@@ -703,11 +854,11 @@ fn take_a_chunk(t: &Thread, sup: &'static Chunks, init: &mut ChunkInit, carry: &
     let retry_at = w.retry_at.get();
     let may_claim = retry_at == 0 || (retry_at != u64::MAX && clock::monotonic_ns() >= retry_at);
     while let Some(h) = sup.take_handoff() {
-        carry.take(t, init);
+        carry.take(t, sup, init);
         // Continue a finished thread's chunk: say so in the metadata
         // first, so the reader attributes the records from `start` on to
         // this lane.
-        let stored = sup.write_meta_stored(&Meta::Handoff(format::Handoff {
+        let stored = sup.write_meta_stored(&MetaRef::Handoff(format::Handoff {
             slot: h.chunk.slot,
             start: h.next,
             lane: init.lane,
@@ -737,15 +888,17 @@ fn take_a_chunk(t: &Thread, sup: &'static Chunks, init: &mut ChunkInit, carry: &
         t.set_current(false, h.segments);
         return true;
     }
-    if may_claim {
-        carry.take(t, init);
-        match sup.claim_events(init) {
+    if may_claim || sup.ready_waiting() {
+        carry.take(t, sup, init);
+        match sup.claim_events(init, may_claim) {
             Ok(c) => {
                 leave_current(t, sup);
                 w.install(c, 0);
-                t.set_current(true, Vec::new());
+                t.set_current(true, Segments::new());
                 return true;
             }
+            // Nothing ready after all (another thread took it).
+            Err(ClaimError::Budget) if !may_claim => {}
             // The budget will not come back.
             Err(ClaimError::Budget) => w.retry_at.set(u64::MAX),
             Err(ClaimError::Io(e)) => {
@@ -767,7 +920,7 @@ fn take_a_chunk(t: &Thread, sup: &'static Chunks, init: &mut ChunkInit, carry: &
         }
     }
     if keep_last {
-        carry.take(t, init);
+        carry.take(t, sup, init);
         return reuse_a_chunk(t, sup, init);
     }
     false
@@ -800,7 +953,7 @@ fn reuse_a_chunk(t: &Thread, sup: &'static Chunks, init: &ChunkInit) -> bool {
     };
     sup.maybe_anchor();
     w.install(c, 0);
-    t.set_current(true, Vec::new());
+    t.set_current(true, Segments::new());
     w.retry_at.set(retry);
     true
 }
@@ -849,7 +1002,7 @@ fn take_from_others(w: &Writer, sup: &'static Chunks, init: &ChunkInit) -> Optio
     loop {
         let pooled_at = sup.oldest_pooled_at();
         let (slot, segments) = if let Some(l) = sup.take_left_of_others(w.lane.get(), pooled_at) {
-            (l.slot, vec![(l.lane, l.events)])
+            (l.slot, Segments::from_iter([(l.lane, l.events)]))
         } else if pooled_at.is_none() {
             return None;
         } else if let Some(p) = sup.take_pooled() {
@@ -881,6 +1034,7 @@ fn reuse_current(t: &Thread, sup: &'static Chunks, init: &ChunkInit) -> Option<C
         return Some(unsafe { reuse_own(w, sup, init, cur.slot, events) });
     }
     let mut segments = cur.prior.clone();
+    // Room: a chunk is handed on only with fewer than MAX_SEGMENTS.
     segments.push((w.lane.get(), events));
     // SAFETY: a continued chunk is written only by its current owner, this
     // thread, which stops writing it here.
@@ -920,14 +1074,14 @@ unsafe fn reuse_shared(
     let (prev_lane, prev_overwritten) = (old.lane, old.overwritten);
     let events = segments.iter().map(|s| s.1).sum::<u64>();
     let entry_ts = sup.now();
-    let entry = Meta::Reused(format::Reused {
+    let entry = MetaRef::Reused(ReusedRef {
         slot,
         lane: init.lane,
         seq: init.seq,
         ts: entry_ts,
         prev_lane,
         prev_overwritten,
-        overwritten: segments.to_vec(),
+        overwritten: segments,
     });
     if !sup.write_meta_stored(&entry) {
         return None;
@@ -942,10 +1096,10 @@ unsafe fn reuse_shared(
         // gone, so an entry counts it now (the hand-offs' losses are in
         // their own entries). Written after the header, so a SIGKILL
         // never leaves it counted twice.
-        sup.write_meta(&Meta::Lost(format::Lost {
+        sup.write_meta(&MetaRef::Lost(LostRef {
             lane: old.lane,
             tid: old.tid,
-            name: String::new(),
+            name: "",
             ts: entry_ts,
             events: old.lost_before,
         }));
@@ -995,7 +1149,7 @@ pub(crate) fn thread_exit(w: &Writer, o: &mut Owned, sup: &Chunks) {
     let now = clock::monotonic_ns();
     let lane = w.lane.get();
     let next = w.idx.get();
-    let mut segments = Vec::new();
+    let mut segments = Segments::new();
     if keep_last {
         if let Some(cur) = &mut o.current {
             segments = std::mem::take(&mut cur.prior);
@@ -1025,14 +1179,15 @@ pub(crate) fn thread_exit(w: &Writer, o: &mut Owned, sup: &Chunks) {
             sup.pool(Pooled {
                 slot: l.slot,
                 left_at: l.left_at,
-                segments: vec![(lane, l.events)],
+                segments: Segments::from_iter([(lane, l.events)]),
             });
         }
     }
-    if let Some(c) = o.chunkless.take() {
-        // It never had a chunk: its losses go into an entry.
-        sup.forget_chunkless(&c);
-        sup.note_lost(&c);
+    if let Some(i) = o.chunkless.take().filter(|&i| i != NO_SLOT) {
+        // It never had a chunk: its losses go into an entry, then the slot
+        // is free.
+        sup.note_lost(i);
+        sup.forget_chunkless(i);
     }
 }
 

@@ -97,7 +97,7 @@ impl FileBuilder {
         let mut buf = [0u8; MAX_META_ENTRY];
         let mut at = CHUNK_HEADER_SIZE as usize;
         for m in entries {
-            let n = encode_entry(m, &mut buf).expect("the entry fits a metadata entry");
+            let n = encode_entry(&m.as_ref(), &mut buf).expect("the entry fits a metadata entry");
             c[at..at + n].copy_from_slice(&buf[..n]);
             at += n;
         }
@@ -192,7 +192,7 @@ pub fn rewrite_meta(file: &mut [u8], edit: impl FnMut(&mut Meta)) {
     let mut out = Vec::new();
     let mut buf = [0u8; MAX_META_ENTRY];
     for m in &entries {
-        let n = encode_entry(m, &mut buf).expect("the entry fits");
+        let n = encode_entry(&m.as_ref(), &mut buf).expect("the entry fits");
         out.extend_from_slice(&buf[..n]);
     }
     assert!(

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use crate::buffer::{Config, ProcessBuffer};
 use crate::chunks::Chunks;
-use crate::format::{flow_name, kind, ClockKind, FlowId, Meta};
+use crate::format::{flow_name, kind, ClockKind, FlowId, MetaRef};
 use crate::{callsite, clock, record};
 
 mod dir;
@@ -85,16 +85,14 @@ pub(crate) fn recorder_for(s: u32) -> Option<&'static Recorder> {
     (r.epoch == s).then_some(r)
 }
 
-/// Writes a metadata entry to the current file, if any.
-pub(crate) fn write_meta(m: &Meta) {
-    // Acquire: as in `recorder_for`.
-    let p = CURRENT.load(Ordering::Acquire);
+/// The current recorder, unless it is finished. A sequentially
+/// consistent load: callsite registration relies on its order with the
+/// store that makes a recorder current (see `Callsite::publish`).
+pub(crate) fn live_recorder() -> Option<&'static Recorder> {
+    // SeqCst: see above (it is also an acquire, as in `recorder_for`).
+    let p = CURRENT.load(Ordering::SeqCst);
     // SAFETY: recorders are leaked, so a non-null pointer stays valid.
-    if let Some(r) = unsafe { p.as_ref() } {
-        if !r.chunks.is_finished() {
-            r.chunks.write_meta(m);
-        }
-    }
+    unsafe { p.as_ref() }.filter(|r| !r.chunks.is_finished())
 }
 
 /// Errors of [`init`].
@@ -283,18 +281,18 @@ fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::
         dir: dir.to_owned(),
         clock_hz,
     }));
-    rec.chunks.write_meta(&Meta::Process(info));
-    rec.chunks.write_meta(&Meta::Anchor(clock::anchor()));
-    callsite::replay_then(
-        |m| rec.chunks.write_meta(m),
-        || {
-            // Release: publishes the initialised recorder to `recorder_for`.
-            CURRENT.store(rec as *const Recorder as *mut Recorder, Ordering::Release);
-            // Relaxed: threads that see the new epoch find the recorder
-            // through CURRENT (acquire) before touching it.
-            STATE.store(epoch, Ordering::Relaxed);
-        },
-    );
+    rec.chunks.write_meta(&MetaRef::Process(&info));
+    rec.chunks.write_meta(&MetaRef::Anchor(clock::anchor()));
+    // SeqCst (a release too: it publishes the initialised recorder to
+    // `recorder_for`): made current before the callsites are replayed into
+    // it, so a callsite registered meanwhile is named here either by the
+    // replay or by its own registration (see `Callsite::publish`).
+    CURRENT.store(rec as *const Recorder as *mut Recorder, Ordering::SeqCst);
+    // Relaxed: threads that see the new epoch find the recorder through
+    // CURRENT (acquire) before touching it.
+    STATE.store(epoch, Ordering::Relaxed);
+    callsite::replay(|m| rec.chunks.write_meta(m));
+    rec.chunks.start_preparer();
     hooks::register_exit_hook();
     hooks::register_fork_hook();
     if let Some(f) = parent_flow {
