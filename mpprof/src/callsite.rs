@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use crate::format::word::{MAX_SITE, SITE_SHIFT};
 use crate::format::{MetaRef, SiteKind};
-use crate::session;
+use crate::{record, session};
 
 /// The callsite that stands for every callsite past the [`MAX_SITE`]th.
 static OVERFLOW: Callsite = Callsite::with_kind(
@@ -33,6 +33,9 @@ pub struct Callsite {
     bits: AtomicU32,
     /// The callsite registered before this one (the list of [`REGISTERED`]).
     next: AtomicPtr<Callsite>,
+    /// The next callsite whose name waits to be written (the list of
+    /// [`PENDING`]).
+    next_pending: AtomicPtr<Callsite>,
     kind: SiteKind,
     name: &'static str,
     path: fn() -> &'static str,
@@ -65,6 +68,7 @@ impl Callsite {
         Callsite {
             bits: AtomicU32::new(0),
             next: AtomicPtr::new(std::ptr::null_mut()),
+            next_pending: AtomicPtr::new(std::ptr::null_mut()),
             kind,
             name,
             path,
@@ -110,17 +114,28 @@ impl Callsite {
         if b != 0 {
             return b;
         }
-        self.register() << SITE_SHIFT
+        self.register(false) << SITE_SHIFT
+    }
+
+    /// [`Callsite::id`] for the recorder's own code, which runs inside the
+    /// recorder already (`record::inside`): a first use names the callsite
+    /// in the current file at once.
+    pub(crate) fn id_inside(&'static self) -> u32 {
+        // Relaxed: as in `bits`.
+        match self.bits.load(Ordering::Relaxed) {
+            0 => self.register(true),
+            b => b >> SITE_SHIFT,
+        }
     }
 
     #[cold]
     #[inline(never)]
-    fn register(&'static self) -> u32 {
+    fn register(&'static self, in_recorder: bool) -> u32 {
         let id = assign_id(&NEXT_ID, MAX_SITE);
         if id == MAX_SITE {
             // Past the format's limit: this callsite, and every later one,
             // shares the last id, which OVERFLOW names.
-            if OVERFLOW.claim(MAX_SITE) {
+            if OVERFLOW.claim(MAX_SITE, in_recorder) {
                 crate::warn::warn(format_args!(
                     "more than {} callsites in this process; the rest are recorded as \"{}\"",
                     MAX_SITE - 1,
@@ -135,7 +150,7 @@ impl Callsite {
             .compare_exchange(0, id << SITE_SHIFT, Ordering::Relaxed, Ordering::Relaxed)
         {
             Ok(_) if id < MAX_SITE => {
-                self.publish(id);
+                self.publish(id, in_recorder);
                 id
             }
             Ok(_) => id,
@@ -144,14 +159,14 @@ impl Callsite {
     }
 
     /// Gives this callsite `id` if it has none yet; true if it did.
-    fn claim(&'static self, id: u32) -> bool {
+    fn claim(&'static self, id: u32, in_recorder: bool) -> bool {
         // Relaxed: as in `register`.
         let won = self
             .bits
             .compare_exchange(0, id << SITE_SHIFT, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok();
         if won {
-            self.publish(id);
+            self.publish(id, in_recorder);
         }
         won
     }
@@ -161,30 +176,37 @@ impl Callsite {
     /// meanwhile, names it there too: with [`replay`]'s order (a new file
     /// is made current, then the list is read) either the replay or this
     /// second write reaches it.
-    fn publish(&'static self, id: u32) {
+    ///
+    /// `in_recorder`: the caller is the recorder's own code, inside the
+    /// recorder. Otherwise (a first use on the hot path) the thread may be
+    /// inside the recorder because a signal handler interrupted it there,
+    /// with the metadata lock this thread's: then the name waits on the
+    /// [`PENDING`] list for the next slow path or the finish, which write it.
+    fn publish(&'static self, id: u32, in_recorder: bool) {
         let first = session::live_recorder();
-        if let Some(r) = first {
-            r.chunks.write_meta(&self.meta(id));
-        }
-        // SeqCst: against `replay`, which makes a file current and then
-        // reads the list (see above).
-        let mut head = REGISTERED.load(Ordering::SeqCst);
-        loop {
-            // Relaxed: published by the compare-and-swap below.
-            self.next.store(head, Ordering::Relaxed);
-            match REGISTERED.compare_exchange_weak(
-                head,
-                self as *const Callsite as *mut Callsite,
-                Ordering::SeqCst,
-                Ordering::SeqCst,
-            ) {
-                Ok(_) => break,
-                Err(h) => head = h,
+        let write = || {
+            if let Some(r) = first {
+                r.chunks.write_meta(&self.meta(id));
             }
+        };
+        let named = if in_recorder {
+            write();
+            true
+        } else {
+            record::inside(write).is_some()
+        };
+        push(&REGISTERED, self, |c| &c.next);
+        if !named {
+            push(&PENDING, self, |c| &c.next_pending);
+            return;
         }
         let now = session::live_recorder();
         if let Some(r) = now.filter(|r| !first.is_some_and(|f| std::ptr::eq(*r, f))) {
-            r.chunks.write_meta(&self.meta(id));
+            if in_recorder {
+                r.chunks.write_meta(&self.meta(id));
+            } else if record::inside(|| r.chunks.write_meta(&self.meta(id))).is_none() {
+                push(&PENDING, self, |c| &c.next_pending);
+            }
         }
     }
 
@@ -206,6 +228,58 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// The registered callsites, newest first, linked through
 /// [`Callsite::next`].
 static REGISTERED: AtomicPtr<Callsite> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Callsites registered while their thread was inside the recorder, whose
+/// names are not written yet (see [`Callsite::publish`]), linked through
+/// [`Callsite::next_pending`].
+static PENDING: AtomicPtr<Callsite> = AtomicPtr::new(std::ptr::null_mut());
+
+/// Pushes `c` onto the intrusive list at `head`, linked through the
+/// field `link` gives. Lock-free.
+fn push(
+    head: &AtomicPtr<Callsite>,
+    c: &'static Callsite,
+    link: impl Fn(&Callsite) -> &AtomicPtr<Callsite>,
+) {
+    // SeqCst: see `Callsite::publish` (the registered list is read by
+    // `replay` after a new file is made current).
+    let mut h = head.load(Ordering::SeqCst);
+    loop {
+        // Relaxed: published by the compare-and-swap below.
+        link(c).store(h, Ordering::Relaxed);
+        match head.compare_exchange_weak(
+            h,
+            c as *const Callsite as *mut Callsite,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        ) {
+            Ok(_) => return,
+            Err(x) => h = x,
+        }
+    }
+}
+
+/// Writes the names that waited on [`PENDING`] into the current file.
+/// Called by the slow path (inside the recorder, not interrupted): one
+/// relaxed load when there are none.
+pub(crate) fn name_pending() {
+    // Relaxed: a hint; the swap below takes the list.
+    if PENDING.load(Ordering::Relaxed).is_null() {
+        return;
+    }
+    let mut p = PENDING.swap(std::ptr::null_mut(), Ordering::SeqCst);
+    let r = session::live_recorder();
+    // SAFETY: the list holds only `&'static Callsite`s, each linked before
+    // the compare-and-swap that published it; the swap took the list.
+    while let Some(c) = unsafe { p.as_ref() } {
+        if let Some(r) = r {
+            // Relaxed: registered callsites have their id.
+            r.chunks
+                .write_meta(&c.meta(c.bits.load(Ordering::Relaxed) >> SITE_SHIFT));
+        }
+        p = c.next_pending.load(Ordering::Relaxed);
+    }
+}
 
 /// Takes the next id from `next`, at most `max`: the id `max` stands for
 /// every callsite past the `max - 1`th.
@@ -275,7 +349,7 @@ pub fn intern(kind: SiteKind, name: &str) -> u32 {
             }
         }
     };
-    let id = site.id();
+    let id = site.id_inside();
     let _ = RECENT.try_with(|r| {
         let mut r = r.borrow_mut();
         if r.len() == CACHED {

@@ -463,6 +463,19 @@ impl Chunks {
         }
     }
 
+    /// Writes `events` losses of `lane` (thread `tid`) that the file's
+    /// header counts already as a `Meta::Lost` entry, so they show on the
+    /// lane; false if the entry could not be stored.
+    pub(crate) fn note_lane_lost(&self, lane: u32, tid: u32, events: u64) -> bool {
+        self.write_meta_stored(&MetaRef::Lost(LostRef {
+            lane,
+            tid,
+            name: "",
+            ts: self.now(),
+            events,
+        }))
+    }
+
     /// Finishes the file: the losses of threads that still run without a
     /// chunk, a final anchor, the clean-exit flag. Once.
     pub(crate) fn finish(&self) {

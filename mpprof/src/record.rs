@@ -6,10 +6,22 @@
 //!
 //! Also the guards and calls the macros expand to ([`SpanGuard`],
 //! [`instant`], [`counter`]).
+//!
+//! **Re-entrance.** A signal handler may record on a thread that is
+//! half-way through recording: between reading its write index and
+//! storing it, in the middle of a chunk change, holding the metadata lock.
+//! So every way into the recorder marks the thread busy first ([`inside`];
+//! the hot path sets [`Writer::busy`] itself, a store before and after),
+//! and an event that finds the thread busy is not written: it is counted,
+//! in the file header's lost events at once (an atomic add, safe in a
+//! handler) and in the thread's `nested` count, which the thread's next
+//! slow path (or its exit) writes as a `Meta::Lost` entry of its lane.
+//! So a handler's event is recorded, correctly nested, or counted as lost:
+//! never written over another, never waiting on its own thread.
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{compiler_fence, Ordering};
 
 use crate::callsite::{self, Callsite};
 use crate::chunks::{self, Owned, Thread};
@@ -34,13 +46,88 @@ struct OwnedSlot(RefCell<Owned>);
 impl Drop for OwnedSlot {
     fn drop(&mut self) {
         let _ = WRITER.try_with(|w| {
+            // The thread's exit takes the supply's locks: a handler that
+            // records meanwhile must not (see the module docs).
+            let Some(_inside) = Inside::enter(w) else {
+                return;
+            };
             let owned = self.0.get_mut();
             match session::recorder_for(w.epoch.get()).filter(|_| owned.is_about(w)) {
-                Some(r) => chunks::thread_exit(w, owned, &r.chunks),
+                Some(r) => {
+                    flush_nested(w, &r.chunks);
+                    chunks::thread_exit(w, owned, &r.chunks)
+                }
                 // Another recorder's chunk (or none): only stop writing it.
                 None => drop(w.take_chunk()),
             }
         });
+    }
+}
+
+/// The thread is inside the recorder while this lives (see the module
+/// docs).
+pub(crate) struct Inside<'a>(&'a Writer);
+
+impl<'a> Inside<'a> {
+    /// Marks the thread busy; `None` if it already is (a signal handler
+    /// interrupted the recorder on this thread).
+    fn enter(w: &'a Writer) -> Option<Inside<'a>> {
+        if w.busy.get() {
+            return None;
+        }
+        w.busy.set(true);
+        // The handler that interrupts us from here on sees `busy`, and
+        // nothing below moves above it.
+        compiler_fence(Ordering::SeqCst);
+        Some(Inside(w))
+    }
+}
+
+impl Drop for Inside<'_> {
+    fn drop(&mut self) {
+        // Everything above is done before a handler can see us not busy.
+        compiler_fence(Ordering::SeqCst);
+        self.0.busy.set(false);
+    }
+}
+
+/// Runs `f` inside the recorder (see the module docs): `None`, without
+/// running it, when the thread already is (a signal handler interrupted
+/// it there) or is being torn down.
+pub(crate) fn inside<R>(f: impl FnOnce() -> R) -> Option<R> {
+    WRITER
+        .try_with(|w| {
+            let _inside = Inside::enter(w)?;
+            Some(f())
+        })
+        .ok()
+        .flatten()
+}
+
+/// An event that came while its thread was inside the recorder: not
+/// written, counted as lost in the file of the recorder `epoch` names (if
+/// it is still current) and in the thread's `nested` count.
+#[cold]
+#[inline(never)]
+fn nested(w: &Writer, epoch: u32) {
+    if let Some(r) = session::recorder_for(epoch) {
+        r.chunks.buf.add_lost_events(1);
+        // Relaxed: this thread's own count; the interrupted code takes it
+        // with a swap.
+        w.nested.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Writes the thread's nested losses (see [`nested`]) as a `Meta::Lost`
+/// entry of its lane; kept for later if the entry cannot be stored.
+fn flush_nested(w: &Writer, sup: &chunks::Chunks) {
+    // Relaxed: see `nested`.
+    if w.nested.load(Ordering::Relaxed) == 0 || w.lane.get() == 0 {
+        return;
+    }
+    let n = w.nested.swap(0, Ordering::Relaxed);
+    if !sup.note_lane_lost(w.lane.get(), w.tid.get(), n) {
+        w.nested.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -123,12 +210,27 @@ pub fn counter(cs: &'static Callsite, v: CounterValue) {
 }
 
 /// Records one end of a flow (`FLOW_OUT` or `FLOW_IN`) named `name`.
+/// Interning the name takes a lock: inside the recorder, or counted as a
+/// nested loss when the thread already is.
 pub(crate) fn flow(kind: u8, id: FlowId, name: &str) {
-    record_with_payload(
-        callsite::intern(SiteKind::Flow, name),
-        kind,
-        id.to_payload(),
-    );
+    match inside(|| callsite::intern(SiteKind::Flow, name)) {
+        Some(site) => record_with_payload(site, kind, id.to_payload()),
+        None => lost_nested(),
+    }
+}
+
+/// Records an event of a callsite named at run time (`spawn <program>`).
+pub(crate) fn named(kind: u8, site_kind: SiteKind, name: &str) {
+    match inside(|| callsite::intern(site_kind, name)) {
+        Some(site) => record(site, kind),
+        None => lost_nested(),
+    }
+}
+
+/// Counts an event this thread could not record because it is inside the
+/// recorder already (see the module docs).
+pub(crate) fn lost_nested() {
+    let _ = WRITER.try_with(|w| nested(w, state()));
 }
 
 /// Records one event. The hot path: one relaxed load of the global state,
@@ -143,22 +245,37 @@ pub(crate) fn record(site: u32, kind: u8) {
 
 /// [`record`] for a caller that already loaded the state `s` (not OFF) and
 /// has the callsite as `bits` (`id << SITE_SHIFT`, see `Callsite::bits`).
+///
+/// The thread is marked busy (see the module docs) around the write, before
+/// it reads its write index: a handler that interrupts it from there on
+/// drops its event, and one that came before has finished by the time the
+/// index is read.
 #[inline(always)]
 pub(crate) fn record_in(s: u32, bits: u32, kind: u8) {
     // `try_with`: during thread teardown the slot may be gone; drop the event.
     let _ = WRITER.try_with(|w| {
-        let i = w.idx.get();
-        if w.epoch.get() == s && i < w.cap.get() {
-            // cap > 0: the process clock is the hardware counter.
-            let (lo, hi) = clock::counter_parts();
-            if hi == w.base_hi.get() {
-                // SAFETY: i < cap, so the word is inside this thread's chunk,
-                // which no other thread writes; commit points into its header.
-                unsafe { w.write_one(i, word::new(lo as u64, bits as u64 | kind as u64)) };
-                return;
+        if !w.busy.get() {
+            w.busy.set(true);
+            // See `Inside::enter`.
+            compiler_fence(Ordering::SeqCst);
+            let i = w.idx.get();
+            if w.epoch.get() == s && i < w.cap.get() {
+                // cap > 0: the process clock is the hardware counter.
+                let (lo, hi) = clock::counter_parts();
+                if hi == w.base_hi.get() {
+                    // SAFETY: i < cap, so the word is inside this thread's
+                    // chunk, which no other thread writes; commit points
+                    // into its header.
+                    unsafe { w.write_one(i, word::new(lo as u64, bits as u64 | kind as u64)) };
+                    compiler_fence(Ordering::SeqCst);
+                    w.busy.set(false);
+                    return;
+                }
             }
+            compiler_fence(Ordering::SeqCst);
+            w.busy.set(false);
         }
-        slow(w, s, bits, kind, None);
+        slow_record(w, s, bits, kind, None);
     });
 }
 
@@ -170,22 +287,55 @@ pub(crate) fn record_in(s: u32, bits: u32, kind: u8) {
 #[inline(always)]
 pub(crate) fn exit(bits: u32) {
     let _ = WRITER.try_with(|w| {
-        let i = w.idx.get();
-        if i < w.cap.get() {
-            // cap > 0: the process clock is the hardware counter.
-            let (lo, hi) = clock::counter_parts();
-            if hi == w.base_hi.get() {
-                // SAFETY: as in `record_in`.
-                unsafe { w.write_one(i, word::new(lo as u64, bits as u64 | kind::EXIT as u64)) };
-                return;
+        if !w.busy.get() {
+            w.busy.set(true);
+            // See `Inside::enter`.
+            compiler_fence(Ordering::SeqCst);
+            let i = w.idx.get();
+            if i < w.cap.get() {
+                // cap > 0: the process clock is the hardware counter.
+                let (lo, hi) = clock::counter_parts();
+                if hi == w.base_hi.get() {
+                    // SAFETY: as in `record_in`.
+                    unsafe {
+                        w.write_one(i, word::new(lo as u64, bits as u64 | kind::EXIT as u64))
+                    };
+                    compiler_fence(Ordering::SeqCst);
+                    w.busy.set(false);
+                    return;
+                }
             }
+            compiler_fence(Ordering::SeqCst);
+            w.busy.set(false);
         }
-        // Relaxed: as in `record`.
-        let s = STATE.load(Ordering::Relaxed);
-        if s != OFF {
-            slow(w, s, bits, kind::EXIT, None);
-        }
+        slow_exit(w, bits);
     });
+}
+
+/// Everything [`record_in`] and [`record_with_payload`] do not do inline:
+/// an event that comes while the thread is busy, or that needs the slow
+/// path. Out of line, so the instrumented function keeps few registers.
+#[cold]
+#[inline(never)]
+fn slow_record(w: &Writer, s: u32, bits: u32, kind: u8, payload: Option<[u64; 2]>) {
+    match Inside::enter(w) {
+        Some(_inside) => slow(w, s, bits, kind, payload),
+        None => nested(w, s),
+    }
+}
+
+/// [`slow_record`] for [`exit`], which has not loaded the state.
+#[cold]
+#[inline(never)]
+fn slow_exit(w: &Writer, bits: u32) {
+    let Some(_inside) = Inside::enter(w) else {
+        return nested(w, w.epoch.get());
+    };
+    // Relaxed: as in `record`.
+    let s = STATE.load(Ordering::Relaxed);
+    if s != OFF {
+        slow(w, s, bits, kind::EXIT, None);
+    }
 }
 
 /// Records an event followed by its two payload words (flows, counters,
@@ -199,24 +349,26 @@ pub(crate) fn record_with_payload(site: u32, kind: u8, payload: [u64; 2]) {
     }
     let bits = site << word::SITE_SHIFT;
     let _ = WRITER.try_with(|w| {
-        let i = w.idx.get();
-        if w.epoch.get() == s && i + 2 < w.cap.get() {
-            // cap > 0: the process clock is the hardware counter.
-            let (lo, hi) = clock::counter_parts();
-            if hi == w.base_hi.get() {
-                let words = [
-                    word::new(lo as u64, bits as u64 | kind as u64),
-                    payload[0],
-                    payload[1],
-                ];
-                // SAFETY: i + 2 < cap: all three words are inside this
-                // thread's chunk.
-                unsafe { w.write_words(i, &words) };
-                w.extra.set(w.extra.get() + 2);
-                return;
+        if let Some(_inside) = Inside::enter(w) {
+            let i = w.idx.get();
+            if w.epoch.get() == s && i + 2 < w.cap.get() {
+                // cap > 0: the process clock is the hardware counter.
+                let (lo, hi) = clock::counter_parts();
+                if hi == w.base_hi.get() {
+                    let words = [
+                        word::new(lo as u64, bits as u64 | kind as u64),
+                        payload[0],
+                        payload[1],
+                    ];
+                    // SAFETY: i + 2 < cap: all three words are inside this
+                    // thread's chunk.
+                    unsafe { w.write_words(i, &words) };
+                    w.extra.set(w.extra.get() + 2);
+                    return;
+                }
             }
         }
-        slow(w, s, bits, kind, Some(payload));
+        slow_record(w, s, bits, kind, Some(payload));
     });
 }
 
@@ -226,8 +378,9 @@ pub(crate) fn record_with_payload(site: u32, kind: u8, payload: [u64; 2]) {
 #[cold]
 #[inline(never)]
 fn slow(w: &Writer, mut s: u32, bits: u32, kind: u8, payload: Option<[u64; 2]>) {
+    let mut origin = None;
     if s == UNKNOWN {
-        session::lazy_start();
+        origin = session::lazy_start();
         // Relaxed: lazy_start ran on this thread.
         s = STATE.load(Ordering::Relaxed);
         if s == OFF {
@@ -249,21 +402,26 @@ fn slow(w: &Writer, mut s: u32, bits: u32, kind: u8, payload: Option<[u64; 2]>) 
             .set(r.chunks.new_lane(w.tid.get(), t.name().unwrap_or("")));
     }
     let sup = &r.chunks;
+    flush_nested(w, sup);
+    callsite::name_pending();
+    let write = |t: &Thread| {
+        if let Some((f, name)) = origin {
+            // The flow that started the process ends just before its first
+            // event (see `session::start`).
+            let site = callsite::intern(SiteKind::Flow, name) << word::SITE_SHIFT;
+            chunks::write_slow(t, sup, site, kind::FLOW_IN, Some(f.to_payload()));
+        }
+        chunks::write_slow(t, sup, bits, kind, payload);
+    };
     let written = OWNED.try_with(|o| {
-        chunks::write_slow(
-            &Thread {
-                w,
-                owned: Some(&o.0),
-            },
-            sup,
-            bits,
-            kind,
-            payload,
-        )
+        write(&Thread {
+            w,
+            owned: Some(&o.0),
+        })
     });
     if written.is_err() {
         // The thread is exiting and its slow-path state is gone.
-        chunks::write_slow(&Thread { w, owned: None }, sup, bits, kind, payload);
+        write(&Thread { w, owned: None });
     }
 }
 

@@ -7,7 +7,7 @@ use std::process::{Child, Command, ExitStatus};
 use parking_lot::Mutex;
 
 use crate::format::{flow_name, kind, SiteKind};
-use crate::{callsite, record, session};
+use crate::{record, session};
 
 /// Spawns `cmd` as a child that records into this process's session.
 ///
@@ -19,15 +19,20 @@ use crate::{callsite, record, session};
 /// from here to the child's first slice. The child needs no code of its
 /// own beyond being instrumented.
 ///
+/// If the child cannot be started (the program is missing, permission
+/// denied), the error is returned as from [`Command::spawn`], and the
+/// trace says so: the flow ends on this thread as `spawn failed`, with an
+/// instant event naming the program and the error.
+///
 /// When this process does not record, the command is spawned unchanged.
 pub fn spawn(cmd: &mut Command) -> io::Result<Child> {
     let Some(r) = session::ensure_recording() else {
         return cmd.spawn();
     };
     let program = cmd.get_program().to_string_lossy();
-    let short = program.rsplit('/').next().unwrap_or(&program);
-    let site = callsite::intern(SiteKind::Span, &format!("spawn {short}"));
-    record::record(site, kind::ENTER);
+    let short = program.rsplit('/').next().unwrap_or(&program).to_owned();
+    let span = format!("spawn {short}");
+    record::named(kind::ENTER, SiteKind::Span, &span);
     let token = r.next_flow();
     record::flow(kind::FLOW_OUT, token, flow_name::SPAWN);
     cmd.env("MPPROF_DIR", &r.dir)
@@ -35,10 +40,22 @@ pub fn spawn(cmd: &mut Command) -> io::Result<Child> {
         .env("MPPROF_PARENT_PID", std::process::id().to_string())
         .env("MPPROF_CLOCK_HZ", format!("{}", r.clock_hz));
     let child = cmd.spawn();
-    if let Ok(c) = &child {
-        SPAWNED.lock().insert(c.id(), token);
+    match &child {
+        Ok(c) => {
+            let _ = record::inside(|| SPAWNED.lock().insert(c.id(), token));
+        }
+        Err(e) => {
+            // No child will end the flow: it ends here, named for the
+            // failure, and an instant says what failed.
+            record::flow(kind::FLOW_IN, token, flow_name::SPAWN_FAILED);
+            record::named(
+                kind::INSTANT,
+                SiteKind::Event,
+                &format!("spawn failed: {short}: {:?}", e.kind()),
+            );
+        }
     }
-    record::record(site, kind::EXIT);
+    record::named(kind::EXIT, SiteKind::Span, &span);
     child
 }
 
@@ -55,7 +72,7 @@ static SPAWNED: Mutex<BTreeMap<u32, crate::FlowId>> = Mutex::new(BTreeMap::new()
 /// child's last event, so a child that was killed has one too.
 pub fn wait(child: &mut Child) -> io::Result<ExitStatus> {
     let status = child.wait()?;
-    let token = SPAWNED.lock().remove(&child.id());
+    let token = record::inside(|| SPAWNED.lock().remove(&child.id())).flatten();
     if let Some(token) = token {
         record::flow(kind::FLOW_IN, token.child_exit(), flow_name::EXIT);
     }

@@ -126,7 +126,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
-        site_of(meta);
+        record::inside(|| site_of(meta));
         Interest::always()
     }
 
@@ -134,21 +134,25 @@ where
         if !self.fields || !record::maybe_on() || attrs.fields().is_empty() {
             return;
         }
-        let meta = attrs.metadata();
-        let site = named_site(meta, |buf| {
-            buf.push_str(meta.name());
-            buf.push('{');
-            let start = buf.len();
-            attrs.record(&mut FieldsVisitor { buf, start });
-            if buf.len() == start {
-                return false;
+        // Inside the recorder: the names take a lock and a thread-local
+        // buffer (see `record.rs` on re-entrance).
+        record::inside(|| {
+            let meta = attrs.metadata();
+            let site = named_site(meta, |buf| {
+                buf.push_str(meta.name());
+                buf.push('{');
+                let start = buf.len();
+                attrs.record(&mut FieldsVisitor { buf, start });
+                if buf.len() == start {
+                    return false;
+                }
+                buf.push('}');
+                true
+            });
+            if let (Some(site), Some(span)) = (site, ctx.span(id)) {
+                span.extensions_mut().replace(FieldSite(site));
             }
-            buf.push('}');
-            true
         });
-        if let (Some(site), Some(span)) = (site, ctx.span(id)) {
-            span.extensions_mut().replace(FieldSite(site));
-        }
     }
 
     #[inline]
@@ -156,8 +160,10 @@ where
         if !record::maybe_on() {
             return;
         }
-        if let Some(site) = self.span_site(id, &ctx) {
-            record::enter(site);
+        match record::inside(|| self.span_site(id, &ctx)) {
+            Some(Some(site)) => record::enter(site),
+            Some(None) => {}
+            None => record::lost_nested(),
         }
     }
 
@@ -166,8 +172,10 @@ where
         if !record::maybe_on() {
             return;
         }
-        if let Some(site) = self.span_site(id, &ctx) {
-            record::exit(site << crate::format::word::SITE_SHIFT);
+        match record::inside(|| self.span_site(id, &ctx)) {
+            Some(Some(site)) => record::exit(site << crate::format::word::SITE_SHIFT),
+            Some(None) => {}
+            None => record::lost_nested(),
         }
     }
 
@@ -176,13 +184,18 @@ where
             return;
         }
         let meta = event.metadata();
-        let site = named_site(meta, |buf| {
-            let mut v = MessageVisitor { buf, found: false };
-            event.record(&mut v);
-            v.found
-        })
-        .unwrap_or_else(|| site_of(meta));
-        record::record(site, kind::INSTANT);
+        let site = record::inside(|| {
+            named_site(meta, |buf| {
+                let mut v = MessageVisitor { buf, found: false };
+                event.record(&mut v);
+                v.found
+            })
+            .unwrap_or_else(|| site_of(meta))
+        });
+        match site {
+            Some(site) => record::record(site, kind::INSTANT),
+            None => record::lost_nested(),
+        }
     }
 }
 
@@ -309,7 +322,7 @@ fn register(meta: &'static Metadata<'static>) -> u32 {
         meta.file().unwrap_or(""),
         meta.line().unwrap_or(0),
     )
-    .id();
+    .id_inside();
     if cold.in_table < MAX_IN_TABLE {
         table_put(key, id);
         cold.in_table += 1;
@@ -341,7 +354,7 @@ fn register_named(meta: &'static Metadata<'static>, name: &str) -> Option<u32> {
         meta.file().unwrap_or(""),
         meta.line().unwrap_or(0),
     )
-    .id();
+    .id_inside();
     cold.named.insert((key, name.to_owned()), id);
     Some(id)
 }

@@ -9,7 +9,7 @@
 //! again when the high half changes); see [`crate::format::word`].
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::buffer::Chunk;
 
@@ -67,6 +67,20 @@ pub(crate) struct Writer {
     /// First word of this thread's segment of the current chunk (0, or
     /// where a continued chunk's previous owner stopped).
     pub(crate) start: Cell<u32>,
+    /// The thread is inside the recorder (writing an event, or in the slow
+    /// path, a session's start or finish, a flow, its exit): a signal
+    /// handler that records on this thread meanwhile must not touch the
+    /// chunk or a lock the thread may hold; its events are dropped and
+    /// counted (`nested`). See `record.rs`.
+    pub(crate) busy: Cell<bool>,
+    /// Events dropped because they came while the thread was [`busy`]
+    /// (from a signal handler), not yet attributed to the lane in the
+    /// metadata (they are counted in the file header's lost events when
+    /// dropped). Atomic: the handler adds while the thread may be taking
+    /// the count.
+    ///
+    /// [`busy`]: Writer::busy
+    pub(crate) nested: AtomicU64,
 }
 
 impl Writer {
@@ -91,6 +105,8 @@ impl Writer {
             need_base: Cell::new(false),
             extra: Cell::new(0),
             start: Cell::new(0),
+            busy: Cell::new(false),
+            nested: AtomicU64::new(0),
         }
     }
 

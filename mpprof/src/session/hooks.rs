@@ -17,11 +17,16 @@ pub(super) fn register_exit_hook() {
     extern "C" fn at_exit() {
         // Never block at exit: if another thread holds the lock (it is
         // starting or finishing), leave the file unfinished rather than hang.
-        if let Some(_l) = LIFECYCLE.try_lock() {
-            if let Some(r) = unsafe_current() {
-                r.chunks.finish();
+        // Inside the recorder: a signal handler that records meanwhile must
+        // not wait for the locks the finish holds on this thread.
+        record::inside(|| {
+            if let Some(_l) = LIFECYCLE.try_lock() {
+                if let Some(r) = unsafe_current() {
+                    callsite::name_pending();
+                    r.chunks.finish();
+                }
             }
-        }
+        });
     }
     ONCE.call_once(|| {
         // SAFETY: at_exit is a plain extern "C" fn that never unwinds.

@@ -159,13 +159,25 @@ pub fn init() -> Result<Session, Error> {
         STATE.store(OFF, Ordering::Relaxed);
         return Ok(Session { dir: None });
     }
+    // Starting takes the session's lock: inside the recorder. Called from a
+    // signal handler that interrupted the recorder, it does nothing.
+    let (session, origin) =
+        record::inside(init_inside).unwrap_or(Ok((Session { dir: None }, None)))?;
+    if let Some((f, name)) = origin {
+        record::flow(kind::FLOW_IN, f, name);
+    }
+    Ok(session)
+}
+
+fn init_inside() -> Result<(Session, Option<Origin>), Error> {
     let _l = LIFECYCLE.lock();
     // Acquire: as in `recorder_for`.
     if let Some(r) = unsafe_current() {
         if !r.chunks.is_finished() {
-            return Ok(Session {
+            let session = Session {
                 dir: Some(r.dir.clone()),
-            });
+            };
+            return Ok((session, None));
         }
     }
     let (dir, fresh) = match std::env::var_os("MPPROF_DIR") {
@@ -181,12 +193,12 @@ pub fn init() -> Result<Session, Error> {
             error,
         })?;
     }
-    start(&dir, true, None).map_err(|error| Error::File {
+    let origin = start(&dir, true, None).map_err(|error| Error::File {
         path: dir.clone(),
         error,
     })?;
     eprintln!("mpprof: recording to {}", dir.display());
-    Ok(Session { dir: Some(dir) })
+    Ok((Session { dir: Some(dir) }, origin))
 }
 
 pub(super) fn unsafe_current() -> Option<&'static Recorder> {
@@ -209,52 +221,64 @@ fn disabled_by_env() -> bool {
     )
 }
 
+/// The flow that started this process (spawn or fork) and its name: its
+/// end is recorded on the thread that starts recording, just before its
+/// first event, once that thread is out of the start (see [`start`]).
+pub(crate) type Origin = (FlowId, &'static str);
+
 /// The first hot-path call in a process that has not decided yet: record
 /// into `MPPROF_DIR` if it is set (a child of [`crate::spawn`]), else turn
-/// recording off for good.
+/// recording off for good. Returns the flow that started the process, for
+/// the caller to record. Runs inside the recorder (`record::inside`).
 #[cold]
-pub(crate) fn lazy_start() {
+pub(crate) fn lazy_start() -> Option<Origin> {
     let _l = LIFECYCLE.lock();
     // Relaxed: guarded by LIFECYCLE.
     if STATE.load(Ordering::Relaxed) != UNKNOWN {
-        return;
+        return None;
     }
     // A child forked (without exec) from a recording process records into
     // the parent's session, in a file of its own.
     let forked = hooks::FORK_INFO.lock().take();
     if let Some((dir, flow)) = forked {
-        if let Err(e) = start(&dir, false, Some((flow, flow_name::FORK))) {
-            crate::warn::warn(format_args!(
-                "cannot record the forked child (pid {}) into {} ({e}); it runs without recording",
-                std::process::id(),
-                dir.display()
-            ));
-            STATE.store(OFF, Ordering::Relaxed);
-        }
-        return;
+        return match start(&dir, false, Some((flow, flow_name::FORK))) {
+            Ok(origin) => origin,
+            Err(e) => {
+                crate::warn::warn(format_args!(
+                    "cannot record the forked child (pid {}) into {} ({e}); it runs without recording",
+                    std::process::id(),
+                    dir.display()
+                ));
+                STATE.store(OFF, Ordering::Relaxed);
+                None
+            }
+        };
     }
     let dir = match std::env::var_os("MPPROF_DIR") {
         Some(d) if !d.is_empty() && !disabled_by_env() => PathBuf::from(d),
         _ => {
             STATE.store(OFF, Ordering::Relaxed);
-            return;
+            return None;
         }
     };
-    let res = dir::check_dir(&dir).and_then(|()| start(&dir, false, None));
-    if let Err(e) = res {
-        crate::warn::warn(format_args!(
-            "cannot record into {} ({e}); this process (pid {}) runs without recording and will be missing from the trace",
-            dir.display(),
-            std::process::id()
-        ));
-        STATE.store(OFF, Ordering::Relaxed);
+    match dir::check_dir(&dir).and_then(|()| start(&dir, false, None)) {
+        Ok(origin) => origin,
+        Err(e) => {
+            crate::warn::warn(format_args!(
+                "cannot record into {} ({e}); this process (pid {}) runs without recording and will be missing from the trace",
+                dir.display(),
+                std::process::id()
+            ));
+            STATE.store(OFF, Ordering::Relaxed);
+            None
+        }
     }
 }
 
 /// Creates this process's file in `dir` and makes it current. `origin` is
 /// the flow that started this process when it is not the one passed by
 /// `spawn` in the environment (a fork).
-fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::Result<()> {
+fn start(dir: &Path, root: bool, origin: Option<Origin>) -> io::Result<Option<Origin>> {
     let clock = clock::select();
     let clock_hz = clock::estimate_hz(if root { 5 } else { 2 });
     let uid = process_uid();
@@ -295,12 +319,10 @@ fn start(dir: &Path, root: bool, origin: Option<(FlowId, &'static str)>) -> io::
     rec.chunks.start_preparer();
     hooks::register_exit_hook();
     hooks::register_fork_hook();
-    if let Some(f) = parent_flow {
-        // The arrow from the parent's spawn point ends here, on the thread
-        // that starts recording, just before its first event.
-        record::flow(kind::FLOW_IN, f, flow_name);
-    }
-    Ok(())
+    // The arrow from the parent's spawn point ends on the thread that
+    // starts recording, just before its first event: the caller records
+    // it once it is out of the start.
+    Ok(parent_flow.map(|f| (f, flow_name)))
 }
 
 /// Whether a preparer thread keeps chunks ready: unless `MPPROF_PREPARE=0`.
@@ -310,13 +332,16 @@ fn prepare_enabled() -> bool {
 
 /// Finishes the current file: final anchor, clean-exit flag, recording off.
 pub(crate) fn finish_current() {
-    let _l = LIFECYCLE.lock();
-    if let Some(r) = unsafe_current() {
-        r.chunks.finish();
-        // Relaxed: threads that still see the old epoch write into the
-        // finished (still mapped) file, which the reader tolerates.
-        STATE.store(OFF, Ordering::Relaxed);
-    }
+    record::inside(|| {
+        let _l = LIFECYCLE.lock();
+        if let Some(r) = unsafe_current() {
+            callsite::name_pending();
+            r.chunks.finish();
+            // Relaxed: threads that still see the old epoch write into the
+            // finished (still mapped) file, which the reader tolerates.
+            STATE.store(OFF, Ordering::Relaxed);
+        }
+    });
 }
 
 /// Data for [`crate::spawn`]: the environment a child needs to join this
@@ -324,7 +349,10 @@ pub(crate) fn finish_current() {
 pub(crate) fn ensure_recording() -> Option<&'static Recorder> {
     let mut s = STATE.load(Ordering::Relaxed);
     if s == UNKNOWN {
-        lazy_start();
+        // Starting takes the session's lock: inside the recorder.
+        if let Some((f, name)) = record::inside(lazy_start).flatten() {
+            record::flow(kind::FLOW_IN, f, name);
+        }
         s = STATE.load(Ordering::Relaxed);
     }
     if s == OFF {

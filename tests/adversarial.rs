@@ -1,0 +1,184 @@
+//! Trying to make the profiler hurt the program or lie about it: signal
+//! handlers that record while the thread is half-way through recording,
+//! file size limits, thousands of sessions in one process, children in
+//! other directories, FIFOs in the session directory, deep recursion,
+//! hostile names, bad configuration, failing spawns, pinned threads. Each
+//! case runs a real instrumented process; each checks that the program
+//! runs on unharmed and that every event it made is recorded or counted
+//! as lost where `check` and the summary show it.
+
+mod common;
+
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{child_role, self_command, session_dir};
+use mpprof_merge::{EventKind, Session};
+
+/// Runs `c` to its end, killing it (and failing) if it takes longer than
+/// `limit`: a hang is a failure, not a stuck test suite.
+fn run_with_deadline(mut c: Command, limit: Duration) -> Output {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the child");
+    let start = Instant::now();
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "the child hung for {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The value of `key=` on the child's stdout.
+fn stdout_value(out: &Output, key: &str) -> u64 {
+    let s = String::from_utf8_lossy(&out.stdout);
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in the child's stdout: {s}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// 1. Signal handlers that record.
+
+#[mpprof::instrument]
+fn busy_call(i: u64) -> u64 {
+    mpprof::counter!("busy counter", i);
+    std::hint::black_box(i.wrapping_mul(7))
+}
+
+#[mpprof::instrument]
+fn in_handler() -> u64 {
+    std::hint::black_box(HANDLER_CALLS.load(Ordering::Relaxed))
+}
+
+static HANDLER_CALLS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn on_sigprof(_: libc::c_int) {
+    HANDLER_CALLS.fetch_add(1, Ordering::Relaxed);
+    in_handler();
+}
+
+/// A timer interrupts a thread that is itself busy in instrumented calls,
+/// every 20 µs, and the handler calls
+/// an instrumented function: a signal may arrive anywhere in the
+/// recorder, in the middle of a write or of a chunk change. The program
+/// must not hang; the trace must nest; and every event made must be
+/// recorded or counted as lost.
+#[test]
+fn recording_in_a_signal_handler_never_hangs_and_accounts_for_every_event() {
+    const CALLS: u64 = 400_000;
+    child_role("signals", || {
+        // SAFETY: installs a handler that only touches an atomic and calls
+        // the recorder (which is async-signal-safe), and a timer that
+        // sends SIGPROF to this thread every 20 µs (Linux's
+        // SIGEV_THREAD_ID, on a high-resolution clock).
+        let timer = unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_sigprof as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigaction(libc::SIGPROF, &sa, std::ptr::null_mut());
+            let mut ev: libc::sigevent = std::mem::zeroed();
+            ev.sigev_notify = libc::SIGEV_THREAD_ID;
+            ev.sigev_signo = libc::SIGPROF;
+            ev.sigev_notify_thread_id = libc::syscall(libc::SYS_gettid) as libc::c_int;
+            let mut timer: libc::timer_t = std::mem::zeroed();
+            assert_eq!(
+                libc::timer_create(libc::CLOCK_MONOTONIC, &mut ev, &mut timer),
+                0
+            );
+            let every = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 20_000,
+            };
+            let spec = libc::itimerspec {
+                it_interval: every,
+                it_value: every,
+            };
+            assert_eq!(
+                libc::timer_settime(timer, 0, &spec, std::ptr::null_mut()),
+                0
+            );
+            timer
+        };
+        let mut sum = 0u64;
+        for i in 0..CALLS {
+            sum = sum.wrapping_add(busy_call(i));
+        }
+        // SAFETY: the timer made above.
+        unsafe { libc::timer_delete(timer) };
+        println!("sum={sum}");
+        println!("handler_calls={}", HANDLER_CALLS.load(Ordering::Relaxed));
+    });
+    let dir = session_dir();
+    let mut c = self_command(
+        "recording_in_a_signal_handler_never_hangs_and_accounts_for_every_event",
+        "signals",
+        dir.path(),
+    );
+    // Small chunks: many chunk changes for a signal to land in.
+    c.env("MPPROF_CHUNK_KB", "16");
+    let out = run_with_deadline(c, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let handler_calls = stdout_value(&out, "handler_calls");
+    assert!(handler_calls > 100, "the timer fired: {handler_calls}");
+    let s = Session::open(&[dir.path()]).unwrap();
+    let p = &s.processes[0];
+    // Each call is an enter and an exit; each busy call also a counter.
+    let made = 3 * CALLS + 2 * handler_calls;
+    let mut events = s.events();
+    let (mut handler_spans, mut lost_markers) = (0u64, 0u64);
+    let mut depth = std::collections::HashMap::<u32, i64>::new();
+    for e in events.by_ref() {
+        match e.kind {
+            EventKind::Enter { site } => {
+                *depth.entry(e.lane).or_default() += 1;
+                if p.site_name(site) == "in_handler" {
+                    handler_spans += 1;
+                }
+            }
+            EventKind::Exit { .. } => *depth.entry(e.lane).or_default() -= 1,
+            EventKind::Lost { count, .. } => lost_markers += count,
+            _ => {}
+        }
+    }
+    let stats = events.stats();
+    assert_eq!(
+        (stats.unmatched_exits, stats.closed_spans, stats.bad_records),
+        (0, 0, 0),
+        "the trace nests: {stats:?}"
+    );
+    assert!(depth.values().all(|&d| d == 0), "{depth:?}");
+    assert_eq!(
+        p.file.recorded_events() + p.file.lost_events,
+        made,
+        "recorded + lost = made ({} handler calls, {handler_spans} recorded)",
+        handler_calls
+    );
+    assert_eq!(lost_markers, p.file.lost_events, "the losses are shown");
+    assert!(handler_spans > 0, "handler calls are recorded");
+    eprintln!(
+        "{handler_calls} handler calls: {handler_spans} recorded, {} events lost",
+        p.file.lost_events
+    );
+    let h = mpprof_merge::analysis::check::check(&s);
+    assert!(!h.damaged(), "{:?}", h.processes[0].warnings);
+}
