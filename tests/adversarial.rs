@@ -44,10 +44,14 @@ fn run_with_deadline(mut c: Command, limit: Duration) -> Output {
 /// The value of `key=` on the child's stdout.
 fn stdout_value(out: &Output, key: &str) -> u64 {
     let s = String::from_utf8_lossy(&out.stdout);
+    // The test harness may print its own words before ours on the line.
+    let pat = format!("{key}=");
     s.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .find_map(|l| l.find(&pat).map(|at| &l[at + pat.len()..]))
         .unwrap_or_else(|| panic!("no {key}= in the child's stdout: {s}"))
-        .trim()
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
         .parse()
         .unwrap()
 }
@@ -181,4 +185,180 @@ fn recording_in_a_signal_handler_never_hangs_and_accounts_for_every_event() {
     );
     let h = mpprof_merge::analysis::check::check(&s);
     assert!(!h.damaged(), "{:?}", h.processes[0].warnings);
+}
+
+// ---------------------------------------------------------------------------
+// 2. A file size limit is a full disk, not a crash.
+
+#[mpprof::instrument]
+fn limited_call(i: u64) -> u64 {
+    std::hint::black_box(i.wrapping_mul(13))
+}
+
+/// Under `ulimit -f` smaller than the buffer file, with SIGXFSZ at its
+/// default disposition (the kernel would kill the process at the first
+/// write past the limit), the recorder never writes past the limit: the
+/// application runs to its normal end with its result intact, one warning
+/// says what happened, and every event is recorded or counted as lost.
+#[test]
+fn a_file_size_limit_costs_events_not_the_application() {
+    const CALLS: u64 = 300_000;
+    child_role("rlimit", || {
+        // SAFETY: sets a resource limit of this process; the signal
+        // dispositions stay as they are (SIGXFSZ: terminate).
+        unsafe {
+            let lim = libc::rlimit {
+                rlim_cur: 300 << 10,
+                rlim_max: 300 << 10,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+        }
+        let sum = (0..CALLS).fold(0u64, |a, i| a.wrapping_add(limited_call(i)));
+        println!("sum={sum}");
+    });
+    let dir = session_dir();
+    let mut c = self_command(
+        "a_file_size_limit_costs_events_not_the_application",
+        "rlimit",
+        dir.path(),
+    );
+    c.env("MPPROF_CHUNK_KB", "64");
+    let out = run_with_deadline(c, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "the application ran to its end: {:?}; {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected = (0..CALLS).fold(0u64, |a, i| a.wrapping_add(i.wrapping_mul(13)));
+    assert_eq!(stdout_value(&out, "sum"), expected);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("cannot grow"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning: {stderr}");
+    assert!(
+        warnings[0].contains("File too large") && warnings[0].contains("(pid "),
+        "{}",
+        warnings[0]
+    );
+    let s = Session::open(&[dir.path()]).unwrap();
+    let f = &s.processes[0].file;
+    assert_eq!(f.recorded_events() + f.lost_events, 2 * CALLS);
+    assert!(f.lost_events > 0 && f.lost_chunks > 0);
+    let size = std::fs::metadata(&f.path).unwrap().len();
+    assert!(
+        size <= 300 << 10,
+        "the file stayed within the limit: {size}"
+    );
+    let h = mpprof_merge::analysis::check::check(&s);
+    assert!(h.processes[0].clean, "the process finished its file");
+    assert!(h.processes[0]
+        .lost_reason
+        .as_deref()
+        .is_some_and(|r| r.contains("could not grow")));
+}
+
+// ---------------------------------------------------------------------------
+// 8. Configuration mistakes are said, once.
+
+#[mpprof::instrument]
+fn configured_call(i: u64) -> u64 {
+    std::hint::black_box(i + 1)
+}
+
+/// `MPPROF=OFF` in any case disables; a value mpprof does not accept, or a
+/// misspelt variable, gets one warning naming the variable, the value and
+/// what is accepted, in one whole line prefixed with the process name and
+/// pid, however many sessions and processes there are.
+#[test]
+fn configuration_mistakes_are_said_once_per_process() {
+    child_role("config", || {
+        for i in 0..1000 {
+            configured_call(i);
+        }
+        // Finish the session this child joined, then start a second one,
+        // which reads the settings again.
+        drop(mpprof::init().unwrap());
+        let s = mpprof::init().unwrap();
+        configured_call(1);
+        drop(s);
+        println!("done=1");
+    });
+    // Disabled, whatever the case: no file at all.
+    for off in ["OFF", "Off", "FALSE", "no", "0"] {
+        let dir = session_dir();
+        let mut c = self_command(
+            "configuration_mistakes_are_said_once_per_process",
+            "config",
+            dir.path(),
+        );
+        c.env("MPPROF", off);
+        let out = run_with_deadline(c, Duration::from_secs(60));
+        assert!(out.status.success());
+        let files = mpprof_merge::read::list_session(dir.path()).unwrap();
+        assert!(files.is_empty(), "MPPROF={off} records nothing: {files:?}");
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Mistakes: several processes at once, each warning once per variable.
+    let dir = session_dir();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            let mut c = self_command(
+                "configuration_mistakes_are_said_once_per_process",
+                "config",
+                dir.path(),
+            );
+            c.env("MPPROF", "sometimes")
+                .env("MPPROF_CLOCK", "sundial")
+                .env("MPPROF_OVERFLOW", "KEEP-LAST")
+                .env("MPPROF_PREPARE", "maybe")
+                .env("MPPROF_BUFFER_MB", "lots")
+                .env("MPPROF_BUFER_MB", "3")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let warnings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("mpprof: warning"))
+            .collect();
+        for (var, value, accepted) in [
+            ("MPPROF", "sometimes", "off"),
+            ("MPPROF_CLOCK", "sundial", "monotonic"),
+            ("MPPROF_PREPARE", "maybe", "0"),
+            ("MPPROF_BUFFER_MB", "lots", "1..="),
+            ("MPPROF_BUFER_MB", "", "not an mpprof setting"),
+        ] {
+            let lines: Vec<&&str> = warnings
+                .iter()
+                .filter(|l| l.contains(&format!(" {var}=")) || l.contains(&format!(" {var} ")))
+                .collect();
+            assert_eq!(lines.len(), 1, "one warning about {var}: {stderr}");
+            let l = lines[0];
+            assert!(l.contains(value) && l.contains(accepted), "{l}");
+            assert!(
+                l.starts_with("mpprof: warning: ") && l.contains(" (pid "),
+                "a whole line naming the process: {l}"
+            );
+        }
+        assert_eq!(warnings.len(), 5, "nothing else: {stderr}");
+        assert!(!stderr.contains("KEEP-LAST"), "case is ignored: {stderr}");
+    }
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert_eq!(s.processes.len(), 8, "4 processes, 2 sessions each");
+    assert!(s
+        .processes
+        .iter()
+        .all(|p| p.file.policy == Some(mpprof::format::Policy::KeepLast)));
 }

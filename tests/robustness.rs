@@ -162,7 +162,7 @@ fn a_file_that_cannot_grow_costs_events_not_the_application() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("sum={}", expected_sum())));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
-        stderr.matches("mpprof: warning: cannot grow").count(),
+        stderr.matches("cannot grow").count(),
         1,
         "one warning: {stderr}"
     );

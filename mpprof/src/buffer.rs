@@ -21,6 +21,7 @@ use arrayvec::ArrayVec;
 use memmap2::MmapRaw;
 
 use crate::chunks::lock;
+use crate::env;
 use crate::format::{self, chunk, header, MetaRef, Policy};
 
 /// Layout and budget of one process file.
@@ -37,6 +38,10 @@ pub struct Config {
 /// Chunks always kept for metadata: event chunks stop this many slots short
 /// of the budget, so names can still be written after the events ran out.
 pub const META_RESERVE: u32 = 2;
+
+/// The warning that the budget holds too few chunks was given.
+static SMALL_BUDGET_WARNED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
 
 /// Slots a budget should hold when the chunk size is the default: a budget
 /// too small for that many default chunks gets smaller chunks (see
@@ -68,46 +73,33 @@ impl Config {
     /// if the budget then holds fewer than the 4 slots a file needs, the
     /// file gets 4 and a warning says it outgrows the budget.
     pub fn from_env() -> Config {
-        fn num(var: &str, default: u64, min: u64, max: u64) -> u64 {
-            match std::env::var(var) {
-                Err(_) => default,
-                Ok(s) => match s.trim().parse::<u64>() {
-                    Ok(v) if (min..=max).contains(&v) => v,
-                    _ => {
-                        crate::warn::warn(format_args!(
-                            "{var}={s:?} is not a number in {min}..={max}; using {default}"
-                        ));
-                        default
-                    }
-                },
-            }
-        }
-        let chunk_kb = num(
+        let chunk_kb = env::number(
             "MPPROF_CHUNK_KB",
             (format::DEFAULT_CHUNK_SIZE / 1024) as u64,
             (format::MIN_CHUNK_SIZE / 1024) as u64,
             (format::MAX_CHUNK_SIZE / 1024) as u64,
         );
-        let budget_mb = num("MPPROF_BUFFER_MB", 64, 1, 1 << 20);
-        let explicit = std::env::var_os("MPPROF_CHUNK_KB").is_some();
+        let budget_mb = env::number("MPPROF_BUFFER_MB", 64, 1, 1 << 20);
+        let explicit = env::raw("MPPROF_CHUNK_KB").is_some();
         let (chunk_size, max_chunks) = sizes(budget_mb << 20, (chunk_kb * 1024) as u32, explicit);
         if (max_chunks as u64) * chunk_size as u64 > budget_mb << 20 {
-            crate::warn::warn(format_args!(
-                "MPPROF_BUFFER_MB={budget_mb} holds fewer than {} chunks of MPPROF_CHUNK_KB={chunk_kb}; \
-                 the buffer file may grow to {} KiB",
-                META_RESERVE + 2,
-                max_chunks as u64 * chunk_kb
-            ));
+            crate::warn::warn_once(
+                &SMALL_BUDGET_WARNED,
+                format_args!(
+                    "MPPROF_BUFFER_MB={budget_mb} holds fewer than {} chunks of MPPROF_CHUNK_KB={chunk_kb}; \
+                     the buffer file may grow to {} KiB",
+                    META_RESERVE + 2,
+                    max_chunks as u64 * chunk_kb
+                ),
+            );
         }
-        let policy = match std::env::var("MPPROF_OVERFLOW").as_deref() {
-            Err(_) | Ok("keep-first") => Policy::KeepFirst,
-            Ok("keep-last") => Policy::KeepLast,
-            Ok(other) => {
-                crate::warn::warn(format_args!(
-                    "MPPROF_OVERFLOW={other:?} is not `keep-first` or `keep-last`; using keep-first"
-                ));
-                Policy::KeepFirst
-            }
+        let policy = match env::choice(
+            "MPPROF_OVERFLOW",
+            &["keep-first", "keep-last"],
+            "keep-first",
+        ) {
+            "keep-last" => Policy::KeepLast,
+            _ => Policy::KeepFirst,
         };
         Config {
             chunk_size,
@@ -587,6 +579,21 @@ pub(crate) fn take_slot(next: &impl SlotCounter, limit: u32) -> Result<u32, Clai
 /// allocation plus an unwritten-extent conversion (measured on ext4 in this
 /// VM: about 3 ns per record instead of 11, see docs/PERFORMANCE.md).
 fn reserve(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    // Never past the file size limit (`ulimit -f`): the write would get
+    // the process a SIGXFSZ, which kills it unless the application handles
+    // it. Read now, as the application may change it. Past it is a full
+    // disk: EFBIG, a counted loss.
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: lim is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim) } == 0
+        && lim.rlim_cur != libc::RLIM_INFINITY
+        && offset.saturating_add(len) > lim.rlim_cur
+    {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    }
     use std::os::unix::fs::FileExt;
     static ZEROS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
     // A calloc'd buffer: its pages stay the shared zero page, costing no memory.

@@ -78,6 +78,8 @@ pub(crate) struct Chunks {
     wanted: AtomicBool,
     /// Whether `ready` may hold a slot (see [`Chunks::ready_waiting`]).
     ready_hint: AtomicBool,
+    /// The file could not grow, and the warning said so (once per file).
+    grow_warned: AtomicBool,
     start_mono: u64,
     last_anchor_mono: AtomicU64,
 }
@@ -127,6 +129,7 @@ impl Chunks {
             preparer: Mutex::new(None),
             wanted: AtomicBool::new(false),
             ready_hint: AtomicBool::new(false),
+            grow_warned: AtomicBool::new(false),
             start_mono: now,
             last_anchor_mono: AtomicU64::new(now),
         }
@@ -915,18 +918,20 @@ fn take_a_chunk(t: &Thread, sup: &'static Chunks, init: &mut ChunkInit, carry: &
             // The budget will not come back.
             Err(ClaimError::Budget) => w.retry_at.set(u64::MAX),
             Err(ClaimError::Io(e)) => {
-                if retry_at == 0 {
-                    let then = match sup.buf.policy() {
-                        Policy::KeepLast => {
-                            "the flight recorder goes on by overwriting the oldest events"
-                        }
-                        Policy::KeepFirst => "this thread stops recording until space is available",
-                    };
-                    crate::warn::warn(format_args!(
-                        "cannot grow {} ({e}); {then}, and lost events are counted",
+                let then = match sup.buf.policy() {
+                    Policy::KeepLast => {
+                        "the flight recorder goes on by overwriting the oldest events"
+                    }
+                    Policy::KeepFirst => "threads stop recording until there is room again",
+                };
+                crate::warn::warn_once(
+                    &sup.grow_warned,
+                    format_args!(
+                        "cannot grow {} ({}); {then}, and lost events are counted",
                         sup.buf.path().display(),
-                    ));
-                }
+                        crate::warn::Errno(e.raw_os_error().unwrap_or(0)),
+                    ),
+                );
                 // A full disk stays full for a while: retry in 100 ms.
                 w.retry_at.set(clock::monotonic_ns() + 100_000_000);
             }

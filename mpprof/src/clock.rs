@@ -104,9 +104,9 @@ fn clock_ns(id: libc::clockid_t) -> u64 {
 /// Decides the clock source (`MPPROF_CLOCK=tsc|monotonic` overrides) and
 /// makes [`now`] use it.
 pub fn select() -> ClockKind {
-    let kind = match std::env::var("MPPROF_CLOCK").as_deref() {
-        Ok("monotonic") => ClockKind::Monotonic,
-        Ok("tsc") if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) => ClockKind::Tsc,
+    let kind = match crate::env::choice("MPPROF_CLOCK", &["auto", "tsc", "monotonic"], "auto") {
+        "monotonic" => ClockKind::Monotonic,
+        "tsc" if cfg!(any(target_arch = "x86_64", target_arch = "aarch64")) => ClockKind::Tsc,
         _ => {
             if tsc_is_reliable() {
                 ClockKind::Tsc
@@ -191,10 +191,7 @@ pub fn anchor() -> Anchor {
 fn realtime_skew() -> i64 {
     static SKEW: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
     *SKEW.get_or_init(|| {
-        std::env::var("MPPROF_TEST_REALTIME_SKEW_NS")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
+        crate::env::parsed("MPPROF_TEST_REALTIME_SKEW_NS", "a whole number of ns").unwrap_or(0)
     })
 }
 
@@ -204,10 +201,7 @@ fn realtime_skew() -> i64 {
 fn drifted(mono: u64) -> u64 {
     static DRIFT: std::sync::OnceLock<Option<(f64, u64)>> = std::sync::OnceLock::new();
     let d = DRIFT.get_or_init(|| {
-        let ppm: f64 = std::env::var("MPPROF_TEST_MONO_DRIFT_PPM")
-            .ok()?
-            .parse()
-            .ok()?;
+        let ppm: f64 = crate::env::parsed("MPPROF_TEST_MONO_DRIFT_PPM", "a number of ppm")?;
         Some((ppm * 1e-6, mono))
     });
     match *d {
@@ -225,10 +219,7 @@ pub fn estimate_hz(window_ms: u64) -> f64 {
     if current() == ClockKind::Monotonic {
         return 1e9;
     }
-    if let Some(hz) = std::env::var("MPPROF_CLOCK_HZ")
-        .ok()
-        .and_then(|s| s.parse::<f64>().ok())
-    {
+    if let Some(hz) = crate::env::parsed::<f64>("MPPROF_CLOCK_HZ", "a frequency in Hz") {
         if hz.is_finite() && hz > 1e6 {
             return hz;
         }

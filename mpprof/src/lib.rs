@@ -39,6 +39,7 @@ mod buffer;
 mod callsite;
 mod chunks;
 pub mod clock;
+mod env;
 pub mod flow;
 mod future;
 mod record;

@@ -215,10 +215,7 @@ pub fn session_dir() -> Option<PathBuf> {
 }
 
 fn disabled_by_env() -> bool {
-    matches!(
-        std::env::var("MPPROF").as_deref(),
-        Ok("off" | "0" | "false" | "no")
-    )
+    crate::env::disabled()
 }
 
 /// The flow that started this process (spawn or fork) and its name: its
@@ -279,6 +276,7 @@ pub(crate) fn lazy_start() -> Option<Origin> {
 /// the flow that started this process when it is not the one passed by
 /// `spawn` in the environment (a fork).
 fn start(dir: &Path, root: bool, origin: Option<Origin>) -> io::Result<Option<Origin>> {
+    crate::env::check_unknown();
     let clock = clock::select();
     let clock_hz = clock::estimate_hz(if root { 5 } else { 2 });
     let uid = process_uid();
@@ -327,7 +325,10 @@ fn start(dir: &Path, root: bool, origin: Option<Origin>) -> io::Result<Option<Or
 
 /// Whether a preparer thread keeps chunks ready: unless `MPPROF_PREPARE=0`.
 fn prepare_enabled() -> bool {
-    std::env::var("MPPROF_PREPARE").map_or(true, |v| v != "0")
+    !matches!(
+        crate::env::choice("MPPROF_PREPARE", &["1", "0", "on", "off"], "1"),
+        "0" | "off"
+    )
 }
 
 /// Finishes the current file: final anchor, clean-exit flag, recording off.

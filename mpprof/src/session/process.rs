@@ -67,8 +67,7 @@ pub(super) fn process_info(
         .unwrap_or_default()
         .trim()
         .to_owned();
-    let host_id = std::env::var("MPPROF_HOST_ID")
-        .ok()
+    let host_id = crate::env::raw("MPPROF_HOST_ID")
         .filter(|s| !s.is_empty())
         .unwrap_or(boot_id);
     ProcessInfo {
@@ -96,8 +95,8 @@ fn truncate(s: String, max: usize) -> String {
 /// when `MPPROF_PARENT_PID` is our parent (a grandchild started without
 /// `mpprof::spawn` inherits the variables but was not started by that flow).
 fn parent_flow_from_env() -> Option<FlowId> {
-    let flow: FlowId = std::env::var("MPPROF_PARENT_FLOW").ok()?.parse().ok()?;
-    let ppid: u32 = std::env::var("MPPROF_PARENT_PID").ok()?.parse().ok()?;
+    let flow: FlowId = crate::env::parsed("MPPROF_PARENT_FLOW", "a flow id (32 hex digits)")?;
+    let ppid: u32 = crate::env::parsed("MPPROF_PARENT_PID", "a pid")?;
     // SAFETY: getppid has no preconditions.
     (ppid == unsafe { libc::getppid() } as u32).then_some(flow)
 }
