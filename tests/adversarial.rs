@@ -362,3 +362,127 @@ fn configuration_mistakes_are_said_once_per_process() {
         .iter()
         .all(|p| p.file.policy == Some(mpprof::format::Policy::KeepLast)));
 }
+
+// ---------------------------------------------------------------------------
+// 3. Nothing leaks across sessions; two guards share one session.
+
+#[mpprof::instrument]
+fn cycle_call(i: u64) -> u64 {
+    std::hint::black_box(i ^ 5)
+}
+
+/// File descriptors and memory mappings of this process.
+fn fds_and_maps() -> (usize, usize) {
+    let fds = std::fs::read_dir("/proc/self/fd").unwrap().count();
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .count();
+    (fds, maps)
+}
+
+/// A program that starts and ends recording 1,000 times ends with the
+/// file descriptors and mappings it started with (each session's file is
+/// released once its last guard is dropped and no thread uses it), and
+/// wrote 1,000 complete files.
+#[test]
+fn a_thousand_sessions_leak_no_descriptor_and_no_mapping() {
+    const CYCLES: u64 = 1000;
+    child_role("cycles", || {
+        let cycle = |n: u64| {
+            let s = mpprof::init().unwrap();
+            for i in 0..100 {
+                cycle_call(i + n);
+            }
+            // Threads come and go with the sessions too.
+            std::thread::spawn(move || cycle_call(n)).join().unwrap();
+            drop(s);
+        };
+        // One cycle first: what stays for good (the preparer's cached
+        // thread stack, the exit hook) is there before we count.
+        cycle(0);
+        let before = fds_and_maps();
+        for n in 1..=CYCLES {
+            cycle(n);
+        }
+        let after = fds_and_maps();
+        println!("fds_before={} fds_after={}", before.0, after.0);
+        println!("maps_before={} maps_after={}", before.1, after.1);
+    });
+    let dir = session_dir();
+    let mut c = self_command(
+        "a_thousand_sessions_leak_no_descriptor_and_no_mapping",
+        "cycles",
+        dir.path(),
+    );
+    // Small buffers, so the test stays quick.
+    c.env("MPPROF_BUFFER_MB", "1");
+    let out = run_with_deadline(c, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout_value(&out, "fds_after"),
+        stdout_value(&out, "fds_before"),
+        "file descriptors"
+    );
+    assert_eq!(
+        stdout_value(&out, "maps_after"),
+        stdout_value(&out, "maps_before"),
+        "mappings"
+    );
+    let files = mpprof_merge::read::list_session(dir.path()).unwrap();
+    assert_eq!(files.len() as u64, CYCLES + 1);
+    let s = Session::open(&[dir.path()]).unwrap();
+    for p in &s.processes {
+        assert!(p.file.clean, "{} finished", p.file.display_name());
+        assert_eq!(p.file.recorded_events(), 202, "{}", p.file.display_name());
+    }
+}
+
+/// Two guards of one session: dropping the first keeps recording on,
+/// dropping the second finishes the file; a guard of an earlier session
+/// dropped late does not finish a later one.
+#[test]
+fn two_guards_share_one_session() {
+    child_role("guards", || {
+        let a = mpprof::init().unwrap();
+        let b = mpprof::init().unwrap();
+        assert_eq!(a.dir(), b.dir());
+        cycle_call(1);
+        drop(a);
+        cycle_call(2); // still recorded: `b` keeps the session
+        drop(b);
+        cycle_call(3); // not recorded: the session is over
+        let c = mpprof::init().unwrap();
+        let d = mpprof::init().unwrap();
+        drop(d);
+        cycle_call(4);
+        drop(c);
+    });
+    let dir = session_dir();
+    let c = self_command("two_guards_share_one_session", "guards", dir.path());
+    let out = run_with_deadline(c, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert_eq!(s.processes.len(), 2, "two sessions, two files");
+    let calls: Vec<u64> = s
+        .processes
+        .iter()
+        .map(|p| {
+            assert!(p.file.clean);
+            p.file.recorded_events() / 2
+        })
+        .collect();
+    assert_eq!(
+        calls,
+        [2, 1],
+        "calls 1 and 2 in the first file, 4 in the second"
+    );
+}

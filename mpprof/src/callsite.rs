@@ -186,7 +186,7 @@ impl Callsite {
         let first = session::live_recorder();
         let write = || {
             if let Some(r) = first {
-                r.chunks.write_meta(&self.meta(id));
+                r.chunks.using(|c| c.write_meta(&self.meta(id)));
             }
         };
         let named = if in_recorder {
@@ -202,9 +202,10 @@ impl Callsite {
         }
         let now = session::live_recorder();
         if let Some(r) = now.filter(|r| !first.is_some_and(|f| std::ptr::eq(*r, f))) {
+            let write = || r.chunks.using(|c| c.write_meta(&self.meta(id)));
             if in_recorder {
-                r.chunks.write_meta(&self.meta(id));
-            } else if record::inside(|| r.chunks.write_meta(&self.meta(id))).is_none() {
+                write();
+            } else if record::inside(write).is_none() {
                 push(&PENDING, self, |c| &c.next_pending);
             }
         }
@@ -274,8 +275,8 @@ pub(crate) fn name_pending() {
     while let Some(c) = unsafe { p.as_ref() } {
         if let Some(r) = r {
             // Relaxed: registered callsites have their id.
-            r.chunks
-                .write_meta(&c.meta(c.bits.load(Ordering::Relaxed) >> SITE_SHIFT));
+            let id = c.bits.load(Ordering::Relaxed) >> SITE_SHIFT;
+            r.chunks.using(|f| f.write_meta(&c.meta(id)));
         }
         p = c.next_pending.load(Ordering::Relaxed);
     }

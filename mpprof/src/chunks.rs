@@ -13,7 +13,7 @@
 //! algorithm; the comments here say why each step is safe.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use arrayvec::ArrayVec;
@@ -35,14 +35,45 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One file's chunks: the buffer, its metadata log, and the lists through
 /// which chunks pass from one thread to another.
+///
+/// The heavy parts (the mapping and the file, the lists, the preparer
+/// thread) are released once the file is finished and no thread uses it
+/// any more ([`Chunks::try_release`]): a program that starts and ends
+/// recording a thousand times does not keep a thousand mappings and file
+/// descriptors. This struct itself stays (a few hundred bytes): a thread
+/// may still look at it through a stale pointer, and finds it released.
 pub(crate) struct Chunks {
-    pub(crate) buf: ProcessBuffer,
+    /// What is released: valid while `users` counts someone (see
+    /// [`Chunks::parts`]); null once released.
+    parts: AtomicPtr<Parts>,
+    /// Who uses the file: the session until it finishes, each thread whose
+    /// writer is attached to it, each caller of [`Chunks::using`] for its
+    /// duration; [`RELEASED`] once released.
+    users: AtomicU64,
     /// Whether the file's timestamps come from the time-stamp counter.
     tsc: bool,
-    meta: Mutex<MetaLog>,
     next_lane: AtomicU32,
     /// Set by [`Chunks::finish`]; the preparer stops.
     finished: AtomicBool,
+    /// Whether a preparer thread keeps chunks ready (`MPPROF_PREPARE`).
+    prepare: bool,
+    /// A busy thread claimed a chunk: the preparer starts preparing.
+    wanted: AtomicBool,
+    /// Whether `ready` may hold a slot (see [`Chunks::ready_waiting`]).
+    ready_hint: AtomicBool,
+    /// The file could not grow, and the warning said so (once per file).
+    grow_warned: AtomicBool,
+    start_mono: u64,
+    last_anchor_mono: AtomicU64,
+}
+
+/// [`Chunks::users`] once the parts are released.
+const RELEASED: u64 = 1 << 63;
+
+/// The parts of [`Chunks`] that are released with the file.
+pub(crate) struct Parts {
+    pub(crate) buf: ProcessBuffer,
+    meta: Mutex<MetaLog>,
     /// Partly used chunks left by finished threads: new threads continue
     /// them before claiming fresh ones, so thread churn does not eat the
     /// budget.
@@ -66,22 +97,12 @@ pub(crate) struct Chunks {
     /// [`Chunkless`]): [`Chunks::finish`] writes the losses of those still
     /// running. A fixed table, so that the slow path never allocates.
     chunkless: Box<[Chunkless]>,
-    /// Whether a preparer thread keeps chunks ready (`MPPROF_PREPARE`).
-    prepare: bool,
     /// Event chunk slots reserved and page-mapped ahead by the preparer.
     ready: Mutex<ArrayVec<u32, READY_CHUNKS>>,
     /// Wakes the preparer (a futex: waking it takes no lock).
     ready_cv: Condvar,
     /// The preparer thread, once started (joined when the file is released).
     preparer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// A busy thread claimed a chunk: the preparer starts preparing.
-    wanted: AtomicBool,
-    /// Whether `ready` may hold a slot (see [`Chunks::ready_waiting`]).
-    ready_hint: AtomicBool,
-    /// The file could not grow, and the warning said so (once per file).
-    grow_warned: AtomicBool,
-    start_mono: u64,
-    last_anchor_mono: AtomicU64,
 }
 
 /// Chunks kept ready (reserved and page-mapped) by the preparer thread.
@@ -113,26 +134,116 @@ impl Chunks {
     pub(crate) fn new(buf: ProcessBuffer, tsc: bool, prepare: bool) -> Chunks {
         let now = clock::monotonic_ns();
         let list_cap = (buf.max_chunks() as usize).min(MAX_LIST);
-        Chunks {
+        let parts = Box::new(Parts {
             buf,
-            tsc,
             meta: Mutex::new(MetaLog::new()),
-            next_lane: AtomicU32::new(1),
-            finished: AtomicBool::new(false),
             handoffs: HintedList::new(0),
             pool: HintedList::new(list_cap),
             left: HintedList::new(list_cap),
             chunkless: (0..CHUNKLESS_SLOTS).map(|_| Chunkless::default()).collect(),
-            prepare,
             ready: Mutex::new(ArrayVec::new()),
             ready_cv: Condvar::new(),
             preparer: Mutex::new(None),
+        });
+        Chunks {
+            parts: AtomicPtr::new(Box::into_raw(parts)),
+            // The session, until it finishes.
+            users: AtomicU64::new(1),
+            tsc,
+            next_lane: AtomicU32::new(1),
+            finished: AtomicBool::new(false),
+            prepare,
             wanted: AtomicBool::new(false),
             ready_hint: AtomicBool::new(false),
             grow_warned: AtomicBool::new(false),
             start_mono: now,
             last_anchor_mono: AtomicU64::new(now),
         }
+    }
+
+    /// The parts that are released with the file.
+    ///
+    /// Callers hold a use of the file (they are its session before it
+    /// finishes, an attached writer, inside [`Chunks::using`], or its
+    /// preparer, which release joins first), so the parts are there.
+    pub(crate) fn parts(&self) -> &Parts {
+        // Acquire: pairs with the release store of the pointer in `new`'s
+        // publication (the recorder is published with release).
+        let p = self.parts.load(Ordering::Acquire);
+        // SAFETY: see above: the parts are freed only by `try_release`,
+        // once no one uses the file; `p` is not null until then.
+        unsafe { &*p }
+    }
+
+    /// The buffer.
+    pub(crate) fn buf(&self) -> &ProcessBuffer {
+        &self.parts().buf
+    }
+
+    /// A thread's writer starts using the file; false if the file is
+    /// released already (the thread must not touch it).
+    pub(crate) fn attach(&self) -> bool {
+        // SeqCst: against `try_release`'s compare-and-swap (see there).
+        let v = self.users.fetch_add(1, Ordering::SeqCst);
+        if v & RELEASED != 0 {
+            self.users.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    /// A use of the file ends ([`Chunks::attach`], or the session's at the
+    /// finish). Releasing is left to the next safe point (see
+    /// [`Chunks::try_release`]): this may run in a signal handler.
+    pub(crate) fn detach(&self) {
+        // SeqCst: as in `attach`.
+        self.users.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Runs `f` while using the file (see [`Chunks::attach`]); `None` if it
+    /// is released.
+    pub(crate) fn using<R>(&self, f: impl FnOnce(&Chunks) -> R) -> Option<R> {
+        if !self.attach() {
+            return None;
+        }
+        let r = f(self);
+        self.detach();
+        Some(r)
+    }
+
+    /// Releases the file's parts (the mapping, the file descriptor, the
+    /// lists, the preparer thread) if it is finished and no one uses it;
+    /// true if they are released (now or before). Only where freeing memory
+    /// and joining a thread are safe: a session's start and finish, a
+    /// thread's exit, never the slow path.
+    ///
+    /// Once the count of users is 0, one compare-and-swap marks the file
+    /// released: a thread that attaches afterwards sees the mark and backs
+    /// off, one that attached before made the count non-zero and the swap
+    /// fails.
+    pub(crate) fn try_release(&self) -> bool {
+        if !self.is_finished() {
+            return false;
+        }
+        // SeqCst: see above and `attach`.
+        match self
+            .users
+            .compare_exchange(0, RELEASED, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => {}
+            Err(v) => return v & RELEASED != 0,
+        }
+        // The preparer stops at the finish; wait for it before its parts go.
+        let handle = lock(&self.parts().preparer).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        // Acquire/Release: the pointer is ours alone from here.
+        let p = self.parts.swap(std::ptr::null_mut(), Ordering::AcqRel);
+        // SAFETY: made by `Box::into_raw` in `new`, swapped out once, and
+        // no one uses it (see above).
+        drop(unsafe { Box::from_raw(p) });
+        true
     }
 
     /// Starts the preparer thread (with `MPPROF_PREPARE` on). It sleeps
@@ -148,7 +259,7 @@ impl Chunks {
             .name("mpprof-prepare".into())
             .spawn(move || self.prepare_loop());
         // No thread: threads reserve their own chunks.
-        *lock(&self.preparer) = spawned.ok();
+        *lock(&self.parts().preparer) = spawned.ok();
     }
 
     /// The file's clock now.
@@ -158,12 +269,12 @@ impl Chunks {
 
     /// Appends a metadata entry.
     pub(crate) fn write_meta(&self, m: &MetaRef) {
-        lock(&self.meta).append(&self.buf, m);
+        lock(&self.parts().meta).append(self.buf(), m);
     }
 
     /// Appends a metadata entry; false if it could not be stored.
     pub(crate) fn write_meta_stored(&self, m: &MetaRef) -> bool {
-        lock(&self.meta).append(&self.buf, m)
+        lock(&self.parts().meta).append(self.buf(), m)
     }
 
     /// Whether [`Chunks::finish`] ran.
@@ -186,7 +297,7 @@ impl Chunks {
     /// the file's own; `Err(Budget)` when neither.
     fn claim_events(&self, init: &ChunkInit, reserve: bool) -> Result<Chunk, ClaimError> {
         let ready = if self.ready_waiting() {
-            let mut r = lock(&self.ready);
+            let mut r = lock(&self.parts().ready);
             let slot = r.pop();
             // Relaxed: a hint, updated under the lock.
             self.ready_hint.store(!r.is_empty(), Ordering::Relaxed);
@@ -197,8 +308,8 @@ impl Chunks {
         let c = match ready {
             // SAFETY: the slot was reserved by the preparer for anyone, and
             // popping it from the list made it ours alone.
-            Some(slot) => unsafe { self.buf.publish(slot, init) },
-            None if reserve => self.buf.claim(init)?,
+            Some(slot) => unsafe { self.buf().publish(slot, init) },
+            None if reserve => self.buf().claim(init)?,
             None => return Err(ClaimError::Budget),
         };
         if init.seq > 0 {
@@ -232,20 +343,21 @@ impl Chunks {
         // so a wake it misses between its check and its wait only delays
         // it).
         self.wanted.store(true, Ordering::Relaxed);
-        self.ready_cv.notify_one();
+        self.parts().ready_cv.notify_one();
     }
 
     fn prepare_loop(&self) {
         idle_priority();
         // Woken by a busy thread's claim; then keeps READY_CHUNKS ready.
         {
-            let mut ready = lock(&self.ready);
+            let mut ready = lock(&self.parts().ready);
             // Relaxed: see `wake_preparer`.
             while !self.wanted.load(Ordering::Relaxed) {
                 if self.is_finished() {
                     return;
                 }
                 ready = self
+                    .parts()
                     .ready_cv
                     .wait_timeout(ready, std::time::Duration::from_millis(200))
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -254,12 +366,13 @@ impl Chunks {
         }
         loop {
             {
-                let mut ready = lock(&self.ready);
+                let mut ready = lock(&self.parts().ready);
                 while ready.len() >= READY_CHUNKS {
                     if self.is_finished() {
                         return;
                     }
                     ready = self
+                        .parts()
                         .ready_cv
                         .wait_timeout(ready, std::time::Duration::from_millis(200))
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -269,9 +382,9 @@ impl Chunks {
             if self.is_finished() {
                 return;
             }
-            match self.buf.reserve_slot(format::CHUNK_EVENTS, true) {
+            match self.buf().reserve_slot(format::CHUNK_EVENTS, true) {
                 Ok(slot) => {
-                    let mut r = lock(&self.ready);
+                    let mut r = lock(&self.parts().ready);
                     r.push(slot);
                     // Relaxed: see `ready_waiting`.
                     self.ready_hint.store(true, Ordering::Relaxed);
@@ -287,20 +400,20 @@ impl Chunks {
 
     /// Offers the rest of a finished thread's chunk to the next thread.
     fn hand_off(&self, h: HandedOff) {
-        self.handoffs.update(|list| list.push(h));
+        self.parts().handoffs.update(|list| list.push(h));
     }
 
     /// Takes a partly used chunk left by a finished thread, if any. Without
     /// any, costs one relaxed load (a thread losing events calls this for
     /// every event).
     fn take_handoff(&self) -> Option<HandedOff> {
-        self.handoffs.pop()
+        self.parts().handoffs.pop()
     }
 
     /// Flight recorder: puts a chunk that no thread writes any more into the
     /// pool of reusable chunks.
     fn pool(&self, p: Pooled) {
-        self.pool.update(|pool| {
+        self.parts().pool.update(|pool| {
             if pool.len() == pool.capacity() {
                 // Full (a budget of more than MAX_LIST chunks): the chunk
                 // is retired as it is, never reused; no allocation here.
@@ -316,13 +429,15 @@ impl Chunks {
     /// (its newest event is the oldest in the pool). Without any, costs one
     /// relaxed load.
     fn take_pooled(&self) -> Option<Pooled> {
-        self.pool.pop()
+        self.parts().pool.pop()
     }
 
     /// Flight recorder: when the pooled chunk left longest ago was left, if
     /// the pool holds any.
     fn oldest_pooled_at(&self) -> Option<u64> {
-        self.pool.take(|pool| pool.last().map(|p| p.left_at))
+        self.parts()
+            .pool
+            .take(|pool| pool.last().map(|p| p.left_at))
     }
 
     /// Flight recorder: a live thread has left its own chunk `slot`
@@ -330,7 +445,7 @@ impl Chunks {
     /// of left chunks, stamped with the time under the list's lock so the
     /// list stays in the order chunks were left.
     fn leave(&self, lane: u32, slot: u32, events: u64) {
-        self.left.update(|list| {
+        self.parts().left.update(|list| {
             if list.len() == list.capacity() {
                 // Full: retired, as in `pool`.
                 return;
@@ -346,7 +461,7 @@ impl Chunks {
 
     /// Flight recorder: takes the oldest chunk that `lane` has left, if any.
     fn take_left(&self, lane: u32) -> Option<Left> {
-        self.left.take(|list| {
+        self.parts().left.take(|list| {
             let i = list.iter().position(|l| l.lane == lane)?;
             Some(list.remove(i))
         })
@@ -359,7 +474,7 @@ impl Chunks {
     /// With `before` `None` (the pool is empty), if no lane has left more
     /// than one, the oldest chunk any other lane has left.
     fn take_left_of_others(&self, lane: u32, before: Option<u64>) -> Option<Left> {
-        self.left.take(|list| {
+        self.parts().left.take(|list| {
             let other = |l: &Left| l.lane != lane;
             // Counted by scanning, not in a map: no allocation here.
             let several = |l: &Left| list.iter().filter(|m| m.lane == l.lane).nth(1).is_some();
@@ -376,7 +491,8 @@ impl Chunks {
     /// Flight recorder: takes every chunk `lane` has left, oldest first (the
     /// thread is exiting and pools them).
     fn drain_left(&self, lane: u32) -> Vec<Left> {
-        self.left
+        self.parts()
+            .left
             .take(|list| {
                 // In place, so the list keeps the capacity the slow path
                 // relies on (this runs at thread exit: it may allocate).
@@ -417,14 +533,14 @@ impl Chunks {
     /// entry. `None` when every slot is taken: the thread's losses then
     /// count for the process only.
     fn register_chunkless(&self, lane: u32, tid: u32, name: &str) -> Option<usize> {
-        let i = self.chunkless.iter().position(|c| {
+        let i = self.parts().chunkless.iter().position(|c| {
             // Relaxed: the slot's other fields are published below, under
             // its lock.
             c.lane
                 .compare_exchange(0, lane, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         })?;
-        let c = &self.chunkless[i];
+        let c = &self.parts().chunkless[i];
         let mut who = lock(&c.who);
         who.lane = lane;
         who.tid = tid;
@@ -438,7 +554,7 @@ impl Chunks {
     /// (its losses counted by then).
     fn forget_chunkless(&self, i: usize) {
         // Release: a thread taking the slot next sees the counts settled.
-        self.chunkless[i].lane.store(0, Ordering::Release);
+        self.parts().chunkless[i].lane.store(0, Ordering::Release);
     }
 
     /// Writes the losses of slot `i` that nothing counts yet as a
@@ -446,7 +562,7 @@ impl Chunks {
     /// entry or header counts them again). If the entry cannot be stored,
     /// they go back to the slot for a later entry or chunk.
     fn note_lost(&self, i: usize) {
-        let c = &self.chunkless[i];
+        let c = &self.parts().chunkless[i];
         // Relaxed: the count is the only thing exchanged; every loss is
         // taken by exactly one swap.
         let events = c.events.swap(0, Ordering::Relaxed);
@@ -486,16 +602,36 @@ impl Chunks {
         if self.finished.swap(true, Ordering::Relaxed) {
             return;
         }
-        for i in 0..self.chunkless.len() {
+        for i in 0..self.parts().chunkless.len() {
             // Acquire: pairs with the slot's release when it was freed.
-            if self.chunkless[i].lane.load(Ordering::Acquire) != 0 {
+            if self.parts().chunkless[i].lane.load(Ordering::Acquire) != 0 {
                 self.note_lost(i);
             }
         }
         self.write_meta(&MetaRef::Anchor(clock::anchor()));
-        self.buf.set_finished();
+        self.buf().set_finished();
         // The preparer stops.
-        self.ready_cv.notify_all();
+        self.parts().ready_cv.notify_all();
+        // The session's use of the file ends.
+        self.detach();
+    }
+
+    /// In a child forked from a recording process: the parent's file, which
+    /// the child never writes (see `session/hooks.rs`), is released in the
+    /// child (its mapping and descriptor; the parent's are its own). The
+    /// parent's preparer thread does not exist in the child: its handle is
+    /// forgotten, not joined. Only in the child, before any of its threads
+    /// could use this file (none can: it is not current).
+    pub(crate) fn release_in_forked_child(&self) {
+        // SeqCst: as in `attach` (there is no other thread to race with).
+        if self.users.load(Ordering::SeqCst) & RELEASED != 0 {
+            return; // released in the parent before the fork
+        }
+        // Relaxed: the child's only user of this copy is this thread.
+        self.finished.store(true, Ordering::Relaxed);
+        std::mem::forget(lock(&self.parts().preparer).take());
+        self.users.store(0, Ordering::SeqCst);
+        self.try_release();
     }
 }
 
@@ -725,7 +861,7 @@ pub(crate) fn write_slow(
     if w.idx.get() + need > w.room.get() {
         if !new_chunk(t, sup) {
             w.lost.set(w.lost.get() + 1);
-            sup.buf.add_lost_events(1);
+            sup.buf().add_lost_events(1);
             if !w.hdr.get().is_null() {
                 // The gap is after the last chunk this lane has.
                 Chunk::set_lost_after_at(w.hdr.get(), w.lost.get());
@@ -772,7 +908,7 @@ fn lost_without_chunk(t: &Thread, sup: &Chunks) {
             sup.register_chunkless(t.w.lane.get(), t.w.tid.get(), th.name().unwrap_or(""))
                 .unwrap_or(NO_SLOT)
         });
-        if let Some(c) = sup.chunkless.get(i) {
+        if let Some(c) = sup.parts().chunkless.get(i) {
             // Relaxed: see `Chunks::note_lost`.
             c.events.fetch_add(1, Ordering::Relaxed);
         }
@@ -797,7 +933,7 @@ impl Carry {
             return;
         }
         if let Some(i) = t.owned(|o| o.chunkless).flatten() {
-            if let Some(c) = sup.chunkless.get(i) {
+            if let Some(c) = sup.parts().chunkless.get(i) {
                 // Relaxed: see `Chunks::note_lost`.
                 init.lost_before = c.events.swap(0, Ordering::Relaxed);
             }
@@ -817,7 +953,7 @@ impl Carry {
 
     /// No chunk after all: the losses in `init` are uncounted again.
     fn give_back(self, sup: &Chunks, init: &ChunkInit) {
-        if let Some(c) = self.0.and_then(|i| sup.chunkless.get(i)) {
+        if let Some(c) = self.0.and_then(|i| sup.parts().chunkless.get(i)) {
             c.events.fetch_add(init.lost_before, Ordering::Relaxed);
         }
     }
@@ -832,7 +968,7 @@ impl Carry {
 /// used up or the disk full).
 fn new_chunk(t: &Thread, sup: &'static Chunks) -> bool {
     let w = t.w;
-    let keep_last = sup.buf.policy() == Policy::KeepLast;
+    let keep_last = sup.buf().policy() == Policy::KeepLast;
     if keep_last && t.owned.is_none() {
         // The thread is exiting and its chunk list is gone: a chunk taken
         // now would never be pooled again. The event is lost (and counted).
@@ -866,7 +1002,7 @@ fn new_chunk(t: &Thread, sup: &'static Chunks) -> bool {
 /// `init` (see [`Carry`]).
 fn take_a_chunk(t: &Thread, sup: &'static Chunks, init: &mut ChunkInit, carry: &mut Carry) -> bool {
     let w = t.w;
-    let keep_last = sup.buf.policy() == Policy::KeepLast;
+    let keep_last = sup.buf().policy() == Policy::KeepLast;
     let retry_at = w.retry_at.get();
     let may_claim = retry_at == 0 || (retry_at != u64::MAX && clock::monotonic_ns() >= retry_at);
     while let Some(h) = sup.take_handoff() {
@@ -918,7 +1054,7 @@ fn take_a_chunk(t: &Thread, sup: &'static Chunks, init: &mut ChunkInit, carry: &
             // The budget will not come back.
             Err(ClaimError::Budget) => w.retry_at.set(u64::MAX),
             Err(ClaimError::Io(e)) => {
-                let then = match sup.buf.policy() {
+                let then = match sup.buf().policy() {
                     Policy::KeepLast => {
                         "the flight recorder goes on by overwriting the oldest events"
                     }
@@ -928,7 +1064,7 @@ fn take_a_chunk(t: &Thread, sup: &'static Chunks, init: &mut ChunkInit, carry: &
                     &sup.grow_warned,
                     format_args!(
                         "cannot grow {} ({}); {then}, and lost events are counted",
-                        sup.buf.path().display(),
+                        sup.buf().path().display(),
                         crate::warn::Errno(e.raw_os_error().unwrap_or(0)),
                     ),
                 );
@@ -992,7 +1128,7 @@ fn reuse_a_chunk(t: &Thread, sup: &'static Chunks, init: &ChunkInit) -> bool {
 /// this supply, and no other thread can take it.
 unsafe fn reuse_own(w: &Writer, sup: &Chunks, init: &ChunkInit, slot: u32, events: u64) -> Chunk {
     // SAFETY: guaranteed by the caller.
-    let old = unsafe { sup.buf.chunk_owner(slot) };
+    let old = unsafe { sup.buf().chunk_owner(slot) };
     let init = ChunkInit {
         overwritten: w.overwritten.get() + events,
         // Saturating: a panic here could be in a TLS destructor.
@@ -1000,8 +1136,8 @@ unsafe fn reuse_own(w: &Writer, sup: &Chunks, init: &ChunkInit, slot: u32, event
         ..*init
     };
     // SAFETY: guaranteed by the caller.
-    let c = unsafe { sup.buf.reuse(slot, &init) };
-    sup.buf.add_lost_events(events);
+    let c = unsafe { sup.buf().reuse(slot, &init) };
+    sup.buf().add_lost_events(events);
     w.overwritten.set(w.overwritten.get() + events);
     c
 }
@@ -1088,7 +1224,7 @@ unsafe fn reuse_shared(
     segments: &[(u32, u64)],
 ) -> Option<Chunk> {
     // SAFETY: guaranteed by the caller.
-    let old = unsafe { sup.buf.chunk_owner(slot) };
+    let old = unsafe { sup.buf().chunk_owner(slot) };
     let (prev_lane, prev_overwritten) = (old.lane, old.overwritten);
     let events = segments.iter().map(|s| s.1).sum::<u64>();
     let entry_ts = sup.now();
@@ -1107,8 +1243,8 @@ unsafe fn reuse_shared(
     // The events belong to the lanes in the entry, not to this thread:
     // its own `overwritten` stays as it is.
     // SAFETY: guaranteed by the caller.
-    let c = unsafe { sup.buf.reuse(slot, init) };
-    sup.buf.add_lost_events(events);
+    let c = unsafe { sup.buf().reuse(slot, init) };
+    sup.buf().add_lost_events(events);
     if old.lost_before > 0 {
         // What the old header's lane lost before the chunk: the header is
         // gone, so an entry counts it now (the hand-offs' losses are in
@@ -1131,7 +1267,7 @@ unsafe fn reuse_shared(
 /// to the pool. Keep-first never reuses a chunk.
 fn leave_current(t: &Thread, sup: &Chunks) {
     let w = t.w;
-    if w.hdr.get().is_null() || sup.buf.policy() != Policy::KeepLast {
+    if w.hdr.get().is_null() || sup.buf().policy() != Policy::KeepLast {
         return;
     }
     let Some(cur) = t.owned(|o| o.current.take()).flatten() else {
@@ -1163,7 +1299,7 @@ fn leave_current(t: &Thread, sup: &Chunks) {
 /// thread-local destructor must not touch a header that is another
 /// thread's (or the pool's) now.
 pub(crate) fn thread_exit(w: &Writer, o: &mut Owned, sup: &Chunks) {
-    let keep_last = sup.buf.policy() == Policy::KeepLast;
+    let keep_last = sup.buf().policy() == Policy::KeepLast;
     let now = clock::monotonic_ns();
     let lane = w.lane.get();
     let next = w.idx.get();
@@ -1297,7 +1433,7 @@ mod tests {
 
     /// The buffer as the merge reads it.
     fn read(sup: &Chunks) -> ProcessFile {
-        let f = read::from_bytes("memory.mpb".as_ref(), sup.buf.snapshot()).expect("it reads");
+        let f = read::from_bytes("memory.mpb".as_ref(), sup.buf().snapshot()).expect("it reads");
         let unexpected: Vec<&String> = f
             .warnings
             .iter()
@@ -1380,7 +1516,7 @@ mod tests {
         let f = read(sup);
         assert!(f.lost_chunks > 0 && f.lost_events == 2 * WORDS - before);
         // Space comes back; the thread retries after its 100 ms back-off.
-        sup.buf.set_memory_limit(u64::MAX);
+        sup.buf().set_memory_limit(u64::MAX);
         std::thread::sleep(std::time::Duration::from_millis(110));
         a.record(sup, 100);
         let kept = accounts(sup, &[a.made()]);
@@ -1425,7 +1561,7 @@ mod tests {
         let mut a = T::new(sup, "a");
         a.record(sup, 1000);
         assert_eq!(read(sup).lost_events, 1000, "no event chunk: all lost");
-        sup.buf.set_memory_limit(u64::MAX);
+        sup.buf().set_memory_limit(u64::MAX);
         std::thread::sleep(std::time::Duration::from_millis(110));
         a.record(sup, 20 * WORDS);
         accounts(sup, &[a.made()]);

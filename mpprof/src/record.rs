@@ -58,8 +58,13 @@ impl Drop for OwnedSlot {
                     chunks::thread_exit(w, owned, &r.chunks)
                 }
                 // Another recorder's chunk (or none): only stop writing it.
-                None => drop(w.take_chunk()),
+                None => {
+                    let _ = w.take_chunk();
+                }
             }
+            detach(w);
+            // A safe point: files no one uses any more are released.
+            session::sweep();
         });
     }
 }
@@ -111,7 +116,9 @@ pub(crate) fn inside<R>(f: impl FnOnce() -> R) -> Option<R> {
 #[inline(never)]
 fn nested(w: &Writer, epoch: u32) {
     if let Some(r) = session::recorder_for(epoch) {
-        r.chunks.buf.add_lost_events(1);
+        // Using the file: it may be released meanwhile (not by this thread,
+        // which is not at a safe point).
+        r.chunks.using(|c| c.buf().add_lost_events(1));
         // Relaxed: this thread's own count; the interrupted code takes it
         // with a swap.
         w.nested.fetch_add(1, Ordering::Relaxed);
@@ -392,8 +399,15 @@ fn slow(w: &Writer, mut s: u32, bits: u32, kind: u8, payload: Option<[u64; 2]>) 
     };
     if w.epoch.get() != s {
         // A new recorder (new session, or this is a forked child): forget the
-        // old chunk and lane.
+        // old chunk and lane, and use the new file (unless it is released:
+        // a finished session's, seen through a stale state).
+        if !r.chunks.attach() {
+            return;
+        }
+        detach(w);
         w.reset(s);
+        w.attached
+            .set(&r.chunks as *const chunks::Chunks as *const ());
     }
     if w.lane.get() == 0 {
         w.tid.set(gettid());
@@ -423,6 +437,30 @@ fn slow(w: &Writer, mut s: u32, bits: u32, kind: u8, payload: Option<[u64; 2]>) 
         // The thread is exiting and its slow-path state is gone.
         write(&Thread { w, owned: None });
     }
+}
+
+/// The writer stops using its file (see `Chunks::attach`); it no longer
+/// has a chunk there. Releasing the file is left to a safe point.
+pub(crate) fn detach(w: &Writer) {
+    let p = w.attached.replace(std::ptr::null()) as *const chunks::Chunks;
+    // SAFETY: `attached` points to the `Chunks` of a leaked (never freed)
+    // recorder, set when the writer attached to it.
+    if let Some(c) = unsafe { p.as_ref() } {
+        // The chunk stays in the file; the writer no longer points into it.
+        let _ = w.take_chunk();
+        w.epoch.set(0);
+        c.detach();
+    }
+}
+
+/// Detaches this thread's writer from its file if that file is `c`'s (the
+/// finishing thread: its later events go to the next session, or nowhere).
+pub(crate) fn detach_from(c: &chunks::Chunks) {
+    let _ = WRITER.try_with(|w| {
+        if std::ptr::eq(w.attached.get(), c as *const chunks::Chunks as *const ()) {
+            detach(w);
+        }
+    });
 }
 
 fn gettid() -> u32 {

@@ -73,6 +73,10 @@ pub(crate) struct Writer {
     /// chunk or a lock the thread may hold; its events are dropped and
     /// counted (`nested`). See `record.rs`.
     pub(crate) busy: Cell<bool>,
+    /// The file (`chunks::Chunks`) this writer is attached to (counted in
+    /// its users until the writer moves to another file or the thread
+    /// exits), null when none.
+    pub(crate) attached: Cell<*const ()>,
     /// Events dropped because they came while the thread was [`busy`]
     /// (from a signal handler), not yet attributed to the lane in the
     /// metadata (they are counted in the file header's lost events when
@@ -106,6 +110,7 @@ impl Writer {
             extra: Cell::new(0),
             start: Cell::new(0),
             busy: Cell::new(false),
+            attached: Cell::new(std::ptr::null()),
             nested: AtomicU64::new(0),
         }
     }
@@ -173,6 +178,7 @@ impl Writer {
     /// Forgets the chunk without giving it to anyone (in a forked child:
     /// the chunk is the parent's). Touches only this thread's cells.
     pub(crate) fn forget(&self) {
+        self.attached.set(std::ptr::null());
         self.epoch.set(0);
         self.set_room(0);
         self.idx.set(0);

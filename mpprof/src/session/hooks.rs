@@ -2,7 +2,7 @@
 //! `fork()` (the child starts a file of its own).
 
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::OnceLock;
 
 use parking_lot::Mutex;
@@ -60,6 +60,10 @@ pub(crate) fn hold_across_fork(l: ForkLock) {
 /// flow from the fork point. Set by the prepare handler in the parent.
 pub(super) static FORK_INFO: Mutex<Option<(PathBuf, FlowId)>> = Mutex::new(None);
 
+/// In a forked child: the parent's recorder, whose file the child releases
+/// when it starts recording (see `Chunks::release_in_forked_child`).
+pub(super) static FORKED_FROM: AtomicPtr<super::Recorder> = AtomicPtr::new(std::ptr::null_mut());
+
 /// `fork()` without `exec`: the child must not write into the parent's
 /// mapping (it is MAP_SHARED, so it would corrupt the parent's chunks), so
 /// it forgets the parent's recorder and starts a file of its own at its
@@ -103,6 +107,7 @@ pub(super) fn register_fork_hook() {
         // Only atomic stores and this thread's own cells from here: the
         // child's recording starts lazily, in ordinary context.
         process::PROCESS_UID.store(0, Ordering::Relaxed);
+        FORKED_FROM.store(CURRENT.load(Ordering::Relaxed), Ordering::Relaxed);
         CURRENT.store(std::ptr::null_mut(), Ordering::Release);
         STATE.store(UNKNOWN, Ordering::Relaxed);
         record::forget_chunk();

@@ -64,6 +64,9 @@ pub(crate) struct Recorder {
     pub(crate) dir: PathBuf,
     /// The clock frequency the process measured (or inherited).
     pub(crate) clock_hz: f64,
+    /// Live [`Session`] guards of this recorder: the last one dropped
+    /// finishes it. 0 for a child that started recording on its own.
+    guards: AtomicU32,
 }
 
 impl Recorder {
@@ -118,13 +121,27 @@ pub enum Error {
     },
 }
 
-/// Guard of a recording session, returned by [`init`]. Dropping it
-/// finishes this process's file (final clock anchor, clean-exit flag) and
-/// stops recording in this process.
+/// Guard of a recording session, returned by [`init`]. Dropping the last
+/// guard of a session finishes this process's file (final clock anchor,
+/// clean-exit flag), stops recording in this process and releases the
+/// file's resources (its mapping and descriptor) once no thread uses it.
+/// Two live guards (two calls of [`init`]) share one session: recording
+/// goes on until both are dropped.
 #[must_use = "recording stops when the Session is dropped"]
 #[derive(Debug)]
 pub struct Session {
     dir: Option<PathBuf>,
+    /// The recorder this guard keeps recording (`None` when disabled).
+    rec: Option<&'static Recorder>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("dir", &self.dir)
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Session {
@@ -134,14 +151,26 @@ impl Session {
         self.dir.as_deref()
     }
 
-    /// Finishes the file now (same as dropping the guard).
+    /// Gives up this guard now (same as dropping it): the session finishes
+    /// when its last guard goes.
     pub fn finish(self) {}
+
+    fn inert() -> Session {
+        Session {
+            dir: None,
+            rec: None,
+        }
+    }
 }
 
 impl Drop for Session {
     fn drop(&mut self) {
-        if self.dir.is_some() {
-            finish_current();
+        if let Some(r) = self.rec {
+            // Relaxed: the count is the only thing exchanged (the finish
+            // below takes the session's lock).
+            if r.guards.fetch_sub(1, Ordering::Relaxed) == 1 {
+                finish(r);
+            }
         }
     }
 }
@@ -157,12 +186,11 @@ impl Drop for Session {
 pub fn init() -> Result<Session, Error> {
     if disabled_by_env() {
         STATE.store(OFF, Ordering::Relaxed);
-        return Ok(Session { dir: None });
+        return Ok(Session::inert());
     }
     // Starting takes the session's lock: inside the recorder. Called from a
     // signal handler that interrupted the recorder, it does nothing.
-    let (session, origin) =
-        record::inside(init_inside).unwrap_or(Ok((Session { dir: None }, None)))?;
+    let (session, origin) = record::inside(init_inside).unwrap_or(Ok((Session::inert(), None)))?;
     if let Some((f, name)) = origin {
         record::flow(kind::FLOW_IN, f, name);
     }
@@ -174,12 +202,19 @@ fn init_inside() -> Result<(Session, Option<Origin>), Error> {
     // Acquire: as in `recorder_for`.
     if let Some(r) = unsafe_current() {
         if !r.chunks.is_finished() {
+            // Relaxed: under the session's lock.
+            r.guards.fetch_add(1, Ordering::Relaxed);
             let session = Session {
                 dir: Some(r.dir.clone()),
+                rec: Some(r),
             };
             return Ok((session, None));
         }
+        // A finished session's file: this thread stops using it, and it is
+        // released if no one else does (a safe point).
+        record::detach_from(&r.chunks);
     }
+    sweep();
     let (dir, fresh) = match std::env::var_os("MPPROF_DIR") {
         Some(d) if !d.is_empty() => (PathBuf::from(d), false),
         _ => (
@@ -198,7 +233,11 @@ fn init_inside() -> Result<(Session, Option<Origin>), Error> {
         error,
     })?;
     eprintln!("mpprof: recording to {}", dir.display());
-    Ok((Session { dir: Some(dir) }, origin))
+    let session = Session {
+        dir: Some(dir),
+        rec: unsafe_current(),
+    };
+    Ok((session, origin))
 }
 
 pub(super) fn unsafe_current() -> Option<&'static Recorder> {
@@ -235,7 +274,13 @@ pub(crate) fn lazy_start() -> Option<Origin> {
         return None;
     }
     // A child forked (without exec) from a recording process records into
-    // the parent's session, in a file of its own.
+    // the parent's session, in a file of its own; it lets go of its copy
+    // of the parent's.
+    let parent = hooks::FORKED_FROM.swap(std::ptr::null_mut(), Ordering::Relaxed);
+    // SAFETY: recorders are leaked, so a non-null pointer stays valid.
+    if let Some(p) = unsafe { parent.as_ref() } {
+        p.chunks.release_in_forked_child();
+    }
     let forked = hooks::FORK_INFO.lock().take();
     if let Some((dir, flow)) = forked {
         return match start(&dir, false, Some((flow, flow_name::FORK))) {
@@ -302,6 +347,7 @@ fn start(dir: &Path, root: bool, origin: Option<Origin>) -> io::Result<Option<Or
         epoch,
         dir: dir.to_owned(),
         clock_hz,
+        guards: AtomicU32::new(u32::from(root)),
     }));
     rec.chunks.write_meta(&MetaRef::Process(&info));
     rec.chunks.write_meta(&MetaRef::Anchor(clock::anchor()));
@@ -331,18 +377,42 @@ fn prepare_enabled() -> bool {
     )
 }
 
-/// Finishes the current file: final anchor, clean-exit flag, recording off.
-pub(crate) fn finish_current() {
+/// Finishes the file of `r`: final anchor, clean-exit flag; recording off
+/// if it is the current one. The calling thread stops using the file, which
+/// is released once no thread does (now, or at a later safe point).
+fn finish(r: &'static Recorder) {
     record::inside(|| {
         let _l = LIFECYCLE.lock();
-        if let Some(r) = unsafe_current() {
+        if !r.chunks.is_finished() {
             callsite::name_pending();
             r.chunks.finish();
+            retire(r);
+        }
+        if unsafe_current().is_some_and(|c| std::ptr::eq(c, r)) {
             // Relaxed: threads that still see the old epoch write into the
-            // finished (still mapped) file, which the reader tolerates.
+            // finished (still mapped) file until they move on.
             STATE.store(OFF, Ordering::Relaxed);
         }
+        record::detach_from(&r.chunks);
+        sweep();
     });
+}
+
+/// Finished recorders whose files are not released yet.
+static RETIRED: Mutex<Vec<&'static Recorder>> = Mutex::new(Vec::new());
+
+/// `r` is finished: [`sweep`] releases its file once no one uses it.
+pub(crate) fn retire(r: &'static Recorder) {
+    RETIRED.lock().push(r);
+}
+
+/// Releases the files of finished recorders that no thread uses any more.
+/// At safe points only: a session's start and finish, a thread's exit.
+pub(crate) fn sweep() {
+    // `try_lock`: a thread exiting while another sweeps leaves it to that one.
+    if let Some(mut retired) = RETIRED.try_lock() {
+        retired.retain(|r| !r.chunks.try_release());
+    }
 }
 
 /// Data for [`crate::spawn`]: the environment a child needs to join this
