@@ -417,6 +417,10 @@ fn a_thousand_sessions_leak_no_descriptor_and_no_mapping() {
     );
     // Small buffers, so the test stays quick.
     c.env("MPPROF_BUFFER_MB", "1");
+    // One malloc arena: glibc makes a new 64 MiB arena (two mappings, kept
+    // for good) when threads happen to allocate at the same moment, which
+    // a loaded machine makes likely and would count as a leak here.
+    c.env("MALLOC_ARENA_MAX", "1");
     let out = run_with_deadline(c, Duration::from_secs(120));
     assert!(
         out.status.success(),
@@ -485,4 +489,143 @@ fn two_guards_share_one_session() {
         [2, 1],
         "calls 1 and 2 in the first file, 4 in the second"
     );
+}
+
+// ---------------------------------------------------------------------------
+// 4. Children find the session wherever they run.
+
+#[mpprof::instrument]
+fn family_step(generation: u32) -> u32 {
+    std::hint::black_box(generation + 1)
+}
+
+/// The test binary again, in `role`, run in `cwd`, with no session
+/// directory of its own: what it records comes from what it inherits.
+fn relative_command(test: &str, role: &str, cwd: &std::path::Path) -> Command {
+    let mut c = Command::new(std::env::current_exe().expect("test binary path"));
+    c.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(common::ROLE, role)
+        .env_remove("MPPROF")
+        .current_dir(cwd)
+        .stdin(Stdio::null());
+    c
+}
+
+/// With a relative `MPPROF_DIR`, a child started by `mpprof::spawn` in
+/// another directory records into the same session (the recorder resolves
+/// the directory once, at its start, and gives children the absolute
+/// path), and a grandchild the child starts with a plain
+/// `std::process::Command`, in a third directory, records there too and is
+/// linked to the child in the merged trace by its parent pid.
+#[test]
+fn children_in_other_directories_record_into_the_session_and_are_linked() {
+    const TEST: &str = "children_in_other_directories_record_into_the_session_and_are_linked";
+    child_role("family_parent", || {
+        family_step(0);
+        let elsewhere = std::env::current_dir().unwrap().join("elsewhere");
+        let mut child = mpprof::spawn(&mut relative_command(TEST, "family_child", &elsewhere))
+            .expect("spawn the child");
+        assert!(mpprof::wait(&mut child).unwrap().success());
+        family_step(0);
+    });
+    child_role("family_child", || {
+        family_step(1);
+        let third = std::env::current_dir().unwrap().join("../third");
+        let status = relative_command(TEST, "family_grandchild", &third)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    });
+    child_role("family_grandchild", || {
+        family_step(2);
+    });
+    let root = session_dir();
+    for d in ["sess", "elsewhere", "elsewhere/sess", "third", "third/sess"] {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(root.path().join(d))
+            .unwrap();
+    }
+    let mut c = relative_command(TEST, "family_parent", root.path());
+    c.env("MPPROF_DIR", "sess");
+    let out = run_with_deadline(c, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for stray in ["elsewhere/sess", "third/sess"] {
+        let n = std::fs::read_dir(root.path().join(stray)).unwrap().count();
+        assert_eq!(n, 0, "nothing recorded into {stray}");
+    }
+    let s = Session::open(&[root.path().join("sess")]).unwrap();
+    assert_eq!(s.processes.len(), 3, "parent, child and grandchild");
+    let (parent, child, grandchild) = (0, 1, 2);
+    let pid = |i: usize| s.processes[i].file.pid;
+    let info = |i: usize| s.processes[i].file.info.as_ref().unwrap();
+    assert_eq!(info(child).ppid, pid(parent));
+    assert_eq!(info(grandchild).ppid, pid(child));
+    assert!(info(child).parent_flow.is_some(), "spawned with a flow");
+    assert_eq!(s.processes[child].parent_link, None);
+    let link = s.processes[grandchild]
+        .parent_link
+        .expect("the grandchild is linked to its parent");
+    assert_eq!(link.parent, child);
+    // The edge is a flow out of the child and into the grandchild's first
+    // thread, at the grandchild's start.
+    let ends: Vec<(usize, bool, i64)> = s
+        .events()
+        .filter_map(|e| match e.kind {
+            EventKind::FlowOut { flow, .. } if flow == link.flow => Some((e.proc, true, e.ts)),
+            EventKind::FlowIn { flow, .. } if flow == link.flow => Some((e.proc, false, e.ts)),
+            _ => None,
+        })
+        .collect();
+    let start = s.processes[grandchild].start_ns;
+    assert_eq!(ends, [(child, true, start), (grandchild, false, start)]);
+    let h = mpprof_merge::analysis::check::check(&s);
+    assert_eq!(
+        (
+            h.flows_unmatched_in,
+            h.flows_unmatched_out,
+            h.causality_violations
+        ),
+        (0, 0, 0),
+        "every flow matched"
+    );
+    assert_eq!(
+        h.processes[grandchild].linked_by_ppid,
+        Some(s.processes[child].file.display_name())
+    );
+    let mut text = Vec::new();
+    mpprof_merge::write::check::write_text(&h, &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("without mpprof::spawn: linked to it by parent pid"),
+        "{text}"
+    );
+    // In the Chrome trace, the edge is a flow start and end with one id,
+    // in the two processes.
+    let chrome = common::chrome_events(&s);
+    let flow_pids = |ph: &str| -> Vec<u64> {
+        chrome
+            .iter()
+            .filter(|e| e["ph"] == ph && e["args"]["flow_id"] == link.flow.to_string())
+            .map(|e| e["pid"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(flow_pids("s").len(), 1);
+    assert_eq!(flow_pids("f").len(), 1);
+    assert_ne!(flow_pids("s"), flow_pids("f"));
+    // And in Perfetto, an outgoing and a terminating flow with its key.
+    let mut buf = Vec::new();
+    mpprof_merge::write::perfetto::write(&s, &mut buf).unwrap();
+    let t = common::perfetto::trace(&buf).unwrap();
+    let key = mpprof_merge::write::flow_key(link.flow);
+    let count = |f: fn(&common::perfetto::TrackEvent) -> &Vec<u64>| {
+        t.events.iter().filter(|e| f(e).contains(&key)).count()
+    };
+    assert_eq!(count(|e| &e.flow_ids), 1);
+    assert_eq!(count(|e| &e.terminating_flow_ids), 1);
 }

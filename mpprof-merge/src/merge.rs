@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use mpprof_format::{kind, FlowId, SiteKind};
 
 use crate::read::{self, ChunkRef, RawEvent, RecordReader};
-use crate::trace::{Process, Session};
+use crate::trace::{Process, Session, LINK_SITE};
 
 /// [`Events`] adds to [`Session::events_merged`] once per this many events.
 const PROGRESS_STEP: u64 = 1 << 16;
@@ -143,6 +143,17 @@ impl Session {
     /// without reading the other lanes. (Losses no lane accounts for come
     /// with the process's first lane.)
     pub fn events_of(&self, keep: impl Fn(usize, u32) -> bool) -> Events<'_> {
+        // The spawn edges of processes linked to their parent by pid, for
+        // the first threads of both: (process, time, event).
+        let mut links: Vec<(usize, i64, EventKind)> = Vec::new();
+        for (pi, p) in self.processes.iter().enumerate() {
+            if let Some(l) = p.parent_link {
+                let (site, flow) = (LINK_SITE, l.flow);
+                links.push((l.parent, p.start_ns, EventKind::FlowOut { site, flow }));
+                links.push((pi, p.start_ns, EventKind::FlowIn { site, flow }));
+            }
+        }
+        links.sort_by_key(|&(pi, ts, _)| (pi, ts));
         let mut streams = Vec::new();
         for (pi, p) in self.processes.iter().enumerate() {
             // Losses no lane accounts for (a process killed before a thread
@@ -150,12 +161,20 @@ impl Session {
             // such entries) are shown once, on the process's first lane, at
             // its end.
             let mut unattributed = p.file.unattributed_losses();
+            let mut first = true;
             for (&lane, l) in &p.file.lanes {
                 let unattributed = std::mem::take(&mut unattributed);
+                let first = std::mem::take(&mut first);
                 if !keep(pi, lane) {
                     continue;
                 }
-                streams.push(LaneStream::new(self, pi, lane, l, unattributed));
+                let mut s = LaneStream::new(self, pi, lane, l, unattributed);
+                if first {
+                    let at = links.partition_point(|&(q, _, _)| q < pi);
+                    let to = links.partition_point(|&(q, _, _)| q <= pi);
+                    s.injected = links[at..to].iter().map(|&(_, ts, k)| (ts, k)).collect();
+                }
+                streams.push(s);
             }
         }
         let mut heads = Vec::with_capacity(streams.len());
@@ -214,6 +233,9 @@ struct LaneStream<'a> {
     last_ts: i64,
     /// Events pending before the next record (lost markers, synthetic exits).
     pending: std::collections::VecDeque<Event>,
+    /// Events the merge adds to the lane at given times, in time order (the
+    /// spawn edges of [`crate::trace::ParentLink`]s).
+    injected: std::collections::VecDeque<(i64, EventKind)>,
     unattributed_lost: u64,
     done: bool,
     stats: MergeStats,
@@ -244,6 +266,7 @@ impl<'a> LaneStream<'a> {
             stack: Vec::new(),
             last_ts: i64::MIN,
             pending: Default::default(),
+            injected: Default::default(),
             unattributed_lost,
             done: false,
             stats: MergeStats::default(),
@@ -336,6 +359,9 @@ impl<'a> LaneStream<'a> {
                 self.stats.clamped += 1;
                 ts = self.last_ts;
             }
+            if self.injected.front().is_some_and(|&(t, _)| t <= ts) {
+                self.inject_until(ts);
+            }
             self.last_ts = ts;
             let flow = || {
                 let p = r.payload.unwrap_or_default();
@@ -418,10 +444,30 @@ impl<'a> LaneStream<'a> {
         }
     }
 
-    /// End of the lane: unattributed losses, then close the open spans at the
-    /// process's end.
+    /// Queues the injected events up to `ts`: ahead of what is pending when
+    /// `ts` is the next record's time (only loss markers at `ts` can be),
+    /// after it at the lane's end (all of it is at or before `last_ts`).
+    fn inject_until(&mut self, ts: i64) {
+        let mut at = if ts == i64::MAX {
+            self.pending.len()
+        } else {
+            0
+        };
+        while let Some(&(t, kind)) = self.injected.front().filter(|&&(t, _)| t <= ts) {
+            self.injected.pop_front();
+            let t = t.max(self.last_ts);
+            self.last_ts = t;
+            let e = self.ev(t, kind);
+            self.pending.insert(at, e);
+            at += 1;
+        }
+    }
+
+    /// End of the lane: injected events still to come, unattributed losses,
+    /// then close the open spans at the process's end.
     fn finish(&mut self) {
         self.done = true;
+        self.inject_until(i64::MAX);
         let end_ts = self.p.end_ns.max(self.last_ts);
         let after = self.chunks.last().map_or(0, |c| c.lost_after);
         self.lost(end_ts, after, false);

@@ -29,7 +29,33 @@ pub struct Process {
     /// event): where a thing that starts at the process's end, such as the
     /// arrow of a parent's `mpprof::wait`, is drawn.
     pub end_lane: u32,
+    /// The parent this process was linked to by its parent pid, when it was
+    /// started without `mpprof::spawn` (a plain `std::process::Command` in
+    /// a recorded process): see [`ParentLink`].
+    pub parent_link: Option<ParentLink>,
 }
+
+/// A spawn edge the merge adds between a process that no recorded flow
+/// started (its `parent_flow` is empty) and the session's process whose
+/// pid is its parent pid. [`crate::merge`] yields it as a flow named
+/// `spawn` with callsite [`LINK_SITE`]: out of the parent's first thread
+/// and into the child's first thread, both at the child's start (the
+/// recorder does not know when the parent called `fork`/`exec`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParentLink {
+    /// Index of the parent in [`Session::processes`].
+    pub parent: usize,
+    /// The edge's flow id: the child's uid, sequence [`LINK_SEQ`] (the
+    /// recorder's sequence numbers count up from 1 and never reach it).
+    pub flow: FlowId,
+}
+
+/// Callsite id of the merge's spawn edges ([`ParentLink`]); the recorder
+/// numbers its callsites from 1 up.
+pub const LINK_SITE: u32 = u32::MAX;
+
+/// Sequence number of a [`ParentLink`]'s flow id (bit 61).
+pub const LINK_SEQ: u64 = 1 << 61;
 
 impl Process {
     /// Callsite by id.
@@ -140,6 +166,7 @@ impl Session {
             p.correction = c;
         }
         processes.sort_by_key(|p| (p.start_ns, p.file.pid));
+        link_parents(&mut processes);
         Session {
             alignment,
             processes,
@@ -200,6 +227,7 @@ impl Process {
             start_ns: 0,
             end_ns: 0,
             end_lane: 0,
+            parent_link: None,
         };
         let (start, end, end_lane) = p.time_span();
         p.start_ns = start;
@@ -249,5 +277,48 @@ impl Process {
         } else {
             (start, end, end_lane)
         }
+    }
+}
+
+/// Links each process that no recorded flow started to its parent, found
+/// by pid: the process of the same host whose pid is the child's parent
+/// pid and that started before it (the latest such, should the pid have
+/// been reused). Both need a thread with records to carry the edge.
+/// `processes` is in start order.
+fn link_parents(processes: &mut [Process]) {
+    let mut by_pid: HashMap<(&str, u32), Vec<usize>> = HashMap::new();
+    for (i, p) in processes.iter().enumerate() {
+        if let Some(info) = &p.file.info {
+            if !p.file.lanes.is_empty() {
+                by_pid.entry((&info.host_id, info.pid)).or_default().push(i);
+            }
+        }
+    }
+    let mut links = Vec::new();
+    for (i, p) in processes.iter().enumerate() {
+        let Some(info) = &p.file.info else { continue };
+        if info.parent_flow.is_some() || p.file.lanes.is_empty() {
+            continue;
+        }
+        let parent = by_pid
+            .get(&(info.host_id.as_str(), info.ppid))
+            .and_then(|c| c.iter().rev().find(|&&q| q < i))
+            .copied();
+        if let Some(parent) = parent {
+            let flow = FlowId::from_parts(info.uid, LINK_SEQ);
+            links.push((i, ParentLink { parent, flow }));
+        }
+    }
+    for (i, link) in links {
+        for pi in [i, link.parent] {
+            processes[pi].file.sites.entry(LINK_SITE).or_insert(Site {
+                kind: mpprof_format::SiteKind::Flow,
+                name: mpprof_format::flow_name::SPAWN.to_owned(),
+                path: mpprof_format::flow_name::SPAWN.to_owned(),
+                file: String::new(),
+                line: 0,
+            });
+        }
+        processes[i].parent_link = Some(link);
     }
 }

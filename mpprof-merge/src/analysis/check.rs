@@ -43,6 +43,9 @@ pub struct ProcessHealth {
     pub torn_records: u64,
     /// Reader warnings.
     pub warnings: Vec<String>,
+    /// The parent it was linked to by parent pid (display name), for a
+    /// process started without `mpprof::spawn`.
+    pub linked_by_ppid: Option<String>,
 }
 
 /// Health of the session.
@@ -177,6 +180,9 @@ pub fn check(session: &Session) -> Health {
             clock_fit: method,
             torn_records: f.torn_records,
             warnings: f.warnings.clone(),
+            linked_by_ppid: p
+                .parent_link
+                .map(|l| session.processes[l.parent].file.display_name()),
         });
     }
     let (mut matched, mut violations, mut unmatched_in) = (0, 0, 0);

@@ -27,6 +27,12 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
             p.domain
         )?;
         writeln!(out, "  clock: {}", p.clock_fit)?;
+        if let Some(parent) = &p.linked_by_ppid {
+            writeln!(
+                out,
+                "  started by {parent} without mpprof::spawn: linked to it by parent pid"
+            )?;
+        }
         if p.lost_events > 0 {
             writeln!(
                 out,

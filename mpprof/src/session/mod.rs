@@ -232,10 +232,12 @@ fn init_inside() -> Result<(Session, Option<Origin>), Error> {
         path: dir.clone(),
         error,
     })?;
+    let rec = unsafe_current();
+    let dir = rec.map_or(dir, |r| r.dir.clone());
     eprintln!("mpprof: recording to {}", dir.display());
     let session = Session {
         dir: Some(dir),
-        rec: unsafe_current(),
+        rec,
     };
     Ok((session, origin))
 }
@@ -322,6 +324,9 @@ pub(crate) fn lazy_start() -> Option<Origin> {
 /// `spawn` in the environment (a fork).
 fn start(dir: &Path, root: bool, origin: Option<Origin>) -> io::Result<Option<Origin>> {
     crate::env::check_unknown();
+    // Once, at the start: every child is given this absolute path, so a
+    // child started in another directory records into the same session.
+    let dir = &std::path::absolute(dir)?;
     let clock = clock::select();
     let clock_hz = clock::estimate_hz(if root { 5 } else { 2 });
     let uid = process_uid();
