@@ -629,3 +629,611 @@ fn children_in_other_directories_record_into_the_session_and_are_linked() {
     assert_eq!(count(|e| &e.flow_ids), 1);
     assert_eq!(count(|e| &e.terminating_flow_ids), 1);
 }
+
+// ---------------------------------------------------------------------------
+// 5. Disk cost proportional to what was recorded.
+
+#[mpprof::instrument]
+fn small_call(i: u64) -> u64 {
+    std::hint::black_box(i + 1)
+}
+
+/// Bytes the files of a session directory take on disk (allocated blocks,
+/// not their sparse length).
+fn disk_use(dir: &std::path::Path) -> (u64, usize) {
+    use std::os::unix::fs::MetadataExt;
+    let files = mpprof_merge::read::list_session(dir).unwrap();
+    let bytes = files
+        .iter()
+        .map(|f| std::fs::metadata(f).unwrap().blocks() * 512)
+        .sum();
+    (bytes, files.len())
+}
+
+/// A process that records 100 events costs a few pages of disk, not a
+/// chunk per thread and a metadata chunk (0.5-1.5 MB before); a session
+/// of many short children costs in proportion.
+#[test]
+fn disk_cost_follows_what_was_recorded() {
+    const TEST: &str = "disk_cost_follows_what_was_recorded";
+    const CHILDREN: usize = 100;
+    child_role("small", || {
+        for i in 0..50 {
+            small_call(i);
+        }
+    });
+    child_role("many", || {
+        for _ in 0..CHILDREN {
+            let mut c = Command::new(std::env::current_exe().unwrap());
+            c.args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+                .env(common::ROLE, "small")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut child = mpprof::spawn(&mut c).unwrap();
+            assert!(mpprof::wait(&mut child).unwrap().success());
+        }
+    });
+    let one = session_dir();
+    let out = run_with_deadline(
+        self_command(TEST, "small", one.path()),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success());
+    let (bytes, files) = disk_use(one.path());
+    assert_eq!(files, 1);
+    let s = Session::open(&[one.path()]).unwrap();
+    assert_eq!(s.processes[0].file.recorded_events(), 100);
+    eprintln!("100 events: {bytes} bytes on disk");
+    assert!(bytes <= 32 << 10, "100 events took {bytes} bytes of disk");
+
+    let many = session_dir();
+    let out = run_with_deadline(
+        self_command(TEST, "many", many.path()),
+        Duration::from_secs(120),
+    );
+    assert!(out.status.success());
+    let (bytes, files) = disk_use(many.path());
+    assert_eq!(files, CHILDREN + 1);
+    let per = bytes / files as u64;
+    eprintln!(
+        "{files} processes: {bytes} bytes on disk, {per} per process; 10,000 would take {} MiB",
+        (per * 10_000) >> 20
+    );
+    assert!(per <= 48 << 10, "{per} bytes per process");
+    let s = Session::open(&[many.path()]).unwrap();
+    let h = mpprof_merge::analysis::check::check(&s);
+    assert!(!h.imperfect(), "every process recorded all its events");
+}
+
+/// A process whose file could not be written at all (the disk was full,
+/// here a file size limit of 0, 4 KiB or 8 KiB: the file is created and
+/// stays empty, holds the header only, or the header and the metadata
+/// chunk's first part) runs on, and `check` says it recorded nothing for
+/// lack of space, without calling the session damaged.
+#[test]
+fn a_process_with_no_space_shows_as_having_recorded_nothing() {
+    const TEST: &str = "a_process_with_no_space_shows_as_having_recorded_nothing";
+    child_role("small_ok", || {
+        small_call(1);
+    });
+    child_role("nospace", || {
+        let limit: u64 = std::env::var("MPPROF_TEST_FSIZE").unwrap().parse().unwrap();
+        // SAFETY: sets a resource limit of this process.
+        unsafe {
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+        }
+        let sum = (0..1000).fold(0u64, |a, i| a.wrapping_add(small_call(i)));
+        println!("sum={sum} pid={}", std::process::id());
+    });
+    for limit in [0u64, 4096, 8192] {
+        let dir = session_dir();
+        // A process that records normally, so that the session has one.
+        let out = run_with_deadline(
+            self_command(TEST, "small_ok", dir.path()),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success());
+        let mut c = self_command(TEST, "nospace", dir.path());
+        c.env("MPPROF_TEST_FSIZE", limit.to_string());
+        let out = run_with_deadline(c, Duration::from_secs(60));
+        assert!(out.status.success(), "limit {limit}: {:?}", out.status);
+        assert_eq!(stdout_value(&out, "sum"), (1..=1000).sum::<u64>());
+        let pid = stdout_value(&out, "pid") as u32;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "one warning: {stderr}");
+        assert!(stderr.contains("File too large"), "{stderr}");
+        let s = Session::open(&[dir.path()]).unwrap();
+        let h = mpprof_merge::analysis::check::check(&s);
+        let mut text = Vec::new();
+        mpprof_merge::write::check::write_text(&h, &mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert!(!h.damaged(), "limit {limit}: {text}");
+        assert!(h.imperfect(), "limit {limit}: {text}");
+        assert!(s.unreadable.is_empty() && s.ignored.is_empty());
+        if limit < 8192 {
+            // No metadata: the process is not on the timeline, and `check`
+            // says why.
+            assert_eq!(s.processes.len(), 1, "only the other process");
+            assert_eq!(s.no_space.len(), 1);
+            let n = &s.no_space[0];
+            assert_eq!((n.pid, n.len), (Some(pid), limit));
+            // The header, when there is one, counts every event.
+            assert_eq!(n.lost_events, if limit == 0 { 0 } else { 2000 });
+            let said = format!("process {pid} recorded nothing: no space for its buffer file");
+            assert!(text.contains(&said), "limit {limit}: {text}");
+        } else {
+            // The metadata's first part: a process that lost every event.
+            assert!(s.no_space.is_empty());
+            let p = h.processes.iter().find(|p| p.pid == pid).unwrap();
+            assert_eq!((p.events, p.lost_events), (0, 2000));
+            assert!(p.lost_reason.as_deref().unwrap().contains("could not grow"));
+            assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 6. The merge never grows without bound.
+
+#[mpprof::instrument]
+fn recurse(depth: u64) -> u64 {
+    if depth == 0 {
+        return 0;
+    }
+    1 + std::hint::black_box(recurse(depth - 1))
+}
+
+/// A recursion 100,000 calls deep (on a thread with a large stack): the
+/// folded stacks stop at the default max stack with a marker frame that
+/// holds the time below it, so output and memory stay linear in the
+/// events, not quadratic in the depth (24 GB were not enough before).
+#[test]
+fn a_deep_recursion_folds_into_a_bounded_output() {
+    const DEPTH: u64 = 100_000;
+    child_role("deep", || {
+        let t = std::thread::Builder::new()
+            .stack_size(1 << 30)
+            .spawn(|| recurse(DEPTH))
+            .unwrap();
+        println!("depth={}", t.join().unwrap());
+    });
+    let dir = session_dir();
+    let out = run_with_deadline(
+        self_command(
+            "a_deep_recursion_folds_into_a_bounded_output",
+            "deep",
+            dir.path(),
+        ),
+        Duration::from_secs(120),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout_value(&out, "depth"), DEPTH);
+    let s = Session::open(&[dir.path()]).unwrap();
+    let (stacks, stats) = mpprof_merge::write::folded::collect(&s);
+    assert_eq!(stats.unmatched_exits + stats.closed_spans, 0);
+    let max = mpprof_merge::write::folded::DEFAULT_MAX_STACK;
+    let marker = mpprof_merge::write::folded::marker(max);
+    // One stack per depth up to the cap, and the marker's.
+    assert_eq!(stacks.len(), max + 1);
+    let deepest = stacks
+        .iter()
+        .map(|(s, _)| s.split(';').count())
+        .max()
+        .unwrap();
+    assert_eq!(deepest, 1 + max + 1, "root, {max} frames, the marker");
+    let folded: Vec<&(String, u64)> = stacks
+        .iter()
+        .filter(|(s, _)| s.ends_with(&marker))
+        .collect();
+    assert_eq!(folded.len(), 1);
+    // The marker holds the self time of every frame below the cap: most
+    // of the total.
+    let total: u64 = stacks.iter().map(|s| s.1).sum();
+    assert!(folded[0].1 > total / 2, "{} of {total}", folded[0].1);
+    let mut text = Vec::new();
+    mpprof_merge::write::folded::write(&s, &mut text).unwrap();
+    assert!(
+        text.len() < 20 << 20,
+        "{} bytes of folded stacks",
+        text.len()
+    );
+    let mut svg = Vec::new();
+    mpprof_merge::write::folded::write_svg(&s, &mut svg).unwrap();
+    assert!(svg.len() < 20 << 20, "{} bytes of SVG", svg.len());
+    // The other outputs take the depth in their stride too.
+    let mut summary = Vec::new();
+    mpprof_merge::write::summary::write(&s, &mut summary, 10).unwrap();
+    assert!(String::from_utf8_lossy(&summary).contains("recurse"));
+    let h = mpprof_merge::analysis::check::check(&s);
+    assert!(!h.imperfect(), "{:?}", h.processes[0]);
+}
+
+// ---------------------------------------------------------------------------
+// 7. Every name survives every output.
+
+/// A span name with a newline, a tab, the folded separator, a terminal
+/// escape sequence, a bell and XML's special characters.
+const EVIL: &str = "evil\nname;with\ttabs \u{1b}[31mred\u{7} <svg> & \"quotes\"";
+
+macro_rules! times16 {
+    ($s:expr) => {
+        concat!($s, $s, $s, $s, $s, $s, $s, $s, $s, $s, $s, $s, $s, $s, $s, $s)
+    };
+}
+
+/// A span name of 40 KiB (a name made from data, say).
+const LONG: &str = times16!(times16!(times16!("long name ")));
+
+/// Hostile names (control characters, separators, 40 KiB) come out of
+/// every output intact or visibly escaped: folded stacks keep one stack per
+/// line, the SVG is well-formed XML, the terminal sees no control
+/// character, the JSON holds the name as it was; a long name is recorded,
+/// shortened with a marker, and no metadata is lost.
+#[test]
+fn hostile_names_survive_every_output() {
+    child_role("names", || {
+        {
+            let _a = mpprof::scope!(EVIL);
+            let _b = mpprof::scope!(LONG);
+            std::hint::black_box(1);
+        }
+        std::thread::Builder::new()
+            .name("bad\nthread\u{7}".into())
+            .spawn(|| {
+                let _c = mpprof::scope!(EVIL);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    });
+    let dir = session_dir();
+    let out = run_with_deadline(
+        self_command("hostile_names_survive_every_output", "names", dir.path()),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Session::open(&[dir.path()]).unwrap();
+    let p = &s.processes[0];
+    assert_eq!(p.file.lost_meta, 0, "no metadata lost");
+    let long = p
+        .file
+        .sites
+        .values()
+        .find(|site| site.name.starts_with("long name long name"))
+        .expect("the long name is recorded");
+    let cut = LONG.len() - long.name.find('…').unwrap();
+    assert!(
+        long.name.ends_with(&format!("…[+{cut} bytes]")),
+        "{}",
+        &long.name[900..]
+    );
+    assert!(p.file.sites.values().any(|site| site.name == EVIL));
+    let no_control = |what: &str, text: &str| {
+        let bad: Vec<char> = text
+            .chars()
+            .filter(|c| c.is_control() && *c != '\n')
+            .collect();
+        assert!(bad.is_empty(), "{what}: control characters {bad:?}");
+    };
+    // Folded: one stack per line, `stack count`.
+    let mut folded = Vec::new();
+    mpprof_merge::write::folded::write(&s, &mut folded).unwrap();
+    let folded = String::from_utf8(folded).unwrap();
+    no_control("folded", &folded);
+    let (stacks, _) = mpprof_merge::write::folded::collect(&s);
+    assert_eq!(folded.lines().count(), stacks.len(), "{folded}");
+    for line in folded.lines() {
+        let (stack, count) = line.rsplit_once(' ').unwrap();
+        assert!(count.parse::<u64>().is_ok(), "{line}");
+        assert!(
+            stack.split(';').count() <= 3,
+            "root and at most two frames: {line}"
+        );
+    }
+    let escaped = "evil\\nname:with\\ttabs \\e[31mred\\x07 <svg> & \"quotes\"";
+    assert!(folded.contains(escaped), "{folded}");
+    // SVG: well-formed XML, the name in it.
+    let mut svg = Vec::new();
+    mpprof_merge::write::folded::write_svg(&s, &mut svg).unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    let doc = roxmltree::Document::parse_with_options(
+        &svg,
+        roxmltree::ParsingOptions {
+            allow_dtd: true,
+            ..Default::default()
+        },
+    )
+    .expect("the SVG is well-formed XML");
+    assert!(doc
+        .descendants()
+        .any(|n| n.text().is_some_and(|t| t.contains(escaped))));
+    // The terminal: summary and check, visible escapes.
+    let mut summary = Vec::new();
+    mpprof_merge::write::summary::write(&s, &mut summary, 30).unwrap();
+    let summary = String::from_utf8(summary).unwrap();
+    no_control("summary", &summary);
+    assert!(
+        summary.contains("evil\\nname;with\\ttabs \\e[31mred\\x07"),
+        "{summary}"
+    );
+    let h = mpprof_merge::analysis::check::check(&s);
+    let mut check = Vec::new();
+    mpprof_merge::write::check::write_text(&h, &mut check).unwrap();
+    let check = String::from_utf8(check).unwrap();
+    no_control("check", &check);
+    assert!(!h.imperfect(), "{check}");
+    // JSON: the names as they were.
+    let chrome = common::chrome_events(&s);
+    assert!(chrome.iter().any(|e| e["name"] == EVIL));
+    assert!(chrome
+        .iter()
+        .any(|e| e["name"] == "thread_name" && e["args"]["name"] == "bad\nthread\u{7}"));
+}
+
+// ---------------------------------------------------------------------------
+// 8. Counter values as recorded.
+
+/// Integers past 2^53 and at the ends of `i64` and `u64` come out exactly
+/// (not through an `f64`); NaN and the infinities are kept, in the merged
+/// events and Perfetto, and shown as instants with their value in JSON
+/// (which cannot hold them), with a count in `check` — never turned into 0.
+#[test]
+fn counter_values_come_out_as_recorded() {
+    const BIG: i64 = (1 << 53) + 1;
+    child_role("counters", || {
+        mpprof::counter!("big", BIG);
+        mpprof::counter!("min", i64::MIN);
+        mpprof::counter!("max", i64::MAX);
+        mpprof::counter!("umax", u64::MAX);
+        mpprof::counter!("nan", f64::NAN);
+        mpprof::counter!("inf", f64::INFINITY);
+        mpprof::counter!("-inf", f64::NEG_INFINITY);
+        mpprof::counter!("half", 0.5f32);
+    });
+    let dir = session_dir();
+    let out = run_with_deadline(
+        self_command(
+            "counter_values_come_out_as_recorded",
+            "counters",
+            dir.path(),
+        ),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Session::open(&[dir.path()]).unwrap();
+    use mpprof_merge::CounterValue::{Float, Int, UInt};
+    let mut values = std::collections::BTreeMap::new();
+    for e in s.events() {
+        if let EventKind::Counter { site, value } = e.kind {
+            values.insert(s.processes[e.proc].site_name(site).into_owned(), value);
+        }
+    }
+    assert_eq!(values["big"], Int(BIG));
+    assert_eq!(values["min"], Int(i64::MIN));
+    assert_eq!(values["max"], Int(i64::MAX));
+    assert_eq!(values["umax"], UInt(u64::MAX));
+    assert!(matches!(values["nan"], Float(v) if v.is_nan()));
+    assert_eq!(values["inf"], Float(f64::INFINITY));
+    assert_eq!(values["-inf"], Float(f64::NEG_INFINITY));
+    assert_eq!(values["half"], Float(0.5));
+    // JSON: integers exact, the others instants that say their value.
+    let chrome = common::chrome_events(&s);
+    let sample = |name: &str| {
+        chrome
+            .iter()
+            .find(|e| e["name"] == name && (e["ph"] == "C" || e["ph"] == "i"))
+            .unwrap_or_else(|| panic!("{name}"))
+            .clone()
+    };
+    assert_eq!(sample("big")["args"]["value"].as_i64(), Some(BIG));
+    assert_eq!(sample("min")["args"]["value"].as_i64(), Some(i64::MIN));
+    assert_eq!(sample("umax")["args"]["value"].as_u64(), Some(u64::MAX));
+    for (name, text) in [("nan", "NaN"), ("inf", "inf"), ("-inf", "-inf")] {
+        let e = sample(name);
+        assert_eq!(e["ph"], "i", "{e}");
+        assert_eq!(e["args"]["counter value"], text);
+    }
+    // Perfetto keeps NaN and the infinities as doubles.
+    let mut buf = Vec::new();
+    mpprof_merge::write::perfetto::write(&s, &mut buf).unwrap();
+    let t = common::perfetto::trace(&buf).unwrap();
+    let counters: Vec<f64> = t.events.iter().filter_map(|e| e.counter).collect();
+    assert_eq!(counters.len(), 8);
+    assert_eq!(counters.iter().filter(|v| v.is_nan()).count(), 1);
+    assert_eq!(counters.iter().filter(|v| v.is_infinite()).count(), 2);
+    // `check` counts them.
+    let h = mpprof_merge::analysis::check::check(&s);
+    assert_eq!(h.stats.non_finite_counters, 3);
+    let mut text = Vec::new();
+    mpprof_merge::write::check::write_text(&h, &mut text).unwrap();
+    assert!(String::from_utf8(text)
+        .unwrap()
+        .contains("3 samples are NaN or infinite"));
+}
+
+// ---------------------------------------------------------------------------
+// 9. Spawning and the preparer are honest too.
+
+/// `Cpus_allowed_list` of a thread of this process (`task` = tid), or of
+/// the process (`None`).
+fn cpus_allowed(task: Option<u32>) -> String {
+    let path = match task {
+        Some(t) => format!("/proc/self/task/{t}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// In a program whose thread that records first is pinned to one CPU, the
+/// chunk preparer (which that thread starts) runs on every allowed CPU,
+/// not on the pinned worker's.
+#[test]
+fn the_preparer_does_not_inherit_a_pinned_threads_cpu() {
+    child_role("pinned", || {
+        // SAFETY: pins the calling thread to CPU 0.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set),
+                0
+            );
+        }
+        // The first instrumented call starts recording, and the preparer.
+        for i in 0..100_000 {
+            small_call(i);
+        }
+        let mut preparer = None;
+        for _ in 0..100 {
+            for t in std::fs::read_dir("/proc/self/task").unwrap() {
+                let t = t
+                    .unwrap()
+                    .file_name()
+                    .to_str()
+                    .unwrap()
+                    .parse::<u32>()
+                    .unwrap();
+                let comm = std::fs::read_to_string(format!("/proc/self/task/{t}/comm"))
+                    .unwrap_or_default();
+                if comm.trim() == "mpprof-prepare" {
+                    preparer = Some(t);
+                }
+            }
+            if preparer.is_some_and(|t| cpus_allowed(Some(t)) != "0") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let tid = preparer.expect("a preparer thread");
+        // SAFETY: gettid has no preconditions.
+        println!(
+            "main_cpus= {}",
+            cpus_allowed(Some(unsafe { libc::gettid() } as u32))
+        );
+        println!("preparer_cpus= {}", cpus_allowed(Some(tid)));
+    });
+    let all = cpus_allowed(None);
+    if all == "0" {
+        eprintln!("one CPU only: nothing to tell apart");
+        return;
+    }
+    let dir = session_dir();
+    let out = run_with_deadline(
+        self_command(
+            "the_preparer_does_not_inherit_a_pinned_threads_cpu",
+            "pinned",
+            dir.path(),
+        ),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.split_once(key).map(|(_, v)| v.trim().to_owned()))
+            .unwrap_or_else(|| panic!("{key} in {text}"))
+    };
+    assert_eq!(value("main_cpus="), "0");
+    assert_eq!(
+        value("preparer_cpus="),
+        all,
+        "the preparer may run on every CPU"
+    );
+}
+
+/// A spawn that fails (no such program; permission denied) leaves no arrow
+/// to nowhere: the flow ends on the spawning thread as `spawn failed`, and
+/// an instant names the program and the error. `check` finds nothing
+/// unmatched.
+#[test]
+fn a_failed_spawn_says_so_in_the_trace() {
+    child_role("spawn_fail", || {
+        small_call(1);
+        let missing = mpprof::spawn(&mut Command::new("/nonexistent/mpprof-no-such-program"));
+        assert_eq!(missing.unwrap_err().kind(), std::io::ErrorKind::NotFound);
+        let not_exec = std::env::temp_dir().join(format!("mpprof-not-exec-{}", std::process::id()));
+        std::fs::write(&not_exec, b"not a program").unwrap();
+        let denied = mpprof::spawn(&mut Command::new(&not_exec));
+        std::fs::remove_file(&not_exec).unwrap();
+        assert_eq!(
+            denied.unwrap_err().kind(),
+            std::io::ErrorKind::PermissionDenied
+        );
+        small_call(2);
+        println!("pid={}", std::process::id());
+    });
+    let dir = session_dir();
+    let out = run_with_deadline(
+        self_command(
+            "a_failed_spawn_says_so_in_the_trace",
+            "spawn_fail",
+            dir.path(),
+        ),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert_eq!(s.processes.len(), 1);
+    let p = &s.processes[0];
+    let mut instants = Vec::new();
+    let (mut outs, mut failed) = (Vec::new(), Vec::new());
+    for e in s.events() {
+        match e.kind {
+            EventKind::Instant { site } => instants.push(p.site_name(site).into_owned()),
+            EventKind::FlowOut { flow, .. } => outs.push(flow),
+            EventKind::FlowIn { flow, site } => {
+                assert_eq!(p.site_name(site), mpprof::format::flow_name::SPAWN_FAILED);
+                failed.push(flow);
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        instants,
+        [
+            "spawn failed: mpprof-no-such-program: NotFound".to_owned(),
+            format!(
+                "spawn failed: mpprof-not-exec-{}: PermissionDenied",
+                stdout_value(&out, "pid")
+            ),
+        ]
+    );
+    assert_eq!(outs.len(), 2);
+    assert_eq!(outs, failed, "each spawn's flow ends as failed");
+    let h = mpprof_merge::analysis::check::check(&s);
+    assert_eq!(
+        (h.flows_matched, h.flows_unmatched_out, h.flows_unmatched_in),
+        (2, 0, 0)
+    );
+    assert!(!h.imperfect());
+}

@@ -69,14 +69,20 @@ fn golden_files_decode() {
             ],
             "golden v{v}"
         );
-        let counters: Vec<f64> = s
+        let counters: Vec<mpprof_merge::CounterValue> = s
             .events()
             .filter_map(|e| match e.kind {
                 mpprof_merge::EventKind::Counter { value, .. } => Some(value),
                 _ => None,
             })
             .collect();
-        assert_eq!(counters, [1.0, 2.0]);
+        assert_eq!(
+            counters,
+            [
+                mpprof_merge::CounterValue::Int(1),
+                mpprof_merge::CounterValue::Int(2)
+            ]
+        );
         let info = p.file.info.as_ref().unwrap();
         assert!(info.exe.contains("golden"));
         assert_eq!(

@@ -86,7 +86,7 @@ fn recursion_panics_and_early_returns_nest_correctly() {
     assert!(evs
         .iter()
         .all(|e| !matches!(e.kind, EventKind::Exit { end, .. } if end != End::Normal)));
-    let counters: Vec<f64> = evs
+    let counters: Vec<mpprof_merge::CounterValue> = evs
         .iter()
         .filter_map(|e| {
             if let EventKind::Counter { value, .. } = e.kind {
@@ -96,7 +96,14 @@ fn recursion_panics_and_early_returns_nest_correctly() {
             }
         })
         .collect();
-    assert_eq!(counters, vec![3.0, 0.5]);
+    // Exactly as recorded: an integer, a float.
+    assert_eq!(
+        counters,
+        [
+            mpprof_merge::CounterValue::Int(3),
+            mpprof_merge::CounterValue::Float(0.5)
+        ]
+    );
     assert_eq!(
         evs.iter()
             .filter(|e| matches!(e.kind, EventKind::Instant { .. }))

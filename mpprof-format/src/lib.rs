@@ -126,8 +126,8 @@ pub mod kind {
     pub const EXIT: u8 = 2;
     /// Instant event.
     pub const INSTANT: u8 = 3;
-    /// Counter sample; followed by two payload words `[value][type]`, where
-    /// type 0 means the value is an i64 and 1 an f64.
+    /// Counter sample; followed by two payload words `[value][type]`: see
+    /// [`crate::counter`].
     pub const COUNTER: u8 = 4;
     /// Flow leaves this thread; followed by two payload words holding the
     /// [`crate::FlowId`] as `[process][seq]`.
@@ -166,6 +166,20 @@ pub mod kind {
     pub const fn has_payload(k: u8) -> bool {
         payload_words(k) > 0
     }
+}
+
+/// The type word of a counter sample's payload (`[value][type]`): how to
+/// read the value word. A reader that meets another type skips the sample
+/// as malformed.
+pub mod counter {
+    /// The value is an `i64`.
+    pub const INT: u64 = 0;
+    /// The value holds the bits of an `f64` (any: NaN and the infinities
+    /// too).
+    pub const FLOAT: u64 = 1;
+    /// The value is a `u64` (written for unsigned integers; readers before
+    /// it read it as an `i64`, which differs only above `i64::MAX`).
+    pub const UINT: u64 = 2;
 }
 
 /// The 8-byte record word of format 4, little-endian `u64`:

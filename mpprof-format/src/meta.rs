@@ -204,6 +204,72 @@ impl Meta {
 /// header's `LOST_META`.
 pub const MAX_META_ENTRY: usize = 3 * 1024;
 
+/// Longest name or path the writer stores whole in a metadata entry
+/// (bytes); a longer one is [`Clipped`] to it, with a marker. Three such
+/// strings and their markers fit one [`MAX_META_ENTRY`].
+pub const MAX_NAME: usize = 960;
+
+/// A string of a metadata entry as the writer stores it: whole when it is
+/// at most `max` bytes long; else its first bytes up to `max` (cut at a
+/// character boundary) followed by a marker, `…[+N bytes]`, that says how
+/// much was cut (at most [`Clipped::MARKER_MAX`] bytes more). So a name too
+/// long for an entry is still recorded, visibly shortened, instead of the
+/// entry being lost. Encoded as a string without allocating (postcard
+/// formats it in place); a reader decodes a `String`.
+#[derive(Clone, Copy, Debug)]
+pub struct Clipped<'a> {
+    text: &'a str,
+    max: usize,
+}
+
+impl<'a> Clipped<'a> {
+    /// Longest marker: `…` (3 bytes), `[+`, 20 digits, ` bytes]`.
+    pub const MARKER_MAX: usize = 3 + 2 + 20 + 7;
+
+    /// `text`, cut to `max` bytes if longer.
+    pub const fn new(text: &'a str, max: usize) -> Clipped<'a> {
+        Clipped { text, max }
+    }
+
+    /// `text` whole, however long.
+    pub const fn whole(text: &'a str) -> Clipped<'a> {
+        Clipped {
+            text,
+            max: usize::MAX,
+        }
+    }
+
+    /// The kept part, and the bytes cut (0: whole).
+    fn parts(&self) -> (&'a str, usize) {
+        if self.text.len() <= self.max {
+            return (self.text, 0);
+        }
+        let mut cut = self.max;
+        while !self.text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        (&self.text[..cut], self.text.len() - cut)
+    }
+}
+
+impl std::fmt::Display for Clipped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.parts() {
+            (text, 0) => f.write_str(text),
+            (head, cut) => write!(f, "{head}…[+{cut} bytes]"),
+        }
+    }
+}
+
+impl Serialize for Clipped<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.parts() {
+            (text, 0) => s.serialize_str(text),
+            _ => s.collect_str(self),
+        }
+    }
+}
+
 /// Bytes of the length prefix of a metadata entry (`u32`).
 pub const META_LEN_SIZE: usize = 4;
 
@@ -249,11 +315,11 @@ pub enum MetaRef<'a> {
         /// Kind.
         kind: SiteKind,
         /// Display name.
-        name: &'a str,
+        name: Clipped<'a>,
         /// Full path.
-        path: &'a str,
+        path: Clipped<'a>,
         /// Source file.
-        file: &'a str,
+        file: Clipped<'a>,
         /// Source line.
         line: u32,
     },
@@ -264,7 +330,7 @@ pub enum MetaRef<'a> {
         /// OS thread id.
         tid: u32,
         /// Thread name (may be empty).
-        name: &'a str,
+        name: Clipped<'a>,
     },
     /// [`Meta::Anchor`].
     Anchor(Anchor),
@@ -303,7 +369,7 @@ pub struct LostRef<'a> {
     /// [`Lost::tid`].
     pub tid: u32,
     /// [`Lost::name`].
-    pub name: &'a str,
+    pub name: Clipped<'a>,
     /// [`Lost::ts`].
     pub ts: u64,
     /// [`Lost::events`].
@@ -325,15 +391,15 @@ impl Meta {
             } => MetaRef::Callsite {
                 id: *id,
                 kind: *kind,
-                name,
-                path,
-                file,
+                name: Clipped::whole(name),
+                path: Clipped::whole(path),
+                file: Clipped::whole(file),
                 line: *line,
             },
             Meta::Thread { lane, tid, name } => MetaRef::Thread {
                 lane: *lane,
                 tid: *tid,
-                name,
+                name: Clipped::whole(name),
             },
             Meta::Anchor(a) => MetaRef::Anchor(*a),
             Meta::Handoff(h) => MetaRef::Handoff(*h),
@@ -349,7 +415,7 @@ impl Meta {
             Meta::Lost(l) => MetaRef::Lost(LostRef {
                 lane: l.lane,
                 tid: l.tid,
-                name: &l.name,
+                name: Clipped::whole(&l.name),
                 ts: l.ts,
                 events: l.events,
             }),

@@ -316,3 +316,52 @@ fn flow_ids_roundtrip_in_every_form() {
         );
     }
 }
+
+#[test]
+fn long_names_are_clipped_visibly_and_always_fit_an_entry() {
+    use mpprof_format::{Clipped, MetaRef, MAX_NAME};
+    let mut r = Rng(7);
+    let mut buf = [0u8; MAX_META_ENTRY];
+    let alphabet = ['a', 'é', '€', '𝄞', ';', '\n'];
+    for _ in 0..2_000 {
+        // Strings around and far past the limit, of 1- to 4-byte characters.
+        let s = |r: &mut Rng| -> String {
+            let n = (r.u64() % 6_000) as usize;
+            (0..n)
+                .map(|i| alphabet[(i + r.u64() as usize % 3) % alphabet.len()])
+                .collect()
+        };
+        let (name, path, file) = (s(&mut r), s(&mut r), s(&mut r));
+        let entry = MetaRef::Callsite {
+            id: r.u64() as u32,
+            kind: SiteKind::Span,
+            name: Clipped::new(&name, MAX_NAME),
+            path: Clipped::new(&path, MAX_NAME),
+            file: Clipped::new(&file, MAX_NAME),
+            line: r.u64() as u32,
+        };
+        let n = mpprof_format::encode_entry(&entry, &mut buf).expect("a clipped entry fits");
+        let back = Entries::new(&buf[..n]).next().unwrap().unwrap();
+        let Meta::Callsite {
+            name: n2,
+            path: p2,
+            file: f2,
+            ..
+        } = back
+        else {
+            panic!("{back:?}")
+        };
+        for (orig, got) in [(&name, &n2), (&path, &p2), (&file, &f2)] {
+            if orig.len() <= MAX_NAME {
+                assert_eq!(got, orig);
+            } else {
+                // The start, and a marker saying how much was cut.
+                let (head, marker) = got.rsplit_once('…').unwrap();
+                assert!(orig.starts_with(head) && head.len() <= MAX_NAME);
+                assert!(MAX_NAME - head.len() < 4, "cut at a character boundary");
+                assert_eq!(marker, format!("[+{} bytes]", orig.len() - head.len()));
+                assert!(got.len() <= MAX_NAME + Clipped::MARKER_MAX);
+            }
+        }
+    }
+}

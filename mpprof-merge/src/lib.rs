@@ -20,5 +20,5 @@ pub mod read;
 pub mod trace;
 pub mod write;
 
-pub use merge::{End, Event, EventKind, MergeStats};
+pub use merge::{CounterValue, End, Event, EventKind, MergeStats};
 pub use trace::{Process, Session};

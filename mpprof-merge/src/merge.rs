@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use mpprof_format::{kind, FlowId, SiteKind};
+use mpprof_format::{counter, kind, FlowId, SiteKind};
 
 use crate::read::{self, ChunkRef, RawEvent, RecordReader};
 use crate::trace::{Process, Session, LINK_SITE};
@@ -73,8 +73,8 @@ pub enum EventKind {
     Counter {
         /// Callsite id.
         site: u32,
-        /// Value.
-        value: f64,
+        /// Value, as recorded.
+        value: CounterValue,
     },
     /// A flow leaves this thread.
     FlowOut {
@@ -115,6 +115,49 @@ pub enum EventKind {
         /// recorded.
         overwritten: bool,
     },
+}
+
+/// A counter sample's value, as the program recorded it: integers exactly,
+/// floats with their NaN and infinities.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CounterValue {
+    /// A signed integer.
+    Int(i64),
+    /// An unsigned integer.
+    UInt(u64),
+    /// A float (any: NaN and the infinities too).
+    Float(f64),
+}
+
+impl CounterValue {
+    /// The value as an `f64` (the nearest, for integers past 2^53).
+    pub fn as_f64(self) -> f64 {
+        match self {
+            CounterValue::Int(i) => i as f64,
+            CounterValue::UInt(u) => u as f64,
+            CounterValue::Float(f) => f,
+        }
+    }
+
+    /// Whether it is a number JSON can hold: not NaN, not infinite.
+    pub fn is_finite(self) -> bool {
+        match self {
+            CounterValue::Float(f) => f.is_finite(),
+            _ => true,
+        }
+    }
+}
+
+impl std::fmt::Display for CounterValue {
+    /// Integers in full; floats as Rust prints them (`NaN`, `inf`,
+    /// `-inf` for those).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CounterValue::Int(i) => write!(f, "{i}"),
+            CounterValue::UInt(u) => write!(f, "{u}"),
+            CounterValue::Float(x) => write!(f, "{x}"),
+        }
+    }
 }
 
 /// One event on the common timeline.
@@ -211,6 +254,9 @@ pub struct MergeStats {
     pub unreadable_chunks: u64,
     /// Timestamps that went backwards within a thread (clamped).
     pub clamped: u64,
+    /// Counter samples that are NaN or infinite (kept as such; JSON, which
+    /// cannot hold them as numbers, shows them otherwise).
+    pub non_finite_counters: u64,
 }
 
 struct LaneStream<'a> {
@@ -403,11 +449,16 @@ impl<'a> LaneStream<'a> {
                 kind::INSTANT => EventKind::Instant { site: r.site },
                 kind::COUNTER => {
                     let p = r.payload.unwrap_or_default();
-                    let value = if p[1] == 1 {
-                        f64::from_bits(p[0])
-                    } else {
-                        p[0] as i64 as f64
+                    let value = match p[1] {
+                        counter::INT => CounterValue::Int(p[0] as i64),
+                        counter::UINT => CounterValue::UInt(p[0]),
+                        counter::FLOAT => CounterValue::Float(f64::from_bits(p[0])),
+                        _ => {
+                            self.stats.bad_records += 1;
+                            continue;
+                        }
                     };
+                    self.stats.non_finite_counters += u64::from(!value.is_finite());
                     EventKind::Counter {
                         site: r.site,
                         value,
@@ -515,6 +566,7 @@ impl Events<'_> {
             t.bad_records += s.stats.bad_records;
             t.unreadable_chunks += s.stats.unreadable_chunks;
             t.clamped += s.stats.clamped;
+            t.non_finite_counters += s.stats.non_finite_counters;
         }
         t
     }

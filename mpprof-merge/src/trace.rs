@@ -94,6 +94,43 @@ pub enum OpenError {
     Empty(String),
 }
 
+/// A process that recorded nothing because its buffer file could not grow
+/// (see [`Session::no_space`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NoSpace {
+    /// Its file.
+    pub path: PathBuf,
+    /// Its pid: from the header, or (an empty file) from the file's name.
+    pub pid: Option<u32>,
+    /// The file's length: 0, or its header.
+    pub len: u64,
+    /// The events it could not record (0 when the file is empty: no header
+    /// to count them in).
+    pub lost_events: u64,
+}
+
+impl std::fmt::Display for NoSpace {
+    /// What happened, in a sentence: `process 12 recorded nothing: ...`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.pid {
+            Some(pid) => write!(f, "process {pid} recorded nothing: ")?,
+            None => write!(f, "{} recorded nothing: ", self.path.display())?,
+        }
+        if self.len == 0 {
+            write!(
+                f,
+                "no space for its buffer file (it is empty: disk full or a file size limit)"
+            )
+        } else {
+            write!(
+                f,
+                "no space for its buffer file (it could not grow past its {}-byte header: disk full or a file size limit); {} events lost",
+                self.len, self.lost_events
+            )
+        }
+    }
+}
+
 /// Smallest one-way message latency assumed when aligning clock domains, ns.
 pub const DEFAULT_MIN_LATENCY_NS: i64 = 1_000;
 
@@ -104,6 +141,13 @@ pub struct Session {
     pub processes: Vec<Process>,
     /// Files that could not be read at all, with the reason.
     pub unreadable: Vec<(PathBuf, String)>,
+    /// Processes that recorded nothing for lack of space: their file is
+    /// empty, or holds its header only. Not damage: what they lost is
+    /// counted where their header could say it.
+    pub no_space: Vec<NoSpace>,
+    /// Paths named like buffer files that are not regular files (a FIFO,
+    /// a socket, a device): not opened, with what they are.
+    pub ignored: Vec<(PathBuf, String)>,
     /// How the clock domains were aligned.
     pub alignment: crate::align::domains::Alignment,
     /// Events yielded so far by this session's [`crate::merge::Events`]
@@ -119,7 +163,9 @@ impl Session {
         let mut paths = Vec::new();
         for d in inputs {
             let d = d.as_ref();
-            if d.is_file() {
+            if !d.is_dir() {
+                // A file (whatever it is: `read::open` opens regular files
+                // only).
                 paths.push(d.to_owned());
                 continue;
             }
@@ -130,25 +176,42 @@ impl Session {
         }
         let mut files = Vec::new();
         let mut unreadable = Vec::new();
+        let mut no_space = Vec::new();
+        let mut ignored = Vec::new();
         for p in paths {
             match read::open(&p) {
+                Ok(f) if f.recorded_nothing() => no_space.push(NoSpace {
+                    pid: Some(f.pid),
+                    len: f.file.len().unwrap_or(0),
+                    lost_events: f.lost_events,
+                    path: p,
+                }),
                 Ok(f) => files.push(f),
+                Err(read::ReadError::Empty { .. }) => no_space.push(NoSpace {
+                    pid: pid_of_name(&p),
+                    len: 0,
+                    lost_events: 0,
+                    path: p,
+                }),
+                Err(e @ read::ReadError::NotRegular { .. }) => ignored.push((p, e.to_string())),
                 Err(e) => unreadable.push((p, e.to_string())),
             }
         }
-        if files.is_empty() {
+        if files.is_empty() && no_space.is_empty() {
             let names: Vec<String> = inputs
                 .iter()
                 .map(|p| p.as_ref().display().to_string())
                 .collect();
             let mut msg = names.join(", ");
-            for (p, e) in &unreadable {
+            for (p, e) in unreadable.iter().chain(&ignored) {
                 msg.push_str(&format!("\n  {}: {e}", p.display()));
             }
             return Err(OpenError::Empty(msg));
         }
         let mut s = Session::from_files(files);
         s.unreadable = unreadable;
+        s.no_space = no_space;
+        s.ignored = ignored;
         Ok(s)
     }
 
@@ -171,6 +234,8 @@ impl Session {
             alignment,
             processes,
             unreadable: Vec::new(),
+            no_space: Vec::new(),
+            ignored: Vec::new(),
             merged: AtomicU64::new(0),
         }
     }
@@ -321,4 +386,9 @@ fn link_parents(processes: &mut [Process]) {
         }
         processes[i].parent_link = Some(link);
     }
+}
+
+/// The pid a buffer file's name starts with (`<pid>-<uid>.mpb`).
+fn pid_of_name(p: &Path) -> Option<u32> {
+    p.file_name()?.to_str()?.split('-').next()?.parse().ok()
 }

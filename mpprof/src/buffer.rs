@@ -128,9 +128,19 @@ pub struct Chunk {
     pub data: *mut u8,
     /// The chunk's commit counter.
     pub committed: *const AtomicU32,
-    /// Capacity in records (event chunks) or bytes (metadata chunks).
+    /// Capacity in records (event chunks) or bytes (metadata chunks): what
+    /// of the chunk is reserved on disk so far (see [`FIRST_RESERVE`] and
+    /// [`ProcessBuffer::grow`]).
     pub capacity: u32,
 }
+
+/// Bytes of a chunk (its header included) reserved on disk when a thread
+/// claims it; the rest is reserved as the chunk fills, twice as much each
+/// time ([`ProcessBuffer::grow`]), so a process that records little costs
+/// little disk. A chunk the preparer made ready is reserved whole. Every
+/// chunk handed out has at least this much (or the whole chunk, if
+/// smaller) reserved: room for a time base and an event with payload.
+pub const FIRST_RESERVE: u32 = 4096;
 
 // SAFETY: the pointers are into the process-wide mapping, which is never
 // unmapped; a Chunk moves between threads only through the recorder's
@@ -169,11 +179,15 @@ enum Backing {
         path: PathBuf,
     },
     /// Anonymous memory (unit tests): a reservation past `limit` bytes
-    /// fails as a full disk would.
+    /// fails as a full disk would. What is not reserved is read-only, so
+    /// that a write past a reservation (a SIGBUS on a full disk, with a
+    /// file) crashes the test.
     #[cfg_attr(not(test), allow(dead_code))]
     Memory {
         /// Bytes of the buffer that can be reserved.
         limit: AtomicU64,
+        /// Bytes reserved so far (the file's disk use).
+        reserved: AtomicU64,
     },
 }
 
@@ -215,8 +229,38 @@ impl ProcessBuffer {
             .map_anon()?;
         let backing = Backing::Memory {
             limit: AtomicU64::new(limit),
+            reserved: AtomicU64::new(0),
         };
-        Ok(ProcessBuffer::init(map.into(), backing, config, uid, pid))
+        let map: MmapRaw = map.into();
+        // SAFETY: the whole mapping made above, made read-only; `reserve`
+        // makes what it reserves writable.
+        unsafe {
+            libc::mprotect(
+                map.as_mut_ptr() as *mut libc::c_void,
+                config.file_len() as usize,
+                libc::PROT_READ,
+            )
+        };
+        let buf = ProcessBuffer {
+            failed: std::sync::Mutex::new(ArrayVec::new()),
+            map,
+            backing,
+            config,
+        };
+        buf.reserve(0, format::HEADER_SIZE)?;
+        let ProcessBuffer { map, backing, .. } = buf;
+        Ok(ProcessBuffer::init(map, backing, config, uid, pid))
+    }
+
+    /// Memory only: the bytes reserved so far, what the file would take on
+    /// disk.
+    #[cfg(test)]
+    pub fn memory_reserved(&self) -> u64 {
+        match &self.backing {
+            // Relaxed: read by the same test thread.
+            Backing::Memory { reserved, .. } => reserved.load(Ordering::Relaxed),
+            Backing::File { .. } => 0,
+        }
     }
 
     /// The bytes of the buffer as a reader would find them in the file: the
@@ -234,7 +278,7 @@ impl ProcessBuffer {
     /// filled up, or was freed).
     #[cfg(test)]
     pub fn set_memory_limit(&self, limit: u64) {
-        if let Backing::Memory { limit: l } = &self.backing {
+        if let Backing::Memory { limit: l, .. } = &self.backing {
             // Relaxed: read by the same test thread.
             l.store(limit, Ordering::Relaxed);
         }
@@ -319,17 +363,26 @@ impl ProcessBuffer {
     /// Claims a fresh chunk slot and reserves its disk space. Event chunks
     /// leave [`META_RESERVE`] slots for metadata.
     pub fn claim(&self, init: &ChunkInit) -> Result<Chunk, ClaimError> {
-        let slot = self.reserve_slot(init.kind, false)?;
+        let first = self.first_reserve();
+        let slot = self.reserve_slot(init.kind, first, false)?;
         // SAFETY: the slot is inside the mapping (slot < max_chunks), its
-        // blocks were just reserved, and this thread owns it exclusively.
-        unsafe { Ok(self.init_chunk(slot, init)) }
+        // first blocks were just reserved, and this thread owns it
+        // exclusively.
+        unsafe { Ok(self.init_chunk(slot, init, first)) }
     }
 
-    /// Takes the next free slot and reserves its disk space, without
-    /// publishing a chunk there (see [`ProcessBuffer::publish`]). With
-    /// `populate`, also maps its pages into the page tables, so the thread
-    /// that will write it takes no page fault.
-    pub fn reserve_slot(&self, kind: u16, populate: bool) -> Result<u32, ClaimError> {
+    /// Bytes of a chunk reserved when it is claimed: [`FIRST_RESERVE`], or
+    /// the whole chunk if smaller.
+    fn first_reserve(&self) -> u32 {
+        FIRST_RESERVE.min(self.config.chunk_size)
+    }
+
+    /// Takes the next free slot and reserves the first `len` bytes of it
+    /// on disk, without publishing a chunk there (see
+    /// [`ProcessBuffer::publish`]). With `populate`, also maps those pages
+    /// into the page tables, so the thread that will write them takes no
+    /// page fault.
+    pub fn reserve_slot(&self, kind: u16, len: u32, populate: bool) -> Result<u32, ClaimError> {
         let limit = match kind {
             format::CHUNK_META => self.config.max_chunks,
             _ => self.config.max_chunks - META_RESERVE,
@@ -345,8 +398,8 @@ impl ProcessBuffer {
             Some(s) => s,
             None => self.next_slot(limit)?,
         };
-        let offset = format::HEADER_SIZE + slot as u64 * self.config.chunk_size as u64;
-        if let Err(e) = self.reserve(offset, self.config.chunk_size as u64) {
+        let offset = self.chunk_offset(slot);
+        if let Err(e) = self.reserve(offset, len as u64) {
             // Relaxed: a statistic.
             self.atomic_u64(header::LOST_CHUNKS)
                 .fetch_add(1, Ordering::Relaxed);
@@ -362,7 +415,7 @@ impl ProcessBuffer {
             unsafe {
                 libc::madvise(
                     self.map.as_mut_ptr().add(offset as usize) as *mut libc::c_void,
-                    self.config.chunk_size as usize,
+                    len as usize,
                     MADV_POPULATE_WRITE,
                 )
             };
@@ -370,17 +423,80 @@ impl ProcessBuffer {
         Ok(slot)
     }
 
+    /// Where chunk `slot` starts in the file.
+    fn chunk_offset(&self, slot: u32) -> u64 {
+        format::HEADER_SIZE + slot as u64 * self.config.chunk_size as u64
+    }
+
+    /// Bytes per unit of a chunk's capacity: a record of an event chunk, a
+    /// byte of a metadata chunk.
+    fn unit(kind: u16) -> u32 {
+        match kind {
+            format::CHUNK_META => 1,
+            _ => format::RECORD_SIZE,
+        }
+    }
+
+    /// Bytes per chunk, its header included.
+    pub fn chunk_size(&self) -> u32 {
+        self.config.chunk_size
+    }
+
+    /// Reserves more of chunk `slot` of `kind`, whose first `capacity`
+    /// units are reserved, so that at least `need` more units fit: twice
+    /// the reserved bytes (or more, for a large `need`), at most the whole
+    /// chunk. Returns the new capacity; `Err(Budget)` when the chunk is
+    /// whole, or would not hold `need` more units even then; `Err(Io)`
+    /// when the file could not grow (counted in the header's
+    /// `lost_chunks`, like a failed claim).
+    ///
+    /// Async-signal-safe: a `pwrite` (see [`reserve`]), no lock.
+    pub fn grow(&self, slot: u32, kind: u16, capacity: u32, need: u32) -> Result<u32, ClaimError> {
+        let unit = Self::unit(kind) as u64;
+        let chunk = self.config.chunk_size as u64;
+        let have = format::CHUNK_HEADER_SIZE as u64 + capacity as u64 * unit;
+        let must = have + need as u64 * unit;
+        if must > chunk {
+            return Err(ClaimError::Budget);
+        }
+        let want = (2 * have).max(must).min(chunk);
+        if let Err(e) = self.reserve(self.chunk_offset(slot) + have, want - have) {
+            // Relaxed: a statistic.
+            self.atomic_u64(header::LOST_CHUNKS)
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ClaimError::Io(e));
+        }
+        Ok(((want - format::CHUNK_HEADER_SIZE as u64) / unit) as u32)
+    }
+
     /// Reserves `[offset, offset+len)` of the backing (see [`reserve`]).
     fn reserve(&self, offset: u64, len: u64) -> io::Result<()> {
         match &self.backing {
             Backing::File { file, .. } => reserve(file, offset, len),
-            Backing::Memory { limit } => {
+            Backing::Memory { limit, reserved } => {
                 // Relaxed: a test's knob.
                 if offset + len > limit.load(Ordering::Relaxed) {
-                    Err(io::Error::from_raw_os_error(libc::ENOSPC))
-                } else {
-                    Ok(())
+                    return Err(io::Error::from_raw_os_error(libc::ENOSPC));
                 }
+                reserved.fetch_add(len, Ordering::Relaxed);
+                let page = 4096;
+                let from = offset / page * page;
+                let to = (offset + len).div_ceil(page) * page;
+                // SAFETY: a range of the mapping (the buffer is a whole
+                // number of pages), made writable; then the reserved bytes
+                // are zeroed, as the file's reservation writes zeros.
+                unsafe {
+                    libc::mprotect(
+                        self.map.as_mut_ptr().add(from as usize) as *mut libc::c_void,
+                        (to - from) as usize,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                    );
+                    self.map
+                        .as_mut_ptr()
+                        .add(offset as usize)
+                        .write_bytes(0, len as usize);
+                }
+                Ok(())
             }
         }
     }
@@ -390,13 +506,15 @@ impl ProcessBuffer {
         take_slot(self.atomic_u32(header::NEXT_CHUNK), limit)
     }
 
-    /// Publishes a chunk in a slot taken by [`ProcessBuffer::reserve_slot`].
+    /// Publishes a chunk in a slot taken by [`ProcessBuffer::reserve_slot`]
+    /// with the whole chunk reserved.
     ///
     /// # Safety
-    /// `slot` came from `reserve_slot` and was handed to no one else.
+    /// `slot` came from `reserve_slot` (of `chunk_size` bytes) and was
+    /// handed to no one else.
     pub unsafe fn publish(&self, slot: u32, init: &ChunkInit) -> Chunk {
         // SAFETY: guaranteed by the caller.
-        unsafe { self.init_chunk(slot, init) }
+        unsafe { self.init_chunk(slot, init, self.config.chunk_size) }
     }
 
     /// Flight recorder: starts `slot`, an event chunk, over again with the
@@ -407,8 +525,31 @@ impl ProcessBuffer {
     /// writes it any more or can take it (it is the caller's own, or the
     /// caller took it from the recorder's pool or hand-off list).
     pub unsafe fn reuse(&self, slot: u32, init: &ChunkInit) -> Chunk {
-        // SAFETY: guaranteed by the caller.
-        unsafe { self.init_chunk(slot, init) }
+        // What of the chunk is reserved: at least what its claim reserved,
+        // and what its writers wrote (they never write past the reserved
+        // part). The rest is reserved now; if the disk is full, the
+        // chunk's capacity stops at what is known to be reserved.
+        let offset = self.chunk_offset(slot);
+        // Relaxed: the last writer's stores were ordered before ours by
+        // the mutex the chunk came through.
+        let written = self
+            .atomic_u32(offset as usize + chunk::COMMITTED)
+            .load(Ordering::Relaxed);
+        let known = (format::CHUNK_HEADER_SIZE as u64
+            + written as u64 * format::RECORD_SIZE as u64)
+            .max(self.first_reserve() as u64)
+            .min(self.config.chunk_size as u64);
+        let reserved = match self.reserve(offset + known, self.config.chunk_size as u64 - known) {
+            Ok(()) => self.config.chunk_size,
+            Err(_) => {
+                // Relaxed: a statistic.
+                self.atomic_u64(header::LOST_CHUNKS)
+                    .fetch_add(1, Ordering::Relaxed);
+                known as u32
+            }
+        };
+        // SAFETY: guaranteed by the caller; `reserved` bytes are reserved.
+        unsafe { self.init_chunk(slot, init, reserved) }
     }
 
     /// The fields of the header of event chunk `slot` that its reuse must
@@ -439,10 +580,10 @@ impl ProcessBuffer {
     /// Writes a chunk header and publishes it.
     ///
     /// # Safety
-    /// `slot` is inside the mapping and reserved on disk, and the caller owns
-    /// it exclusively.
-    unsafe fn init_chunk(&self, slot: u32, init: &ChunkInit) -> Chunk {
-        let offset = format::HEADER_SIZE as usize + slot as usize * self.config.chunk_size as usize;
+    /// `slot` is inside the mapping, its first `reserved` bytes are reserved
+    /// on disk, and the caller owns it exclusively.
+    unsafe fn init_chunk(&self, slot: u32, init: &ChunkInit, reserved: u32) -> Chunk {
+        let offset = self.chunk_offset(slot) as usize;
         // SAFETY: guaranteed by the caller.
         unsafe {
             let c = self.map.as_mut_ptr().add(offset);
@@ -477,10 +618,7 @@ impl ProcessBuffer {
             // Release: the header fields above are visible to anyone who
             // reads the magic with acquire.
             magic.store(format::CHUNK_MAGIC, Ordering::Release);
-            let capacity = match init.kind {
-                format::CHUNK_META => self.config.chunk_size - format::CHUNK_HEADER_SIZE,
-                _ => (self.config.chunk_size - format::CHUNK_HEADER_SIZE) / format::RECORD_SIZE,
-            };
+            let capacity = (reserved - format::CHUNK_HEADER_SIZE) / Self::unit(init.kind);
             Chunk {
                 header: c,
                 data: c.add(format::CHUNK_HEADER_SIZE as usize),
@@ -638,7 +776,19 @@ impl MetaLog {
             return false;
         };
         let need = n as u32;
-        let fits = matches!(&self.chunk, Some(c) if self.used + need <= c.capacity);
+        let mut fits = matches!(&self.chunk, Some(c) if self.used + need <= c.capacity);
+        if let Some(c) = self.chunk.as_mut().filter(|_| !fits) {
+            // The chunk's next part, if it has one and the disk has room.
+            if let Ok(capacity) = buf.grow(
+                c.slot,
+                format::CHUNK_META,
+                c.capacity,
+                self.used + need - c.capacity,
+            ) {
+                c.capacity = capacity;
+                fits = true;
+            }
+        }
         if !fits {
             let init = ChunkInit {
                 kind: format::CHUNK_META,

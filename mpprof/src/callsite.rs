@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
 use parking_lot::Mutex;
 
 use crate::format::word::{MAX_SITE, SITE_SHIFT};
-use crate::format::{MetaRef, SiteKind};
+use crate::format::{Clipped, MetaRef, SiteKind, MAX_NAME};
 use crate::{record, session};
 
 /// The callsite that stands for every callsite past the [`MAX_SITE`]th.
@@ -215,9 +215,9 @@ impl Callsite {
         MetaRef::Callsite {
             id,
             kind: self.kind,
-            name: self.name,
-            path: self.dyn_path.unwrap_or_else(|| (self.path)()),
-            file: self.file,
+            name: Clipped::new(self.name, MAX_NAME),
+            path: Clipped::new(self.dyn_path.unwrap_or_else(|| (self.path)()), MAX_NAME),
+            file: Clipped::new(self.file, MAX_NAME),
             line: self.line,
         }
     }

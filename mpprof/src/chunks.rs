@@ -20,7 +20,7 @@ use arrayvec::ArrayVec;
 
 use crate::buffer::{Chunk, ChunkInit, ClaimError, MetaLog, ProcessBuffer};
 use crate::clock;
-use crate::format::{self, kind, word, LostRef, MetaRef, Policy, ReusedRef};
+use crate::format::{self, kind, word, Clipped, LostRef, MetaRef, Policy, ReusedRef, MAX_NAME};
 use crate::writer::Writer;
 
 /// Locks `m`. The recorder's locks are `std::sync::Mutex`es, futexes with
@@ -288,7 +288,11 @@ impl Chunks {
     pub(crate) fn new_lane(&self, tid: u32, name: &str) -> u32 {
         // Relaxed: only uniqueness matters.
         let lane = self.next_lane.fetch_add(1, Ordering::Relaxed);
-        self.write_meta(&MetaRef::Thread { lane, tid, name });
+        self.write_meta(&MetaRef::Thread {
+            lane,
+            tid,
+            name: Clipped::new(name, MAX_NAME),
+        });
         lane
     }
 
@@ -347,6 +351,7 @@ impl Chunks {
     }
 
     fn prepare_loop(&self) {
+        any_cpu();
         idle_priority();
         // Woken by a busy thread's claim; then keeps READY_CHUNKS ready.
         {
@@ -382,7 +387,8 @@ impl Chunks {
             if self.is_finished() {
                 return;
             }
-            match self.buf().reserve_slot(format::CHUNK_EVENTS, true) {
+            let whole = self.buf().chunk_size();
+            match self.buf().reserve_slot(format::CHUNK_EVENTS, whole, true) {
                 Ok(slot) => {
                     let mut r = lock(&self.parts().ready);
                     r.push(slot);
@@ -573,7 +579,7 @@ impl Chunks {
         let entry = MetaRef::Lost(LostRef {
             lane: who.lane,
             tid: who.tid,
-            name: std::str::from_utf8(&who.name[..who.len]).unwrap_or(""),
+            name: Clipped::whole(std::str::from_utf8(&who.name[..who.len]).unwrap_or("")),
             ts: self.now(),
             events,
         });
@@ -589,7 +595,7 @@ impl Chunks {
         self.write_meta_stored(&MetaRef::Lost(LostRef {
             lane,
             tid,
-            name: "",
+            name: Clipped::whole(""),
             ts: self.now(),
             events,
         }))
@@ -642,6 +648,24 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
         cut -= 1;
     }
     &s[..cut]
+}
+
+/// Lets the calling thread run on every CPU the process may use. A new
+/// thread inherits the affinity of the thread that made it: the preparer,
+/// started by whichever thread recorded first, would otherwise share the
+/// CPU of a worker the application pinned (and compete with it, or starve
+/// behind it). Asking for all CPUs gets those the process's cpuset allows.
+/// Best effort.
+fn any_cpu() {
+    // SAFETY: a zeroed cpu_set_t is a valid, empty set; CPU_SET writes
+    // inside it; pid 0 is the calling thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for cpu in 0..libc::CPU_SETSIZE as usize {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 /// Gives the calling thread the lowest normal priority (nice 19). For the
@@ -858,7 +882,7 @@ pub(crate) fn write_slow(
     let mut ts = sup.now();
     let mut need_base = w.need_base.get() || word::high(ts) != w.base_hi.get();
     let need = event_words + if need_base { 2 } else { 0 };
-    if w.idx.get() + need > w.room.get() {
+    if w.idx.get() + need > w.room.get() && !grow_current(w, sup, need) {
         if !new_chunk(t, sup) {
             w.lost.set(w.lost.get() + 1);
             sup.buf().add_lost_events(1);
@@ -894,6 +918,32 @@ pub(crate) fn write_slow(
     w.extra.set(w.extra.get() + n as u32 - 1);
     // SAFETY: new_chunk or the check above guarantees room for `n` words.
     unsafe { w.write_words(w.idx.get(), &words[..n]) };
+}
+
+/// Reserves more of the thread's current chunk, so that `need` more words
+/// fit: false when it has no chunk, the chunk is reserved whole, or the
+/// file cannot grow (then the thread goes on as with a full chunk, and a
+/// claim after a failure waits as a failed claim does).
+fn grow_current(w: &Writer, sup: &Chunks, need: u32) -> bool {
+    if w.hdr.get().is_null() || w.room.get() == 0 {
+        return false;
+    }
+    let retry_at = w.retry_at.get();
+    if retry_at != 0 && retry_at != u64::MAX && clock::monotonic_ns() < retry_at {
+        return false;
+    }
+    let room = w.room.get();
+    let need = (w.idx.get() + need).saturating_sub(room);
+    match sup
+        .buf()
+        .grow(w.slot.get(), format::CHUNK_EVENTS, room, need)
+    {
+        Ok(room) => {
+            w.set_room(room);
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 /// Counts a loss of a thread that has no chunk, so no header to hold it,
@@ -1253,7 +1303,7 @@ unsafe fn reuse_shared(
         sup.write_meta(&MetaRef::Lost(LostRef {
             lane: old.lane,
             tid: old.tid,
-            name: "",
+            name: Clipped::whole(""),
             ts: entry_ts,
             events: old.lost_before,
         }));
@@ -1311,7 +1361,20 @@ pub(crate) fn thread_exit(w: &Writer, o: &mut Owned, sup: &Chunks) {
         }
     }
     let current = o.current.take();
-    let chunk = w.take_chunk();
+    let mut chunk = w.take_chunk();
+    if let Some(c) = chunk.as_mut().filter(|c| c.capacity <= next + 16) {
+        // Room for the next thread, if the chunk has more to reserve. (A
+        // writer whose claim failed has room 0 for a chunk that holds
+        // `next` words: those are reserved, and are not to be reserved
+        // again, which would write zeros over them.)
+        let have = c.capacity.max(next);
+        let grown = sup
+            .buf()
+            .grow(c.slot, format::CHUNK_EVENTS, have, next + 17 - have);
+        if let Ok(capacity) = grown {
+            c.capacity = capacity;
+        }
+    }
     if let (Some(cur), Some(chunk)) = (current, chunk) {
         if chunk.capacity > next + 16 && segments.len() < MAX_SEGMENTS {
             sup.hand_off(HandedOff {
@@ -1368,8 +1431,13 @@ mod tests {
     /// A supply of `slots` 4 KiB chunks under `policy`, whose "disk" holds
     /// `limit` bytes. Leaked: a supply is `'static`, like a recorder.
     fn supply(policy: Policy, slots: u32, limit: u64) -> &'static Chunks {
+        supply_of(MIN_CHUNK_SIZE, policy, slots, limit)
+    }
+
+    /// [`supply`] with chunks of `chunk_size` bytes.
+    fn supply_of(chunk_size: u32, policy: Policy, slots: u32, limit: u64) -> &'static Chunks {
         let config = Config {
-            chunk_size: MIN_CHUNK_SIZE,
+            chunk_size,
             max_chunks: slots,
             policy,
         };
@@ -1546,7 +1614,7 @@ mod tests {
         let mut last_counter: BTreeMap<u32, f64> = BTreeMap::new();
         for e in s.events() {
             if let EventKind::Counter { value, .. } = e.kind {
-                last_counter.insert(e.lane, value);
+                last_counter.insert(e.lane, value.as_f64());
             }
         }
         assert_eq!(last_counter.len(), 3, "{last_counter:?}");
@@ -1656,5 +1724,129 @@ mod tests {
             .find(|r| r.entry.lane == *late_lane.0)
             .unwrap();
         assert!(r.effective && r.entry.overwritten.iter().all(|o| o.0 != *late_lane.0));
+    }
+
+    /// Chunks of 64 KiB: reserved 4 KiB at a time at first, then twice as
+    /// much each time they fill.
+    const BIG: u32 = 64 * 1024;
+
+    /// Record words in a 64 KiB chunk.
+    const BIG_WORDS: u64 = ((BIG - format::CHUNK_HEADER_SIZE) / format::RECORD_SIZE) as u64;
+
+    #[test]
+    fn chunks_take_disk_as_they_fill() {
+        let sup = supply_of(BIG, Policy::KeepFirst, 16, u64::MAX);
+        let mut a = T::new(sup, "a");
+        a.record(sup, 100);
+        accounts(sup, &[a.made()]);
+        // The header, the metadata chunk's and the event chunk's first
+        // 4 KiB.
+        let page = u64::from(crate::buffer::FIRST_RESERVE);
+        assert_eq!(sup.buf().memory_reserved(), format::HEADER_SIZE + 2 * page);
+        // One chunk and a bit: the first whole, the second's first part.
+        a.record(sup, BIG_WORDS);
+        accounts(sup, &[a.made()]);
+        let reserved = sup.buf().memory_reserved();
+        assert!(
+            reserved <= format::HEADER_SIZE + page + u64::from(BIG) + 8 * page,
+            "{reserved}"
+        );
+        let f = read(sup);
+        assert_eq!(f.lanes.values().next().unwrap().chunks.len(), 2);
+        assert_eq!(f.lost_chunks, 0);
+    }
+
+    #[test]
+    fn a_disk_that_fills_while_a_chunk_grows_costs_events_not_a_crash() {
+        // The "disk" ends 17 KiB into the first event chunk: it grows to
+        // 16 KiB and no further (a write past that would crash the test:
+        // what is not reserved is read-only).
+        let room = format::HEADER_SIZE + u64::from(BIG) + 17 * 1024;
+        let sup = supply_of(BIG, Policy::KeepFirst, 16, room);
+        let mut a = T::new(sup, "a");
+        a.record(sup, 2 * BIG_WORDS);
+        let before = accounts(sup, &[a.made()])["a"];
+        let f = read(sup);
+        assert!(f.lost_chunks > 0, "{}", f.lost_chunks);
+        assert!(
+            before * 9 / 7 <= 2040 && before * 9 / 7 > 1900,
+            "16 KiB of records kept: {before}"
+        );
+        // The thread exits with its chunk full (the file could not grow):
+        // what it wrote stays.
+        let a = a.exit(sup);
+        assert_eq!(accounts(sup, std::slice::from_ref(&a))["a"], before);
+        // Space comes back; a new thread records.
+        sup.buf().set_memory_limit(u64::MAX);
+        let mut b = T::new(sup, "b");
+        b.record(sup, 100);
+        let kept = accounts(sup, &[a, b.made()]);
+        assert_eq!(kept["b"], 100, "recording resumed");
+    }
+
+    #[test]
+    fn keep_last_with_growing_chunks_accounts_for_every_event() {
+        // Threads that leave chunks partly written (and partly reserved),
+        // which others continue and the flight recorder reuses: a reuse
+        // reserves the rest of the chunk first.
+        let sup = supply_of(BIG, Policy::KeepLast, 6, u64::MAX);
+        let mut made = Vec::new();
+        let mut long = T::new(sup, "long");
+        for i in 0..60u64 {
+            long.record(sup, 900);
+            let mut t = T::new(sup, &format!("short{i}"));
+            t.record(sup, 5 + 41 * (i % 13));
+            made.push(t.exit(sup));
+        }
+        made.push(long.made());
+        accounts(sup, &made);
+        let f = read(sup);
+        assert!(f.lanes.values().any(|l| l.overwritten > 0));
+        // Every slot ends up reserved whole: no more than the budget.
+        assert!(sup.buf().memory_reserved() <= format::HEADER_SIZE + 6 * u64::from(BIG));
+    }
+
+    #[test]
+    fn keep_last_reserves_the_rest_of_a_partly_reserved_chunk_it_reuses() {
+        // 6 slots: 4 event chunks. Seventeen short threads share the first
+        // (its first 4 KiB); with sixteen segments it goes to the pool,
+        // partly reserved. `busy` takes the other three and fills them; a
+        // late thread then reuses the pooled chunk and writes all of it.
+        let sup = supply_of(BIG, Policy::KeepLast, 6, u64::MAX);
+        let mut made = Vec::new();
+        for i in 0..17 {
+            let mut t = T::new(sup, &format!("short{i}"));
+            t.record(sup, 10);
+            made.push(t.exit(sup));
+        }
+        let mut busy = T::new(sup, "busy");
+        busy.record(sup, 3 * BIG_WORDS);
+        let mut late = T::new(sup, "late");
+        late.record(sup, BIG_WORDS / 2);
+        made.push(busy.made());
+        made.push(late.made());
+        accounts(sup, &made);
+        let f = read(sup);
+        assert!(
+            f.reuses.iter().any(|r| r.effective),
+            "the pooled chunk was reused"
+        );
+        let late_lane = f.lanes.values().find(|l| l.name == "late").unwrap();
+        assert_eq!(late_lane.lost(), 0, "{late_lane:?}");
+    }
+
+    #[test]
+    fn keep_last_on_a_full_disk_reuses_only_what_is_reserved() {
+        // The "disk" ends 8 KiB into the second event chunk: the thread's
+        // chunks cannot grow past what is reserved, and its reuses stop
+        // there too.
+        let room = format::HEADER_SIZE + 2 * u64::from(BIG) + 8 * 1024;
+        let sup = supply_of(BIG, Policy::KeepLast, 16, room);
+        let mut a = T::new(sup, "a");
+        a.record(sup, 3 * BIG_WORDS);
+        let mut b = T::new(sup, "b");
+        b.record(sup, BIG_WORDS);
+        accounts(sup, &[a.made(), b.made()]);
+        assert!(read(sup).lost_chunks > 0);
     }
 }

@@ -26,7 +26,7 @@ use std::sync::atomic::{compiler_fence, Ordering};
 use crate::callsite::{self, Callsite};
 use crate::chunks::{self, Owned, Thread};
 use crate::clock;
-use crate::format::{kind, word, FlowId, SiteKind};
+use crate::format::{counter, kind, word, FlowId, SiteKind};
 use crate::session::{self, OFF, STATE, UNKNOWN};
 use crate::writer::Writer;
 
@@ -141,9 +141,12 @@ fn flush_nested(w: &Writer, sup: &chunks::Chunks) {
 /// A counter value: integers are stored as `i64`, floats as `f64`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum CounterValue {
-    /// An integer sample.
+    /// A signed integer sample, recorded exactly.
     Int(i64),
-    /// A floating-point sample.
+    /// An unsigned integer sample, recorded exactly (all of `u64`).
+    UInt(u64),
+    /// A floating-point sample, recorded as it is (NaN and the infinities
+    /// too).
     Float(f64),
 }
 
@@ -155,7 +158,7 @@ macro_rules! counter_from {
     )*};
 }
 counter_from!(i8 => Int, i16 => Int, i32 => Int, i64 => Int, isize => Int, u8 => Int, u16 => Int, u32 => Int,
-    u64 => Int, usize => Int, f32 => Float, f64 => Float);
+    u64 => UInt, usize => UInt, f32 => Float, f64 => Float);
 
 /// Records the exit of a span when dropped (also while unwinding).
 /// Not `Send`: the exit belongs to the thread of the entry.
@@ -209,8 +212,9 @@ pub fn instant(cs: &'static Callsite) {
 pub fn counter(cs: &'static Callsite, v: CounterValue) {
     if maybe_on() {
         let payload = match v {
-            CounterValue::Int(i) => [i as u64, 0],
-            CounterValue::Float(f) => [f.to_bits(), 1],
+            CounterValue::Int(i) => [i as u64, counter::INT],
+            CounterValue::UInt(u) => [u, counter::UINT],
+            CounterValue::Float(f) => [f.to_bits(), counter::FLOAT],
         };
         record_with_payload(cs.id(), kind::COUNTER, payload);
     }

@@ -41,6 +41,9 @@ pub struct ProcessHealth {
     pub clock_fit: String,
     /// Torn records skipped.
     pub torn_records: u64,
+    /// Metadata entries the process could not store (names, threads,
+    /// hand-offs): what they would have said is missing.
+    pub lost_meta: u32,
     /// Reader warnings.
     pub warnings: Vec<String>,
     /// The parent it was linked to by parent pid (display name), for a
@@ -55,6 +58,12 @@ pub struct Health {
     pub processes: Vec<ProcessHealth>,
     /// Files that could not be read, with the reason.
     pub unreadable: Vec<String>,
+    /// Processes that recorded nothing for lack of space (see
+    /// [`crate::trace::NoSpace`]), said in a sentence each.
+    pub no_space: Vec<String>,
+    /// Paths named like buffer files that are not regular files, and what
+    /// they are.
+    pub ignored: Vec<String>,
     /// Flows whose both ends were found.
     pub flows_matched: u64,
     /// Flow starts without an end (fork points excluded).
@@ -91,7 +100,11 @@ impl Health {
     /// unmatched flows, repaired spans.
     pub fn imperfect(&self) -> bool {
         self.damaged()
-            || self.processes.iter().any(|p| !p.clean || p.lost_events > 0)
+            || !self.no_space.is_empty()
+            || self
+                .processes
+                .iter()
+                .any(|p| !p.clean || p.lost_events > 0 || p.lost_meta > 0)
             || self.flows_unmatched_in + self.flows_unmatched_out > 0
             || self.stats.unmatched_exits > 0
     }
@@ -179,6 +192,7 @@ pub fn check(session: &Session) -> Health {
             span_ns: p.end_ns.saturating_sub(p.start_ns),
             clock_fit: method,
             torn_records: f.torn_records,
+            lost_meta: f.lost_meta,
             warnings: f.warnings.clone(),
             linked_by_ppid: p
                 .parent_link
@@ -219,6 +233,8 @@ pub fn check(session: &Session) -> Health {
             .iter()
             .map(|(p, e)| format!("{}: {e}", p.display()))
             .collect(),
+        no_space: session.no_space.iter().map(|n| n.to_string()).collect(),
+        ignored: session.ignored.iter().map(|(_, e)| e.clone()).collect(),
         flows_matched: matched,
         flows_unmatched_out: unmatched_out,
         forks_without_recording_child: forks_unmatched,

@@ -51,6 +51,9 @@ pub struct ProcessSummary {
     pub funcs: Vec<(FuncKey, FuncStats)>,
     /// Events the process lost, by thread.
     pub losses: crate::read::Losses,
+    /// Metadata entries it could not store (see
+    /// [`crate::read::ProcessFile::lost_meta`]).
+    pub lost_meta: u32,
 }
 
 /// The whole summary.
@@ -69,6 +72,9 @@ pub struct Summary {
     /// Start of the session, ns: the origin of the critical path's times
     /// in the text.
     pub origin_ns: i64,
+    /// Processes that recorded nothing for lack of space, in a sentence
+    /// each (see [`crate::trace::NoSpace`]).
+    pub no_space: Vec<String>,
 }
 
 impl Summary {
@@ -145,6 +151,7 @@ pub fn compute(session: &Session) -> Summary {
             clean: p.file.clean,
             funcs,
             losses: p.file.losses(),
+            lost_meta: p.file.lost_meta,
         });
     }
     let mut tree: Vec<_> = tree.into_iter().collect();
@@ -156,6 +163,7 @@ pub fn compute(session: &Session) -> Summary {
         stats,
         critical_path,
         origin_ns: session.start_ns(),
+        no_space: session.no_space.iter().map(|n| n.to_string()).collect(),
     }
 }
 

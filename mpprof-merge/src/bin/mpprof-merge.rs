@@ -33,6 +33,12 @@ struct Cli {
     /// Rows per table in summaries.
     #[arg(long, default_value_t = 30)]
     limit: usize,
+    /// Folded and SVG output: most frames of a stack shown below its
+    /// process; deeper frames are folded into one marker frame that holds
+    /// their time (like perf's --max-stack).
+    #[arg(long, default_value_t = write::folded::DEFAULT_MAX_STACK as u64,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    max_stack: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -95,6 +101,12 @@ fn open(inputs: &[PathBuf]) -> Result<Session> {
     for (p, e) in &s.unreadable {
         eprintln!("warning: skipping {}: {e}", p.display());
     }
+    for (_, e) in &s.ignored {
+        eprintln!("warning: ignoring {e}");
+    }
+    for n in &s.no_space {
+        eprintln!("warning: {n}");
+    }
     for p in &s.processes {
         for w in &p.file.warnings {
             eprintln!("warning: {w}");
@@ -146,15 +158,24 @@ fn run() -> Result<ExitCode> {
                 };
                 format!("cannot write {to} (what was written is incomplete)")
             };
+            let fold = write::folded::Options {
+                max_stack: cli.max_stack as usize,
+            };
             let stats = with_progress(&s, || match format {
                 Format::Chrome => write::chrome::write(&s, &mut out),
                 Format::Summary => write::summary::write(&s, &mut out, cli.limit).map(|s| s.stats),
-                Format::Folded => write::folded::write(&s, &mut out),
-                Format::Svg => write::folded::write_svg(&s, &mut out),
+                Format::Folded => write::folded::write_with(&s, &mut out, fold),
+                Format::Svg => write::folded::write_svg_with(&s, &mut out, fold),
                 Format::Perfetto => write::perfetto::write(&s, &mut out),
             })
             .with_context(incomplete)?;
             out.flush().with_context(incomplete)?;
+            if format == Format::Chrome && stats.non_finite_counters > 0 {
+                eprintln!(
+                    "warning: {} counter samples are NaN or infinite, which JSON cannot hold: each is an instant with its value instead (the Perfetto format keeps them)",
+                    stats.non_finite_counters
+                );
+            }
             if cli.output != Path::new("-") {
                 eprintln!(
                     "wrote {} ({} processes, {} events{})",

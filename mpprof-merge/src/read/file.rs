@@ -29,6 +29,23 @@ pub enum ReadError {
         /// What is wrong, naming the field.
         what: String,
     },
+    /// The file is empty: its process created it but could not write its
+    /// header (no space on the device, or a file size limit), so it
+    /// recorded nothing.
+    #[error("{path}: the file is empty: its process recorded nothing (no space for the file's header: disk full or a file size limit)")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
+    /// Not a regular file (a FIFO, socket, device or directory named like a
+    /// buffer file): not opened, or not read.
+    #[error("{path}: not a buffer file: it is a {kind}, not a regular file")]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+        /// What it is.
+        kind: &'static str,
+    },
     /// A newer writer.
     #[error("{path}: written by a newer mpprof (format {found}); this reader knows formats up to {known}")]
     NewerFormat {
@@ -214,6 +231,16 @@ pub struct ProcessFile {
 }
 
 impl ProcessFile {
+    /// Whether the process recorded nothing because its file could not
+    /// grow past the header (no space, or a file size limit): no process
+    /// information, no anchor, no thread, and failed reservations.
+    pub fn recorded_nothing(&self) -> bool {
+        self.info.is_none()
+            && self.anchors.is_empty()
+            && self.lanes.is_empty()
+            && self.lost_chunks > 0
+    }
+
     /// The process's display name: executable file name and pid.
     pub fn display_name(&self) -> String {
         let exe = self.info.as_ref().map(|i| i.exe.as_str()).unwrap_or("");

@@ -26,12 +26,53 @@ use lanes::{apply_reuses, lane_overwritten, looks_torn, split_handoffs};
 use meta::decode_meta;
 
 /// Opens and validates a buffer file; decodes its metadata and locates its chunks.
+///
+/// Only a regular file is opened: anything else named like a buffer file
+/// (a FIFO, whose open would wait for a writer; a device, whose open may do
+/// something) is refused before it is opened, and the open itself is
+/// non-blocking, in case the file was replaced in between.
 pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
-    let file = std::fs::File::open(path).map_err(|error| ReadError::Io {
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |error| ReadError::Io {
         path: path.to_owned(),
         error,
-    })?;
+    };
+    let not_regular = |t: std::fs::FileType| ReadError::NotRegular {
+        path: path.to_owned(),
+        kind: file_kind(t),
+    };
+    let md = std::fs::metadata(path).map_err(io)?;
+    if !md.is_file() {
+        return Err(not_regular(md.file_type()));
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io)?;
+    let md = file.metadata().map_err(io)?;
+    if !md.is_file() {
+        return Err(not_regular(md.file_type()));
+    }
     parse(path, Source::File(file))
+}
+
+/// What a file that is not a regular file is, for messages.
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO (named pipe)"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_char_device() {
+        "character device"
+    } else if t.is_block_device() {
+        "block device"
+    } else {
+        "special file"
+    }
 }
 
 /// [`open`] for a file's bytes in memory; `name` names it in messages.
@@ -51,6 +92,11 @@ pub fn parse(path: &Path, file: Source) -> Result<ProcessFile, ReadError> {
         what,
     };
     let file_len = file.len().map_err(io)?;
+    if file_len == 0 {
+        return Err(ReadError::Empty {
+            path: path.to_owned(),
+        });
+    }
     let mut h = vec![0u8; format::HEADER_SIZE as usize];
     let got = file.read_at(&mut h, 0).map_err(io)?;
     let Some(fh) = format::FileHeader::decode(&h[..got]) else {
@@ -269,7 +315,7 @@ pub fn parse(path: &Path, file: Source) -> Result<ProcessFile, ReadError> {
     for l in pf.lanes.values_mut() {
         l.chunks.sort_by_key(|c| c.seq);
     }
-    if pf.info.is_none() {
+    if pf.info.is_none() && !pf.recorded_nothing() {
         pf.warnings.push(format!(
             "{name}: no process information in the metadata (executable and parent unknown)"
         ));

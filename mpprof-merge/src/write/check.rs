@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 
+use super::escape::terminal;
 use crate::analysis::check::Health;
 
 /// Writes the report as text.
@@ -15,8 +16,12 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
         writeln!(
             out,
             "{} on {}: {end}",
-            p.name,
-            if p.host.is_empty() { "?" } else { &p.host }
+            terminal(&p.name),
+            if p.host.is_empty() {
+                "?".into()
+            } else {
+                terminal(&p.host)
+            }
         )?;
         writeln!(
             out,
@@ -30,7 +35,8 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
         if let Some(parent) = &p.linked_by_ppid {
             writeln!(
                 out,
-                "  started by {parent} without mpprof::spawn: linked to it by parent pid"
+                "  started by {} without mpprof::spawn: linked to it by parent pid",
+                terminal(parent)
             )?;
         }
         if p.lost_events > 0 {
@@ -49,12 +55,25 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
                 p.torn_records
             )?;
         }
+        if p.lost_meta > 0 {
+            writeln!(
+                out,
+                "  LOST {} metadata entries (the file could not hold them): callsites without a name show as #<id>, threads without one unnamed",
+                p.lost_meta
+            )?;
+        }
         for w in &p.warnings {
-            writeln!(out, "  warning: {w}")?;
+            writeln!(out, "  warning: {}", terminal(w))?;
         }
     }
+    for n in &h.no_space {
+        writeln!(out, "{}", terminal(n))?;
+    }
     for u in &h.unreadable {
-        writeln!(out, "UNREADABLE {u}")?;
+        writeln!(out, "UNREADABLE {}", terminal(u))?;
+    }
+    for i in &h.ignored {
+        writeln!(out, "ignored {}", terminal(i))?;
     }
     writeln!(
         out,
@@ -105,6 +124,13 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
         "merge: {} events, {} spans closed by the merge, {} exits without entry, {} malformed records, {} unreadable chunks",
         s.events, s.closed_spans, s.unmatched_exits, s.bad_records, s.unreadable_chunks
     )?;
+    if s.non_finite_counters > 0 {
+        writeln!(
+            out,
+            "counters: {} samples are NaN or infinite (kept in Perfetto output; Chrome JSON, which cannot hold them, shows each as an instant)",
+            s.non_finite_counters
+        )?;
+    }
     writeln!(
         out,
         "{}",

@@ -229,12 +229,24 @@ impl Json<'_> {
                 self.site_name(s, e.proc, site)?;
                 self.out.write_all(b"}")
             }
+            EventKind::Counter { site, value } if !value.is_finite() => {
+                // JSON has no NaN or infinity: the sample is an instant
+                // that says its value, where the counter's track has a gap.
+                self.head("i", pid, tid, e.ts)?;
+                self.out.write_all(b",\"s\":\"t\",\"name\":")?;
+                self.site_name(s, e.proc, site)?;
+                write!(
+                    self.out,
+                    ",\"args\":{{\"counter value\":\"{value}\",\"note\":\"not a number JSON can hold: left out of the counter's track\"}}}}"
+                )
+            }
             EventKind::Counter { site, value } => {
                 self.head("C", pid, tid, e.ts)?;
                 self.out.write_all(b",\"name\":")?;
                 self.site_name(s, e.proc, site)?;
-                let v = if value.is_finite() { value } else { 0.0 };
-                write!(self.out, ",\"args\":{{\"value\":{v}}}}}")
+                // Integers in full; a float as Rust prints it (which JSON
+                // reads back to the same f64).
+                write!(self.out, ",\"args\":{{\"value\":{value}}}}}")
             }
             EventKind::Lost { count, overwritten } => {
                 self.head("i", pid, tid, e.ts)?;

@@ -2,6 +2,7 @@
 
 use std::io::{self, Write};
 
+use super::escape::terminal;
 use crate::analysis::critical_path::{CriticalPath, MAX_HOPS};
 
 fn ms(ns: i64) -> f64 {
@@ -56,7 +57,7 @@ pub fn write(
         let thread = if s.thread.is_empty() {
             format!("lane {}", s.lane)
         } else {
-            format!("{} (lane {})", s.thread, s.lane)
+            format!("{} (lane {})", terminal(&s.thread), s.lane)
         };
         writeln!(
             out,
@@ -64,7 +65,7 @@ pub fn write(
             ms(s.start_ns.saturating_sub(origin_ns)),
             ms(s.end_ns.saturating_sub(origin_ns)),
             ms(s.len_ns()),
-            s.process,
+            terminal(&s.process),
         )?;
     }
     if cp.segments.len() > limit {
@@ -87,8 +88,8 @@ pub fn write(
             out,
             "{:>11.3} {share:>6.1}  {}  {}",
             ms(f.ns),
-            f.process,
-            f.key.location()
+            terminal(&f.process),
+            terminal(&f.key.location())
         )?;
     }
     if cp.funcs.len() > limit {

@@ -3,35 +3,74 @@
 //!
 //! The root frame is the executable's name, so the same code in many
 //! processes (a worker pool) adds up into one tower; values are self time in
-//! microseconds.
+//! microseconds. Names are escaped for the format ([`super::escape`]).
+//!
+//! Stacks deeper than [`Options::max_stack`] frames are cut there: the
+//! frames below are folded into one marker frame, which holds their self
+//! time. Without the cap, one deep recursion makes the output quadratic in
+//! its depth (each of its `n` stacks is a line of up to `n` frames).
 
 use std::collections::HashMap;
 use std::io::{self, Write};
 
+use super::escape;
 use crate::hash::FastMap;
 use crate::merge::{EventKind, MergeStats};
 use crate::trace::Session;
 
-/// Self time per distinct stack, ns. Memory grows with the number of
-/// distinct stacks, not with the number of events.
+/// Default of [`Options::max_stack`] (`--max-stack`).
+pub const DEFAULT_MAX_STACK: usize = 512;
+
+/// How stacks are folded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Most frames of a stack printed below its root (at least 1): deeper
+    /// frames are folded into one marker frame ([`marker`]).
+    pub max_stack: usize,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            max_stack: DEFAULT_MAX_STACK,
+        }
+    }
+}
+
+/// The frame that stands for the frames below `max_stack`.
+pub fn marker(max_stack: usize) -> String {
+    format!("[deeper frames folded: max stack {max_stack}]")
+}
+
+/// Self time per distinct stack, ns, with the default [`Options`].
+pub fn collect(session: &Session) -> (Vec<(String, u64)>, MergeStats) {
+    collect_with(session, Options::default())
+}
+
+/// Self time per distinct stack, ns, sorted by stack. Memory grows with the
+/// number of distinct stacks (each at most `max_stack` frames), not with
+/// the number of events.
 ///
 /// Stacks are interned as nodes of a tree (parent node, process, callsite)
 /// while the events stream by, so an exit costs a map look-up and an
-/// addition; the text of each stack is built once at the end. Stacks of
-/// different processes with the same text (a worker pool) add up.
-pub fn collect(session: &Session) -> (Vec<(String, u64)>, MergeStats) {
-    /// A stack: its parent (NO_PARENT at the root), process and callsite.
+/// addition; the text of each stack that has time is built once at the end,
+/// from its node up. Stacks of different processes with the same text (a
+/// worker pool) add up.
+pub fn collect_with(session: &Session, opts: Options) -> (Vec<(String, u64)>, MergeStats) {
+    /// A stack: its parent (NO_PARENT at the root), process and callsite
+    /// (`None`: the marker of the frames below the cap).
     struct Node {
         parent: u32,
         proc: usize,
-        site: u32,
+        site: Option<u32>,
     }
     const NO_PARENT: u32 = u32::MAX;
+    let max_stack = opts.max_stack.max(1);
     // Per thread: open frames as (node, start, time in children).
     type Frames = Vec<(u32, i64, i64)>;
     let mut stacks: FastMap<(usize, u32), Frames> = FastMap::default();
     let mut nodes: Vec<Node> = Vec::new();
-    let mut ids: FastMap<(u32, usize, u32), u32> = FastMap::default();
+    let mut ids: FastMap<(u32, usize, Option<u32>), u32> = FastMap::default();
     // Self time per node; None until a span with that stack has ended.
     let mut self_ns: Vec<Option<u64>> = Vec::new();
     let mut events = session.events();
@@ -40,15 +79,21 @@ pub fn collect(session: &Session) -> (Vec<(String, u64)>, MergeStats) {
             EventKind::Enter { site } => {
                 let stack = stacks.entry((e.proc, e.lane)).or_default();
                 let parent = stack.last().map_or(NO_PARENT, |f| f.0);
-                let node = *ids.entry((parent, e.proc, site)).or_insert_with(|| {
-                    nodes.push(Node {
-                        parent,
-                        proc: e.proc,
-                        site,
-                    });
-                    self_ns.push(None);
-                    (nodes.len() - 1) as u32
-                });
+                let site = (stack.len() < max_stack).then_some(site);
+                let node = if site.is_none() && nodes[parent as usize].site.is_none() {
+                    // Below the marker: folded into it.
+                    parent
+                } else {
+                    *ids.entry((parent, e.proc, site)).or_insert_with(|| {
+                        nodes.push(Node {
+                            parent,
+                            proc: e.proc,
+                            site,
+                        });
+                        self_ns.push(None);
+                        (nodes.len() - 1) as u32
+                    })
+                };
                 stack.push((node, e.ts, 0));
             }
             EventKind::Exit { .. } => {
@@ -71,51 +116,69 @@ pub fn collect(session: &Session) -> (Vec<(String, u64)>, MergeStats) {
         .iter()
         .map(|p| {
             let exe = p.file.info.as_ref().map(|i| i.exe.as_str()).unwrap_or("");
-            exe.rsplit('/')
-                .next()
-                .filter(|s| !s.is_empty())
-                .unwrap_or("?")
-                .replace(';', ":")
+            let short = exe.rsplit('/').next().filter(|s| !s.is_empty());
+            escape::folded(short.unwrap_or("?")).into_owned()
         })
         .collect();
-    // A parent is interned before its children, so its text is ready.
-    let mut text: Vec<String> = Vec::with_capacity(nodes.len());
+    let marker = marker(max_stack);
     let mut totals: HashMap<String, u64> = HashMap::new();
-    for (n, t) in nodes.iter().zip(&self_ns) {
-        let mut key = match n.parent {
-            NO_PARENT => roots[n.proc].clone(),
-            p => text[p as usize].clone(),
-        };
-        key.push(';');
-        key.push_str(
-            &session.processes[n.proc]
-                .site_name(n.site)
-                .replace(';', ":"),
-        );
-        if let Some(t) = t {
-            let total = totals.entry(key.clone()).or_default();
-            *total = total.saturating_add(*t);
+    let mut path = Vec::new();
+    for (i, t) in self_ns.iter().enumerate() {
+        let Some(t) = t else { continue };
+        // The node's frames, from it up to the root.
+        path.clear();
+        let mut n = i as u32;
+        while n != NO_PARENT {
+            path.push(n);
+            n = nodes[n as usize].parent;
         }
-        text.push(key);
+        let proc = nodes[i].proc;
+        let mut key = roots[proc].clone();
+        for &n in path.iter().rev() {
+            key.push(';');
+            match nodes[n as usize].site {
+                Some(site) => {
+                    key.push_str(&escape::folded(&session.processes[proc].site_name(site)))
+                }
+                None => key.push_str(&marker),
+            }
+        }
+        let total = totals.entry(key).or_default();
+        *total = total.saturating_add(*t);
     }
     let mut v: Vec<(String, u64)> = totals.into_iter().collect();
     v.sort();
     (v, events.stats())
 }
 
+/// Writes folded stacks with the default [`Options`].
+pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
+    write_with(session, out, Options::default())
+}
+
 /// Writes folded stacks, values in microseconds (stacks under 1 µs of self
 /// time are kept with value 1 so nothing called disappears).
-pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
-    let (stacks, stats) = collect(session);
+pub fn write_with(session: &Session, out: &mut dyn Write, opts: Options) -> io::Result<MergeStats> {
+    let (stacks, stats) = collect_with(session, opts);
     for (stack, ns) in stacks {
         writeln!(out, "{stack} {}", (ns / 1000).max(1))?;
     }
     Ok(stats)
 }
 
-/// Writes an SVG flamegraph of the whole process tree.
+/// Writes an SVG flamegraph of the whole process tree with the default
+/// [`Options`].
 pub fn write_svg(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
-    let (stacks, stats) = collect(session);
+    write_svg_with(session, out, Options::default())
+}
+
+/// Writes an SVG flamegraph of the whole process tree.
+pub fn write_svg_with(
+    session: &Session,
+    out: &mut dyn Write,
+    opts: Options,
+) -> io::Result<MergeStats> {
+    let (stacks, stats) = collect_with(session, opts);
     let lines: Vec<String> = stacks
         .into_iter()
         .map(|(s, ns)| format!("{s} {}", (ns / 1000).max(1)))

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod chrome;
 pub mod critical_path;
+pub mod escape;
 pub mod folded;
 pub mod perfetto;
 pub mod summary;

@@ -16,7 +16,8 @@
 //!   span the merge closed carries the debug annotation `unfinished` (the
 //!   reason) on its END, plus `ended_abruptly: true` if the process died.
 //! - Instants are `TYPE_INSTANT`, counters `TYPE_COUNTER` (`counter_value`
-//!   for integral values, else `double_counter_value`), lost or overwritten
+//!   for integral values, exactly, else `double_counter_value`, NaN and
+//!   infinities included), lost or overwritten
 //!   events an instant named `"N events lost"`/`"N events overwritten"`, and
 //!   a process that died gets a `process ended abruptly` instant on its
 //!   process track.
@@ -51,7 +52,7 @@ use mpprof_format::flow_name;
 
 use super::{flow_key, Tracks};
 use crate::hash::FastMap;
-use crate::merge::{End, EventKind, MergeStats};
+use crate::merge::{CounterValue, End, EventKind, MergeStats};
 use crate::trace::Session;
 
 /// Field numbers and enum values used, as in Perfetto's `.proto` files
@@ -253,15 +254,12 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
                 name: Name::Iid(w.name_iid(session, e.proc, site, Label::Plain)),
                 ..TrackEvent::default()
             },
-            EventKind::Counter { site, value } => {
-                let v = if value.is_finite() { value } else { 0.0 };
-                TrackEvent {
-                    kind: te::TYPE_COUNTER,
-                    track: w.counter_uuid(session, e.proc, site)?,
-                    counter: Some(v),
-                    ..TrackEvent::default()
-                }
-            }
+            EventKind::Counter { site, value } => TrackEvent {
+                kind: te::TYPE_COUNTER,
+                track: w.counter_uuid(session, e.proc, site)?,
+                counter: Some(value),
+                ..TrackEvent::default()
+            },
             EventKind::Lost { count, overwritten } => {
                 let (name, detail) = if overwritten {
                     ("events overwritten", "flight recorder (keep-last): this thread's events before this point were overwritten; what is left of its trace starts here")
@@ -407,7 +405,7 @@ struct TrackEvent {
     track: u64,
     name: Name,
     category: Option<&'static str>,
-    counter: Option<f64>,
+    counter: Option<CounterValue>,
     /// (outgoing, id): `flow_ids` if outgoing, else `terminating_flow_ids`.
     flow: Option<(bool, u64)>,
     annotations: Annotations,
@@ -590,12 +588,21 @@ impl Pf<'_> {
                 if let Some(c) = ev.category {
                     e.str(te::CATEGORIES, c);
                 }
-                if let Some(v) = ev.counter {
-                    if v.fract() == 0.0 && v.abs() < 9.0e15 {
-                        e.uint(te::COUNTER_VALUE, v as i64 as u64);
-                    } else {
-                        e.double(te::DOUBLE_COUNTER_VALUE, v);
+                match ev.counter {
+                    None => {}
+                    // Integers exactly (a u64 past i64::MAX as the nearest
+                    // double: the field is an int64).
+                    Some(CounterValue::Int(i)) => e.uint(te::COUNTER_VALUE, i as u64),
+                    Some(CounterValue::UInt(u)) if u <= i64::MAX as u64 => {
+                        e.uint(te::COUNTER_VALUE, u)
                     }
+                    Some(CounterValue::UInt(u)) => e.double(te::DOUBLE_COUNTER_VALUE, u as f64),
+                    // A float with an integral value as an integer, as
+                    // exact; NaN and the infinities as they are.
+                    Some(CounterValue::Float(v)) if v.fract() == 0.0 && v.abs() < 9.0e15 => {
+                        e.uint(te::COUNTER_VALUE, v as i64 as u64)
+                    }
+                    Some(CounterValue::Float(v)) => e.double(te::DOUBLE_COUNTER_VALUE, v),
                 }
                 match ev.flow {
                     Some((true, id)) => e.fixed64(te::FLOW_IDS, id),

@@ -3,6 +3,7 @@
 
 use std::io::{self, Write};
 
+use super::escape::terminal;
 use crate::analysis::summary::{self, FuncKey, FuncStats, Summary};
 use crate::trace::Session;
 
@@ -33,7 +34,7 @@ fn table(out: &mut dyn Write, funcs: &[(FuncKey, FuncStats)], limit: usize) -> i
             "{ncalls:>9} {:>8.3} {per_tot:>8.3} {:>8.3} {per_cum:>8.3} {}{mark}",
             secs(s.tottime_ns),
             secs(s.cumtime_ns),
-            k.location()
+            terminal(&k.location())
         )?;
     }
     if funcs.len() > limit {
@@ -83,7 +84,12 @@ pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<
     for p in &s.processes {
         writeln!(out)?;
         let end = if p.clean { "" } else { " [ended abruptly]" };
-        header(out, &format!("== {}{end} ==", p.name), &p.funcs, p.wall_ns)?;
+        header(
+            out,
+            &format!("== {}{end} ==", terminal(&p.name)),
+            &p.funcs,
+            p.wall_ns,
+        )?;
         table(out, &p.funcs, limit)?;
         let l = &p.losses;
         if !l.lanes.is_empty() || l.unattributed > 0 {
@@ -91,6 +97,18 @@ pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<
             writeln!(out, "   Lost events by thread:")?;
             super::losses(out, "     ", l, limit)?;
         }
+        if p.lost_meta > 0 {
+            writeln!(out)?;
+            writeln!(
+                out,
+                "   Lost {} metadata entries: callsites without a name show as #<id>",
+                p.lost_meta
+            )?;
+        }
+    }
+    for n in &s.no_space {
+        writeln!(out)?;
+        writeln!(out, "== {} ==", terminal(n))?;
     }
     writeln!(out)?;
     super::critical_path::write(&s.critical_path, s.origin_ns, out, limit)?;

@@ -289,8 +289,7 @@ pub(crate) fn lazy_start() -> Option<Origin> {
             Ok(origin) => origin,
             Err(e) => {
                 crate::warn::warn(format_args!(
-                    "cannot record the forked child (pid {}) into {} ({e}); it runs without recording",
-                    std::process::id(),
+                    "cannot record this forked child into {} ({e}); it runs without recording",
                     dir.display()
                 ));
                 STATE.store(OFF, Ordering::Relaxed);
@@ -309,9 +308,8 @@ pub(crate) fn lazy_start() -> Option<Origin> {
         Ok(origin) => origin,
         Err(e) => {
             crate::warn::warn(format_args!(
-                "cannot record into {} ({e}); this process (pid {}) runs without recording and will be missing from the trace",
-                dir.display(),
-                std::process::id()
+                "cannot record into {} ({e}); this process runs without recording and will be missing from the trace",
+                dir.display()
             ));
             STATE.store(OFF, Ordering::Relaxed);
             None
