@@ -2,9 +2,16 @@
 //! instrumented with `#[mpprof::instrument]` and recording is on. See
 //! docs/PERFORMANCE.md.
 //!
-//! Besides the two criterion cases, prints the slowdown in percent from an
+//! Besides the criterion cases, prints the slowdown in percent from an
 //! interleaved A/B measurement (alternating rounds, median of the per-round
 //! ratios), which is less sensitive to a busy machine than two separate runs.
+//!
+//! Each case runs two ways: independent calls (each on its own input, so
+//! the CPU may overlap the end of one call's chain with the start of the
+//! next) and dependent calls (each call's input is the previous call's
+//! result, so nothing overlaps). Timestamps limit that overlap; the
+//! dependent baseline shows what the recording adds to a call's latency
+//! when there is no overlap to lose.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -52,32 +59,49 @@ fn run(iters: u64, f: fn(u64) -> u64) -> Duration {
     t.elapsed()
 }
 
+/// As [`run`], each call taking the previous call's result.
+fn run_dependent(iters: u64, f: fn(u64) -> u64) -> Duration {
+    let t = Instant::now();
+    let mut x = black_box(0u64);
+    for _ in 0..iters {
+        x = f(x);
+    }
+    black_box(x);
+    t.elapsed()
+}
+
+/// Both ways of calling: independent, then dependent.
+const WAYS: [(&str, fn(u64, fn(u64) -> u64) -> Duration); 2] =
+    [("independent", run), ("dependent", run_dependent)];
+
 /// Interleaved A/B: alternating rounds of plain calls and calls of `f`,
 /// median of the per-round ratios (in test mode, one short round just to
 /// run the code).
 fn ab(label: &str, f: fn(u64) -> u64) {
     let bench = std::env::args().any(|a| a == "--bench");
     let (rounds, calls) = if bench { (31, 20_000) } else { (1, 100) };
-    let mut ratios = Vec::with_capacity(rounds);
-    let mut plain_ns = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let a = run(calls, work);
-        let b = run(calls, f);
-        ratios.push(b.as_secs_f64() / a.as_secs_f64());
-        plain_ns.push(a.as_secs_f64() * 1e9 / calls as f64);
+    for (way, run) in WAYS {
+        let mut ratios = Vec::with_capacity(rounds);
+        let mut plain_ns = Vec::with_capacity(rounds);
+        for _ in 0..rounds {
+            let a = run(calls, work);
+            let b = run(calls, f);
+            ratios.push(b.as_secs_f64() / a.as_secs_f64());
+            plain_ns.push(a.as_secs_f64() * 1e9 / calls as f64);
+        }
+        ratios.sort_by(f64::total_cmp);
+        plain_ns.sort_by(f64::total_cmp);
+        let median = ratios[rounds / 2];
+        println!(
+            "real_work, {label}, {way} calls: plain call {:.0} ns (median); slowdown {:+.2} % \
+             (median of the per-round ratios; min {:+.2} %, max {:+.2} %, {} rounds)",
+            plain_ns[rounds / 2],
+            (median - 1.0) * 100.0,
+            (ratios[0] - 1.0) * 100.0,
+            (ratios[rounds - 1] - 1.0) * 100.0,
+            rounds
+        );
     }
-    ratios.sort_by(f64::total_cmp);
-    plain_ns.sort_by(f64::total_cmp);
-    let median = ratios[rounds / 2];
-    println!(
-        "real_work, {label}: plain call {:.0} ns (median); slowdown {:+.2} % (median of the \
-         per-round ratios; min {:+.2} %, max {:+.2} %, {} rounds)",
-        plain_ns[rounds / 2],
-        (median - 1.0) * 100.0,
-        (ratios[0] - 1.0) * 100.0,
-        (ratios[rounds - 1] - 1.0) * 100.0,
-        rounds
-    );
 }
 
 /// Starts a session in `dir` with the given overflow policy and budget.
@@ -112,6 +136,9 @@ fn main() {
 
     let mut g = c.benchmark_group("real_work");
     g.bench_function("two_rdtsc", |b| b.iter_custom(|n| run(n, work_rdtsc)));
+    g.bench_function("two_rdtsc_dependent", |b| {
+        b.iter_custom(|n| run_dependent(n, work_rdtsc))
+    });
     g.finish();
     ab("two rdtsc, nothing recorded", work_rdtsc);
 
@@ -124,6 +151,12 @@ fn main() {
     g.bench_function("plain", |b| b.iter_custom(|n| run(n, work)));
     g.bench_function("instrumented", |b| {
         b.iter_custom(|n| run(n, work_instrumented))
+    });
+    g.bench_function("plain_dependent", |b| {
+        b.iter_custom(|n| run_dependent(n, work))
+    });
+    g.bench_function("instrumented_dependent", |b| {
+        b.iter_custom(|n| run_dependent(n, work_instrumented))
     });
     g.finish();
     ab("keep-first", work_instrumented);

@@ -53,8 +53,8 @@ pub fn join_session(files: &[&[u8]]) -> Vec<u8> {
 }
 
 /// Everything a user can do with a session: iterate the events, and write
-/// Chrome JSON, folded stacks, the summary and the health report (into
-/// sinks). Returns the number of merged events.
+/// Chrome JSON, folded stacks (also capped at 2 frames), Perfetto, the
+/// summary and the health report (into sinks). Returns the number of merged events.
 pub fn exercise(s: &Session) -> u64 {
     let mut n = 0u64;
     let mut events = s.events();
@@ -66,6 +66,10 @@ pub fn exercise(s: &Session) -> u64 {
     let sink = &mut io::sink();
     write::chrome::write(s, sink).expect("writing into a sink cannot fail");
     write::folded::write(s, sink).expect("writing into a sink cannot fail");
+    // A small stack cap, so the fold below it is exercised too.
+    let fold = write::folded::Options { max_stack: 2 };
+    write::folded::write_with(s, sink, fold).expect("writing into a sink cannot fail");
+    write::perfetto::write(s, sink).expect("writing into a sink cannot fail");
     write::summary::write(s, sink, 10).expect("writing into a sink cannot fail");
     let h = analysis::check::check(s);
     std::hint::black_box((h.damaged(), h.imperfect()));

@@ -360,15 +360,22 @@ impl ProcessBuffer {
             .store(format::STATE_FINISHED, Ordering::Release);
     }
 
-    /// Claims a fresh chunk slot and reserves its disk space. Event chunks
-    /// leave [`META_RESERVE`] slots for metadata.
+    /// Claims a fresh chunk slot and reserves its disk space: the first
+    /// [`FIRST_RESERVE`] bytes of a lane's first chunk (a thread may record
+    /// little), the whole of a later one (the thread filled a chunk: it is
+    /// busy, and one `pwrite` costs less than six). Event chunks leave
+    /// [`META_RESERVE`] slots for metadata.
     pub fn claim(&self, init: &ChunkInit) -> Result<Chunk, ClaimError> {
-        let first = self.first_reserve();
-        let slot = self.reserve_slot(init.kind, first, false)?;
+        let len = if init.kind == format::CHUNK_EVENTS && init.seq > 0 {
+            self.config.chunk_size
+        } else {
+            self.first_reserve()
+        };
+        let slot = self.reserve_slot(init.kind, len, false)?;
         // SAFETY: the slot is inside the mapping (slot < max_chunks), its
-        // first blocks were just reserved, and this thread owns it
+        // first `len` bytes were just reserved, and this thread owns it
         // exclusively.
-        unsafe { Ok(self.init_chunk(slot, init, first)) }
+        unsafe { Ok(self.init_chunk(slot, init, len)) }
     }
 
     /// Bytes of a chunk reserved when it is claimed: [`FIRST_RESERVE`], or
