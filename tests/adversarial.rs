@@ -41,6 +41,19 @@ fn run_with_deadline(mut c: Command, limit: Duration) -> Output {
     }
 }
 
+/// Runs `c` to its end (see [`run_with_deadline`], 120 s) and checks that
+/// it succeeded.
+fn run_ok(c: Command) -> Output {
+    let out = run_with_deadline(c, Duration::from_secs(120));
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The value of `key=` on the child's stdout.
 fn stdout_value(out: &Output, key: &str) -> u64 {
     let s = String::from_utf8_lossy(&out.stdout);
@@ -136,12 +149,7 @@ fn recording_in_a_signal_handler_never_hangs_and_accounts_for_every_event() {
     );
     // Small chunks: many chunk changes for a signal to land in.
     c.env("MPPROF_CHUNK_KB", "16");
-    let out = run_with_deadline(c, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(c);
     let handler_calls = stdout_value(&out, "handler_calls");
     assert!(handler_calls > 100, "the timer fired: {handler_calls}");
     let s = Session::open(&[dir.path()]).unwrap();
@@ -421,12 +429,7 @@ fn a_thousand_sessions_leak_no_descriptor_and_no_mapping() {
     // for good) when threads happen to allocate at the same moment, which
     // a loaded machine makes likely and would count as a leak here.
     c.env("MALLOC_ARENA_MAX", "1");
-    let out = run_with_deadline(c, Duration::from_secs(120));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(c);
     assert_eq!(
         stdout_value(&out, "fds_after"),
         stdout_value(&out, "fds_before"),
@@ -468,12 +471,7 @@ fn two_guards_share_one_session() {
     });
     let dir = session_dir();
     let c = self_command("two_guards_share_one_session", "guards", dir.path());
-    let out = run_with_deadline(c, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(c);
     let s = Session::open(&[dir.path()]).unwrap();
     assert_eq!(s.processes.len(), 2, "two sessions, two files");
     let calls: Vec<u64> = s
@@ -549,12 +547,7 @@ fn children_in_other_directories_record_into_the_session_and_are_linked() {
     }
     let mut c = relative_command(TEST, "family_parent", root.path());
     c.env("MPPROF_DIR", "sess");
-    let out = run_with_deadline(c, Duration::from_secs(60));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(c);
     for stray in ["elsewhere/sess", "third/sess"] {
         let n = std::fs::read_dir(root.path().join(stray)).unwrap().count();
         assert_eq!(n, 0, "nothing recorded into {stray}");
@@ -802,19 +795,11 @@ fn a_deep_recursion_folds_into_a_bounded_output() {
         println!("depth={}", t.join().unwrap());
     });
     let dir = session_dir();
-    let out = run_with_deadline(
-        self_command(
-            "a_deep_recursion_folds_into_a_bounded_output",
-            "deep",
-            dir.path(),
-        ),
-        Duration::from_secs(120),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(self_command(
+        "a_deep_recursion_folds_into_a_bounded_output",
+        "deep",
+        dir.path(),
+    ));
     assert_eq!(stdout_value(&out, "depth"), DEPTH);
     let s = Session::open(&[dir.path()]).unwrap();
     let (stacks, stats) = mpprof_merge::write::folded::collect(&s);
@@ -895,15 +880,11 @@ fn hostile_names_survive_every_output() {
             .unwrap();
     });
     let dir = session_dir();
-    let out = run_with_deadline(
-        self_command("hostile_names_survive_every_output", "names", dir.path()),
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(self_command(
+        "hostile_names_survive_every_output",
+        "names",
+        dir.path(),
+    ));
     let s = Session::open(&[dir.path()]).unwrap();
     let p = &s.processes[0];
     assert_eq!(p.file.lost_meta, 0, "no metadata lost");
@@ -1003,19 +984,11 @@ fn counter_values_come_out_as_recorded() {
         mpprof::counter!("half", 0.5f32);
     });
     let dir = session_dir();
-    let out = run_with_deadline(
-        self_command(
-            "counter_values_come_out_as_recorded",
-            "counters",
-            dir.path(),
-        ),
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(self_command(
+        "counter_values_come_out_as_recorded",
+        "counters",
+        dir.path(),
+    ));
     let s = Session::open(&[dir.path()]).unwrap();
     use mpprof_merge::CounterValue::{Float, Int, UInt};
     let mut values = std::collections::BTreeMap::new();
@@ -1140,19 +1113,11 @@ fn the_preparer_does_not_inherit_a_pinned_threads_cpu() {
         return;
     }
     let dir = session_dir();
-    let out = run_with_deadline(
-        self_command(
-            "the_preparer_does_not_inherit_a_pinned_threads_cpu",
-            "pinned",
-            dir.path(),
-        ),
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(self_command(
+        "the_preparer_does_not_inherit_a_pinned_threads_cpu",
+        "pinned",
+        dir.path(),
+    ));
     let text = String::from_utf8_lossy(&out.stdout);
     let value = |key: &str| {
         text.lines()
@@ -1189,19 +1154,11 @@ fn a_failed_spawn_says_so_in_the_trace() {
         println!("pid={}", std::process::id());
     });
     let dir = session_dir();
-    let out = run_with_deadline(
-        self_command(
-            "a_failed_spawn_says_so_in_the_trace",
-            "spawn_fail",
-            dir.path(),
-        ),
-        Duration::from_secs(60),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(self_command(
+        "a_failed_spawn_says_so_in_the_trace",
+        "spawn_fail",
+        dir.path(),
+    ));
     let s = Session::open(&[dir.path()]).unwrap();
     assert_eq!(s.processes.len(), 1);
     let p = &s.processes[0];

@@ -70,9 +70,11 @@ fn run_dependent(iters: u64, f: fn(u64) -> u64) -> Duration {
     t.elapsed()
 }
 
+/// A way of calling `f` `iters` times, timed.
+type Runner = fn(u64, fn(u64) -> u64) -> Duration;
+
 /// Both ways of calling: independent, then dependent.
-const WAYS: [(&str, fn(u64, fn(u64) -> u64) -> Duration); 2] =
-    [("independent", run), ("dependent", run_dependent)];
+const WAYS: [(&str, Runner); 2] = [("independent", run), ("dependent", run_dependent)];
 
 /// Interleaved A/B: alternating rounds of plain calls and calls of `f`,
 /// median of the per-round ratios (in test mode, one short round just to

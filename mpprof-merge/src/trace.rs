@@ -95,7 +95,9 @@ pub enum OpenError {
 }
 
 /// A process that recorded nothing because its buffer file could not grow
-/// (see [`Session::no_space`]).
+/// (see [`Session::no_space`]). An empty file may also be a process killed
+/// between creating its file and writing the header: nothing was recorded
+/// either way.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NoSpace {
     /// Its file.
@@ -119,7 +121,7 @@ impl std::fmt::Display for NoSpace {
         if self.len == 0 {
             write!(
                 f,
-                "no space for its buffer file (it is empty: disk full or a file size limit)"
+                "no space for its buffer file (it is empty: disk full or a file size limit; or the process was killed as it created it)"
             )
         } else {
             write!(

@@ -350,39 +350,36 @@ impl Chunks {
         self.parts().ready_cv.notify_one();
     }
 
+    /// The preparer waits on the ready list's condvar while `wait` holds of
+    /// the list (waking at least every 200 ms); false if the file finished
+    /// meanwhile.
+    fn wait_ready(&self, wait: impl Fn(&ArrayVec<u32, READY_CHUNKS>) -> bool) -> bool {
+        let mut ready = lock(&self.parts().ready);
+        while wait(&ready) {
+            if self.is_finished() {
+                return false;
+            }
+            ready = self
+                .parts()
+                .ready_cv
+                .wait_timeout(ready, std::time::Duration::from_millis(200))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        true
+    }
+
     fn prepare_loop(&self) {
         any_cpu();
         idle_priority();
         // Woken by a busy thread's claim; then keeps READY_CHUNKS ready.
-        {
-            let mut ready = lock(&self.parts().ready);
-            // Relaxed: see `wake_preparer`.
-            while !self.wanted.load(Ordering::Relaxed) {
-                if self.is_finished() {
-                    return;
-                }
-                ready = self
-                    .parts()
-                    .ready_cv
-                    .wait_timeout(ready, std::time::Duration::from_millis(200))
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .0;
-            }
+        // Relaxed: see `wake_preparer`.
+        if !self.wait_ready(|_| !self.wanted.load(Ordering::Relaxed)) {
+            return;
         }
         loop {
-            {
-                let mut ready = lock(&self.parts().ready);
-                while ready.len() >= READY_CHUNKS {
-                    if self.is_finished() {
-                        return;
-                    }
-                    ready = self
-                        .parts()
-                        .ready_cv
-                        .wait_timeout(ready, std::time::Duration::from_millis(200))
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .0;
-                }
+            if !self.wait_ready(|ready| ready.len() >= READY_CHUNKS) {
+                return;
             }
             if self.is_finished() {
                 return;

@@ -30,9 +30,9 @@ pub enum ReadError {
         what: String,
     },
     /// The file is empty: its process created it but could not write its
-    /// header (no space on the device, or a file size limit), so it
-    /// recorded nothing.
-    #[error("{path}: the file is empty: its process recorded nothing (no space for the file's header: disk full or a file size limit)")]
+    /// header (no space on the device, or a file size limit), or was killed
+    /// in between, so it recorded nothing.
+    #[error("{path}: the file is empty: its process recorded nothing (no space for the file's header: disk full or a file size limit; or it was killed as it created the file)")]
     Empty {
         /// The file.
         path: PathBuf,
