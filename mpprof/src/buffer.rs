@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use arrayvec::ArrayVec;
 use memmap2::MmapRaw;
 
-use crate::chunks::lock;
 use crate::env;
 use crate::format::{self, chunk, header, MetaRef, Policy};
+use crate::sync::lock;
 
 /// Layout and budget of one process file.
 #[derive(Clone, Copy, Debug)]

@@ -12,9 +12,10 @@
 //! `docs/ARCHITECTURE.md` (*Recording path*, *Slow path*) describes the
 //! algorithm; the comments here say why each step is safe.
 
+use crate::sync::lock;
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Condvar, Mutex};
 
 use arrayvec::ArrayVec;
 
@@ -22,16 +23,6 @@ use crate::buffer::{Chunk, ChunkInit, ClaimError, MetaLog, ProcessBuffer};
 use crate::clock;
 use crate::format::{self, kind, word, Clipped, LostRef, MetaRef, Policy, ReusedRef, MAX_NAME};
 use crate::writer::Writer;
-
-/// Locks `m`. The recorder's locks are `std::sync::Mutex`es, futexes with
-/// no state shared between locks: a thread never waits here on a lock its
-/// own code holds (recording on a thread is not re-entered, see
-/// `record.rs`), so a signal handler that records only waits for other
-/// threads, which make progress. A lock poisoned by a panic is used as it
-/// is: its data is valid at every point where the recorder could panic.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// One file's chunks: the buffer, its metadata log, and the lists through
 /// which chunks pass from one thread to another.

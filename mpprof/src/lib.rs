@@ -45,6 +45,7 @@ mod future;
 mod record;
 mod session;
 mod spawn;
+mod sync;
 #[cfg(feature = "tracing")]
 mod tracing_layer;
 mod warn;

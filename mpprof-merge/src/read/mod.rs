@@ -32,7 +32,6 @@ use meta::decode_meta;
 /// something) is refused before it is opened, and the open itself is
 /// non-blocking, in case the file was replaced in between.
 pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
-    use std::os::unix::fs::OpenOptionsExt;
     let io = |error| ReadError::Io {
         path: path.to_owned(),
         error,
@@ -45,11 +44,14 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
     if !md.is_file() {
         return Err(not_regular(md.file_type()));
     }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(io)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC);
+    }
+    let file = options.open(path).map_err(io)?;
     let md = file.metadata().map_err(io)?;
     if !md.is_file() {
         return Err(not_regular(md.file_type()));
@@ -59,20 +61,23 @@ pub fn open(path: &Path) -> Result<ProcessFile, ReadError> {
 
 /// What a file that is not a regular file is, for messages.
 fn file_kind(t: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
     if t.is_dir() {
-        "directory"
-    } else if t.is_fifo() {
-        "FIFO (named pipe)"
-    } else if t.is_socket() {
-        "socket"
-    } else if t.is_char_device() {
-        "character device"
-    } else if t.is_block_device() {
-        "block device"
-    } else {
-        "special file"
+        return "directory";
     }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "FIFO (named pipe)";
+        } else if t.is_socket() {
+            return "socket";
+        } else if t.is_char_device() {
+            return "character device";
+        } else if t.is_block_device() {
+            return "block device";
+        }
+    }
+    "special file"
 }
 
 /// [`open`] for a file's bytes in memory; `name` names it in messages.
