@@ -5,7 +5,8 @@
 //! signal handler, at a callsite's first use): the id comes from an atomic
 //! counter, the callsite joins an intrusive list of registered callsites
 //! (replayed into every new file) with a compare-and-swap, and its name is
-//! written to the current file's metadata.
+//! written to the current file's metadata before any thread records the
+//! id.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering};
@@ -31,11 +32,11 @@ pub struct Callsite {
     /// The id shifted to its place in a record word (`id << SITE_SHIFT`),
     /// so the hot path does not shift it; 0 until registered.
     bits: AtomicU32,
+    /// The id the first thread to use the callsite claimed (0: none yet);
+    /// `bits` takes it once the name is written.
+    claim: AtomicU32,
     /// The callsite registered before this one (the list of [`REGISTERED`]).
     next: AtomicPtr<Callsite>,
-    /// The next callsite whose name waits to be written (the list of
-    /// [`PENDING`]).
-    next_pending: AtomicPtr<Callsite>,
     kind: SiteKind,
     name: &'static str,
     path: fn() -> &'static str,
@@ -67,8 +68,8 @@ impl Callsite {
     ) -> Callsite {
         Callsite {
             bits: AtomicU32::new(0),
+            claim: AtomicU32::new(0),
             next: AtomicPtr::new(std::ptr::null_mut()),
-            next_pending: AtomicPtr::new(std::ptr::null_mut()),
             kind,
             name,
             path,
@@ -128,87 +129,105 @@ impl Callsite {
         }
     }
 
+    /// Gives the callsite its id on first use, names it in the current
+    /// file, and only then makes the id its `bits`: no thread records the
+    /// id before its name is in the file (a SIGKILL in between would leave
+    /// events under an unnamed id). Racing threads agree on the id through
+    /// `claim`; each of them writes the name before it uses the id (the
+    /// reader takes a name written twice), so none waits for another, which
+    /// may be preempted, or be the thread a signal handler interrupted.
     #[cold]
     #[inline(never)]
     fn register(&'static self, in_recorder: bool) -> u32 {
-        let id = assign_id(&NEXT_ID, MAX_SITE);
+        let (id, won) = self.claim_id(|| assign_id(&NEXT_ID, MAX_SITE));
         if id == MAX_SITE {
             // Past the format's limit: this callsite, and every later one,
             // shares the last id, which OVERFLOW names.
-            if OVERFLOW.claim(MAX_SITE, in_recorder) {
+            let (_, first) = OVERFLOW.claim_id(|| MAX_SITE);
+            if first {
                 crate::warn::warn(format_args!(
                     "more than {} callsites in this process; the rest are recorded as \"{}\"",
                     MAX_SITE - 1,
                     OVERFLOW.name
                 ));
             }
-        }
-        // Relaxed: the id is a plain number (see `bits`); a thread that lost
-        // the race takes the winner's id, and its own is a gap.
-        match self
-            .bits
-            .compare_exchange(0, id << SITE_SHIFT, Ordering::Relaxed, Ordering::Relaxed)
-        {
-            Ok(_) if id < MAX_SITE => {
-                self.publish(id, in_recorder);
-                id
+            // Relaxed: as in `bits`.
+            if OVERFLOW.bits.load(Ordering::Relaxed) == 0 {
+                OVERFLOW.publish(MAX_SITE, first, in_recorder);
             }
-            Ok(_) => id,
-            Err(b) => b >> SITE_SHIFT,
+            if OVERFLOW.bits.load(Ordering::Relaxed) != 0 {
+                // Release: see `publish`.
+                self.bits.store(MAX_SITE << SITE_SHIFT, Ordering::Release);
+            }
+            return MAX_SITE;
+        }
+        self.publish(id, won, in_recorder);
+        id
+    }
+
+    /// The callsite's id: a `fresh` one if this thread claims it first
+    /// (true), else the one another thread claimed.
+    fn claim_id(&self, fresh: impl FnOnce() -> u32) -> (u32, bool) {
+        // Relaxed: the id is a plain number; a thread that loses the race
+        // takes the winner's id, and its own is a gap.
+        match self.claim.load(Ordering::Relaxed) {
+            0 => {
+                let id = fresh();
+                match self
+                    .claim
+                    .compare_exchange(0, id, Ordering::Relaxed, Ordering::Relaxed)
+                {
+                    Ok(_) => (id, true),
+                    Err(other) => (other, false),
+                }
+            }
+            id => (id, false),
         }
     }
 
-    /// Gives this callsite `id` if it has none yet; true if it did.
-    fn claim(&'static self, id: u32, in_recorder: bool) -> bool {
-        // Relaxed: as in `register`.
-        let won = self
-            .bits
-            .compare_exchange(0, id << SITE_SHIFT, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok();
-        if won {
-            self.publish(id, in_recorder);
-        }
-        won
-    }
-
-    /// Names `id` in the current file and adds this callsite to the list
-    /// that is replayed into every new file. If a new file became current
-    /// meanwhile, names it there too: with [`replay`]'s order (a new file
-    /// is made current, then the list is read) either the replay or this
-    /// second write reaches it.
+    /// Names `id` in the current file, then makes it the callsite's `bits`.
+    /// The thread that claimed the id (`won`) also adds the callsite to the
+    /// list replayed into every new file. If a new file became current
+    /// meanwhile, the name goes there too: with [`replay`]'s order (a new
+    /// file is made current, then the list is read) either the replay or
+    /// this second write reaches it.
     ///
     /// `in_recorder`: the caller is the recorder's own code, inside the
     /// recorder. Otherwise (a first use on the hot path) the thread may be
     /// inside the recorder because a signal handler interrupted it there,
-    /// with the metadata lock this thread's: then the name waits on the
-    /// [`PENDING`] list for the next slow path or the finish, which write it.
-    fn publish(&'static self, id: u32, in_recorder: bool) {
-        let first = session::live_recorder();
-        let write = || {
-            if let Some(r) = first {
-                r.chunks.using(|c| c.write_meta(&self.meta(id)));
+    /// with the metadata lock this thread's: then the name is not written
+    /// and `bits` stays 0. The event the caller makes with the id is
+    /// dropped (and counted) as any event of a busy thread is, and the
+    /// next use of the callsite on a thread that is not busy names it.
+    fn publish(&'static self, id: u32, won: bool, in_recorder: bool) {
+        let name_in = |r: Option<&'static session::Recorder>| {
+            let write = || {
+                if let Some(r) = r {
+                    r.chunks.using(|c| c.write_meta(&self.meta(id)));
+                }
+            };
+            if in_recorder {
+                write();
+                true
+            } else {
+                record::inside(write).is_some()
             }
         };
-        let named = if in_recorder {
-            write();
-            true
-        } else {
-            record::inside(write).is_some()
-        };
-        push(&REGISTERED, self, |c| &c.next);
+        let first = session::live_recorder();
+        let named = name_in(first);
+        if won {
+            push(&REGISTERED, self);
+        }
         if !named {
-            push(&PENDING, self, |c| &c.next_pending);
             return;
         }
         let now = session::live_recorder();
-        if let Some(r) = now.filter(|r| !first.is_some_and(|f| std::ptr::eq(*r, f))) {
-            let write = || r.chunks.using(|c| c.write_meta(&self.meta(id)));
-            if in_recorder {
-                write();
-            } else if record::inside(write).is_none() {
-                push(&PENDING, self, |c| &c.next_pending);
-            }
+        if now.is_some_and(|r| !first.is_some_and(|f| std::ptr::eq(r, f))) && !name_in(now) {
+            return;
         }
+        // Release: the name's metadata entry is in the file before a
+        // thread that sees the id can record it.
+        self.bits.store(id << SITE_SHIFT, Ordering::Release);
     }
 
     fn meta(&self, id: u32) -> MetaRef<'_> {
@@ -230,24 +249,15 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// [`Callsite::next`].
 static REGISTERED: AtomicPtr<Callsite> = AtomicPtr::new(std::ptr::null_mut());
 
-/// Callsites registered while their thread was inside the recorder, whose
-/// names are not written yet (see [`Callsite::publish`]), linked through
-/// [`Callsite::next_pending`].
-static PENDING: AtomicPtr<Callsite> = AtomicPtr::new(std::ptr::null_mut());
-
-/// Pushes `c` onto the intrusive list at `head`, linked through the
-/// field `link` gives. Lock-free.
-fn push(
-    head: &AtomicPtr<Callsite>,
-    c: &'static Callsite,
-    link: impl Fn(&Callsite) -> &AtomicPtr<Callsite>,
-) {
+/// Pushes `c` onto the intrusive list at `head`, linked through
+/// [`Callsite::next`]. Lock-free.
+fn push(head: &AtomicPtr<Callsite>, c: &'static Callsite) {
     // SeqCst: see `Callsite::publish` (the registered list is read by
     // `replay` after a new file is made current).
     let mut h = head.load(Ordering::SeqCst);
     loop {
         // Relaxed: published by the compare-and-swap below.
-        link(c).store(h, Ordering::Relaxed);
+        c.next.store(h, Ordering::Relaxed);
         match head.compare_exchange_weak(
             h,
             c as *const Callsite as *mut Callsite,
@@ -257,28 +267,6 @@ fn push(
             Ok(_) => return,
             Err(x) => h = x,
         }
-    }
-}
-
-/// Writes the names that waited on [`PENDING`] into the current file.
-/// Called by the slow path (inside the recorder, not interrupted): one
-/// relaxed load when there are none.
-pub(crate) fn name_pending() {
-    // Relaxed: a hint; the swap below takes the list.
-    if PENDING.load(Ordering::Relaxed).is_null() {
-        return;
-    }
-    let mut p = PENDING.swap(std::ptr::null_mut(), Ordering::SeqCst);
-    let r = session::live_recorder();
-    // SAFETY: the list holds only `&'static Callsite`s, each linked before
-    // the compare-and-swap that published it; the swap took the list.
-    while let Some(c) = unsafe { p.as_ref() } {
-        if let Some(r) = r {
-            // Relaxed: registered callsites have their id.
-            let id = c.bits.load(Ordering::Relaxed) >> SITE_SHIFT;
-            r.chunks.using(|f| f.write_meta(&c.meta(id)));
-        }
-        p = c.next_pending.load(Ordering::Relaxed);
     }
 }
 

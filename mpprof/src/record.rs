@@ -421,7 +421,6 @@ fn slow(w: &Writer, mut s: u32, bits: u32, kind: u8, payload: Option<[u64; 2]>) 
     }
     let sup = &r.chunks;
     flush_nested(w, sup);
-    callsite::name_pending();
     let write = |t: &Thread| {
         if let Some((f, name)) = origin {
             // The flow that started the process ends just before its first

@@ -22,7 +22,6 @@ pub(super) fn register_exit_hook() {
         record::inside(|| {
             if let Some(_l) = LIFECYCLE.try_lock() {
                 if let Some(r) = unsafe_current() {
-                    callsite::name_pending();
                     r.chunks.finish();
                 }
             }

@@ -387,7 +387,6 @@ fn finish(r: &'static Recorder) {
     record::inside(|| {
         let _l = LIFECYCLE.lock();
         if !r.chunks.is_finished() {
-            callsite::name_pending();
             r.chunks.finish();
             retire(r);
         }
