@@ -495,15 +495,15 @@ impl<'a> LaneStream<'a> {
         }
     }
 
-    /// Queues the injected events up to `ts`: ahead of what is pending when
-    /// `ts` is the next record's time (only loss markers at `ts` can be),
-    /// after it at the lane's end (all of it is at or before `last_ts`).
+    /// Queues the injected events up to `ts` (the next record's time)
+    /// ahead of what is pending: only loss markers at `ts` can be.
     fn inject_until(&mut self, ts: i64) {
-        let mut at = if ts == i64::MAX {
-            self.pending.len()
-        } else {
-            0
-        };
+        self.inject(ts, 0);
+    }
+
+    /// Queues the injected events up to `ts` at position `at` of the
+    /// pending queue, each no earlier than the lane's last event.
+    fn inject(&mut self, ts: i64, mut at: usize) {
         while let Some(&(t, kind)) = self.injected.front().filter(|&&(t, _)| t <= ts) {
             self.injected.pop_front();
             let t = t.max(self.last_ts);
@@ -518,7 +518,8 @@ impl<'a> LaneStream<'a> {
     /// then close the open spans at the process's end.
     fn finish(&mut self) {
         self.done = true;
-        self.inject_until(i64::MAX);
+        // After what is pending: all of it is at or before `last_ts`.
+        self.inject(i64::MAX, self.pending.len());
         let end_ts = self.p.end_ns.max(self.last_ts);
         let after = self.chunks.last().map_or(0, |c| c.lost_after);
         self.lost(end_ts, after, false);

@@ -406,10 +406,7 @@ impl ProcessBuffer {
             None => self.next_slot(limit)?,
         };
         let offset = self.chunk_offset(slot);
-        if let Err(e) = self.reserve(offset, len as u64) {
-            // Relaxed: a statistic.
-            self.atomic_u64(header::LOST_CHUNKS)
-                .fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.reserve_part(offset, len as u64) {
             // Full: the slot is given up (counted in `lost_chunks`).
             let _ = lock(&self.failed).try_push(slot);
             return Err(ClaimError::Io(e));
@@ -450,30 +447,44 @@ impl ProcessBuffer {
     }
 
     /// Reserves more of chunk `slot` of `kind`, whose first `capacity`
-    /// units are reserved, so that at least `need` more units fit: twice
-    /// the reserved bytes (or more, for a large `need`), at most the whole
-    /// chunk. Returns the new capacity; `Err(Budget)` when the chunk is
-    /// whole, or would not hold `need` more units even then; `Err(Io)`
-    /// when the file could not grow (counted in the header's
+    /// units are reserved, so that it holds at least `at_least` units:
+    /// twice the reserved bytes (or more, for a large `at_least`), at most
+    /// the whole chunk. Returns the new capacity; `Err(Budget)` when the
+    /// chunk is whole, or would not hold `at_least` units even then;
+    /// `Err(Io)` when the file could not grow (counted in the header's
     /// `lost_chunks`, like a failed claim).
     ///
     /// Async-signal-safe: a `pwrite` (see [`reserve`]), no lock.
-    pub fn grow(&self, slot: u32, kind: u16, capacity: u32, need: u32) -> Result<u32, ClaimError> {
+    pub fn grow(
+        &self,
+        slot: u32,
+        kind: u16,
+        capacity: u32,
+        at_least: u32,
+    ) -> Result<u32, ClaimError> {
         let unit = Self::unit(kind) as u64;
         let chunk = self.config.chunk_size as u64;
-        let have = format::CHUNK_HEADER_SIZE as u64 + capacity as u64 * unit;
-        let must = have + need as u64 * unit;
-        if must > chunk {
+        let bytes = |units: u32| format::CHUNK_HEADER_SIZE as u64 + units as u64 * unit;
+        let (have, must) = (bytes(capacity), bytes(at_least));
+        if must > chunk || have >= chunk {
             return Err(ClaimError::Budget);
         }
         let want = (2 * have).max(must).min(chunk);
-        if let Err(e) = self.reserve(self.chunk_offset(slot) + have, want - have) {
+        self.reserve_part(self.chunk_offset(slot) + have, want - have)
+            .map_err(ClaimError::Io)?;
+        Ok(((want - format::CHUNK_HEADER_SIZE as u64) / unit) as u32)
+    }
+
+    /// Reserves `[offset, offset+len)`, a part of a chunk; a failure (the
+    /// file could not grow) counts in the header's `lost_chunks`.
+    fn reserve_part(&self, offset: u64, len: u64) -> io::Result<()> {
+        let r = self.reserve(offset, len);
+        if r.is_err() {
             // Relaxed: a statistic.
             self.atomic_u64(header::LOST_CHUNKS)
                 .fetch_add(1, Ordering::Relaxed);
-            return Err(ClaimError::Io(e));
         }
-        Ok(((want - format::CHUNK_HEADER_SIZE as u64) / unit) as u32)
+        r
     }
 
     /// Reserves `[offset, offset+len)` of the backing (see [`reserve`]).
@@ -546,14 +557,10 @@ impl ProcessBuffer {
             + written as u64 * format::RECORD_SIZE as u64)
             .max(self.first_reserve() as u64)
             .min(self.config.chunk_size as u64);
-        let reserved = match self.reserve(offset + known, self.config.chunk_size as u64 - known) {
+        let rest = self.config.chunk_size as u64 - known;
+        let reserved = match self.reserve_part(offset + known, rest) {
             Ok(()) => self.config.chunk_size,
-            Err(_) => {
-                // Relaxed: a statistic.
-                self.atomic_u64(header::LOST_CHUNKS)
-                    .fetch_add(1, Ordering::Relaxed);
-                known as u32
-            }
+            Err(_) => known as u32,
         };
         // SAFETY: guaranteed by the caller; `reserved` bytes are reserved.
         unsafe { self.init_chunk(slot, init, reserved) }
@@ -566,7 +573,7 @@ impl ProcessBuffer {
     /// As for [`ProcessBuffer::reuse`]: the chunk's header is published and
     /// no thread changes it while this runs.
     pub unsafe fn chunk_owner(&self, slot: u32) -> OldHeader {
-        let offset = format::HEADER_SIZE as usize + slot as usize * self.config.chunk_size as usize;
+        let offset = self.chunk_offset(slot) as usize;
         let mut h = [0u8; chunk::END];
         // SAFETY: the header is inside the mapping, reserved on disk and
         // written by its last owner, whose writes were ordered before ours by
@@ -786,12 +793,8 @@ impl MetaLog {
         let mut fits = matches!(&self.chunk, Some(c) if self.used + need <= c.capacity);
         if let Some(c) = self.chunk.as_mut().filter(|_| !fits) {
             // The chunk's next part, if it has one and the disk has room.
-            if let Ok(capacity) = buf.grow(
-                c.slot,
-                format::CHUNK_META,
-                c.capacity,
-                self.used + need - c.capacity,
-            ) {
+            if let Ok(capacity) = buf.grow(c.slot, format::CHUNK_META, c.capacity, self.used + need)
+            {
                 c.capacity = capacity;
                 fits = true;
             }

@@ -920,11 +920,10 @@ fn grow_current(w: &Writer, sup: &Chunks, need: u32) -> bool {
     if retry_at != 0 && retry_at != u64::MAX && clock::monotonic_ns() < retry_at {
         return false;
     }
-    let room = w.room.get();
-    let need = (w.idx.get() + need).saturating_sub(room);
+    let at_least = w.idx.get() + need;
     match sup
         .buf()
-        .grow(w.slot.get(), format::CHUNK_EVENTS, room, need)
+        .grow(w.slot.get(), format::CHUNK_EVENTS, w.room.get(), at_least)
     {
         Ok(room) => {
             w.set_room(room);
@@ -1358,7 +1357,7 @@ pub(crate) fn thread_exit(w: &Writer, o: &mut Owned, sup: &Chunks) {
         let have = c.capacity.max(next);
         let grown = sup
             .buf()
-            .grow(c.slot, format::CHUNK_EVENTS, have, next + 17 - have);
+            .grow(c.slot, format::CHUNK_EVENTS, have, next + 17);
         if let Ok(capacity) = grown {
             c.capacity = capacity;
         }
