@@ -24,6 +24,7 @@
 //! - [`chunk`]: the chunk header's offsets and [`ChunkHeader`];
 //! - [`kind`], [`word`], [`record_v3`]: event records;
 //! - [`Meta`] and its entries, [`encode_entry`] / [`Entries`];
+//! - [`resource`]: what the resource samples' counters measure;
 //! - [`FlowId`], its bit conventions, the well-known flow names
 //!   ([`flow_name`]) and its W3C `traceparent` form.
 //!
@@ -38,12 +39,14 @@ pub mod chunk;
 mod flow;
 pub mod header;
 mod meta;
+pub mod resource;
 mod traceparent;
 
 pub use chunk::ChunkHeader;
 pub use flow::{flow_name, FlowId, ParseFlowIdError};
 pub use header::FileHeader;
 pub use meta::*;
+pub use resource::{Resource, SamplerInfo, Scope};
 pub use traceparent::TraceparentError;
 
 /// First eight bytes of every buffer file. The `\r\n` catches text-mode

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FlowId, Policy};
+use crate::{FlowId, Policy, Resource, SamplerInfo};
 
 /// Which clock a process's timestamps come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,13 +189,20 @@ pub enum Meta {
     /// Events a thread lost that no chunk header or hand-off counts (added
     /// in format 4; see [`Lost`]).
     Lost(Lost),
+    /// The resource sampler of this file (added to format 4 in December
+    /// 2026; see [`crate::resource`]). Readers before it skip it.
+    Sampler(SamplerInfo),
+    /// Counter callsites that hold resource samples (added to format 4 in
+    /// December 2026; see [`crate::resource`]). Readers before it skip it
+    /// and show the samples as plain counters.
+    Resources(Vec<Resource>),
 }
 
 impl Meta {
     /// Number of variants this version knows: an entry whose first byte
     /// (postcard's variant index) is at least this was written by a newer
     /// writer.
-    pub const VARIANTS: u32 = 7;
+    pub const VARIANTS: u32 = 9;
 }
 
 /// Largest encoded metadata entry (bytes), so an entry always fits one
@@ -340,6 +347,11 @@ pub enum MetaRef<'a> {
     Reused(ReusedRef<'a>),
     /// [`Meta::Lost`].
     Lost(LostRef<'a>),
+    /// [`Meta::Sampler`] (written in ordinary context: it may borrow an
+    /// allocated value).
+    Sampler(&'a SamplerInfo),
+    /// [`Meta::Resources`].
+    Resources(&'a [Resource]),
 }
 
 /// [`Reused`], borrowing its list (see [`MetaRef`]).
@@ -419,6 +431,8 @@ impl Meta {
                 ts: l.ts,
                 events: l.events,
             }),
+            Meta::Sampler(s) => MetaRef::Sampler(s),
+            Meta::Resources(r) => MetaRef::Resources(r),
         }
     }
 }
@@ -557,7 +571,7 @@ mod tests {
     }
 
     #[test]
-    fn lost_is_meta_variant_6_and_the_last() {
+    fn lost_is_meta_variant_6() {
         let m = Meta::Lost(Lost {
             lane: 3,
             tid: 77,
@@ -568,7 +582,90 @@ mod tests {
         let bytes = postcard::to_stdvec(&m).unwrap();
         assert_eq!(bytes, [6, 3, 77, 1, b'w', 1, 0xAC, 0x02]);
         assert_eq!(postcard::from_bytes::<Meta>(&bytes).unwrap(), m);
-        assert_eq!(Meta::VARIANTS, 7);
-        assert!(postcard::from_bytes::<Meta>(&[7]).is_err());
+    }
+
+    /// A reader from before the resource entries: the seven variants it
+    /// knew, with the same types. It must skip the new entries as
+    /// `Unknown` (their first byte is past its variant count) and go on
+    /// with the next entry.
+    #[derive(Debug, PartialEq, Deserialize)]
+    #[allow(dead_code)]
+    enum MetaBeforeResources {
+        Process(ProcessInfo),
+        Callsite {
+            id: u32,
+            kind: SiteKind,
+            name: String,
+            path: String,
+            file: String,
+            line: u32,
+        },
+        Thread {
+            lane: u32,
+            tid: u32,
+            name: String,
+        },
+        Anchor(Anchor),
+        Handoff(Handoff),
+        Reused(Reused),
+        Lost(Lost),
+    }
+
+    #[test]
+    fn sampler_and_resources_are_variants_7_and_8_which_older_readers_skip() {
+        let sampler = Meta::Sampler(SamplerInfo {
+            interval_ns: 10_000_000,
+            tid: 42,
+            unavailable: vec!["/proc/self/io: Permission denied".into()],
+        });
+        let resources = Meta::Resources(vec![crate::Resource {
+            site: 9,
+            scope: crate::Scope::Thread { tid: 42 },
+            key: crate::resource::key::ON_CPU.into(),
+            instance: String::new(),
+            unit: "ns".into(),
+            cumulative: true,
+        }]);
+        let thread = Meta::Thread {
+            lane: 1,
+            tid: 42,
+            name: "mpprof-sample".into(),
+        };
+        let mut log = Vec::new();
+        let mut buf = [0u8; MAX_META_ENTRY];
+        for m in [&sampler, &resources, &thread] {
+            let n = encode_entry(&m.as_ref(), &mut buf).unwrap();
+            log.extend_from_slice(&buf[..n]);
+        }
+        // This reader decodes all three.
+        let read: Vec<Meta> = Entries::new(&log).map(Result::unwrap).collect();
+        assert_eq!(read, [sampler, resources, thread.clone()]);
+        assert_eq!(Meta::VARIANTS, 9);
+        // The older reader: the same framing, its own enum and count.
+        let mut rest = &log[..];
+        let mut old = Vec::new();
+        while !rest.is_empty() {
+            let len = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            let entry = &rest[4..4 + len];
+            rest = &rest[4 + len..];
+            old.push(match postcard::from_bytes::<MetaBeforeResources>(entry) {
+                Ok(m) => Ok(m),
+                Err(_) if entry[0] >= 7 => Err(entry[0]),
+                Err(e) => panic!("undecodable, not unknown: {e}"),
+            });
+        }
+        assert_eq!(
+            old,
+            [
+                Err(7),
+                Err(8),
+                Ok(MetaBeforeResources::Thread {
+                    lane: 1,
+                    tid: 42,
+                    name: "mpprof-sample".into()
+                })
+            ]
+        );
+        assert!(postcard::from_bytes::<Meta>(&[9]).is_err());
     }
 }

@@ -4,8 +4,8 @@
 
 use mpprof_format::{
     chunk, header, kind, word, Anchor, ChunkHeader, ClockKind, EncodeError, Entries, EntryError,
-    FileHeader, FlowId, Handoff, Lost, Meta, Policy, ProcessInfo, Reused, SiteKind, MAX_META_ENTRY,
-    META_LEN_SIZE,
+    FileHeader, FlowId, Handoff, Lost, Meta, Policy, ProcessInfo, Resource, Reused, SamplerInfo,
+    Scope, SiteKind, MAX_META_ENTRY, META_LEN_SIZE,
 };
 
 /// xorshift64*: small, deterministic.
@@ -200,13 +200,34 @@ fn random_meta(r: &mut Rng) -> Meta {
             prev_overwritten: r.big(),
             overwritten: (0..r.below(40)).map(|_| (r.u32(), r.big())).collect(),
         }),
-        _ => Meta::Lost(Lost {
+        6 => Meta::Lost(Lost {
             lane: r.u32(),
             tid: r.u32(),
             name: r.string(256),
             ts: r.big(),
             events: r.big(),
         }),
+        7 => Meta::Sampler(SamplerInfo {
+            interval_ns: r.big(),
+            tid: r.u32(),
+            unavailable: (0..r.below(4)).map(|_| r.string(200)).collect(),
+        }),
+        _ => Meta::Resources(
+            (0..r.below(60))
+                .map(|_| Resource {
+                    site: r.u32(),
+                    scope: match r.below(3) {
+                        0 => Scope::Process,
+                        1 => Scope::Thread { tid: r.u32() },
+                        _ => Scope::Host,
+                    },
+                    key: r.string(30),
+                    instance: r.string(20),
+                    unit: r.string(6),
+                    cumulative: r.below(2) == 0,
+                })
+                .collect(),
+        ),
     }
 }
 

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use mpprof_format::{Anchor, Handoff, Policy, ProcessInfo, Reused, SiteKind};
+use mpprof_format::{
+    Anchor, Handoff, Policy, ProcessInfo, Resource, Reused, SamplerInfo, SiteKind,
+};
 
 use super::records::{ChunkRef, RecordReader};
 use super::source::Source;
@@ -228,6 +230,12 @@ pub struct ProcessFile {
     /// Records after a chunk's commit count that hold data: writes that were
     /// under way when the process died (torn or uncommitted), skipped.
     pub torn_records: u64,
+    /// The resource sampler's facts (the last `Meta::Sampler` entry); `None`
+    /// for a file without (a writer from before resource sampling).
+    pub sampler: Option<SamplerInfo>,
+    /// Counter callsites that hold resource samples, by callsite id (see
+    /// `mpprof_format::resource`).
+    pub resources: BTreeMap<u32, Resource>,
 }
 
 impl ProcessFile {
@@ -239,6 +247,16 @@ impl ProcessFile {
             && self.anchors.is_empty()
             && self.lanes.is_empty()
             && self.lost_chunks > 0
+    }
+
+    /// The lane of the resource sampler's thread, which holds only resource
+    /// samples (see [`crate::resources`]).
+    pub fn sampler_lane(&self) -> Option<u32> {
+        let tid = self.sampler.as_ref()?.tid;
+        self.lanes
+            .iter()
+            .find(|(_, l)| l.tid == tid && tid != 0)
+            .map(|(&lane, _)| lane)
     }
 
     /// The process's display name: executable file name and pid.

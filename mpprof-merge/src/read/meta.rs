@@ -39,6 +39,12 @@ pub(super) fn decode_meta(
                 l.name = name;
             }
             Ok(Meta::Anchor(a)) => pf.anchors.push(a),
+            Ok(Meta::Sampler(s)) => pf.sampler = Some(s),
+            Ok(Meta::Resources(list)) => {
+                for r in list {
+                    pf.resources.insert(r.site, r);
+                }
+            }
             Ok(Meta::Handoff(h)) => pf.handoffs.push(h),
             Ok(Meta::Reused(entry)) => {
                 reuse_at.push(pf.handoffs.len());

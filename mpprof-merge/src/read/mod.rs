@@ -189,6 +189,8 @@ pub fn parse(path: &Path, file: Source) -> Result<ProcessFile, ReadError> {
         anchors: Vec::new(),
         warnings: Vec::new(),
         torn_records: 0,
+        sampler: None,
+        resources: BTreeMap::new(),
         handoffs: Vec::new(),
         reuses: Vec::new(),
     };
