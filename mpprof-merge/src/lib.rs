@@ -17,6 +17,7 @@ pub mod analysis;
 mod hash;
 pub mod merge;
 pub mod read;
+pub mod resources;
 pub mod trace;
 pub mod write;
 

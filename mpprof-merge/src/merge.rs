@@ -448,6 +448,10 @@ impl<'a> LaneStream<'a> {
                 }
                 kind::INSTANT => EventKind::Instant { site: r.site },
                 kind::COUNTER => {
+                    if self.p.file.resources.contains_key(&r.site) {
+                        // A resource sample: see `crate::resources`.
+                        continue;
+                    }
                     let p = r.payload.unwrap_or_default();
                     let value = match p[1] {
                         counter::INT => CounterValue::Int(p[0] as i64),

@@ -155,6 +155,8 @@ pub struct Session {
     /// Events yielded so far by this session's [`crate::merge::Events`]
     /// iterators, for progress reporting (see [`Session::events_merged`]).
     pub(crate) merged: AtomicU64,
+    /// The resource samples, read on first use (see [`Session::resources`]).
+    resources: std::sync::OnceLock<crate::resources::Resources>,
 }
 
 impl Session {
@@ -239,7 +241,15 @@ impl Session {
             no_space: Vec::new(),
             ignored: Vec::new(),
             merged: AtomicU64::new(0),
+            resources: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The resource samples of every process (CPU, memory, I/O, threads)
+    /// and host, read from the files on first use.
+    pub fn resources(&self) -> &crate::resources::Resources {
+        self.resources
+            .get_or_init(|| crate::resources::Resources::of(self))
     }
 
     /// Earliest timestamp of the session (ns, aligned).
@@ -315,7 +325,11 @@ impl Process {
             start = start.min(t);
             end = end.max(t);
         }
+        let sampler = self.file.sampler.as_ref().map(|s| s.tid);
         for (&lane, l) in &self.file.lanes {
+            // The sampler's final sample is not where the process ended its
+            // work: its lane is never the end lane.
+            let only_samples = sampler == Some(l.tid);
             if let Some(f) = l
                 .chunks
                 .first()
@@ -332,7 +346,7 @@ impl Process {
                 if let Some(e) = last {
                     let t = self.ns(e.ts);
                     end = end.max(t);
-                    if t > last_event {
+                    if t > last_event && !only_samples {
                         last_event = t;
                         end_lane = lane;
                     }

@@ -9,7 +9,10 @@ use mpprof_format::{flow_name, FlowId};
 
 use crate::align::FitMethod;
 use crate::merge::{EventKind, MergeStats};
+use crate::resources::ProcessResources;
 use crate::trace::Session;
+use mpprof_format::resource::key;
+use mpprof_format::Scope;
 
 /// Health of one process.
 #[derive(Clone, Debug)]
@@ -49,6 +52,12 @@ pub struct ProcessHealth {
     /// The parent it was linked to by parent pid (display name), for a
     /// process started without `mpprof::spawn`.
     pub linked_by_ppid: Option<String>,
+    /// Resource sampling, in a few words: how often and how many samples,
+    /// or that it was off; `None` for a file from before it.
+    pub sampling: Option<String>,
+    /// The resource counters the process lacks, each with why (a `/proc`
+    /// file it could not read: a container, `hidepid`).
+    pub lacks: Vec<String>,
 }
 
 /// Health of the session.
@@ -108,6 +117,62 @@ impl Health {
             || self.flows_unmatched_in + self.flows_unmatched_out > 0
             || self.stats.unmatched_exits > 0
     }
+}
+
+/// Resource sampling of a process in a few words.
+fn sampling(r: &ProcessResources) -> String {
+    if r.interval_ns == 0 && r.ticks.is_empty() {
+        return "off (MPPROF_SAMPLE_MS=0)".to_owned();
+    }
+    format!(
+        "{} samples every {} ms",
+        r.ticks.len(),
+        r.interval_ns as f64 / 1e6
+    )
+}
+
+/// The groups of process counters a sampled process has no series of,
+/// with the reasons the sampler gave.
+fn lacks(r: &ProcessResources) -> Vec<String> {
+    if r.interval_ns == 0 && r.ticks.is_empty() {
+        return Vec::new();
+    }
+    let has = |k: &str| r.get(Scope::Process, k, "").is_some();
+    let why = |src: &str| {
+        r.unavailable
+            .iter()
+            .find(|u| u.starts_with(src))
+            .map_or(String::new(), |u| format!(" ({u})"))
+    };
+    let mut out = Vec::new();
+    for (k, what, src) in [
+        (
+            key::CPU_USER,
+            "CPU time, faults, context switches, peak RSS",
+            "getrusage",
+        ),
+        (key::RSS, "RSS", "/proc/self/statm"),
+        (key::WRITE_BYTES, "read/write bytes", "/proc/self/io"),
+        (
+            key::THREADS,
+            "threads and their on-CPU time",
+            "/proc/self/task",
+        ),
+    ] {
+        if !has(k) && !r.ticks.is_empty() {
+            out.push(format!("{what}{}", why(src)));
+        }
+    }
+    if r.ticks.is_empty() {
+        out.push("every resource counter: no sample survived".to_owned());
+    }
+    // Host files: only the process holding the host lock reads them.
+    for u in &r.unavailable {
+        if !u.starts_with("/proc/self") && !u.starts_with("getrusage") {
+            out.push(format!("host counters: {u}"));
+        }
+    }
+    out
 }
 
 /// Examines a session.
@@ -197,6 +262,11 @@ pub fn check(session: &Session) -> Health {
             linked_by_ppid: p
                 .parent_link
                 .map(|l| session.processes[l.parent].file.display_name()),
+            sampling: session.resources().processes[pi].as_ref().map(sampling),
+            lacks: session.resources().processes[pi]
+                .as_ref()
+                .map(lacks)
+                .unwrap_or_default(),
         });
     }
     let (mut matched, mut violations, mut unmatched_in) = (0, 0, 0);

@@ -65,6 +65,10 @@ pub struct PathSegment {
     /// sent (the end of the previous segment, before clamping); `None` for
     /// the first segment, which starts at the lane's first event.
     pub via: Option<(FlowId, i64)>,
+    /// Time the segment's thread spent on a CPU during it, ns, from its
+    /// resource samples (see [`crate::resources::ProcessResources::thread_cpu`]);
+    /// `None` without samples of the thread.
+    pub on_cpu_ns: Option<i64>,
 }
 
 impl PathSegment {
@@ -215,6 +219,7 @@ pub(crate) fn from_index(session: &Session, mut idx: FlowIndex) -> CriticalPath 
     };
     drop(idx);
 
+    let res = session.resources();
     let segments: Vec<PathSegment> = segs
         .into_iter()
         .map(|(pi, lane, start_ns, end_ns, via)| {
@@ -230,6 +235,10 @@ pub(crate) fn from_index(session: &Session, mut idx: FlowIndex) -> CriticalPath 
                     .get(&lane)
                     .map(|l| l.name.clone())
                     .unwrap_or_default(),
+                on_cpu_ns: res.processes[pi].as_ref().and_then(|r| {
+                    let tid = p.file.lanes.get(&lane)?.tid;
+                    Some(r.thread_cpu(tid, start_ns, end_ns)?.0.round() as i64)
+                }),
                 start_ns,
                 end_ns,
                 via,

@@ -11,7 +11,10 @@ use super::key::func_key;
 pub use super::key::FuncKey;
 use crate::hash::FastMap;
 use crate::merge::{EventKind, MergeStats};
+use crate::resources::{self, ProcessResources};
 use crate::trace::Session;
+use mpprof_format::resource::key;
+use mpprof_format::Scope;
 
 /// Statistics of one function.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,6 +29,14 @@ pub struct FuncStats {
     pub cumtime_ns: i64,
     /// Calls that did not end normally (closed by the merge).
     pub unfinished: u64,
+    /// Of `cumtime_ns`, the part on threads with resource samples (see
+    /// [`crate::resources`]): the time `on_cpu_ns` and `run_wait_ns` split.
+    pub sampled_ns: i64,
+    /// Time on a CPU during the calls (outermost activations), ns,
+    /// attributed from the thread's samples.
+    pub on_cpu_ns: i64,
+    /// Time runnable but waiting for a CPU during the calls, ns.
+    pub run_wait_ns: i64,
 }
 
 impl FuncStats {
@@ -35,6 +46,9 @@ impl FuncStats {
         self.tottime_ns = self.tottime_ns.saturating_add(o.tottime_ns);
         self.cumtime_ns = self.cumtime_ns.saturating_add(o.cumtime_ns);
         self.unfinished += o.unfinished;
+        self.sampled_ns = self.sampled_ns.saturating_add(o.sampled_ns);
+        self.on_cpu_ns = self.on_cpu_ns.saturating_add(o.on_cpu_ns);
+        self.run_wait_ns = self.run_wait_ns.saturating_add(o.run_wait_ns);
     }
 }
 
@@ -54,6 +68,57 @@ pub struct ProcessSummary {
     /// Metadata entries it could not store (see
     /// [`crate::read::ProcessFile::lost_meta`]).
     pub lost_meta: u32,
+    /// Its row of the process table, from its resource samples.
+    pub resources: Option<ProcessRow>,
+}
+
+/// A process's row of the `top`-like table: totals from its last resource
+/// sample (for the process's whole life, from `getrusage` and
+/// `/proc/self/io`), CPU % over the time it was sampled.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProcessRow {
+    /// Pid.
+    pub pid: u32,
+    /// CPU time over the sampled time, percent of one core; `None` with
+    /// fewer than two samples.
+    pub cpu_pct: Option<f64>,
+    /// User CPU time, ns.
+    pub user_ns: Option<f64>,
+    /// System CPU time, ns.
+    pub system_ns: Option<f64>,
+    /// Peak resident set size, bytes.
+    pub peak_rss: Option<f64>,
+    /// Minor and major page faults.
+    pub faults: Option<(f64, f64)>,
+    /// Voluntary and involuntary context switches.
+    pub switches: Option<(f64, f64)>,
+    /// Bytes read from and written to storage (`read_bytes`,
+    /// `write_bytes`).
+    pub storage: Option<(f64, f64)>,
+    /// Bytes through read and write calls (`rchar`, `wchar`).
+    pub calls: Option<(f64, f64)>,
+    /// Most threads at once.
+    pub threads: Option<f64>,
+    /// Samples taken, and the interval, ns.
+    pub samples: usize,
+    /// Sampling interval, ns (0: off).
+    pub interval_ns: u64,
+    /// The sampler thread's own CPU time, ns.
+    pub sampler_cpu_ns: Option<f64>,
+    /// First to last sample, ns.
+    pub sampled_ns: i64,
+    /// What the sampler could not read.
+    pub unavailable: Vec<String>,
+}
+
+/// A host's section, like vmstat and iostat: each of its tracks' mean
+/// (over time) and peak.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostSection {
+    /// "system (hostname)".
+    pub name: String,
+    /// (track, mean, peak).
+    pub rows: Vec<(String, f64, f64)>,
 }
 
 /// The whole summary.
@@ -75,6 +140,8 @@ pub struct Summary {
     /// Processes that recorded nothing for lack of space, in a sentence
     /// each (see [`crate::trace::NoSpace`]).
     pub no_space: Vec<String>,
+    /// Each host's resource section.
+    pub hosts: Vec<HostSection>,
 }
 
 impl Summary {
@@ -99,6 +166,7 @@ pub fn compute(session: &Session) -> Summary {
     let mut per: Vec<FastMap<u32, FuncStats>> = vec![FastMap::default(); n];
     let mut stacks: FastMap<(usize, u32), Vec<Frame>> = FastMap::default();
     let mut flows = critical_path::FlowIndex::new(n);
+    let res = session.resources();
     let mut events = session.events();
     for e in events.by_ref() {
         flows.observe(&e);
@@ -123,6 +191,15 @@ pub fn compute(session: &Session) -> Summary {
                 if !recursive {
                     st.primitive += 1;
                     st.cumtime_ns = st.cumtime_ns.saturating_add(dur);
+                    let p = &session.processes[e.proc];
+                    let cpu = res.processes[e.proc]
+                        .as_ref()
+                        .and_then(|r| r.thread_cpu(p.file.lanes.get(&e.lane)?.tid, f.start, e.ts));
+                    if let Some((on, wait)) = cpu {
+                        st.sampled_ns = st.sampled_ns.saturating_add(dur);
+                        st.on_cpu_ns = st.on_cpu_ns.saturating_add(on.round() as i64);
+                        st.run_wait_ns = st.run_wait_ns.saturating_add(wait.round() as i64);
+                    }
                 }
                 if end.reason().is_some() {
                     st.unfinished += 1;
@@ -152,6 +229,7 @@ pub fn compute(session: &Session) -> Summary {
             funcs,
             losses: p.file.losses(),
             lost_meta: p.file.lost_meta,
+            resources: res.processes[pi].as_ref().map(|r| process_row(p, r)),
         });
     }
     let mut tree: Vec<_> = tree.into_iter().collect();
@@ -164,6 +242,63 @@ pub fn compute(session: &Session) -> Summary {
         critical_path,
         origin_ns: session.start_ns(),
         no_space: session.no_space.iter().map(|n| n.to_string()).collect(),
+        hosts: res
+            .hosts
+            .iter()
+            .map(|h| HostSection {
+                name: crate::write::host_label(h),
+                rows: h
+                    .tracks
+                    .iter()
+                    .filter_map(|t| {
+                        let (mean, peak) = resources::mean_and_peak(&t.points)?;
+                        Some((t.name.clone(), mean, peak))
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// The process table row of `p`.
+fn process_row(p: &crate::trace::Process, r: &ProcessResources) -> ProcessRow {
+    let pair = |a: &str, b: &str| Some((r.last(a)?, r.last(b)?));
+    let window = match (r.ticks.first(), r.ticks.last()) {
+        (Some(&a), Some(&b)) if b > a => Some((a, b)),
+        _ => None,
+    };
+    // CPU % over the sampled window (the process's CPU time before it
+    // started recording is in the totals, not in the rate).
+    let cpu_pct = window.and_then(|(a, b)| {
+        let cpu = |k: &str| {
+            let s = r.get(Scope::Process, k, "")?;
+            let v = r.at_ticks(s);
+            Some(v.last().copied()?? - v.first().copied().flatten().unwrap_or(0.0))
+        };
+        let used = cpu(key::CPU_USER)? + cpu(key::CPU_SYSTEM)?;
+        Some(100.0 * used / (b - a) as f64)
+    });
+    // The sampler thread's whole CPU time: its cost.
+    let sampler_cpu_ns = r
+        .thread_series(r.sampler_tid)
+        .filter(|_| r.sampler_tid != 0)
+        .and_then(|(s, _)| Some(s.points.last()?.1));
+    ProcessRow {
+        pid: p.file.pid,
+        cpu_pct,
+        user_ns: r.last(key::CPU_USER),
+        system_ns: r.last(key::CPU_SYSTEM),
+        peak_rss: r.max(key::PEAK_RSS).or_else(|| r.max(key::RSS)),
+        faults: pair(key::MINOR_FAULTS, key::MAJOR_FAULTS),
+        switches: pair(key::CTX_VOLUNTARY, key::CTX_INVOLUNTARY),
+        storage: pair(key::READ_BYTES, key::WRITE_BYTES),
+        calls: pair(key::READ_CHARS, key::WRITE_CHARS),
+        threads: r.max(key::THREADS),
+        samples: r.ticks.len(),
+        interval_ns: r.interval_ns,
+        sampler_cpu_ns,
+        sampled_ns: window.map_or(0, |(a, b)| b - a),
+        unavailable: r.unavailable.clone(),
     }
 }
 

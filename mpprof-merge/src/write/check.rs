@@ -32,6 +32,12 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
             p.domain
         )?;
         writeln!(out, "  clock: {}", p.clock_fit)?;
+        if let Some(s) = &p.sampling {
+            writeln!(out, "  resources: {s}")?;
+        }
+        for l in &p.lacks {
+            writeln!(out, "  LACKS resource counters: {}", terminal(l))?;
+        }
         if let Some(parent) = &p.linked_by_ppid {
             writeln!(
                 out,

@@ -12,9 +12,10 @@ use std::io::{self, Write};
 
 use mpprof_format::flow_name;
 
-use super::{flow_key, Tracks};
+use super::{flow_key, host_label, thread_label, Tracks};
 use crate::hash::FastMap;
 use crate::merge::{End, Event, EventKind, MergeStats};
+use crate::resources;
 use crate::trace::Session;
 
 /// Writes the whole session as Chrome JSON.
@@ -76,6 +77,7 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
         w.event(session, &tracks, &e)?;
     }
     let stats = events.stats();
+    w.resources(session, &tracks)?;
     // Async spans still open when their process ended: closed there.
     let mut open: Vec<((usize, u64), (u32, u32))> = w.open_async.drain().collect();
     open.sort_unstable();
@@ -123,6 +125,49 @@ struct Json<'a> {
 }
 
 impl Json<'_> {
+    /// The resource tracks: counters of each process (CPU %, RSS, I/O,
+    /// each thread's on-CPU %), and a "system" process per host.
+    fn resources(&mut self, session: &Session, tracks: &Tracks) -> io::Result<()> {
+        let res = session.resources();
+        for (pi, r) in res.processes.iter().enumerate() {
+            let Some(r) = r else { continue };
+            let p = &session.processes[pi];
+            for t in resources::process_tracks(r, |tid, comm| thread_label(p, tid, comm)) {
+                self.counter_track(tracks.pid(pi), &t)?;
+            }
+        }
+        let n = session.processes.len();
+        for (hi, h) in res.hosts.iter().enumerate() {
+            let pid = tracks.host_pid(hi);
+            self.begin()?;
+            write!(self.out, "{{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":{pid},\"tid\":{pid},\"args\":{{\"name\":")?;
+            self.string(&host_label(h))?;
+            self.out.write_all(b"}}")?;
+            self.begin()?;
+            write!(
+                self.out,
+                "{{\"ph\":\"M\",\"name\":\"process_sort_index\",\"pid\":{pid},\"tid\":{pid},\"args\":{{\"sort_index\":{}}}}}",
+                n + hi
+            )?;
+            for t in &h.tracks {
+                self.counter_track(pid, t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A counter track of process `pid`.
+    fn counter_track(&mut self, pid: u32, t: &resources::Track) -> io::Result<()> {
+        let name = serde_json::to_vec(&t.name).map_err(io::Error::other)?;
+        for &(ts, v) in &t.points {
+            self.head("C", pid, pid, ts)?;
+            self.out.write_all(b",\"cat\":\"resource\",\"name\":")?;
+            self.out.write_all(&name)?;
+            write!(self.out, ",\"args\":{{\"value\":{v}}}}}")?;
+        }
+        Ok(())
+    }
+
     fn begin(&mut self) -> io::Result<()> {
         if !self.first {
             self.out.write_all(b",\n")?;

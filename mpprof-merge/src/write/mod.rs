@@ -25,6 +25,8 @@ use crate::trace::Session;
 pub struct Tracks {
     pids: Vec<u32>,
     tids: FastMap<(usize, u32), u32>,
+    /// Pids of the hosts' "system" processes (see [`Tracks::host_pid`]).
+    host_pids: Vec<u32>,
 }
 
 impl Tracks {
@@ -62,7 +64,25 @@ impl Tracks {
                 tids.insert((pi, lane), tid);
             }
         }
-        Tracks { pids, tids }
+        let host_pids = (0..s.resources().hosts.len())
+            .map(|_| {
+                while !used_tids.insert(synthetic) {
+                    synthetic += 1;
+                }
+                synthetic
+            })
+            .collect();
+        Tracks {
+            pids,
+            tids,
+            host_pids,
+        }
+    }
+
+    /// Output pid of the "system" process of host `h` of
+    /// [`crate::resources::Resources::hosts`]: a synthetic one.
+    pub fn host_pid(&self, h: usize) -> u32 {
+        self.host_pids[h]
     }
 
     /// Output pid of process `i`.
@@ -73,6 +93,26 @@ impl Tracks {
     /// Output tid of a lane.
     pub fn tid(&self, i: usize, lane: u32) -> u32 {
         self.tids.get(&(i, lane)).copied().unwrap_or(self.pids[i])
+    }
+}
+
+/// The label of thread `tid` of process `p` in resource track names: its
+/// lane's name when it recorded, else its name when sampled (`comm`),
+/// else its tid.
+pub(crate) fn thread_label(p: &crate::trace::Process, tid: u32, comm: &str) -> String {
+    match p.file.lanes.values().find(|l| l.tid == tid) {
+        Some(l) if !l.name.is_empty() => format!("{} ({tid})", l.name),
+        _ if !comm.is_empty() => format!("{comm} ({tid})"),
+        _ => format!("thread {tid}"),
+    }
+}
+
+/// The name of host `h`'s "system" process.
+pub(crate) fn host_label(h: &crate::resources::Host) -> String {
+    if h.hostname.is_empty() {
+        "system".to_owned()
+    } else {
+        format!("system ({})", h.hostname)
     }
 }
 

@@ -50,9 +50,10 @@ use std::io::{self, Write};
 
 use mpprof_format::flow_name;
 
-use super::{flow_key, Tracks};
+use super::{flow_key, host_label, thread_label, Tracks};
 use crate::hash::FastMap;
 use crate::merge::{CounterValue, End, EventKind, MergeStats};
+use crate::resources;
 use crate::trace::Session;
 
 /// Field numbers and enum values used, as in Perfetto's `.proto` files
@@ -323,6 +324,7 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
         w.event(e.ts, &ev)?;
     }
     let stats = events.stats();
+    w.resources(session, &tracks)?;
     // Async spans still open when their process ended: closed there.
     let mut open: Vec<((usize, u64), u64)> = w.open_async.drain().collect();
     open.sort_unstable();
@@ -504,6 +506,70 @@ impl Pf<'_> {
             });
         })?;
         Ok(uuid)
+    }
+
+    /// The resource tracks (after the events, out of time order, which
+    /// the trace processor sorts): counter tracks of each process (a
+    /// thread's on-CPU % under its thread's track when it recorded), and a
+    /// "system" process per host with its own.
+    fn resources(&mut self, session: &Session, tracks: &Tracks) -> io::Result<()> {
+        let res = session.resources();
+        for (pi, r) in res.processes.iter().enumerate() {
+            let Some(r) = r else { continue };
+            let p = &session.processes[pi];
+            for t in resources::process_tracks(r, |tid, comm| thread_label(p, tid, comm)) {
+                let lane = t
+                    .tid
+                    .and_then(|tid| p.file.lanes.iter().find(|(_, l)| l.tid == tid))
+                    .map(|(&lane, _)| lane);
+                let parent = match lane {
+                    Some(lane) => self.thread_uuid(session, tracks, pi, lane)?,
+                    None => self.process_uuids[pi],
+                };
+                self.counter_track(parent, &t)?;
+            }
+        }
+        for (hi, h) in res.hosts.iter().enumerate() {
+            let uuid = self.uuid();
+            let pid = tracks.host_pid(hi);
+            let name = host_label(h);
+            self.packet(None, |e| {
+                e.msg(pk::TRACK_DESCRIPTOR, |e| {
+                    e.uint(td::UUID, uuid);
+                    e.msg(td::PROCESS, |e| {
+                        e.int32(field::process::PID, pid);
+                        e.str(field::process::PROCESS_NAME, &name);
+                    });
+                });
+            })?;
+            for t in &h.tracks {
+                self.counter_track(uuid, t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A counter track under `parent` and its values.
+    fn counter_track(&mut self, parent: u64, t: &resources::Track) -> io::Result<()> {
+        let uuid = self.uuid();
+        self.packet(None, |e| {
+            e.msg(pk::TRACK_DESCRIPTOR, |e| {
+                e.uint(td::UUID, uuid);
+                e.uint(td::PARENT_UUID, parent);
+                e.str(td::NAME, &t.name);
+                e.msg(td::COUNTER, |_| {});
+            });
+        })?;
+        for &(ts, v) in &t.points {
+            let ev = TrackEvent {
+                kind: te::TYPE_COUNTER,
+                track: uuid,
+                counter: Some(CounterValue::Float(v)),
+                ..TrackEvent::default()
+            };
+            self.event(ts, &ev)?;
+        }
+        Ok(())
     }
 
     /// The counter track of a counter callsite, described on first use.

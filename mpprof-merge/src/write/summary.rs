@@ -12,9 +12,13 @@ fn secs(ns: i64) -> f64 {
 }
 
 fn table(out: &mut dyn Write, funcs: &[(FuncKey, FuncStats)], limit: usize) -> io::Result<()> {
+    // With resource samples: the share of cumtime on a CPU and waiting for
+    // one (the rest: blocked or sleeping).
+    let cpu = funcs.iter().any(|f| f.1.sampled_ns > 0);
     writeln!(
         out,
-        "   ncalls  tottime  percall  cumtime  percall filename:lineno(function)"
+        "   ncalls  tottime  percall  cumtime  percall {}filename:lineno(function)",
+        if cpu { "  cpu%  runq% " } else { "" }
     )?;
     for (k, s) in funcs.iter().take(limit) {
         let ncalls = if s.ncalls == s.primitive {
@@ -29,9 +33,18 @@ fn table(out: &mut dyn Write, funcs: &[(FuncKey, FuncStats)], limit: usize) -> i
         } else {
             String::new()
         };
+        let split = match (cpu, s.sampled_ns) {
+            (false, _) => String::new(),
+            (true, 0) => format!("{:>6} {:>6} ", "?", "?"),
+            (true, n) => format!(
+                "{:>6.1} {:>6.1} ",
+                100.0 * s.on_cpu_ns as f64 / n as f64,
+                100.0 * s.run_wait_ns as f64 / n as f64
+            ),
+        };
         writeln!(
             out,
-            "{ncalls:>9} {:>8.3} {per_tot:>8.3} {:>8.3} {per_cum:>8.3} {}{mark}",
+            "{ncalls:>9} {:>8.3} {per_tot:>8.3} {:>8.3} {per_cum:>8.3} {split}{}{mark}",
             secs(s.tottime_ns),
             secs(s.cumtime_ns),
             terminal(&k.location())
@@ -81,6 +94,7 @@ pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<
         s.wall_ns,
     )?;
     table(out, &s.tree, limit)?;
+    resources(s, out, limit)?;
     for p in &s.processes {
         writeln!(out)?;
         let end = if p.clean { "" } else { " [ended abruptly]" };
@@ -120,6 +134,89 @@ pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<
             "note: {} spans closed by the merge (unfinished), {} exits without entry dropped, {} malformed records skipped, {} chunks unreadable",
             st.closed_spans, st.unmatched_exits, st.bad_records, st.unreadable_chunks
         )?;
+    }
+    Ok(())
+}
+
+fn mib(b: f64) -> f64 {
+    b / (1024.0 * 1024.0)
+}
+
+/// The process table (like top) and each host's section (like vmstat and
+/// iostat), when the session has resource samples.
+fn resources(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<()> {
+    let rows: Vec<(&str, &summary::ProcessRow)> = s
+        .processes
+        .iter()
+        .filter_map(|p| Some((p.name.as_str(), p.resources.as_ref()?)))
+        .filter(|(_, r)| r.samples > 0)
+        .collect();
+    if !rows.is_empty() {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "== processes (like top: CPU % over the sampled time, 100 = one core; totals for each process's life) =="
+        )?;
+        writeln!(
+            out,
+            "     pid   CPU%   user_s    sys_s  peakRSS_MiB   minflt  majflt     vcsw    ivcsw  disk_rd_MiB  disk_wr_MiB  rd_calls_MiB  wr_calls_MiB  thr  sampled_s  name"
+        )?;
+        let f = |v: Option<f64>, scale: f64, w: usize, prec: usize| match v {
+            Some(v) => format!("{:>w$.prec$}", v * scale),
+            None => format!("{:>w$}", "-"),
+        };
+        for (name, r) in rows.iter().take(limit) {
+            writeln!(
+                out,
+                "{:>8} {} {} {} {} {} {} {} {} {} {} {} {} {} {:>10.3}  {}",
+                r.pid,
+                f(r.cpu_pct, 1.0, 6, 1),
+                f(r.user_ns, 1e-9, 8, 3),
+                f(r.system_ns, 1e-9, 8, 3),
+                f(r.peak_rss.map(mib), 1.0, 12, 1),
+                f(r.faults.map(|x| x.0), 1.0, 8, 0),
+                f(r.faults.map(|x| x.1), 1.0, 7, 0),
+                f(r.switches.map(|x| x.0), 1.0, 8, 0),
+                f(r.switches.map(|x| x.1), 1.0, 8, 0),
+                f(r.storage.map(|x| mib(x.0)), 1.0, 12, 1),
+                f(r.storage.map(|x| mib(x.1)), 1.0, 12, 1),
+                f(r.calls.map(|x| mib(x.0)), 1.0, 13, 1),
+                f(r.calls.map(|x| mib(x.1)), 1.0, 13, 1),
+                f(r.threads, 1.0, 4, 0),
+                secs(r.sampled_ns),
+                terminal(name)
+            )?;
+        }
+        if rows.len() > limit {
+            writeln!(out, "   ... {} more", rows.len() - limit)?;
+        }
+        let samples: usize = rows.iter().map(|r| r.1.samples).sum();
+        let cost: f64 = rows.iter().filter_map(|r| r.1.sampler_cpu_ns).sum();
+        let span: i64 = rows.iter().map(|r| r.1.sampled_ns).sum();
+        let interval = rows.iter().map(|r| r.1.interval_ns).max().unwrap_or(0);
+        writeln!(
+            out,
+            "   sampler: {samples} samples every {:.0} ms; its own CPU time {:.3} ms over {:.3} s of process time ({:.3} % of one core)",
+            interval as f64 / 1e6,
+            cost / 1e6,
+            secs(span),
+            if span > 0 { 100.0 * cost / span as f64 } else { 0.0 }
+        )?;
+    }
+    for h in &s.hosts {
+        writeln!(out)?;
+        writeln!(
+            out,
+            "== {} (like vmstat and iostat: mean over the sampled time, and peak) ==",
+            terminal(&h.name)
+        )?;
+        writeln!(out, "   {:<32} {:>12} {:>12}", "track", "mean", "peak")?;
+        for (name, mean, peak) in h.rows.iter().take(limit.max(40)) {
+            writeln!(out, "   {:<32} {mean:>12.2} {peak:>12.2}", terminal(name))?;
+        }
+        if h.rows.len() > limit.max(40) {
+            writeln!(out, "   ... {} more", h.rows.len() - limit.max(40))?;
+        }
     }
     Ok(())
 }
