@@ -103,11 +103,32 @@ fn worker_pool_demo_shows_every_worker_and_every_spawn_arrow() {
 
     let json = std::fs::read(cwd.path().join("trace.json")).unwrap();
     let evs = check_chrome(&json);
-    let procs: Vec<&Value> = evs
+    let (system, procs): (Vec<&Value>, Vec<&Value>) = evs
         .iter()
         .filter(|e| e["ph"] == "M" && e["name"] == "process_name")
-        .collect();
+        .partition(|e| {
+            e["args"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("system"))
+        });
     assert_eq!(procs.len(), 11);
+    // Resources on the same timeline: each process's CPU % and RSS, and
+    // the host's "system" process with its CPU %.
+    assert_eq!(system.len(), 1, "one host");
+    for p in procs.iter().chain(&system) {
+        let cpu = evs
+            .iter()
+            .filter(|e| e["ph"] == "C" && e["pid"] == p["pid"] && e["name"] == "CPU %")
+            .count();
+        assert!(cpu >= 1, "CPU % of {p}");
+    }
+    for p in &procs {
+        assert!(
+            evs.iter()
+                .any(|e| e["ph"] == "C" && e["pid"] == p["pid"] && e["name"] == "RSS (MiB)"),
+            "RSS of {p}"
+        );
+    }
     assert!(procs.iter().all(|p| p["args"]["name"]
         .as_str()
         .unwrap()
@@ -150,10 +171,11 @@ fn worker_pool_demo_shows_every_worker_and_every_spawn_arrow() {
         let child = f["pid"].as_u64().unwrap();
         assert_ne!(child, parent);
         assert!(children.insert(child), "one arrow per child");
-        // The child's first event is the arrow's end, after its start.
+        // The child's first event is the arrow's end, after its start
+        // (its resource samples, which are not events, may come first).
         let first = evs
             .iter()
-            .filter(|e| e["ph"] != "M" && e["pid"].as_u64() == Some(child))
+            .filter(|e| e["ph"] != "M" && e["ph"] != "C" && e["pid"].as_u64() == Some(child))
             .map(ts)
             .fold(f64::MAX, f64::min);
         assert!(
@@ -200,8 +222,13 @@ fn pipeline_messages_carry_flows_in_both_directions() {
     let procs = evs
         .iter()
         .filter(|e| e["ph"] == "M" && e["name"] == "process_name")
+        .filter(|e| {
+            !e["args"]["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("system"))
+        })
         .count();
-    assert_eq!(procs, 2);
+    assert_eq!(procs, 2, "and the host's system process");
     let mut by_name: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
     let starts: HashMap<&str, &Value> = evs
         .iter()

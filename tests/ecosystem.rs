@@ -296,10 +296,12 @@ fn run_tracing_child(test: &str, role: &str) -> (tempfile::TempDir, Session, Str
 /// Lanes of process 0: the one of the thread named "helper", and the
 /// other one (the test's thread).
 fn helper_and_main_lanes(s: &Session) -> (u32, u32) {
+    let sampler = s.processes[0].file.sampler_lane();
     let lanes: BTreeMap<String, u32> = s.processes[0]
         .file
         .lanes
         .iter()
+        .filter(|(&lane, _)| Some(lane) != sampler)
         .map(|(&lane, l)| (l.name.clone(), lane))
         .collect();
     assert_eq!(lanes.len(), 2, "{lanes:?}");

@@ -58,7 +58,9 @@ fn recursion_panics_and_early_returns_nest_correctly() {
     assert_eq!(s.processes.len(), 1);
     let p = &s.processes[0];
     assert!(p.file.clean, "the child exited normally");
-    let lane = *p.file.lanes.keys().next().unwrap();
+    // The first lane that is not the resource sampler's.
+    let sampler = p.file.sampler_lane();
+    let lane = *p.file.lanes.keys().find(|&&l| Some(l) != sampler).unwrap();
     let seq = span_sequence(&s, 0, lane);
     let expect: Vec<&str> = vec![
         "+fact",
@@ -167,7 +169,9 @@ fn a_new_time_base_when_the_clock_high_half_changes() {
         .unwrap_or_else(|| panic!("no wait reported: {}", String::from_utf8_lossy(&out.stdout)));
     let s = Session::open(&[dir.path()]).unwrap();
     let p = &s.processes[0];
-    let lane = *p.file.lanes.keys().next().unwrap();
+    // The first lane that is not the resource sampler's.
+    let sampler = p.file.sampler_lane();
+    let lane = *p.file.lanes.keys().find(|&&l| Some(l) != sampler).unwrap();
     assert_eq!(
         span_sequence(&s, 0, lane),
         ["+before_idle", "-before_idle", "+after_idle", "-after_idle"]

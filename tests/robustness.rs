@@ -34,7 +34,11 @@ fn expected_sum() -> u64 {
 }
 
 /// Runs the child `c` with `env` added and checks it exited successfully.
+/// Resource sampling is off: these tests count every event and chunk of
+/// the application (`tests/resources.rs` tests the sampler's lane under
+/// the same limits).
 fn succeed(mut c: std::process::Command, env: &[(&str, &str)]) -> Output {
+    c.env("MPPROF_SAMPLE_MS", "0");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -552,6 +556,7 @@ fn a_full_disk_costs_events_not_the_application() {
         );
         let out = c
             .env("MPPROF_CHUNK_KB", "64")
+            .env("MPPROF_SAMPLE_MS", "0")
             .env("MPPROF_OVERFLOW", policy)
             .output()
             .unwrap();
@@ -1231,6 +1236,7 @@ fn a_killed_process_keeps_unwritten_chunkless_losses_as_its_own() {
     .env("MPPROF_OVERFLOW", "keep-last")
     .env("MPPROF_BUFFER_MB", "1")
     .env("MPPROF_CHUNK_KB", "64")
+    .env("MPPROF_SAMPLE_MS", "0")
     .env("MPPROF_PREPARE", "0")
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::null())

@@ -270,6 +270,14 @@ fn push(head: &AtomicPtr<Callsite>, c: &'static Callsite) {
     }
 }
 
+/// A callsite id of its own for a counter the recorder names itself in
+/// each file it records into (the resource sampler's): no `Callsite`, and
+/// not in the list replayed into new files. `None` past the format's
+/// limit.
+pub(crate) fn fresh_id() -> Option<u32> {
+    Some(assign_id(&NEXT_ID, MAX_SITE)).filter(|&id| id < MAX_SITE)
+}
+
 /// Takes the next id from `next`, at most `max`: the id `max` stands for
 /// every callsite past the `max - 1`th.
 fn assign_id(next: &AtomicU64, max: u32) -> u32 {

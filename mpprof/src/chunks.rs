@@ -644,7 +644,7 @@ pub(crate) fn truncate(s: &str, max: usize) -> &str {
 /// CPU of a worker the application pinned (and compete with it, or starve
 /// behind it). Asking for all CPUs gets those the process's cpuset allows.
 /// Best effort.
-fn any_cpu() {
+pub(crate) fn any_cpu() {
     // SAFETY: a zeroed cpu_set_t is a valid, empty set; CPU_SET writes
     // inside it; pid 0 is the calling thread.
     unsafe {

@@ -22,6 +22,7 @@ const KNOWN: &[&str] = &[
     "MPPROF_CLOCK",
     "MPPROF_PREPARE",
     "MPPROF_HOST_ID",
+    "MPPROF_SAMPLE_MS",
     // Set by `mpprof::spawn` for the child.
     "MPPROF_CLOCK_HZ",
     "MPPROF_PARENT_FLOW",

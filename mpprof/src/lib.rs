@@ -42,6 +42,7 @@ pub mod clock;
 mod env;
 pub mod flow;
 mod future;
+mod procfs;
 mod record;
 mod session;
 mod spawn;

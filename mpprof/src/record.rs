@@ -211,12 +211,23 @@ pub fn instant(cs: &'static Callsite) {
 #[inline]
 pub fn counter(cs: &'static Callsite, v: CounterValue) {
     if maybe_on() {
-        let payload = match v {
-            CounterValue::Int(i) => [i as u64, counter::INT],
-            CounterValue::UInt(u) => [u, counter::UINT],
-            CounterValue::Float(f) => [f.to_bits(), counter::FLOAT],
-        };
-        record_with_payload(cs.id(), kind::COUNTER, payload);
+        record_with_payload(cs.id(), kind::COUNTER, counter_payload(v));
+    }
+}
+
+/// Records a counter sample at callsite id `site`, which the caller named
+/// in the file (the resource sampler's counters).
+pub(crate) fn counter_id(site: u32, v: CounterValue) {
+    if maybe_on() {
+        record_with_payload(site, kind::COUNTER, counter_payload(v));
+    }
+}
+
+fn counter_payload(v: CounterValue) -> [u64; 2] {
+    match v {
+        CounterValue::Int(i) => [i as u64, counter::INT],
+        CounterValue::UInt(u) => [u, counter::UINT],
+        CounterValue::Float(f) => [f.to_bits(), counter::FLOAT],
     }
 }
 

@@ -15,6 +15,10 @@ use crate::record;
 pub(super) fn register_exit_hook() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     extern "C" fn at_exit() {
+        // The sampler's final sample (it waits a bounded time).
+        if let Some(r) = unsafe_current().filter(|r| !r.chunks.is_finished()) {
+            r.sampler.stop();
+        }
         // Never block at exit: if another thread holds the lock (it is
         // starting or finishing), leave the file unfinished rather than hang.
         // Inside the recorder: a signal handler that records meanwhile must

@@ -4,7 +4,8 @@
 //!
 //! - `dir.rs`: the session directory;
 //! - `process.rs`: the process's uid and facts;
-//! - `hooks.rs`: `atexit` and `pthread_atfork`.
+//! - `hooks.rs`: `atexit` and `pthread_atfork`;
+//! - `sampler.rs`: the resource sampler thread.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -20,6 +21,7 @@ use crate::{callsite, clock, record};
 mod dir;
 mod hooks;
 mod process;
+mod sampler;
 
 #[cfg(feature = "tracing")]
 pub(crate) use hooks::{hold_across_fork, ForkLock};
@@ -67,6 +69,9 @@ pub(crate) struct Recorder {
     /// Live [`Session`] guards of this recorder: the last one dropped
     /// finishes it. 0 for a child that started recording on its own.
     guards: AtomicU32,
+    /// The resource sampler (CPU, memory, I/O of the process, its threads
+    /// and the host).
+    pub(crate) sampler: sampler::Sampler,
 }
 
 impl Recorder {
@@ -282,6 +287,7 @@ pub(crate) fn lazy_start() -> Option<Origin> {
     // SAFETY: recorders are leaked, so a non-null pointer stays valid.
     if let Some(p) = unsafe { parent.as_ref() } {
         p.chunks.release_in_forked_child();
+        p.sampler.forget_in_forked_child();
     }
     let forked = hooks::FORK_INFO.lock().take();
     if let Some((dir, flow)) = forked {
@@ -351,6 +357,7 @@ fn start(dir: &Path, root: bool, origin: Option<Origin>) -> io::Result<Option<Or
         dir: dir.to_owned(),
         clock_hz,
         guards: AtomicU32::new(u32::from(root)),
+        sampler: sampler::Sampler::new(),
     }));
     rec.chunks.write_meta(&MetaRef::Process(&info));
     rec.chunks.write_meta(&MetaRef::Anchor(clock::anchor()));
@@ -364,6 +371,7 @@ fn start(dir: &Path, root: bool, origin: Option<Origin>) -> io::Result<Option<Or
     STATE.store(epoch, Ordering::Relaxed);
     callsite::replay(|m| rec.chunks.write_meta(m));
     rec.chunks.start_preparer();
+    rec.sampler.start(&rec.chunks, &rec.dir, &info.host_id);
     hooks::register_exit_hook();
     hooks::register_fork_hook();
     // The arrow from the parent's spawn point ends on the thread that
@@ -384,6 +392,9 @@ fn prepare_enabled() -> bool {
 /// if it is the current one. The calling thread stops using the file, which
 /// is released once no thread does (now, or at a later safe point).
 fn finish(r: &'static Recorder) {
+    // The sampler's final sample, before the file is finished (outside
+    // the recorder: it records on its own thread, and this one waits).
+    r.sampler.stop();
     record::inside(|| {
         let _l = LIFECYCLE.lock();
         if !r.chunks.is_finished() {

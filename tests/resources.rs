@@ -1,0 +1,373 @@
+//! Resource samples against a workload that knows its truth: one child
+//! burns a CPU, one sleeps, one allocates and frees 200 MiB, one writes 50
+//! MiB with fsync. The tracks, the process table, the function table's
+//! on-CPU split and the host's disk track must say so, within tolerances a
+//! loaded 2-core machine keeps (no assertion on absolute speed). And a
+//! process that cannot read the host's `/proc` files (a container's
+//! `/proc`) records what it can, says what it lacks, and runs on.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{child_role, self_command, session_dir};
+use mpprof_merge::analysis::summary;
+use mpprof_merge::Session;
+
+const TEST: &str = "a_workload_that_knows_its_truth_shows_it_in_tracks_and_tables";
+
+#[mpprof::instrument]
+fn burn(for_ms: u64) -> u64 {
+    let start = Instant::now();
+    let mut x = 1u64;
+    while start.elapsed() < Duration::from_millis(for_ms) {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    x
+}
+
+#[mpprof::instrument]
+fn nap(for_ms: u64) {
+    std::thread::sleep(Duration::from_millis(for_ms));
+}
+
+#[mpprof::instrument]
+fn allocate(mib: usize, hold_ms: u64) -> u64 {
+    // Every page written: resident, not just reserved.
+    let v = vec![1u8; mib << 20];
+    std::thread::sleep(Duration::from_millis(hold_ms));
+    let s = v.iter().step_by(4096).map(|&b| b as u64).sum();
+    drop(v);
+    s
+}
+
+#[mpprof::instrument]
+fn write_synced(path: &Path, mib: usize) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    let block = vec![7u8; 1 << 20];
+    for _ in 0..mib {
+        f.write_all(&block).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    std::fs::remove_file(path).unwrap();
+}
+
+fn spawn_role(role: &str) -> std::process::Child {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(common::ROLE, role)
+        .stdout(Stdio::null());
+    mpprof::spawn(&mut c).unwrap()
+}
+
+fn wait_all(children: Vec<std::process::Child>) {
+    for mut c in children {
+        assert!(mpprof::wait(&mut c).unwrap().success());
+    }
+}
+
+/// The CPU % of one process in the summary's table, by its role's
+/// function.
+fn row_of<'a>(
+    s: &'a summary::Summary,
+    func: &str,
+) -> (&'a summary::ProcessSummary, &'a summary::ProcessRow) {
+    let p = s
+        .processes
+        .iter()
+        .find(|p| p.funcs.iter().any(|(k, _)| k.label.ends_with(func)))
+        .unwrap_or_else(|| panic!("a process ran {func}"));
+    (p, p.resources.as_ref().expect("sampled"))
+}
+
+fn func<'a>(p: &'a summary::ProcessSummary, name: &str) -> &'a summary::FuncStats {
+    &p.funcs
+        .iter()
+        .find(|(k, _)| k.label.ends_with(name))
+        .unwrap()
+        .1
+}
+
+#[test]
+fn a_workload_that_knows_its_truth_shows_it_in_tracks_and_tables() {
+    child_role("burn", || {
+        println!("{}", burn(600));
+    });
+    child_role("sleep", || nap(600));
+    child_role("alloc", || {
+        println!("{}", allocate(200, 150));
+    });
+    child_role("write", || {
+        let dir = std::env::var("RESOURCES_TEST_SCRATCH").unwrap();
+        write_synced(&Path::new(&dir).join("fifty.bin"), 50);
+    });
+    child_role("parent", || {
+        // The burner and the sleeper together (one core each at most),
+        // then the allocator and the writer.
+        wait_all(vec![spawn_role("burn"), spawn_role("sleep")]);
+        wait_all(vec![spawn_role("alloc"), spawn_role("write")]);
+    });
+    let dir = session_dir();
+    // On the disk of the build, not a tmpfs: its writes reach a device.
+    let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let mut c = self_command(TEST, "parent", dir.path());
+    c.env("RESOURCES_TEST_SCRATCH", scratch.path());
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert_eq!(s.processes.len(), 5);
+    let sum = summary::compute(&s);
+
+    // The process table.
+    let (_, burner) = row_of(&sum, "burn");
+    let (_, sleeper) = row_of(&sum, "nap");
+    let burn_cpu = burner.cpu_pct.expect("two samples or more");
+    let sleep_cpu = sleeper.cpu_pct.expect("two samples or more");
+    eprintln!("burner {burn_cpu:.1} % CPU, sleeper {sleep_cpu:.1} %");
+    assert!(burn_cpu > 60.0 && burn_cpu < 115.0, "burner {burn_cpu} %");
+    assert!(sleep_cpu < 10.0, "sleeper {sleep_cpu} %");
+    assert!(burner.user_ns.unwrap() > 0.3e9, "{burner:?}");
+    assert!(
+        sleeper.user_ns.unwrap() + sleeper.system_ns.unwrap() < 0.1e9,
+        "{sleeper:?}"
+    );
+    assert!(
+        burner.samples >= 15,
+        "a sample every 20 ms: {}",
+        burner.samples
+    );
+    let (_, alloc) = row_of(&sum, "allocate");
+    let peak = alloc.peak_rss.unwrap();
+    assert!(peak >= (200 << 20) as f64, "peak RSS {peak}");
+    let (_, writer) = row_of(&sum, "write_synced");
+    let written = writer.storage.unwrap().1;
+    assert!(written >= (50 << 20) as f64, "write_bytes {written}");
+    assert!(writer.calls.unwrap().1 >= (50 << 20) as f64, "wchar");
+
+    // The function table's on-CPU split: the burner on a CPU, the sleeper
+    // off it.
+    let (bp, _) = row_of(&sum, "burn");
+    let b = func(bp, "burn");
+    assert!(b.sampled_ns > 0, "{b:?}");
+    let on = b.on_cpu_ns as f64 / b.sampled_ns as f64;
+    assert!(on > 0.6, "burn on CPU {on}");
+    let (sp, _) = row_of(&sum, "nap");
+    let n = func(sp, "nap");
+    assert!(
+        n.sampled_ns > 0 && (n.on_cpu_ns as f64) < 0.1 * n.sampled_ns as f64,
+        "{n:?}"
+    );
+
+    // The RSS track of the allocator saw the 200 MiB while it was held.
+    let res = s.resources();
+    let tracks = |pi: usize| {
+        let p = &s.processes[pi];
+        mpprof_merge::resources::process_tracks(res.processes[pi].as_ref().unwrap(), |t, c| {
+            format!("{t}{c}{}", p.file.pid)
+        })
+    };
+    let alloc_pi = s
+        .processes
+        .iter()
+        .position(|p| p.file.pid == alloc.pid)
+        .unwrap();
+    let rss = tracks(alloc_pi)
+        .into_iter()
+        .find(|t| t.name == "RSS (MiB)")
+        .unwrap();
+    let rss_peak = rss.points.iter().map(|p| p.1).fold(0.0, f64::max);
+    assert!(rss_peak >= 190.0, "RSS track peak {rss_peak} MiB");
+
+    // The host's disk tracks add up to the 50 MiB written (and more: the
+    // machine's other writes).
+    assert_eq!(res.hosts.len(), 1, "one host");
+    let disk_mib: f64 = res.hosts[0]
+        .tracks
+        .iter()
+        .filter(|t| t.name.ends_with(" write (MiB/s)"))
+        .map(|t| {
+            t.points
+                .windows(2)
+                .map(|w| w[0].1 * (w[1].0 - w[0].0) as f64 / 1e9)
+                .sum::<f64>()
+        })
+        .sum();
+    assert!(disk_mib >= 45.0, "disk tracks show {disk_mib} MiB written");
+    assert!(res.hosts[0].tracks.iter().any(|t| t.name == "CPU %"));
+    assert!(res.hosts[0]
+        .tracks
+        .iter()
+        .any(|t| t.name == "memory used (MiB)"));
+
+    // The text: the process table, the host section, the split columns.
+    let mut text = Vec::new();
+    mpprof_merge::write::summary::write_text(&sum, &mut text, 20).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains("== processes (like top"), "{text}");
+    assert!(text.contains("== system ("), "{text}");
+    assert!(text.contains("cpu%  runq%"), "{text}");
+    assert!(text.contains("on_cpu_ms"), "{text}");
+
+    // Both trace formats: CPU % and RSS per process, a system process.
+    let chrome = common::chrome_events(&s);
+    for p in &s.processes {
+        for name in ["CPU %", "RSS (MiB)"] {
+            assert!(
+                chrome
+                    .iter()
+                    .any(|e| e["ph"] == "C" && e["pid"] == p.file.pid && e["name"] == name),
+                "{name} of {}",
+                p.file.pid
+            );
+        }
+    }
+    let system_pid = chrome
+        .iter()
+        .find(|e| {
+            e["name"] == "process_name"
+                && e["args"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("system"))
+        })
+        .expect("a system process")["pid"]
+        .clone();
+    assert!(chrome
+        .iter()
+        .any(|e| e["ph"] == "C" && e["pid"] == system_pid && e["name"] == "CPU %"));
+    let mut buf = Vec::new();
+    mpprof_merge::write::perfetto::write(&s, &mut buf).unwrap();
+    let t = common::perfetto::trace(&buf).unwrap();
+    let system = t
+        .tracks
+        .iter()
+        .find(|k| {
+            k.process_name
+                .as_deref()
+                .is_some_and(|n| n.starts_with("system"))
+        })
+        .expect("a system process track");
+    let counter = |name: &str, parent: u64| {
+        t.tracks
+            .iter()
+            .find(|k| k.counter && k.name.as_deref() == Some(name) && k.parent_uuid == Some(parent))
+            .map(|k| t.events.iter().filter(|e| e.track_uuid == k.uuid).count())
+    };
+    assert!(counter("CPU %", system.uuid).unwrap() >= 5);
+    for p in t
+        .tracks
+        .iter()
+        .filter(|k| k.process_name.is_some() && k.uuid != system.uuid)
+    {
+        assert!(counter("CPU %", p.uuid).unwrap() >= 1, "{p:?}");
+        assert!(counter("RSS (MiB)", p.uuid).unwrap() >= 1, "{p:?}");
+    }
+
+    // Resource samples are not events: nothing on the sampler's lane, and
+    // `check` calls the session perfect.
+    let h = mpprof_merge::analysis::check::check(&s);
+    let mut check = Vec::new();
+    mpprof_merge::write::check::write_text(&h, &mut check).unwrap();
+    let check = String::from_utf8(check).unwrap();
+    assert!(!h.imperfect(), "{check}");
+    assert!(check.contains("resources: "), "{check}");
+    assert!(!check.contains("LACKS"), "{check}");
+}
+
+/// A process whose `/proc` shows its own entries only (`subset=pid`, as
+/// in a container that hides the host): it records its own counters,
+/// warns once about the host's, and `check` says what it lacks. Needs
+/// root for the mount namespace; skipped (with a note) without.
+#[test]
+fn a_proc_without_the_hosts_files_costs_only_the_host_counters() {
+    const T: &str = "a_proc_without_the_hosts_files_costs_only_the_host_counters";
+    child_role("contained", || {
+        // SAFETY: unshare and mount with valid arguments; this process is
+        // single-threaded here (the test harness's thread only).
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                println!("skip=unshare");
+                return;
+            }
+            let none = c"none";
+            let root = c"/";
+            let proc_ = c"/proc";
+            let kind = c"proc";
+            let opts = c"subset=pid";
+            libc::mount(
+                none.as_ptr(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            );
+            if libc::mount(
+                kind.as_ptr(),
+                proc_.as_ptr(),
+                kind.as_ptr(),
+                0,
+                opts.as_ptr() as *const libc::c_void,
+            ) != 0
+            {
+                println!("skip=mount");
+                return;
+            }
+        }
+        assert!(!Path::new("/proc/stat").exists());
+        let _s = mpprof::init().unwrap();
+        println!("{}", burn(100));
+    });
+    let dir = session_dir();
+    let out = self_command(T, "contained", dir.path()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if stdout.contains("skip=") {
+        eprintln!("skipped: cannot make a mount namespace with a pid-only /proc here ({stdout})");
+        return;
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("resource sampling cannot read"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning: {stderr}");
+    assert!(warnings[0].contains("/proc/stat"), "{stderr}");
+    let s = Session::open(&[dir.path()]).unwrap();
+    let r = s.resources().processes[0].as_ref().unwrap();
+    assert!(r
+        .get(mpprof::format::Scope::Process, "cpu.user", "")
+        .is_some());
+    assert!(r
+        .get(mpprof::format::Scope::Process, "mem.rss", "")
+        .is_some());
+    assert!(s.resources().hosts.is_empty(), "no host track");
+    let h = mpprof_merge::analysis::check::check(&s);
+    let mut check = Vec::new();
+    mpprof_merge::write::check::write_text(&h, &mut check).unwrap();
+    let check = String::from_utf8(check).unwrap();
+    assert!(
+        check.contains("LACKS resource counters: host counters: /proc/stat"),
+        "{check}"
+    );
+    // The summary still has the process's row.
+    let sum = summary::compute(&s);
+    assert!(sum.processes[0]
+        .resources
+        .as_ref()
+        .unwrap()
+        .cpu_pct
+        .is_some());
+}
