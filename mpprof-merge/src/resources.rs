@@ -42,6 +42,8 @@ pub struct ProcessResources {
     pub host_ticks: Vec<i64>,
     /// Series by (scope, key, instance).
     pub series: BTreeMap<(Scope, String, String), Series>,
+    /// Resource counter records read (samples' markers included).
+    pub records: u64,
 }
 
 /// A rate over one interval between two samples: `(start, end, value per
@@ -119,7 +121,7 @@ impl ProcessResources {
                 }
             }
             if known {
-                out.push((t0, t1, d * 1e9 / (t1 - t0) as f64));
+                out.push((t0, t1, d * 1e9 / (t1 as f64 - t0 as f64)));
             }
         }
         out
@@ -176,7 +178,7 @@ fn interpolate(s: &Series, t: i64) -> f64 {
         (None, Some(&(_, v))) => v,
         (Some((_, v)), None) => v,
         (Some((t0, v0)), Some(&(t1, v1))) if t1 > t0 => {
-            v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0) as f64
+            v0 + (v1 - v0) * (t as f64 - t0 as f64) / (t1 as f64 - t0 as f64)
         }
         (Some((_, v)), Some(_)) => v,
         (None, None) => 0.0,
@@ -232,6 +234,7 @@ pub fn of_process(p: &Process) -> Option<ProcessResources> {
                 if !v.is_finite() {
                     continue;
                 }
+                r.records += 1;
                 match (res.scope, res.key.as_str()) {
                     (Scope::Process, key::SAMPLE) => {
                         let t = p.ns(e.ts);
@@ -321,7 +324,10 @@ pub fn process_tracks(
 ) -> Vec<Track> {
     let mut out = Vec::new();
     let p = Scope::Process;
-    let mut push = |name: &str, tid: Option<u32>, points: Vec<(i64, f64)>| {
+    let mut push = |name: &str, tid: Option<u32>, mut points: Vec<(i64, f64)>| {
+        // (Values out of range in a damaged file: no JSON number holds
+        // them.)
+        points.retain(|p| p.1.is_finite());
         if !points.is_empty() {
             out.push(Track {
                 name: name.to_owned(),
@@ -415,7 +421,8 @@ pub fn process_tracks(
 fn host_tracks_of(r: &ProcessResources) -> Vec<Track> {
     let h = Scope::Host;
     let mut out = Vec::new();
-    let mut push = |name: String, points: Vec<(i64, f64)>| {
+    let mut push = |name: String, mut points: Vec<(i64, f64)>| {
+        points.retain(|p| p.1.is_finite());
         if !points.is_empty() {
             out.push(Track {
                 name,
@@ -601,7 +608,7 @@ pub fn mean_and_peak(points: &[(i64, f64)]) -> Option<(f64, f64)> {
     let mut sum = 0.0;
     let mut len = 0.0;
     for w in points.windows(2) {
-        let d = (w[1].0 - w[0].0) as f64;
+        let d = w[1].0 as f64 - w[0].0 as f64;
         sum += w[0].1 * d;
         len += d;
     }

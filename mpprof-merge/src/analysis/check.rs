@@ -29,6 +29,9 @@ pub struct ProcessHealth {
     pub threads: usize,
     /// Events recorded in the file.
     pub events: u64,
+    /// Of them, resource samples' counter records (see
+    /// [`crate::resources`]).
+    pub resource_events: u64,
     /// Events the process could not record.
     pub lost_events: u64,
     /// Why events were lost.
@@ -250,6 +253,9 @@ pub fn check(session: &Session) -> Health {
                 .unwrap_or_else(|| "unknown".into()),
             threads: f.lanes.len(),
             events: events.recorded_events(pi),
+            resource_events: session.resources().processes[pi]
+                .as_ref()
+                .map_or(0, |r| r.records),
             lost_events: f.lost_events,
             lost_reason,
             losses: f.losses(),

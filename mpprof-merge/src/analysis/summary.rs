@@ -276,7 +276,7 @@ fn process_row(p: &crate::trace::Process, r: &ProcessResources) -> ProcessRow {
             Some(v.last().copied()?? - v.first().copied().flatten().unwrap_or(0.0))
         };
         let used = cpu(key::CPU_USER)? + cpu(key::CPU_SYSTEM)?;
-        Some(100.0 * used / (b - a) as f64)
+        Some(100.0 * used / (b as f64 - a as f64))
     });
     // The sampler thread's whole CPU time: its cost.
     let sampler_cpu_ns = r
@@ -297,7 +297,7 @@ fn process_row(p: &crate::trace::Process, r: &ProcessResources) -> ProcessRow {
         samples: r.ticks.len(),
         interval_ns: r.interval_ns,
         sampler_cpu_ns,
-        sampled_ns: window.map_or(0, |(a, b)| b - a),
+        sampled_ns: window.map_or(0, |(a, b)| b.saturating_sub(a)),
         unavailable: r.unavailable.clone(),
     }
 }

@@ -23,9 +23,14 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
                 terminal(&p.host)
             }
         )?;
+        let samples = if p.resource_events > 0 {
+            format!(" ({} of them resource samples)", p.resource_events)
+        } else {
+            String::new()
+        };
         writeln!(
             out,
-            "  threads {}, events {}, span {:.3} ms, clock domain {}",
+            "  threads {}, events {}{samples}, span {:.3} ms, clock domain {}",
             p.threads,
             p.events,
             p.span_ns as f64 / 1e6,

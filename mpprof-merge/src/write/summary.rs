@@ -192,7 +192,9 @@ fn resources(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<()> {
         }
         let samples: usize = rows.iter().map(|r| r.1.samples).sum();
         let cost: f64 = rows.iter().filter_map(|r| r.1.sampler_cpu_ns).sum();
-        let span: i64 = rows.iter().map(|r| r.1.sampled_ns).sum();
+        let span: i64 = rows
+            .iter()
+            .fold(0i64, |a, r| a.saturating_add(r.1.sampled_ns));
         let interval = rows.iter().map(|r| r.1.interval_ns).max().unwrap_or(0);
         writeln!(
             out,
