@@ -31,6 +31,11 @@ fn burn(for_ms: u64) -> u64 {
 }
 
 #[mpprof::instrument]
+fn tiny(i: u64) -> u64 {
+    std::hint::black_box(i.wrapping_mul(3))
+}
+
+#[mpprof::instrument]
 fn nap(for_ms: u64) {
     std::thread::sleep(Duration::from_millis(for_ms));
 }
@@ -370,4 +375,72 @@ fn a_proc_without_the_hosts_files_costs_only_the_host_counters() {
         .unwrap()
         .cpu_pct
         .is_some());
+}
+
+/// A process killed by SIGKILL keeps the samples it took (its row and
+/// tracks are there, it just has no final sample); a flight recorder
+/// (`keep-last`) whose budget the samples overrun keeps the newest
+/// samples, and every series still has a value (each is recorded whole
+/// every 100 samples).
+#[test]
+fn samples_survive_sigkill_and_a_flight_recorder_keeps_the_newest() {
+    const T: &str = "samples_survive_sigkill_and_a_flight_recorder_keeps_the_newest";
+    child_role("spin", || loop {
+        burn(50);
+    });
+    child_role("busy_small_budget", || {
+        // Events enough to fill the budget at once, so the sampler's later
+        // chunks overwrite its own oldest.
+        let start = Instant::now();
+        let mut x = 0;
+        while start.elapsed() < Duration::from_millis(1500) {
+            for i in 0..10_000 {
+                x = tiny(x ^ i);
+            }
+        }
+        println!("{x}");
+    });
+    // SIGKILL.
+    let dir = session_dir();
+    let mut child = self_command(T, "spin", dir.path()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert!(!s.processes[0].file.clean);
+    let sum = summary::compute(&s);
+    let row = sum.processes[0].resources.as_ref().expect("sampled");
+    assert!(row.samples >= 10, "{row:?}");
+    let cpu = row.cpu_pct.unwrap();
+    assert!(cpu > 50.0, "the spinner's CPU {cpu} %");
+    let h = mpprof_merge::analysis::check::check(&s);
+    assert!(!h.damaged());
+
+    // keep-last: 1 ms samples overrun a 1 MiB budget of 4 KiB chunks.
+    let dir = session_dir();
+    let out = self_command(T, "busy_small_budget", dir.path())
+        .env("MPPROF_OVERFLOW", "keep-last")
+        .env("MPPROF_BUFFER_MB", "1")
+        .env("MPPROF_CHUNK_KB", "4")
+        .env("MPPROF_SAMPLE_MS", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = Session::open(&[dir.path()]).unwrap();
+    let p = &s.processes[0];
+    let sampler = p.file.sampler_lane().expect("the sampler recorded");
+    assert!(
+        p.file.lanes[&sampler].overwritten > 0,
+        "the samples overran the budget: {:?}",
+        p.file.lanes[&sampler]
+    );
+    let r = s.resources().processes[0].as_ref().unwrap();
+    // The newest samples are there, up to the process's end.
+    let last = *r.ticks.last().unwrap();
+    assert!(p.end_ns - last < 50_000_000, "last sample {} ms before the end", (p.end_ns - last) / 1_000_000);
+    for k in ["cpu.user", "mem.rss", "threads"] {
+        assert!(r.last(k).is_some(), "{k} has a value");
+    }
+    let sum = summary::compute(&s);
+    assert!(sum.processes[0].resources.as_ref().unwrap().cpu_pct.unwrap() > 30.0);
 }
