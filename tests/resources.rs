@@ -102,7 +102,23 @@ fn func<'a>(p: &'a summary::ProcessSummary, name: &str) -> &'a summary::FuncStat
 #[test]
 fn a_workload_that_knows_its_truth_shows_it_in_tracks_and_tables() {
     child_role("burn", || {
+        // The burner's own measure of its CPU share (its thread's CPU
+        // clock over the wall time), for the test to compare: a loaded
+        // machine gives it less than a core, truly.
+        let cpu = || {
+            let mut ts = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes the timespec it is given.
+            unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+            ts.tv_sec as f64 * 1e9 + ts.tv_nsec as f64
+        };
+        let (c0, t0) = (cpu(), Instant::now());
         println!("{}", burn(600));
+        let share = 100.0 * (cpu() - c0) / t0.elapsed().as_nanos() as f64;
+        let dir = std::env::var("RESOURCES_TEST_SCRATCH").unwrap();
+        std::fs::write(Path::new(&dir).join("burn.txt"), share.to_string()).unwrap();
     });
     child_role("sleep", || nap(600));
     child_role("alloc", || {
@@ -138,10 +154,20 @@ fn a_workload_that_knows_its_truth_shows_it_in_tracks_and_tables() {
     let (_, sleeper) = row_of(&sum, "nap");
     let burn_cpu = burner.cpu_pct.expect("two samples or more");
     let sleep_cpu = sleeper.cpu_pct.expect("two samples or more");
-    eprintln!("burner {burn_cpu:.1} % CPU, sleeper {sleep_cpu:.1} %");
-    assert!(burn_cpu > 60.0 && burn_cpu < 115.0, "burner {burn_cpu} %");
+    let own: f64 = std::fs::read_to_string(scratch.path().join("burn.txt"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    eprintln!("burner {burn_cpu:.1} % CPU (its own measure {own:.1} %), sleeper {sleep_cpu:.1} %");
+    // About 100 % on an idle machine; on a loaded one the burner truly
+    // gets less, and the samples must say what it got.
+    assert!(
+        (burn_cpu - own).abs() < 15.0 && burn_cpu < 115.0,
+        "burner {burn_cpu} %, by its own clock {own} %"
+    );
+    assert!(burn_cpu > 20.0, "burner {burn_cpu} %");
     assert!(sleep_cpu < 10.0, "sleeper {sleep_cpu} %");
-    assert!(burner.user_ns.unwrap() > 0.3e9, "{burner:?}");
+    assert!(burner.user_ns.unwrap() > 0.15e9, "{burner:?}");
     assert!(
         sleeper.user_ns.unwrap() + sleeper.system_ns.unwrap() < 0.1e9,
         "{sleeper:?}"
@@ -165,7 +191,10 @@ fn a_workload_that_knows_its_truth_shows_it_in_tracks_and_tables() {
     let b = func(bp, "burn");
     assert!(b.sampled_ns > 0, "{b:?}");
     let on = b.on_cpu_ns as f64 / b.sampled_ns as f64;
-    assert!(on > 0.6, "burn on CPU {on}");
+    assert!(
+        (100.0 * on - own).abs() < 20.0,
+        "burn on CPU {on}, by its own clock {own} %"
+    );
     let (sp, _) = row_of(&sum, "nap");
     let n = func(sp, "nap");
     assert!(
@@ -174,7 +203,7 @@ fn a_workload_that_knows_its_truth_shows_it_in_tracks_and_tables() {
     );
 
     // The RSS track of the allocator saw the 200 MiB while it was held.
-    let res = s.resources();
+    let res = &mpprof_merge::resources::Resources::of(&s);
     let tracks = |pi: usize| {
         let p = &s.processes[pi];
         mpprof_merge::resources::process_tracks(res.processes[pi].as_ref().unwrap(), |t, c| {
@@ -267,7 +296,7 @@ fn a_workload_that_knows_its_truth_shows_it_in_tracks_and_tables() {
             .find(|k| k.counter && k.name.as_deref() == Some(name) && k.parent_uuid == Some(parent))
             .map(|k| t.events.iter().filter(|e| e.track_uuid == k.uuid).count())
     };
-    assert!(counter("CPU %", system.uuid).unwrap() >= 5);
+    assert!(counter("CPU %", system.uuid).unwrap() >= 3);
     for p in t
         .tracks
         .iter()
@@ -346,19 +375,20 @@ fn a_proc_without_the_hosts_files_costs_only_the_host_counters() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let warnings: Vec<&str> = stderr
         .lines()
-        .filter(|l| l.contains("resource sampling cannot read"))
+        .filter(|l| l.contains("resource sampling goes without"))
         .collect();
     assert_eq!(warnings.len(), 1, "one warning: {stderr}");
     assert!(warnings[0].contains("/proc/stat"), "{stderr}");
     let s = Session::open(&[dir.path()]).unwrap();
-    let r = s.resources().processes[0].as_ref().unwrap();
+    let res = mpprof_merge::resources::Resources::of(&s);
+    let r = res.processes[0].as_ref().unwrap();
     assert!(r
         .get(mpprof::format::Scope::Process, "cpu.user", "")
         .is_some());
     assert!(r
         .get(mpprof::format::Scope::Process, "mem.rss", "")
         .is_some());
-    assert!(s.resources().hosts.is_empty(), "no host track");
+    assert!(res.hosts.is_empty(), "no host track");
     let h = mpprof_merge::analysis::check::check(&s);
     let mut check = Vec::new();
     mpprof_merge::write::check::write_text(&h, &mut check).unwrap();
@@ -412,7 +442,7 @@ fn samples_survive_sigkill_and_a_flight_recorder_keeps_the_newest() {
     let row = sum.processes[0].resources.as_ref().expect("sampled");
     assert!(row.samples >= 10, "{row:?}");
     let cpu = row.cpu_pct.unwrap();
-    assert!(cpu > 50.0, "the spinner's CPU {cpu} %");
+    assert!(cpu > 25.0, "the spinner's CPU {cpu} %");
     let h = mpprof_merge::analysis::check::check(&s);
     assert!(!h.damaged());
 
@@ -425,7 +455,11 @@ fn samples_survive_sigkill_and_a_flight_recorder_keeps_the_newest() {
         .env("MPPROF_SAMPLE_MS", "1")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let s = Session::open(&[dir.path()]).unwrap();
     let p = &s.processes[0];
     let sampler = p.file.sampler_lane().expect("the sampler recorded");
@@ -434,13 +468,88 @@ fn samples_survive_sigkill_and_a_flight_recorder_keeps_the_newest() {
         "the samples overran the budget: {:?}",
         p.file.lanes[&sampler]
     );
-    let r = s.resources().processes[0].as_ref().unwrap();
+    let res = mpprof_merge::resources::Resources::of(&s);
+    let r = res.processes[0].as_ref().unwrap();
     // The newest samples are there, up to the process's end.
     let last = *r.ticks.last().unwrap();
-    assert!(p.end_ns - last < 50_000_000, "last sample {} ms before the end", (p.end_ns - last) / 1_000_000);
+    assert!(
+        p.end_ns - last < 50_000_000,
+        "last sample {} ms before the end",
+        (p.end_ns - last) / 1_000_000
+    );
     for k in ["cpu.user", "mem.rss", "threads"] {
         assert!(r.last(k).is_some(), "{k} has a value");
     }
     let sum = summary::compute(&s);
-    assert!(sum.processes[0].resources.as_ref().unwrap().cpu_pct.unwrap() > 30.0);
+    assert!(
+        sum.processes[0]
+            .resources
+            .as_ref()
+            .unwrap()
+            .cpu_pct
+            .unwrap()
+            > 20.0
+    );
+}
+
+/// Under keep-first, samples stop at three quarters of the budget and
+/// leave the rest to the program: a program that filled most of its budget
+/// and then sleeps while the sampler runs still records its later events,
+/// and `check` says why the samples stop.
+#[test]
+fn samples_leave_the_rest_of_a_keep_first_budget_to_the_program() {
+    const T: &str = "samples_leave_the_rest_of_a_keep_first_budget_to_the_program";
+    child_role("fill_then_sleep", || {
+        // 4 KiB chunks of 8-byte words: about 60 % of 256 slots.
+        let mut x = 0;
+        for i in 0..40_000 {
+            x = tiny(x ^ i);
+        }
+        // Samples every 1 ms, while nothing else records.
+        std::thread::sleep(Duration::from_millis(1500));
+        for i in 0..1_000 {
+            x = tiny(x ^ i);
+        }
+        println!("{x}");
+    });
+    let dir = session_dir();
+    let out = self_command(T, "fill_then_sleep", dir.path())
+        .env("MPPROF_BUFFER_MB", "1")
+        .env("MPPROF_CHUNK_KB", "4")
+        .env("MPPROF_SAMPLE_MS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("three quarters of the buffer budget"),
+        "{stderr}"
+    );
+    let s = Session::open(&[dir.path()]).unwrap();
+    let f = &s.processes[0].file;
+    let sampler = f.sampler_lane().unwrap();
+    let program_lost: u64 = f
+        .lanes
+        .iter()
+        .filter(|(&l, _)| l != sampler)
+        .map(|(_, l)| l.lost())
+        .sum();
+    assert_eq!(program_lost, 0, "the program's 82,000 events are all there");
+    let calls = s
+        .events()
+        .filter(|e| matches!(e.kind, mpprof_merge::EventKind::Enter { .. }))
+        .count();
+    assert_eq!(calls, 41_000);
+    let h = mpprof_merge::analysis::check::check(&s);
+    let mut check = Vec::new();
+    mpprof_merge::write::check::write_text(&h, &mut check).unwrap();
+    let check = String::from_utf8(check).unwrap();
+    assert!(
+        check.contains("LACKS resource counters: resource samples after three quarters"),
+        "{check}"
+    );
 }

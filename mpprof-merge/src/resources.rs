@@ -395,6 +395,11 @@ pub fn process_tracks(
         let Scope::Thread { tid } = *scope else {
             continue;
         };
+        // The sampler's own thread is recorded at keyframes only (its
+        // time is the sampling's cost, in the summary): no rate track.
+        if tid == r.sampler_tid {
+            continue;
+        }
         if k != key::ON_CPU || s.points.first().map(|p| p.1) == s.points.last().map(|p| p.1) {
             continue;
         }
@@ -540,6 +545,17 @@ pub struct Host {
     pub hostname: String,
     /// Tracks, by name.
     pub tracks: Vec<Track>,
+}
+
+impl Host {
+    /// The name of its "system" process: `system (hostname)`.
+    pub fn label(&self) -> String {
+        if self.hostname.is_empty() {
+            "system".to_owned()
+        } else {
+            format!("system ({})", self.hostname)
+        }
+    }
 }
 
 /// The resource samples of a whole session.

@@ -155,8 +155,6 @@ pub struct Session {
     /// Events yielded so far by this session's [`crate::merge::Events`]
     /// iterators, for progress reporting (see [`Session::events_merged`]).
     pub(crate) merged: AtomicU64,
-    /// The resource samples, read on first use (see [`Session::resources`]).
-    resources: std::sync::OnceLock<crate::resources::Resources>,
 }
 
 impl Session {
@@ -241,15 +239,7 @@ impl Session {
             no_space: Vec::new(),
             ignored: Vec::new(),
             merged: AtomicU64::new(0),
-            resources: std::sync::OnceLock::new(),
         }
-    }
-
-    /// The resource samples of every process (CPU, memory, I/O, threads)
-    /// and host, read from the files on first use.
-    pub fn resources(&self) -> &crate::resources::Resources {
-        self.resources
-            .get_or_init(|| crate::resources::Resources::of(self))
     }
 
     /// Earliest timestamp of the session (ns, aligned).

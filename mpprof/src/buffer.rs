@@ -319,6 +319,14 @@ impl ProcessBuffer {
         self.config.max_chunks
     }
 
+    /// Chunk slots taken so far (at most the budget).
+    pub fn slots_taken(&self) -> u32 {
+        // Relaxed: a level for a decision that tolerates a stale value.
+        self.atomic_u32(header::NEXT_CHUNK)
+            .load(Ordering::Relaxed)
+            .min(self.config.max_chunks)
+    }
+
     /// Path of the file (for messages; a buffer in memory has none).
     pub fn path(&self) -> &Path {
         match &self.backing {

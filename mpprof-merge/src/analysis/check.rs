@@ -169,10 +169,17 @@ fn lacks(r: &ProcessResources) -> Vec<String> {
     if r.ticks.is_empty() {
         out.push("every resource counter: no sample survived".to_owned());
     }
-    // Host files: only the process holding the host lock reads them.
+    // Host files (only the process holding the host lock reads them),
+    // and anything else the sampler said (a budget it left to the
+    // program).
     for u in &r.unavailable {
-        if !u.starts_with("/proc/self") && !u.starts_with("getrusage") {
+        if u.starts_with("/proc/self") || u.starts_with("getrusage") {
+            continue; // said above, with the counters
+        }
+        if u.starts_with("/proc/") || u.starts_with("host lock") {
             out.push(format!("host counters: {u}"));
+        } else {
+            out.push(u.clone());
         }
     }
     out
@@ -187,6 +194,7 @@ pub fn check(session: &Session) -> Health {
     // `mpprof::wait` receives a flow that starts at the child's last event
     // (no send is recorded; one that no parent waited for is no defect).
     let exits = session.child_exits();
+    let res = crate::resources::Resources::of(session);
     let mut events = session.events();
     for e in events.by_ref() {
         match e.kind {
@@ -253,9 +261,7 @@ pub fn check(session: &Session) -> Health {
                 .unwrap_or_else(|| "unknown".into()),
             threads: f.lanes.len(),
             events: events.recorded_events(pi),
-            resource_events: session.resources().processes[pi]
-                .as_ref()
-                .map_or(0, |r| r.records),
+            resource_events: res.processes[pi].as_ref().map_or(0, |r| r.records),
             lost_events: f.lost_events,
             lost_reason,
             losses: f.losses(),
@@ -268,11 +274,8 @@ pub fn check(session: &Session) -> Health {
             linked_by_ppid: p
                 .parent_link
                 .map(|l| session.processes[l.parent].file.display_name()),
-            sampling: session.resources().processes[pi].as_ref().map(sampling),
-            lacks: session.resources().processes[pi]
-                .as_ref()
-                .map(lacks)
-                .unwrap_or_default(),
+            sampling: res.processes[pi].as_ref().map(sampling),
+            lacks: res.processes[pi].as_ref().map(lacks).unwrap_or_default(),
         });
     }
     let (mut matched, mut violations, mut unmatched_in) = (0, 0, 0);

@@ -36,6 +36,7 @@ use mpprof_format::FlowId;
 use super::key::{func_key, FuncKey};
 use crate::hash::{FastMap, FastSet};
 use crate::merge::{Event, EventKind};
+use crate::resources::Resources;
 use crate::trace::Session;
 
 /// Hops after which the walk stops (and the path is marked truncated).
@@ -192,11 +193,11 @@ pub fn compute(session: &Session) -> CriticalPath {
     for e in session.events() {
         idx.observe(&e);
     }
-    from_index(session, idx)
+    from_index(session, idx, &Resources::of(session))
 }
 
 /// The walk and the attribution, from a filled [`FlowIndex`].
-pub(crate) fn from_index(session: &Session, mut idx: FlowIndex) -> CriticalPath {
+pub(crate) fn from_index(session: &Session, mut idx: FlowIndex, res: &Resources) -> CriticalPath {
     let has_parent = |pi: usize| {
         session.processes[pi]
             .file
@@ -219,7 +220,6 @@ pub(crate) fn from_index(session: &Session, mut idx: FlowIndex) -> CriticalPath 
     };
     drop(idx);
 
-    let res = session.resources();
     let segments: Vec<PathSegment> = segs
         .into_iter()
         .map(|(pi, lane, start_ns, end_ns, via)| {

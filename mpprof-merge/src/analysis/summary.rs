@@ -166,7 +166,7 @@ pub fn compute(session: &Session) -> Summary {
     let mut per: Vec<FastMap<u32, FuncStats>> = vec![FastMap::default(); n];
     let mut stacks: FastMap<(usize, u32), Vec<Frame>> = FastMap::default();
     let mut flows = critical_path::FlowIndex::new(n);
-    let res = session.resources();
+    let res = &resources::Resources::of(session);
     let mut events = session.events();
     for e in events.by_ref() {
         flows.observe(&e);
@@ -210,7 +210,7 @@ pub fn compute(session: &Session) -> Summary {
     }
     let stats = events.stats();
     drop(events);
-    let critical_path = critical_path::from_index(session, flows);
+    let critical_path = critical_path::from_index(session, flows, res);
     let mut tree: HashMap<FuncKey, FuncStats> = HashMap::new();
     let mut processes = Vec::new();
     for (pi, p) in session.processes.iter().enumerate() {
@@ -246,7 +246,7 @@ pub fn compute(session: &Session) -> Summary {
             .hosts
             .iter()
             .map(|h| HostSection {
-                name: crate::write::host_label(h),
+                name: h.label(),
                 rows: h
                     .tracks
                     .iter()

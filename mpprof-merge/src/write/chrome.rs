@@ -12,15 +12,16 @@ use std::io::{self, Write};
 
 use mpprof_format::flow_name;
 
-use super::{flow_key, host_label, thread_label, Tracks};
+use super::{flow_key, thread_label, Tracks};
 use crate::hash::FastMap;
 use crate::merge::{End, Event, EventKind, MergeStats};
-use crate::resources;
+use crate::resources::{self, Resources};
 use crate::trace::Session;
 
 /// Writes the whole session as Chrome JSON.
 pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
-    let tracks = Tracks::new(session);
+    let res = Resources::of(session);
+    let tracks = Tracks::new(session, res.hosts.len());
     let t0 = session.start_ns();
     // `mpprof::wait` records only the receiving end of a flow from the
     // child's end; its start is drawn at that end, on the lane of the
@@ -77,7 +78,7 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
         w.event(session, &tracks, &e)?;
     }
     let stats = events.stats();
-    w.resources(session, &tracks)?;
+    w.resources(session, &tracks, &res)?;
     // Async spans still open when their process ended: closed there.
     let mut open: Vec<((usize, u64), (u32, u32))> = w.open_async.drain().collect();
     open.sort_unstable();
@@ -127,8 +128,7 @@ struct Json<'a> {
 impl Json<'_> {
     /// The resource tracks: counters of each process (CPU %, RSS, I/O,
     /// each thread's on-CPU %), and a "system" process per host.
-    fn resources(&mut self, session: &Session, tracks: &Tracks) -> io::Result<()> {
-        let res = session.resources();
+    fn resources(&mut self, session: &Session, tracks: &Tracks, res: &Resources) -> io::Result<()> {
         for (pi, r) in res.processes.iter().enumerate() {
             let Some(r) = r else { continue };
             let p = &session.processes[pi];
@@ -141,7 +141,7 @@ impl Json<'_> {
             let pid = tracks.host_pid(hi);
             self.begin()?;
             write!(self.out, "{{\"ph\":\"M\",\"name\":\"process_name\",\"pid\":{pid},\"tid\":{pid},\"args\":{{\"name\":")?;
-            self.string(&host_label(h))?;
+            self.string(&h.label())?;
             self.out.write_all(b"}}")?;
             self.begin()?;
             write!(

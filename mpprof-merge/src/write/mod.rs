@@ -30,8 +30,9 @@ pub struct Tracks {
 }
 
 impl Tracks {
-    /// Assigns the ids.
-    pub fn new(s: &Session) -> Tracks {
+    /// Assigns the ids, for the processes of `s` and `hosts` "system"
+    /// processes (see [`crate::resources::Resources::hosts`]).
+    pub fn new(s: &Session, hosts: usize) -> Tracks {
         let mut used_pids = HashSet::new();
         let mut pids = Vec::new();
         let mut synthetic = 0x4000_0000u32;
@@ -64,7 +65,7 @@ impl Tracks {
                 tids.insert((pi, lane), tid);
             }
         }
-        let host_pids = (0..s.resources().hosts.len())
+        let host_pids = (0..hosts)
             .map(|_| {
                 while !used_tids.insert(synthetic) {
                     synthetic += 1;
@@ -104,15 +105,6 @@ pub(crate) fn thread_label(p: &crate::trace::Process, tid: u32, comm: &str) -> S
         Some(l) if !l.name.is_empty() => format!("{} ({tid})", l.name),
         _ if !comm.is_empty() => format!("{comm} ({tid})"),
         _ => format!("thread {tid}"),
-    }
-}
-
-/// The name of host `h`'s "system" process.
-pub(crate) fn host_label(h: &crate::resources::Host) -> String {
-    if h.hostname.is_empty() {
-        "system".to_owned()
-    } else {
-        format!("system ({})", h.hostname)
     }
 }
 

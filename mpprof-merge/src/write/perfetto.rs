@@ -50,10 +50,10 @@ use std::io::{self, Write};
 
 use mpprof_format::flow_name;
 
-use super::{flow_key, host_label, thread_label, Tracks};
+use super::{flow_key, thread_label, Tracks};
 use crate::hash::FastMap;
 use crate::merge::{CounterValue, End, EventKind, MergeStats};
-use crate::resources;
+use crate::resources::{self, Resources};
 use crate::trace::Session;
 
 /// Field numbers and enum values used, as in Perfetto's `.proto` files
@@ -191,7 +191,8 @@ use wire::{I64 as WT_I64, LEN as WT_LEN, VARINT as WT_VARINT};
 
 /// Writes the whole session as a Perfetto protobuf trace.
 pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
-    let tracks = Tracks::new(session);
+    let res = Resources::of(session);
+    let tracks = Tracks::new(session, res.hosts.len());
     // `mpprof::wait` records only the receiving end of a flow from the
     // child's end; its start is written at that end, on the lane of the
     // child's last event, when the receive is (out of time order, which the
@@ -324,7 +325,7 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
         w.event(e.ts, &ev)?;
     }
     let stats = events.stats();
-    w.resources(session, &tracks)?;
+    w.resources(session, &tracks, &res)?;
     // Async spans still open when their process ended: closed there.
     let mut open: Vec<((usize, u64), u64)> = w.open_async.drain().collect();
     open.sort_unstable();
@@ -512,8 +513,7 @@ impl Pf<'_> {
     /// the trace processor sorts): counter tracks of each process (a
     /// thread's on-CPU % under its thread's track when it recorded), and a
     /// "system" process per host with its own.
-    fn resources(&mut self, session: &Session, tracks: &Tracks) -> io::Result<()> {
-        let res = session.resources();
+    fn resources(&mut self, session: &Session, tracks: &Tracks, res: &Resources) -> io::Result<()> {
         for (pi, r) in res.processes.iter().enumerate() {
             let Some(r) = r else { continue };
             let p = &session.processes[pi];
@@ -532,7 +532,7 @@ impl Pf<'_> {
         for (hi, h) in res.hosts.iter().enumerate() {
             let uuid = self.uuid();
             let pid = tracks.host_pid(hi);
-            let name = host_label(h);
+            let name = h.label();
             self.packet(None, |e| {
                 e.msg(pk::TRACK_DESCRIPTOR, |e| {
                     e.uint(td::UUID, uuid);

@@ -41,10 +41,18 @@ use crate::record::{self, CounterValue};
 /// middle, its end); the cost is in docs/PERFORMANCE.md.
 pub(crate) const DEFAULT_MS: u64 = 20;
 
-/// The host's files are read every this many samples (and in the final
-/// one): they cost more than the process's, and the host changes slower
-/// than a process's view of it needs.
-const HOST_EVERY: u64 = 5;
+/// The host's files are read every this many samples (200 ms at the
+/// default interval, and in the final sample): they cost more than the
+/// process's (about 90 µs a read here, cold), and a host overview needs
+/// less than a process's 20 ms.
+const HOST_EVERY: u64 = 10;
+
+/// Every thread's `schedstat` is read every this many samples, even if it
+/// did not run (a thread that waits for a CPU without getting one).
+const THREADS_EVERY: u64 = 5;
+
+/// Longest the start waits for the sampler's first sample.
+const FIRST_WAIT: Duration = Duration::from_millis(20);
 
 /// Longest the finish waits for the sampler's final sample.
 const STOP_WAIT: Duration = Duration::from_millis(250);
@@ -71,6 +79,8 @@ pub(crate) struct Sampler {
 #[derive(Default)]
 struct Ctl {
     stop: bool,
+    /// The first sample is taken.
+    first: bool,
     /// The thread is gone (or never started): its final sample is taken.
     done: bool,
 }
@@ -106,7 +116,26 @@ impl Sampler {
                 self.run(chunks, ms, lock_path);
             });
         match spawned {
-            Ok(h) => *self.thread.lock() = Some(h),
+            Ok(h) => {
+                *self.thread.lock() = Some(h);
+                // Wait for the first sample (a few hundred µs; at most
+                // FIRST_WAIT): a process that lives 10 ms on a busy machine
+                // would otherwise end before its sampler ran, with its
+                // final sample as its only one and no CPU % to show.
+                let deadline = Instant::now() + FIRST_WAIT;
+                let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+                while !c.first && !c.done {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    c = self
+                        .cv
+                        .wait_timeout(c, left)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                }
+            }
             Err(e) => {
                 crate::warn::warn(format_args!(
                     "cannot start the resource sampler thread ({e}); this process's CPU, memory and I/O are missing from the trace"
@@ -186,6 +215,11 @@ impl Sampler {
             st.sample(stop);
             // After the first sample, and again if a source failed since.
             st.declare_sampler(ms);
+            if k == 0 {
+                let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+                c.first = true;
+                self.cv.notify_all();
+            }
             self.host_lock.store(st.host_fd(), Ordering::Relaxed);
             if stop {
                 break;
@@ -241,6 +275,8 @@ struct State {
     io: Option<ProcFile>,
     task_dir: Option<File>,
     unavailable: BTreeSet<String>,
+    /// What a warning said already.
+    warned: BTreeSet<String>,
     /// Whether `Meta::Sampler` is written, and with how many unavailable.
     declared_unavailable: Option<usize>,
     host: Host,
@@ -258,6 +294,11 @@ struct State {
     pending: Vec<Resource>,
     pending_names: Vec<String>,
     threads: usize,
+    /// The sampler thread's own id.
+    own_tid: u32,
+    /// Sampling stopped short of the budget (keep-first), leaving the rest
+    /// to the program's events: only the final sample is still taken.
+    stopped: bool,
     /// Sampled threads and their names (`comm`) when first seen.
     thread_names: HashMap<u32, String>,
     /// Their CPU clocks at the last read of their `schedstat`.
@@ -329,6 +370,7 @@ impl State {
             io,
             task_dir,
             unavailable,
+            warned: BTreeSet::new(),
             declared_unavailable: None,
             host: Host {
                 lock_path,
@@ -354,6 +396,8 @@ impl State {
             pending: Vec::new(),
             pending_names: Vec::new(),
             threads: 0,
+            own_tid: gettid(),
+            stopped: false,
             thread_names: HashMap::new(),
             thread_cpu: HashMap::new(),
             values: Vec::new(),
@@ -382,19 +426,26 @@ impl State {
         };
         self.chunks
             .using(|c| c.write_meta(&MetaRef::Sampler(&info)));
-        let before = self.declared_unavailable.unwrap_or(0);
-        if n > before {
-            let new: Vec<&str> = self.unavailable.iter().map(|s| s.as_str()).collect();
+        let new: Vec<&str> = self
+            .unavailable
+            .difference(&self.warned)
+            .map(|s| s.as_str())
+            .collect();
+        if !new.is_empty() {
             crate::warn::warn(format_args!(
-                "resource sampling cannot read {}; the counters from there are missing from the trace (`mpprof-merge check` lists them)",
+                "resource sampling goes without {}; those counters are missing from the trace (`mpprof-merge check` lists them)",
                 new.join("; ")
             ));
         }
+        self.warned = self.unavailable.clone();
         self.declared_unavailable = Some(n);
     }
 
     /// One sample; `last`: the final one (every value recorded).
     fn sample(&mut self, last: bool) {
+        if !last && self.budget_spent() {
+            return;
+        }
         self.tick += 1;
         let force = last || self.tick % KEYFRAME == 1;
         self.values.clear();
@@ -552,8 +603,15 @@ impl State {
             // where its `schedstat` is three); its run-queue wait is read
             // every few samples anyway, for a thread that waits without
             // getting a CPU at all.
+            if known && tid == self.own_tid && !force {
+                // The sampler's own thread ran (it is sampling): its time
+                // is what sampling costs, recorded at keyframes only (it
+                // would be two records every sample).
+                self.skip(2);
+                continue;
+            }
             let ran = thread_cpu_ns(tid);
-            if known && !force && (self.tick - 1) % HOST_EVERY != 0 {
+            if known && !force && (self.tick - 1) % THREADS_EVERY != 0 {
                 if let (Some(now), Some(&before)) = (ran, self.thread_cpu.get(&tid)) {
                     if now == before {
                         self.skip(2);
@@ -769,6 +827,33 @@ impl State {
             }
             self.host.net_lines = lines;
         }
+    }
+
+    /// Under keep-first, whether three quarters of the budget are taken:
+    /// then sampling stops (once, with a warning and a note in
+    /// `Meta::Sampler`), so the samples of a long run never take the rest
+    /// of the budget from the program's events. The final sample is still
+    /// taken. A flight recorder keeps sampling: it overwrites the oldest.
+    fn budget_spent(&mut self) -> bool {
+        if self.stopped {
+            return true;
+        }
+        let full = self
+            .chunks
+            .using(|c| {
+                let b = c.buf();
+                b.policy() == crate::format::Policy::KeepFirst
+                    && u64::from(b.slots_taken()) * 4 >= u64::from(b.max_chunks()) * 3
+            })
+            .unwrap_or(false);
+        if full {
+            self.stopped = true;
+            self.unavailable.insert(
+                "resource samples after three quarters of the buffer budget (MPPROF_BUFFER_MB, keep-first): the rest is left to the program's events"
+                    .to_owned(),
+            );
+        }
+        full
     }
 
     /// Whether this process holds the host lock (taking it if free: its
