@@ -195,3 +195,35 @@ fn golden_session_decodes_with_balanced_slices_and_counters() {
     let n = buf.windows(5).filter(|w| w == b"inner").count();
     assert_eq!(n, 1);
 }
+
+/// Resource tracks (a recorded file with samples every 100 ms: the
+/// sampler's counters, a host's) decode with protoc as counter tracks
+/// under their process, and a "system" process for the host.
+#[test]
+fn resource_tracks_decode_with_protoc() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/resources.mpb");
+    let s = mpprof_merge::Session::open(&[p]).expect("resources file");
+    let mut bytes = Vec::new();
+    mpprof_merge::write::perfetto::write(&s, &mut bytes).unwrap();
+    let Some(text) = protoc_decode(&bytes) else {
+        return;
+    };
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())),
+        "fields outside the subset: {text}"
+    );
+    for want in [
+        "name: \"CPU %\"",
+        "name: \"RSS (MiB)\"",
+        "name: \"memory used (MiB)\"",
+        "process_name: \"system (",
+        "type: TYPE_COUNTER",
+        "double_counter_value: ",
+    ] {
+        assert!(text.contains(want), "missing {want:?}");
+    }
+    // No raw sampler counters: they are tracks, not events.
+    assert!(!text.contains("mpprof: cpu.user"), "raw resource counters");
+}
