@@ -712,6 +712,12 @@ fn main() {
     // The disabled case must see no session: forget any inherited one.
     std::env::remove_var("MPPROF_DIR");
     std::env::remove_var("MPPROF");
+    // No resource sampler unless asked for (`MPPROF_SAMPLE_MS=20` measures
+    // the hot path beside it; its own cost is benches/sampler.rs): its
+    // thread competes for the 2 cores.
+    if std::env::var_os("MPPROF_SAMPLE_MS").is_none() {
+        std::env::set_var("MPPROF_SAMPLE_MS", "0");
+    }
     if let Ok(n) = std::env::var("OVERHEAD_CALLS") {
         count_mode(n.parse().expect("OVERHEAD_CALLS is a number"));
         return;
@@ -840,6 +846,9 @@ fn main() {
     // Explicit: a small budget would otherwise get smaller chunks.
     std::env::set_var("MPPROF_CHUNK_KB", "256");
     std::env::set_var("MPPROF_OVERFLOW", "keep-last");
+    // One event chunk: the only recording thread must be the bench's (a
+    // sampler's lane would find no chunk and lose its samples).
+    std::env::set_var("MPPROF_SAMPLE_MS", "0");
     let session = mpprof::init().expect("mpprof::init");
     let mut g = c.benchmark_group("mpprof");
     case(&mut g, "flight_recorder_instrument", mpprof_instrument);
