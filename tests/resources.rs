@@ -553,3 +553,43 @@ fn samples_leave_the_rest_of_a_keep_first_budget_to_the_program() {
         "{check}"
     );
 }
+
+/// Two hosts in one merge (two host ids, as two machines' sessions
+/// merged together would have): each gets its own "system" process, from
+/// the process that held that host's lock.
+#[test]
+fn a_second_host_gets_a_system_track_of_its_own() {
+    const T: &str = "a_second_host_gets_a_system_track_of_its_own";
+    child_role("host", || nap(300));
+    let dir = session_dir();
+    let children: Vec<_> = ["host-a", "host-b"]
+        .iter()
+        .map(|id| {
+            self_command(T, "host", dir.path())
+                .env("MPPROF_HOST_ID", id)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        assert!(c.wait().unwrap().success());
+    }
+    let s = Session::open(&[dir.path()]).unwrap();
+    let res = mpprof_merge::resources::Resources::of(&s);
+    let mut ids: Vec<&str> = res.hosts.iter().map(|h| h.host_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["host-a", "host-b"]);
+    for h in &res.hosts {
+        assert!(h.tracks.iter().any(|t| t.name == "CPU %"), "{}", h.host_id);
+    }
+    let systems = common::chrome_events(&s)
+        .iter()
+        .filter(|e| {
+            e["name"] == "process_name"
+                && e["args"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.starts_with("system"))
+        })
+        .count();
+    assert_eq!(systems, 2);
+}
