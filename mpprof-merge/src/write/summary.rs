@@ -198,7 +198,7 @@ fn resources(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<()> {
         let interval = rows.iter().map(|r| r.1.interval_ns).max().unwrap_or(0);
         writeln!(
             out,
-            "   sampler: {samples} samples every {:.0} ms; its own CPU time {:.3} ms over {:.3} s of process time ({:.3} % of one core)",
+            "   sampler: {samples} samples every {:.0} ms; its own CPU time {:.3} ms over {:.3} s of process time ({:.3} % of one core, its start included: 0.1-0.2 ms a process, which weighs on short ones)",
             interval as f64 / 1e6,
             cost / 1e6,
             secs(span),
