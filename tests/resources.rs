@@ -593,3 +593,54 @@ fn a_second_host_gets_a_system_track_of_its_own() {
         .count();
     assert_eq!(systems, 2);
 }
+
+/// `MPPROF_SAMPLE_MS=0`: no sampler thread, no samples; the file says
+/// sampling was off, and `check` says so instead of listing lacks.
+#[test]
+fn sampling_off_records_no_samples_and_says_so() {
+    const T: &str = "sampling_off_records_no_samples_and_says_so";
+    child_role("off", || {
+        assert!(
+            !std::fs::read_dir("/proc/self/task").unwrap().any(|e| {
+                std::fs::read_to_string(e.unwrap().path().join("comm"))
+                    .is_ok_and(|c| c.trim_end() == "mpprof-sample")
+            }),
+            "no sampler thread before recording"
+        );
+        nap(50);
+        let sampler = std::fs::read_dir("/proc/self/task").unwrap().any(|e| {
+            std::fs::read_to_string(e.unwrap().path().join("comm"))
+                .is_ok_and(|c| c.trim_end() == "mpprof-sample")
+        });
+        println!("sampler_thread={}", u8::from(sampler));
+    });
+    let dir = session_dir();
+    let out = self_command(T, "off", dir.path())
+        .env("MPPROF_SAMPLE_MS", "0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sampler_thread=0"));
+    let s = Session::open(&[dir.path()]).unwrap();
+    let f = &s.processes[0].file;
+    assert_eq!(f.sampler.as_ref().map(|s| s.interval_ns), Some(0));
+    assert!(f.resources.is_empty() && f.sampler_lane().is_none());
+    let h = mpprof_merge::analysis::check::check(&s);
+    let mut check = Vec::new();
+    mpprof_merge::write::check::write_text(&h, &mut check).unwrap();
+    let check = String::from_utf8(check).unwrap();
+    assert!(
+        check.contains("resources: off (MPPROF_SAMPLE_MS=0)"),
+        "{check}"
+    );
+    assert!(!check.contains("LACKS"), "{check}");
+    assert!(!h.imperfect(), "{check}");
+    // The summary has no process table.
+    let mut text = Vec::new();
+    mpprof_merge::write::summary::write(&s, &mut text, 10).unwrap();
+    assert!(!String::from_utf8(text).unwrap().contains("== processes"));
+}
