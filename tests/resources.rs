@@ -644,3 +644,61 @@ fn sampling_off_records_no_samples_and_says_so() {
     mpprof_merge::write::summary::write(&s, &mut text, 10).unwrap();
     assert!(!String::from_utf8(text).unwrap().contains("== processes"));
 }
+
+/// A child forked without `exec` samples itself (a sampler of its own, in
+/// its own file), and dropping its copy of the parent's session guard does
+/// not wait for the parent's sampler thread, which is not in the child.
+#[test]
+fn a_forked_child_samples_itself_and_lets_go_of_its_parents_sampler() {
+    const T: &str = "a_forked_child_samples_itself_and_lets_go_of_its_parents_sampler";
+    child_role("forker", || {
+        let session = mpprof::init().unwrap();
+        nap(60);
+        // SAFETY: fork(2); the child runs Rust code the atfork handlers
+        // prepared for, then exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            nap(60);
+            drop(session);
+            std::process::exit(0);
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child just forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(status, 0);
+        nap(10);
+        drop(session);
+    });
+    let dir = session_dir();
+    let mut child = self_command(T, "forker", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("the forking process hung");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert_eq!(s.processes.len(), 2);
+    let res = mpprof_merge::resources::Resources::of(&s);
+    for (p, r) in s.processes.iter().zip(&res.processes) {
+        let r = r.as_ref().expect("sampled");
+        assert!(
+            r.ticks.len() >= 2,
+            "{}: {} samples",
+            p.file.display_name(),
+            r.ticks.len()
+        );
+        assert!(p.file.sampler_lane().is_some());
+        assert!(p.file.clean, "{}", p.file.display_name());
+    }
+}

@@ -110,6 +110,12 @@ pub(super) fn register_fork_hook() {
         // Only atomic stores and this thread's own cells from here: the
         // child's recording starts lazily, in ordinary context.
         process::PROCESS_UID.store(0, Ordering::Relaxed);
+        // SAFETY: recorders are leaked, so a non-null pointer stays valid.
+        if let Some(r) = unsafe { CURRENT.load(Ordering::Relaxed).as_ref() } {
+            // Its sampler thread stayed in the parent: a guard of it
+            // dropped here must not wait for it.
+            r.sampler.forked_away();
+        }
         FORKED_FROM.store(CURRENT.load(Ordering::Relaxed), Ordering::Relaxed);
         CURRENT.store(std::ptr::null_mut(), Ordering::Release);
         STATE.store(UNKNOWN, Ordering::Relaxed);

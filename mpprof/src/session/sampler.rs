@@ -23,7 +23,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Condvar, Mutex as StdMutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -74,6 +74,10 @@ pub(crate) struct Sampler {
     /// The host lock's descriptor while held (-1: none), closed by a forked
     /// child (which shares the lock otherwise).
     host_lock: AtomicI32,
+    /// Set in a forked child: this sampler's thread is in the parent. Its
+    /// `ctl` mutex may have been copied locked, so nothing here may wait
+    /// on it.
+    forked_away: AtomicBool,
 }
 
 #[derive(Default)]
@@ -92,6 +96,7 @@ impl Sampler {
             cv: Condvar::new(),
             thread: Mutex::new(None),
             host_lock: AtomicI32::new(-1),
+            forked_away: AtomicBool::new(false),
         }
     }
 
@@ -113,7 +118,14 @@ impl Sampler {
             .name("mpprof-sample".into())
             .spawn(move || {
                 any_cpu();
-                self.run(chunks, ms, lock_path);
+                // A bug here must not leave the finish waiting: whatever
+                // happens, the sampler is done when its thread ends.
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.run(chunks, ms, lock_path)
+                }));
+                if r.is_err() {
+                    self.set_done();
+                }
             });
         match spawned {
             Ok(h) => {
@@ -148,6 +160,11 @@ impl Sampler {
     /// Has the sampler take a final sample and stop; waits for it at most
     /// [`STOP_WAIT`] (a sampler stuck in a `/proc` read is left behind).
     pub(crate) fn stop(&self) {
+        // Relaxed: set by this process's fork handler, on this thread's
+        // history (the child's only thread at the time).
+        if self.forked_away.load(Ordering::Relaxed) {
+            return;
+        }
         let deadline = Instant::now() + STOP_WAIT;
         let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
         c.stop = true;
@@ -173,6 +190,7 @@ impl Sampler {
     /// the child closes its copy of the host lock, which would otherwise
     /// keep the parent's lock held for as long as the child lives.
     pub(crate) fn forget_in_forked_child(&self) {
+        self.forked_away.store(true, Ordering::Relaxed);
         let fd = self.host_lock.swap(-1, Ordering::Relaxed);
         if fd >= 0 {
             // SAFETY: the descriptor was the sampler's own, and its thread
@@ -180,6 +198,12 @@ impl Sampler {
             unsafe { libc::close(fd) };
         }
         std::mem::forget(self.thread.lock().take());
+    }
+
+    /// In the fork handler of the child (an atomic store: allowed there):
+    /// this sampler's thread stayed in the parent.
+    pub(crate) fn forked_away(&self) {
+        self.forked_away.store(true, Ordering::Relaxed);
     }
 
     fn set_done(&self) {
