@@ -245,6 +245,47 @@ fn hostile_session_directories_are_refused_with_one_warning() {
     }
 }
 
+/// `init()` makes a missing `MPPROF_DIR` and its parents (`MPPROF_DIR=a/b/c`
+/// from scratch: the leaf 0700), and still refuses a symlink there; a
+/// child (no `init`) never makes it (see the test above).
+#[test]
+fn init_makes_a_missing_session_directory_and_still_refuses_a_link() {
+    const T: &str = "init_makes_a_missing_session_directory_and_still_refuses_a_link";
+    child_role("init", || match mpprof::init() {
+        Ok(s) => {
+            call(1);
+            println!("accepted={}", s.dir().unwrap().display());
+        }
+        Err(e) => println!("refused={e}"),
+    });
+    let base = session_dir();
+    let dir = base.path().join("a/b/c");
+    let out = self_command(T, "init", &dir).output().unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("accepted="), "{stdout}");
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+    let files = mpprof_merge::read::list_session(&dir).unwrap();
+    assert_eq!(files.len(), 1);
+    // A symlink in its place is refused, by init too.
+    std::fs::create_dir(base.path().join("real")).unwrap();
+    std::os::unix::fs::symlink(base.path().join("real"), base.path().join("link")).unwrap();
+    let out = self_command(T, "init", &base.path().join("link"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("refused=") && stdout.contains("symbolic link"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read_dir(base.path().join("real")).unwrap().count(),
+        0
+    );
+}
+
 #[test]
 fn session_files_are_private() {
     child_role("private", || {
@@ -258,10 +299,18 @@ fn session_files_are_private() {
             .unwrap()
             .success()
     );
-    for f in mpprof_merge::read::list_session(dir.path()).unwrap() {
+    // Every file: the buffer file and the resource sampler's host lock.
+    let files: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for f in files {
         assert_eq!(
             std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
-            0o600
+            0o600,
+            "{}",
+            f.display()
         );
     }
 }

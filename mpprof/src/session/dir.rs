@@ -61,6 +61,29 @@ fn civil_from_unix(secs: u64) -> (u64, u64, u64, u64, u64, u64) {
     )
 }
 
+/// For `init()`: makes a missing `dir` (the leaf mode 0700, its parents as
+/// `mkdir -p` does), as `perf record -o` and `lttng --output` make their
+/// output place; then checks it as [`check_dir`] does, whoever made it.
+/// Children never make it: they use `check_dir` alone.
+pub(super) fn ensure_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if let Err(e) = std::fs::symlink_metadata(dir) {
+        if e.kind() != io::ErrorKind::NotFound {
+            return Err(e);
+        }
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            // Made meanwhile (another process of the session): checked below.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    check_dir(dir)
+}
+
 /// A session directory given by `MPPROF_DIR` must be a real directory (not
 /// a symlink) owned by us and not writable by others.
 pub(super) fn check_dir(dir: &Path) -> io::Result<()> {

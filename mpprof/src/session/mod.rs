@@ -183,7 +183,9 @@ impl Drop for Session {
 /// Starts recording in this process.
 ///
 /// The session directory is `MPPROF_DIR` when set (a process started by
-/// [`crate::spawn`] joins its parent's session this way), else a fresh
+/// [`crate::spawn`] joins its parent's session this way; made if missing,
+/// mode 0700, with its parents, and refused if it is a symlink, not ours or
+/// writable by others), else a fresh
 /// directory `./mpprof-out/<time>-<pid>/`. Prints where it records to
 /// stderr, once. With `MPPROF=off` it returns an inert guard and nothing is
 /// recorded. If this process already records (a child whose instrumented
@@ -228,7 +230,7 @@ fn init_inside() -> Result<(Session, Option<Origin>), Error> {
         ),
     };
     if !fresh {
-        dir::check_dir(&dir).map_err(|error| Error::Dir {
+        dir::ensure_dir(&dir).map_err(|error| Error::Dir {
             path: dir.clone(),
             error,
         })?;

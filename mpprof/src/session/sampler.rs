@@ -891,9 +891,13 @@ impl State {
             return false;
         }
         if h.lock.is_none() {
+            use std::os::unix::fs::OpenOptionsExt;
+            // 0600 like every file of the session; no symlink followed.
             match std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(&h.lock_path)
             {
                 Ok(f) => h.lock = Some(f),
