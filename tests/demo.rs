@@ -15,7 +15,9 @@ use serde_json::Value;
 pub fn check_chrome(json: &[u8]) -> Vec<Value> {
     let v: Value = serde_json::from_slice(json).expect("valid JSON");
     let evs = v["traceEvents"].as_array().expect("traceEvents").clone();
-    let mut depth: HashMap<(u64, u64), i64> = HashMap::new();
+    // Open slices per thread, by name: every `E` closes the `B` of its name
+    // (speedscope and the Firefox Profiler match them by name).
+    let mut open: HashMap<(u64, u64), Vec<(String, String)>> = HashMap::new();
     let mut starts = HashMap::new();
     let mut ends = HashMap::new();
     for e in &evs {
@@ -28,15 +30,30 @@ pub fn check_chrome(json: &[u8]) -> Vec<Value> {
             e["tid"].as_u64().expect("tid"),
         );
         assert!(e["ts"].is_number(), "ts on {e}");
-        let d = depth.entry(key).or_default();
+        let stack = open.entry(key).or_default();
+        let name_cat = || {
+            (
+                e["name"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("a name on {e}"))
+                    .to_owned(),
+                e["cat"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("a category on {e}"))
+                    .to_owned(),
+            )
+        };
         match ph {
-            "B" => *d += 1,
+            "B" => stack.push(name_cat()),
             "E" => {
-                *d -= 1;
-                assert!(*d >= 0, "E without B: {e}");
+                let b = stack.pop().unwrap_or_else(|| panic!("E without B: {e}"));
+                assert_eq!(b, name_cat(), "E named like its B: {e}");
             }
             "s" | "f" => {
-                assert!(*d > 0, "flow event outside any slice cannot bind: {e}");
+                assert!(
+                    !stack.is_empty(),
+                    "flow event outside any slice cannot bind: {e}"
+                );
                 let id = (
                     e["cat"].as_str().unwrap().to_owned(),
                     e["name"].as_str().unwrap().to_owned(),
@@ -54,8 +71,8 @@ pub fn check_chrome(json: &[u8]) -> Vec<Value> {
         }
     }
     assert!(
-        depth.values().all(|&d| d == 0),
-        "unbalanced slices: {depth:?}"
+        open.values().all(|s| s.is_empty()),
+        "unbalanced slices: {open:?}"
     );
     for (id, f) in &ends {
         let s = starts

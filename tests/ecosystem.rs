@@ -447,9 +447,10 @@ fn tokio_service_shows_request_and_response_arrows() {
     // Spans from #[tracing::instrument] and #[mpprof::instrument] side by
     // side, and the layer's events (debug level: the fmt layer's INFO
     // filter does not hide them from mpprof).
+    // (Slices counted by their `B`: each `E` carries its slice's name too.)
     let named = |name: &str, pid: u64| {
         evs.iter()
-            .filter(|e| e["name"] == name && e["pid"].as_u64() == Some(pid))
+            .filter(|e| e["name"] == name && e["pid"].as_u64() == Some(pid) && e["ph"] != "E")
             .count()
     };
     for span in [

@@ -1,7 +1,8 @@
 //! Chrome trace event JSON (opens in ui.perfetto.dev and chrome://tracing).
 //!
 //! Slices are `B`/`E` pairs on thread tracks, written as the merge streams
-//! them; flows are v1 flow events (`s` binds to the enclosing slice, `f` with
+//! them, each `E` with its `B`'s name and category (speedscope and the
+//! Firefox Profiler close a `B` only with an `E` of the same name); flows are v1 flow events (`s` binds to the enclosing slice, `f` with
 //! `"bp":"e"` to the enclosing slice on the receiving side). A flow endpoint
 //! outside any span gets a zero-length host slice so the arrow has something
 //! to bind to. Timestamps are microseconds from the session start with three
@@ -262,8 +263,14 @@ impl Json<'_> {
                 self.site_name(s, e.proc, site)?;
                 self.out.write_all(b"}")
             }
-            EventKind::Exit { end, .. } => {
+            EventKind::Exit { site, end } => {
+                // Named like its `B`: importers that close a `B` only with
+                // an `E` of the same name (speedscope, the Firefox
+                // Profiler's) would otherwise run every slice to the end of
+                // its thread.
                 self.head("E", pid, tid, e.ts)?;
+                self.out.write_all(b",\"cat\":\"span\",\"name\":")?;
+                self.site_name(s, e.proc, site)?;
                 self.unfinished_args(end)?;
                 self.out.write_all(b"}")
             }
@@ -334,20 +341,14 @@ impl Json<'_> {
                         flow_key(flow)
                     )?;
                     self.head("E", cpid, ctid, ts)?;
-                    self.out.write_all(b"}")?;
+                    self.out
+                        .write_all(b",\"cat\":\"flow\",\"name\":\"exit\"}")?;
                 }
                 let host = e.depth == 0;
                 if host {
                     self.head("B", pid, tid, e.ts)?;
                     self.out.write_all(b",\"cat\":\"flow\",\"name\":")?;
-                    let label = match (out, &*name) {
-                        (false, n) if n == flow_name::SPAWN || n == flow_name::FORK => {
-                            "process start".to_owned()
-                        }
-                        (true, n) => format!("send {n}"),
-                        (false, n) => format!("recv {n}"),
-                    };
-                    self.string(&label)?;
+                    self.string(&host_label(out, &name))?;
                     self.out.write_all(b"}")?;
                 }
                 self.head(if out { "s" } else { "f" }, pid, tid, e.ts)?;
@@ -364,11 +365,22 @@ impl Json<'_> {
                 write!(self.out, ",\"flow_id\":\"{flow}\"}}}}")?;
                 if host {
                     self.head("E", pid, tid, e.ts)?;
+                    self.out.write_all(b",\"cat\":\"flow\",\"name\":")?;
+                    self.string(&host_label(out, &name))?;
                     self.out.write_all(b"}")?;
                 }
                 Ok(())
             }
         }
+    }
+}
+
+/// The name of the zero-length slice a flow endpoint outside any span gets.
+fn host_label(out: bool, name: &str) -> String {
+    match (out, name) {
+        (false, n) if n == flow_name::SPAWN || n == flow_name::FORK => "process start".to_owned(),
+        (true, n) => format!("send {n}"),
+        (false, n) => format!("recv {n}"),
     }
 }
 
