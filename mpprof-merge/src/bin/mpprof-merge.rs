@@ -52,6 +52,26 @@ enum Cmd {
         #[arg(long, default_value_t = 30)]
         limit: usize,
     },
+    /// Run a command with recording on (its processes record into a fresh
+    /// session directory; one that never calls `mpprof::init()` too), then
+    /// merge the session, write the trace and print the summary's head.
+    /// Exits with the command's exit status.
+    Record {
+        /// Trace file; the format follows from the extension as for a
+        /// merge (.json, .pftrace, .folded, .svg, .txt).
+        #[arg(short, long, default_value = "trace.json")]
+        output: PathBuf,
+        /// Session directory (made if missing); default a fresh
+        /// ./mpprof-out/record-<unix time>-<pid>.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Rows per table of the printed summary.
+        #[arg(long, default_value_t = 15)]
+        limit: usize,
+        /// The command and its arguments, after `--`.
+        #[arg(required = true, last = true)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Report per-process health; exit status 1 when the session is damaged.
     Check {
         /// Session directories.
@@ -125,6 +145,12 @@ fn run() -> Result<ExitCode> {
                 .context("cannot write the summary to standard output")?;
             Ok(ExitCode::SUCCESS)
         }
+        Some(Cmd::Record {
+            output,
+            dir,
+            limit,
+            command,
+        }) => record(&output, dir, limit, &command),
         Some(Cmd::Check { inputs, strict }) => {
             let s = Session::open(&inputs)?;
             let h = analysis::check::check(&s);
@@ -138,59 +164,182 @@ fn run() -> Result<ExitCode> {
             })
         }
         None => {
-            let format = match cli.format {
-                Some(f) => f,
-                None => format_from_extension(&cli.output)?,
-            };
             let s = open(&cli.inputs)?;
-            let mut out: Box<dyn Write> = if cli.output == Path::new("-") {
-                Box::new(BufWriter::new(std::io::stdout().lock()))
-            } else {
-                let f = File::create(&cli.output)
-                    .with_context(|| format!("cannot create {}", cli.output.display()))?;
-                Box::new(BufWriter::with_capacity(1 << 20, f))
+            let opts = TraceOptions {
+                output: cli.output,
+                format: cli.format,
+                limit: cli.limit,
+                max_stack: cli.max_stack,
             };
-            let incomplete = || {
-                let to = if cli.output == Path::new("-") {
-                    "standard output".into()
-                } else {
-                    cli.output.display().to_string()
-                };
-                format!("cannot write {to} (what was written is incomplete)")
-            };
-            let fold = write::folded::Options {
-                max_stack: cli.max_stack as usize,
-            };
-            let stats = with_progress(&s, || match format {
-                Format::Chrome => write::chrome::write(&s, &mut out),
-                Format::Summary => write::summary::write(&s, &mut out, cli.limit).map(|s| s.stats),
-                Format::Folded => write::folded::write_with(&s, &mut out, fold),
-                Format::Svg => write::folded::write_svg_with(&s, &mut out, fold),
-                Format::Perfetto => write::perfetto::write(&s, &mut out),
-            })
-            .with_context(incomplete)?;
-            out.flush().with_context(incomplete)?;
-            if format == Format::Chrome && stats.non_finite_counters > 0 {
-                eprintln!(
+            write_trace(&s, &opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Where and how [`write_trace`] writes.
+struct TraceOptions {
+    output: PathBuf,
+    format: Option<Format>,
+    limit: usize,
+    max_stack: u64,
+}
+
+/// Writes the trace of `s` as `opts` say.
+fn write_trace(s: &Session, opts: &TraceOptions) -> Result<()> {
+    let cli = opts; // (the fields as the command line named them)
+    let format = match cli.format {
+        Some(f) => f,
+        None => format_from_extension(&cli.output)?,
+    };
+    let mut out: Box<dyn Write> = if cli.output == Path::new("-") {
+        Box::new(BufWriter::new(std::io::stdout().lock()))
+    } else {
+        let f = File::create(&cli.output)
+            .with_context(|| format!("cannot create {}", cli.output.display()))?;
+        Box::new(BufWriter::with_capacity(1 << 20, f))
+    };
+    let incomplete = || {
+        let to = if cli.output == Path::new("-") {
+            "standard output".into()
+        } else {
+            cli.output.display().to_string()
+        };
+        format!("cannot write {to} (what was written is incomplete)")
+    };
+    let fold = write::folded::Options {
+        max_stack: cli.max_stack as usize,
+    };
+    let stats = with_progress(s, || match format {
+        Format::Chrome => write::chrome::write(s, &mut out),
+        Format::Summary => write::summary::write(s, &mut out, cli.limit).map(|s| s.stats),
+        Format::Folded => write::folded::write_with(s, &mut out, fold),
+        Format::Svg => write::folded::write_svg_with(s, &mut out, fold),
+        Format::Perfetto => write::perfetto::write(s, &mut out),
+    })
+    .with_context(incomplete)?;
+    out.flush().with_context(incomplete)?;
+    if format == Format::Chrome && stats.non_finite_counters > 0 {
+        eprintln!(
                     "warning: {} counter samples are NaN or infinite, which JSON cannot hold: each is an instant with its value instead (the Perfetto format keeps them)",
                     stats.non_finite_counters
                 );
+    }
+    if cli.output != Path::new("-") {
+        eprintln!(
+            "wrote {} ({} processes, {} events{})",
+            cli.output.display(),
+            s.processes.len(),
+            stats.events,
+            if stats.closed_spans > 0 {
+                format!(", {} unfinished spans closed", stats.closed_spans)
+            } else {
+                String::new()
             }
-            if cli.output != Path::new("-") {
-                eprintln!(
-                    "wrote {} ({} processes, {} events{})",
-                    cli.output.display(),
-                    s.processes.len(),
-                    stats.events,
-                    if stats.closed_spans > 0 {
-                        format!(", {} unfinished spans closed", stats.closed_spans)
-                    } else {
-                        String::new()
-                    }
-                );
-            }
-            Ok(ExitCode::SUCCESS)
+        );
+    }
+    Ok(())
+}
+
+/// `record`: runs `command` with `MPPROF_DIR` set to a session directory
+/// (made here: a child that never calls `init()` does not make it), waits
+/// for it (an interrupt goes to the command; this process waits on, to
+/// merge what it recorded), writes the trace, prints the summary's head
+/// and where everything is, and exits with the command's status (128 +
+/// signal when a signal ended it).
+fn record(
+    output: &Path,
+    dir: Option<PathBuf>,
+    limit: usize,
+    command: &[std::ffi::OsString],
+) -> Result<ExitCode> {
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            PathBuf::from("mpprof-out").join(format!("record-{secs}-{}", std::process::id()))
         }
+    };
+    make_private_dir(&dir)
+        .with_context(|| format!("cannot make session directory {}", dir.display()))?;
+    let dir = std::path::absolute(&dir)?;
+    let (program, args) = command.split_first().context("no command to run")?;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .env("MPPROF_DIR", &dir)
+        .spawn()
+        .with_context(|| format!("cannot run {}", program.to_string_lossy()))?;
+    // After the spawn: an ignored signal stays ignored across exec.
+    ignore_interrupts();
+    let status = child.wait().context("cannot wait for the command")?;
+    let code = exit_code(&status);
+    let s = match Session::open(&[&dir]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!(
+                "mpprof-merge: {} recorded nothing ({e}); is it instrumented with mpprof (#[mpprof::instrument], or mpprof::init())?",
+                program.to_string_lossy()
+            );
+            // No empty session left behind (fails, harmlessly, if not empty).
+            let _ = std::fs::remove_dir(&dir);
+            return Ok(ExitCode::from(code));
+        }
+    };
+    let opts = TraceOptions {
+        output: output.to_owned(),
+        format: None,
+        limit,
+        max_stack: write::folded::DEFAULT_MAX_STACK as u64,
+    };
+    write_trace(&s, &opts)?;
+    write::summary::write(&s, &mut std::io::stdout().lock(), limit)
+        .context("cannot write the summary to standard output")?;
+    println!();
+    println!("session: {}", dir.display());
+    println!(
+        "trace:   {} -- open it in https://ui.perfetto.dev",
+        output.display()
+    );
+    if !status.success() {
+        eprintln!("mpprof-merge: the command exited with {status}");
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// Makes `dir` (mode 0700 on unix; its parents as `mkdir -p`), or accepts
+/// it if it exists.
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+    b.create(dir)
+}
+
+/// The exit status to forward: the command's code, or 128 + the signal
+/// that ended it (as shells report it).
+fn exit_code(status: &std::process::ExitStatus) -> u8 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(sig) = status.signal() {
+            return (128 + sig).clamp(0, 255) as u8;
+        }
+    }
+    status.code().map_or(1, |c| c.clamp(0, 255) as u8)
+}
+
+/// While the recorded command runs, an interrupt (Ctrl-C, sent to the
+/// whole foreground group) is the command's to handle; this process keeps
+/// waiting, to merge what was recorded.
+fn ignore_interrupts() {
+    #[cfg(unix)]
+    // SAFETY: setting SIGINT's disposition to "ignore" has no
+    // preconditions; no handler runs.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
     }
 }
 
