@@ -24,7 +24,7 @@ struct Cli {
     inputs: Vec<PathBuf>,
     /// Output file; `-` for stdout. The format follows from the extension
     /// (.json: chrome, .pftrace: perfetto, .folded: folded, .svg: svg, .txt:
-    /// summary) unless --format is given.
+    /// summary, .prom: openmetrics) unless --format is given.
     #[arg(short, long, default_value = "trace.json")]
     output: PathBuf,
     /// Output format.
@@ -95,6 +95,8 @@ enum Format {
     Svg,
     /// Text summary.
     Summary,
+    /// The summary as OpenMetrics text (Prometheus, promtool).
+    Openmetrics,
 }
 
 fn main() -> ExitCode {
@@ -216,6 +218,7 @@ fn write_trace(s: &Session, opts: &TraceOptions) -> Result<()> {
         Format::Folded => write::folded::write_with(s, &mut out, fold),
         Format::Svg => write::folded::write_svg_with(s, &mut out, fold),
         Format::Perfetto => write::perfetto::write(s, &mut out),
+        Format::Openmetrics => write::openmetrics::write(s, &mut out).map(|s| s.stats),
     })
     .with_context(incomplete)?;
     out.flush().with_context(incomplete)?;
@@ -350,6 +353,7 @@ fn format_from_extension(p: &Path) -> Result<Format> {
         Some("folded") => Ok(Format::Folded),
         Some("svg") => Ok(Format::Svg),
         Some("pftrace" | "perfetto" | "pb") => Ok(Format::Perfetto),
+        Some("prom" | "om") => Ok(Format::Openmetrics),
         _ if p == Path::new("-") => Ok(Format::Chrome),
         _ => bail!(
             "cannot tell the output format from {}; give --format",

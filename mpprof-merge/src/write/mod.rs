@@ -7,6 +7,7 @@ pub mod chrome;
 pub mod critical_path;
 pub mod escape;
 pub mod folded;
+pub mod openmetrics;
 pub mod perfetto;
 pub mod summary;
 
