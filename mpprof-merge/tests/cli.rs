@@ -151,3 +151,86 @@ fn full_disks_closed_pipes_and_causes_are_reported_once() {
     let err = String::from_utf8_lossy(&st.stderr);
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
+
+/// `open --no-browser`: prints the ui.perfetto.dev URL, serves the trace
+/// once on 127.0.0.1 with the CORS header the UI needs (a session merged
+/// to Perfetto protobuf, a trace file as it is), answers anything else
+/// with 404, and exits once the trace is fetched.
+#[test]
+fn open_serves_the_trace_once_over_loopback() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpStream;
+    use std::process::Stdio;
+
+    let fetch = |port: u16, path: &str| -> (String, Vec<u8>) {
+        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: https://ui.perfetto.dev\r\n\r\n"
+        )
+        .unwrap();
+        let mut all = Vec::new();
+        c.read_to_end(&mut all).unwrap();
+        let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        (
+            String::from_utf8_lossy(&all[..split]).into_owned(),
+            all[split + 4..].to_vec(),
+        )
+    };
+    let s = golden_session();
+    let trace = s.path().join("t.json");
+    assert!(bin()
+        .arg(s.path())
+        .arg("-o")
+        .arg(&trace)
+        .status()
+        .unwrap()
+        .success());
+    // The session (merged to Perfetto), then a trace file (as it is).
+    for (input, name) in [
+        (s.path().to_owned(), "trace.pftrace"),
+        (trace.clone(), "t.json"),
+    ] {
+        let mut child = bin()
+            .args(["open", "--no-browser", "--port", "0", "--timeout", "60"])
+            .arg(&input)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut url = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut url)
+            .unwrap();
+        let prefix = "https://ui.perfetto.dev/#!/?url=http://127.0.0.1:";
+        let rest = url
+            .trim()
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("{url}"));
+        let (port, path) = rest.split_once('/').unwrap();
+        assert_eq!(path, name);
+        let port: u16 = port.parse().unwrap();
+        let (head, _) = fetch(port, "/favicon.ico");
+        assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+        let (head, body) = fetch(port, &format!("/{name}"));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.contains("Access-Control-Allow-Origin: https://ui.perfetto.dev"),
+            "{head}"
+        );
+        if name == "t.json" {
+            assert_eq!(body, std::fs::read(&trace).unwrap());
+        } else {
+            let t = mpprof_testkit::perfetto::trace(&body).expect("a Perfetto trace");
+            assert!(!t.events.is_empty());
+        }
+        assert!(child.wait().unwrap().success(), "it exits once served");
+    }
+    // Nobody fetches it: it stops after its timeout, and says so.
+    let out = bin()
+        .args(["open", "--no-browser", "--port", "0", "--timeout", "1"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing fetched the trace within 1 s"));
+}

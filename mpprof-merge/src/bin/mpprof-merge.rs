@@ -72,6 +72,26 @@ enum Cmd {
         #[arg(required = true, last = true)]
         command: Vec<std::ffi::OsString>,
     },
+    /// Serve a trace once on 127.0.0.1 and open ui.perfetto.dev on it (as
+    /// Perfetto's own open_trace_in_ui does): a session directory is merged
+    /// to Perfetto protobuf first; a trace file is served as it is. Never
+    /// listens beyond loopback; exits once the trace is fetched, or after
+    /// --timeout seconds.
+    Open {
+        /// A session directory (or .mpb file), or a trace (.json,
+        /// .pftrace).
+        input: PathBuf,
+        /// Print the URL instead of starting a browser.
+        #[arg(long)]
+        no_browser: bool,
+        /// Port on 127.0.0.1. ui.perfetto.dev fetches traces only from
+        /// port 9001 (its content security policy); 0 picks a free one.
+        #[arg(long, default_value_t = 9001)]
+        port: u16,
+        /// Seconds to wait for the trace to be fetched.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
     /// Report per-process health; exit status 1 when the session is damaged.
     Check {
         /// Session directories.
@@ -153,6 +173,12 @@ fn run() -> Result<ExitCode> {
             limit,
             command,
         }) => record(&output, dir, limit, &command),
+        Some(Cmd::Open {
+            input,
+            no_browser,
+            port,
+            timeout,
+        }) => open_in_ui(&input, no_browser, port, timeout),
         Some(Cmd::Check { inputs, strict }) => {
             let s = Session::open(&inputs)?;
             let h = analysis::check::check(&s);
@@ -309,6 +335,108 @@ fn record(
         eprintln!("mpprof-merge: the command exited with {status}");
     }
     Ok(ExitCode::from(code))
+}
+
+/// `open`: the trace's bytes and name (a session is merged to Perfetto
+/// protobuf), served once over HTTP on 127.0.0.1 with the CORS header
+/// ui.perfetto.dev needs, and the UI's URL opened or printed.
+fn open_in_ui(input: &Path, no_browser: bool, port: u16, timeout: u64) -> Result<ExitCode> {
+    use std::io::{BufRead, BufReader};
+    use std::net::{Ipv4Addr, TcpListener};
+    use std::time::{Duration, Instant};
+
+    let is_trace = input.is_file()
+        && matches!(
+            input.extension().and_then(|e| e.to_str()),
+            Some("json" | "pftrace" | "perfetto" | "pb")
+        );
+    let (name, bytes) = if is_trace {
+        let name = input
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|n| {
+                n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+            })
+            .unwrap_or("trace.json")
+            .to_owned();
+        let bytes =
+            std::fs::read(input).with_context(|| format!("cannot read {}", input.display()))?;
+        (name, bytes)
+    } else {
+        let s = open(&[input.to_owned()])?;
+        let mut bytes = Vec::new();
+        write::perfetto::write(&s, &mut bytes).context("cannot write the trace")?;
+        ("trace.pftrace".to_owned(), bytes)
+    };
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port)).with_context(|| {
+        format!("cannot listen on 127.0.0.1:{port} (ui.perfetto.dev fetches from 9001 only; is another `open` running?)")
+    })?;
+    let port = listener.local_addr()?.port();
+    let url = format!("https://ui.perfetto.dev/#!/?url=http://127.0.0.1:{port}/{name}");
+    println!("{url}");
+    let _ = std::io::stdout().flush();
+    if !no_browser {
+        let opener = if cfg!(target_os = "macos") {
+            "open"
+        } else {
+            "xdg-open"
+        };
+        if std::process::Command::new(opener)
+            .arg(&url)
+            .spawn()
+            .is_err()
+        {
+            eprintln!("mpprof-merge: no browser started ({opener} failed): open the URL above");
+        }
+    }
+    listener.set_nonblocking(true)?;
+    let deadline = Instant::now() + Duration::from_secs(timeout);
+    let path = format!("/{name}");
+    while Instant::now() < deadline {
+        let (stream, _) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut reader = BufReader::new(stream);
+        let mut request = String::new();
+        if reader.read_line(&mut request).is_err() {
+            continue;
+        }
+        // The rest of the request's head.
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+            line.clear();
+        }
+        let mut stream = reader.into_inner();
+        let mut words = request.split_whitespace();
+        let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let cors = "Access-Control-Allow-Origin: https://ui.perfetto.dev\r\n";
+        if method == "GET" && target == path {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n{cors}Cache-Control: no-cache\r\nConnection: close\r\n\r\n",
+                bytes.len()
+            );
+            stream.write_all(head.as_bytes())?;
+            stream.write_all(&bytes)?;
+            stream.flush()?;
+            eprintln!("mpprof-merge: served {name} ({} bytes)", bytes.len());
+            return Ok(ExitCode::SUCCESS);
+        }
+        let body = "not found";
+        let _ = write!(
+            stream,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\n{cors}Connection: close\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    bail!("nothing fetched the trace within {timeout} s; stopped serving it")
 }
 
 /// Makes `dir` (mode 0700 on unix; its parents as `mkdir -p`), or accepts
