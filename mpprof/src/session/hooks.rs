@@ -107,13 +107,14 @@ pub(super) fn register_fork_hook() {
         // SAFETY: locked by `prepare` on this thread; in the child this
         // thread is the only one.
         unsafe { LIFECYCLE.force_unlock() };
-        // Only atomic stores and this thread's own cells from here: the
+        // Only atomics, this thread's own cells and close(2) from here: the
         // child's recording starts lazily, in ordinary context.
         process::PROCESS_UID.store(0, Ordering::Relaxed);
         // SAFETY: recorders are leaked, so a non-null pointer stays valid.
         if let Some(r) = unsafe { CURRENT.load(Ordering::Relaxed).as_ref() } {
             // Its sampler thread stayed in the parent: a guard of it
-            // dropped here must not wait for it.
+            // dropped here must not wait for it, and its host lock is
+            // let go.
             r.sampler.forked_away();
         }
         FORKED_FROM.store(CURRENT.load(Ordering::Relaxed), Ordering::Relaxed);

@@ -24,7 +24,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::sync::{Condvar, Mutex as StdMutex};
+use std::sync::{Condvar, Mutex as StdMutex, MutexGuard as StdMutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -134,19 +134,7 @@ impl Sampler {
                 // FIRST_WAIT): a process that lives 10 ms on a busy machine
                 // would otherwise end before its sampler ran, with its
                 // final sample as its only one and no CPU % to show.
-                let deadline = Instant::now() + FIRST_WAIT;
-                let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
-                while !c.first && !c.done {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        break;
-                    }
-                    c = self
-                        .cv
-                        .wait_timeout(c, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
+                drop(self.wait(Instant::now() + FIRST_WAIT, |c| c.first || c.done));
             }
             Err(e) => {
                 crate::warn::warn(format_args!(
@@ -166,30 +154,27 @@ impl Sampler {
             return;
         }
         let deadline = Instant::now() + STOP_WAIT;
-        let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
-        c.stop = true;
-        self.cv.notify_all();
-        while !c.done {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            c = self
-                .cv
-                .wait_timeout(c, left)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+        self.update(|c| c.stop = true);
+        if !self.wait(deadline, |c| c.done).done {
+            return;
         }
-        drop(c);
         if let Some(h) = self.thread.lock().take() {
             let _ = h.join();
         }
     }
 
-    /// In a forked child: the parent's sampler thread does not exist here;
-    /// the child closes its copy of the host lock, which would otherwise
-    /// keep the parent's lock held for as long as the child lives.
+    /// In a forked child that starts recording: the parent's sampler
+    /// thread does not exist here; its handle is forgotten, not joined.
     pub(crate) fn forget_in_forked_child(&self) {
+        std::mem::forget(self.thread.lock().take());
+    }
+
+    /// In the fork handler of the child (an atomic store, an atomic swap
+    /// and `close`: all allowed there): this sampler's thread stayed in the
+    /// parent, and the child closes its copy of the host lock, which would
+    /// otherwise keep the parent's lock held for as long as the child
+    /// lives, whether or not the child ever records.
+    pub(crate) fn forked_away(&self) {
         self.forked_away.store(true, Ordering::Relaxed);
         let fd = self.host_lock.swap(-1, Ordering::Relaxed);
         if fd >= 0 {
@@ -197,19 +182,35 @@ impl Sampler {
             // does not exist in the child.
             unsafe { libc::close(fd) };
         }
-        std::mem::forget(self.thread.lock().take());
-    }
-
-    /// In the fork handler of the child (an atomic store: allowed there):
-    /// this sampler's thread stayed in the parent.
-    pub(crate) fn forked_away(&self) {
-        self.forked_away.store(true, Ordering::Relaxed);
     }
 
     fn set_done(&self) {
+        self.update(|c| c.done = true);
+    }
+
+    /// Changes the control state and wakes whoever waits on it.
+    fn update(&self, change: impl FnOnce(&mut Ctl)) {
         let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
-        c.done = true;
+        change(&mut c);
         self.cv.notify_all();
+    }
+
+    /// Waits until `until` holds of the control state or `deadline` passes;
+    /// returns the state then, locked.
+    fn wait(&self, deadline: Instant, until: impl Fn(&Ctl) -> bool) -> StdMutexGuard<'_, Ctl> {
+        let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
+        while !until(&c) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            c = self
+                .cv
+                .wait_timeout(c, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        c
     }
 
     fn run(&self, chunks: &'static Chunks, ms: u64, lock_path: PathBuf) {
@@ -218,21 +219,7 @@ impl Sampler {
         let start = Instant::now();
         let mut k: u32 = 0;
         loop {
-            let stop = {
-                let deadline = start + interval * k;
-                let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
-                loop {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if c.stop || left.is_zero() {
-                        break c.stop;
-                    }
-                    c = self
-                        .cv
-                        .wait_timeout(c, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
-            };
+            let stop = self.wait(start + interval * k, |c| c.stop).stop;
             if chunks.is_finished() {
                 break; // finished without a stop (at exit, the lock busy)
             }
@@ -240,9 +227,7 @@ impl Sampler {
             // After the first sample, and again if a source failed since.
             st.declare_sampler(ms);
             if k == 0 {
-                let mut c = self.ctl.lock().unwrap_or_else(|e| e.into_inner());
-                c.first = true;
-                self.cv.notify_all();
+                self.update(|c| c.first = true);
             }
             self.host_lock.store(st.host_fd(), Ordering::Relaxed);
             if stop {
