@@ -78,15 +78,6 @@ pub(crate) fn read_whole(file: &File, buf: &mut ReadBuf) -> io::Result<()> {
     }
 }
 
-/// The `n`th whitespace-separated field of `line`, as a number (0 if
-/// missing or not a number).
-fn field(line: &str, n: usize) -> u64 {
-    line.split_ascii_whitespace()
-        .nth(n)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The first `N` whitespace-separated numbers of `text` (0 for a missing
 /// or bad one), without allocating.
 fn numbers<const N: usize>(text: &str) -> [u64; N] {
@@ -195,7 +186,8 @@ pub(crate) fn meminfo(text: &str) -> Mem {
             "Cached" => &mut m.cached,
             _ => continue,
         };
-        *slot = field(v, 0) * 1024;
+        let [kb] = numbers(v);
+        *slot = kb * 1024;
         found += 1;
         if found == 3 {
             break; // the rest of the file is of no use
