@@ -157,15 +157,37 @@ impl ProcessResources {
     }
 
     /// Thread `tid`'s time on a CPU and waiting for one between `a` and
-    /// `b` (ns), from its cumulative `schedstat` samples interpolated
-    /// linearly between samples (exact at sample times; inside an interval
-    /// the thread is taken to run evenly). Time before the thread's first
-    /// sample or after its last counts as neither. `None` without samples
-    /// of the thread.
+    /// `b` (ns); see [`ThreadCpu::between`]. `None` without samples of the
+    /// thread.
     pub fn thread_cpu(&self, tid: u32, a: i64, b: i64) -> Option<(f64, f64)> {
+        Some(self.thread(tid)?.between(a, b))
+    }
+
+    /// Thread `tid`'s samples, found once for many [`ThreadCpu::between`]
+    /// (the summary asks at every call's exit).
+    pub fn thread(&self, tid: u32) -> Option<ThreadCpu<'_>> {
         let (on, wait) = self.thread_series(tid)?;
+        Some(ThreadCpu { on, wait })
+    }
+}
+
+/// A thread's on-CPU and run-queue wait series (see
+/// [`ProcessResources::thread`]).
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadCpu<'a> {
+    on: &'a Series,
+    wait: Option<&'a Series>,
+}
+
+impl ThreadCpu<'_> {
+    /// The thread's time on a CPU and waiting for one between `a` and `b`
+    /// (ns), from its cumulative `schedstat` samples interpolated linearly
+    /// between samples (exact at sample times; inside an interval the
+    /// thread is taken to run evenly). Time before the thread's first
+    /// sample or after its last counts as neither.
+    pub fn between(&self, a: i64, b: i64) -> (f64, f64) {
         let f = |s: &Series| interpolate(s, b) - interpolate(s, a);
-        Some((f(on).max(0.0), wait.map_or(0.0, f).max(0.0)))
+        (f(self.on).max(0.0), self.wait.map_or(0.0, f).max(0.0))
     }
 }
 
@@ -483,45 +505,42 @@ fn host_tracks_of(r: &ProcessResources) -> Vec<Track> {
             push(name.to_owned(), level_points(s, scale));
         }
     }
-    for dev in instances(r, key::DISK_BUSY) {
-        let one = |k: &str| r.get(h, k, dev).map(|s| r.rates(&[s])).unwrap_or_default();
-        push(
-            format!("{dev} read (MiB/s)"),
-            rate_points(&one(key::DISK_READ_BYTES), 1.0 / MIB),
-        );
-        push(
-            format!("{dev} write (MiB/s)"),
-            rate_points(&one(key::DISK_WRITE_BYTES), 1.0 / MIB),
-        );
-        if let (Some(a), Some(b)) = (
-            r.get(h, key::DISK_READS, dev),
-            r.get(h, key::DISK_WRITES, dev),
-        ) {
-            push(format!("{dev} IOPS"), rate_points(&r.rates(&[a, b]), 1.0));
+    // Each disk's and each interface's tracks: (the key whose instances
+    // they are, then per track its name after the instance's, the
+    // cumulative keys whose rates it sums, and a scale).
+    type PerInstance<'a> = (&'a str, &'a [(&'a str, &'a [&'a str], f64)]);
+    let per_instance: [PerInstance; 2] = [
+        (
+            key::DISK_BUSY,
+            &[
+                ("read (MiB/s)", &[key::DISK_READ_BYTES], 1.0 / MIB),
+                ("write (MiB/s)", &[key::DISK_WRITE_BYTES], 1.0 / MIB),
+                ("IOPS", &[key::DISK_READS, key::DISK_WRITES], 1.0),
+                ("util %", &[key::DISK_BUSY], 100.0 / 1e9),
+            ],
+        ),
+        (
+            key::NET_RX_BYTES,
+            &[
+                ("rx (MiB/s)", &[key::NET_RX_BYTES], 1.0 / MIB),
+                ("tx (MiB/s)", &[key::NET_TX_BYTES], 1.0 / MIB),
+                ("rx packets /s", &[key::NET_RX_PACKETS], 1.0),
+                ("tx packets /s", &[key::NET_TX_PACKETS], 1.0),
+            ],
+        ),
+    ];
+    for (marker, tracks) in per_instance {
+        for inst in instances(r, marker) {
+            for &(name, keys, scale) in tracks {
+                let parts: Option<Vec<&Series>> = keys.iter().map(|k| r.get(h, k, inst)).collect();
+                if let Some(parts) = parts {
+                    push(
+                        format!("{inst} {name}"),
+                        rate_points(&r.rates(&parts), scale),
+                    );
+                }
+            }
         }
-        push(
-            format!("{dev} util %"),
-            rate_points(&one(key::DISK_BUSY), 100.0 / 1e9),
-        );
-    }
-    for nic in instances(r, key::NET_RX_BYTES) {
-        let one = |k: &str| r.get(h, k, nic).map(|s| r.rates(&[s])).unwrap_or_default();
-        push(
-            format!("{nic} rx (MiB/s)"),
-            rate_points(&one(key::NET_RX_BYTES), 1.0 / MIB),
-        );
-        push(
-            format!("{nic} tx (MiB/s)"),
-            rate_points(&one(key::NET_TX_BYTES), 1.0 / MIB),
-        );
-        push(
-            format!("{nic} rx packets /s"),
-            rate_points(&one(key::NET_RX_PACKETS), 1.0),
-        );
-        push(
-            format!("{nic} tx packets /s"),
-            rate_points(&one(key::NET_TX_PACKETS), 1.0),
-        );
     }
     out
 }

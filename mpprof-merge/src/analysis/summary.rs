@@ -167,6 +167,8 @@ pub fn compute(session: &Session) -> Summary {
     let mut stacks: FastMap<(usize, u32), Vec<Frame>> = FastMap::default();
     let mut flows = critical_path::FlowIndex::new(n);
     let res = &resources::Resources::of(session);
+    // Each lane's thread samples, found at its first call's exit.
+    let mut thread_cpu: FastMap<(usize, u32), Option<resources::ThreadCpu>> = FastMap::default();
     let mut events = session.events();
     for e in events.by_ref() {
         flows.observe(&e);
@@ -191,11 +193,11 @@ pub fn compute(session: &Session) -> Summary {
                 if !recursive {
                     st.primitive += 1;
                     st.cumtime_ns = st.cumtime_ns.saturating_add(dur);
-                    let p = &session.processes[e.proc];
-                    let cpu = res.processes[e.proc]
-                        .as_ref()
-                        .and_then(|r| r.thread_cpu(p.file.lanes.get(&e.lane)?.tid, f.start, e.ts));
-                    if let Some((on, wait)) = cpu {
+                    let cpu = *thread_cpu.entry((e.proc, e.lane)).or_insert_with(|| {
+                        let tid = session.processes[e.proc].file.lanes.get(&e.lane)?.tid;
+                        res.processes[e.proc].as_ref()?.thread(tid)
+                    });
+                    if let Some((on, wait)) = cpu.map(|c| c.between(f.start, e.ts)) {
                         st.sampled_ns = st.sampled_ns.saturating_add(dur);
                         st.on_cpu_ns = st.on_cpu_ns.saturating_add(on.round() as i64);
                         st.run_wait_ns = st.run_wait_ns.saturating_add(wait.round() as i64);

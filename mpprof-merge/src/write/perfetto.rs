@@ -214,19 +214,8 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
         new_names: Vec::new(),
     };
     for (pi, p) in session.processes.iter().enumerate() {
-        let uuid = w.uuid();
+        let uuid = w.process_track(tracks.pid(pi), &p.file.display_name())?;
         w.process_uuids.push(uuid);
-        let pid = tracks.pid(pi);
-        let name = p.file.display_name();
-        w.packet(None, |e| {
-            e.msg(pk::TRACK_DESCRIPTOR, |e| {
-                e.uint(td::UUID, uuid);
-                e.msg(td::PROCESS, |e| {
-                    e.int32(field::process::PID, pid);
-                    e.str(field::process::PROCESS_NAME, &name);
-                });
-            });
-        })?;
         for &lane in p.file.lanes.keys() {
             w.thread_uuid(session, &tracks, pi, lane)?;
         }
@@ -530,23 +519,27 @@ impl Pf<'_> {
             }
         }
         for (hi, h) in res.hosts.iter().enumerate() {
-            let uuid = self.uuid();
-            let pid = tracks.host_pid(hi);
-            let name = h.label();
-            self.packet(None, |e| {
-                e.msg(pk::TRACK_DESCRIPTOR, |e| {
-                    e.uint(td::UUID, uuid);
-                    e.msg(td::PROCESS, |e| {
-                        e.int32(field::process::PID, pid);
-                        e.str(field::process::PROCESS_NAME, &name);
-                    });
-                });
-            })?;
+            let uuid = self.process_track(tracks.host_pid(hi), &h.label())?;
             for t in &h.tracks {
                 self.counter_track(uuid, t)?;
             }
         }
         Ok(())
+    }
+
+    /// A new process track (pid, name); returns its uuid.
+    fn process_track(&mut self, pid: u32, name: &str) -> io::Result<u64> {
+        let uuid = self.uuid();
+        self.packet(None, |e| {
+            e.msg(pk::TRACK_DESCRIPTOR, |e| {
+                e.uint(td::UUID, uuid);
+                e.msg(td::PROCESS, |e| {
+                    e.int32(field::process::PID, pid);
+                    e.str(field::process::PROCESS_NAME, name);
+                });
+            });
+        })?;
+        Ok(uuid)
     }
 
     /// A counter track under `parent` and its values.
