@@ -768,10 +768,7 @@ fn a_process_with_no_space_shows_as_having_recorded_nothing() {
         assert_eq!(stderr.lines().count(), 1, "one warning: {stderr}");
         assert!(stderr.contains("File too large"), "{stderr}");
         let s = Session::open(&[dir.path()]).unwrap();
-        let h = mpprof_merge::analysis::check::check(&s);
-        let mut text = Vec::new();
-        mpprof_merge::write::check::write_text(&h, &mut text).unwrap();
-        let text = String::from_utf8(text).unwrap();
+        let (h, text) = common::check_text(&s);
         assert!(!h.damaged(), "limit {limit}: {text}");
         assert!(h.imperfect(), "limit {limit}: {text}");
         assert!(s.unreadable.is_empty() && s.ignored.is_empty());
@@ -977,10 +974,7 @@ fn hostile_names_survive_every_output() {
         summary.contains("evil\\nname;with\\ttabs \\e[31mred\\x07"),
         "{summary}"
     );
-    let h = mpprof_merge::analysis::check::check(&s);
-    let mut check = Vec::new();
-    mpprof_merge::write::check::write_text(&h, &mut check).unwrap();
-    let check = String::from_utf8(check).unwrap();
+    let (h, check) = common::check_text(&s);
     no_control("check", &check);
     assert!(!h.imperfect(), "{check}");
     // JSON: the names as they were.

@@ -44,17 +44,12 @@ fn record_runs_the_command_and_forwards_its_exit_status() {
     });
     let cwd = session_dir();
     // The demo: 11 processes, exit status 0.
-    let out = Command::new(merge_bin())
-        .current_dir(cwd.path())
-        .args(["record", "-o", "demo.json", "--"])
-        .arg(common::example("worker_pool"))
-        .env_remove("MPPROF_DIR")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::output_ok(
+        Command::new(merge_bin())
+            .current_dir(cwd.path())
+            .args(["record", "-o", "demo.json", "--"])
+            .arg(common::example("worker_pool"))
+            .env_remove("MPPROF_DIR"),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(

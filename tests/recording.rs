@@ -149,18 +149,11 @@ fn a_new_time_base_when_the_clock_high_half_changes() {
         println!("waited_ns={}", t.elapsed().as_nanos());
     });
     let dir = session_dir();
-    let out = self_command(
+    let out = common::output_ok(&mut self_command(
         "a_new_time_base_when_the_clock_high_half_changes",
         "idle",
         dir.path(),
-    )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ));
     // (After libtest's "test ... " on the same line.)
     let waited: i64 = String::from_utf8_lossy(&out.stdout)
         .split("waited_ns=")

@@ -139,12 +139,7 @@ fn a_workload_that_knows_its_truth_shows_it_in_tracks_and_tables() {
     let scratch = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let mut c = self_command(TEST, "parent", dir.path());
     c.env("RESOURCES_TEST_SCRATCH", scratch.path());
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::output_ok(&mut c);
     let s = Session::open(&[dir.path()]).unwrap();
     assert_eq!(s.processes.len(), 5);
     let sum = summary::compute(&s);
@@ -308,10 +303,7 @@ fn a_workload_that_knows_its_truth_shows_it_in_tracks_and_tables() {
 
     // Resource samples are not events: nothing on the sampler's lane, and
     // `check` calls the session perfect.
-    let h = mpprof_merge::analysis::check::check(&s);
-    let mut check = Vec::new();
-    mpprof_merge::write::check::write_text(&h, &mut check).unwrap();
-    let check = String::from_utf8(check).unwrap();
+    let (h, check) = common::check_text(&s);
     assert!(!h.imperfect(), "{check}");
     assert!(check.contains("resources: "), "{check}");
     assert!(!check.contains("LACKS"), "{check}");
@@ -361,12 +353,7 @@ fn a_proc_without_the_hosts_files_costs_only_the_host_counters() {
         println!("{}", burn(100));
     });
     let dir = session_dir();
-    let out = self_command(T, "contained", dir.path()).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::output_ok(&mut self_command(T, "contained", dir.path()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     if stdout.contains("skip=") {
         eprintln!("skipped: cannot make a mount namespace with a pid-only /proc here ({stdout})");
@@ -389,10 +376,7 @@ fn a_proc_without_the_hosts_files_costs_only_the_host_counters() {
         .get(mpprof::format::Scope::Process, "mem.rss", "")
         .is_some());
     assert!(res.hosts.is_empty(), "no host track");
-    let h = mpprof_merge::analysis::check::check(&s);
-    let mut check = Vec::new();
-    mpprof_merge::write::check::write_text(&h, &mut check).unwrap();
-    let check = String::from_utf8(check).unwrap();
+    let (_, check) = common::check_text(&s);
     assert!(
         check.contains("LACKS resource counters: host counters: /proc/stat"),
         "{check}"
@@ -448,17 +432,12 @@ fn samples_survive_sigkill_and_a_flight_recorder_keeps_the_newest() {
 
     // keep-last: 1 ms samples overrun a 1 MiB budget of 4 KiB chunks.
     let dir = session_dir();
-    let out = self_command(T, "busy_small_budget", dir.path())
-        .env("MPPROF_OVERFLOW", "keep-last")
-        .env("MPPROF_BUFFER_MB", "1")
-        .env("MPPROF_CHUNK_KB", "4")
-        .env("MPPROF_SAMPLE_MS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::output_ok(
+        self_command(T, "busy_small_budget", dir.path())
+            .env("MPPROF_OVERFLOW", "keep-last")
+            .env("MPPROF_BUFFER_MB", "1")
+            .env("MPPROF_CHUNK_KB", "4")
+            .env("MPPROF_SAMPLE_MS", "1"),
     );
     let s = Session::open(&[dir.path()]).unwrap();
     let p = &s.processes[0];
@@ -513,16 +492,11 @@ fn samples_leave_the_rest_of_a_keep_first_budget_to_the_program() {
         println!("{x}");
     });
     let dir = session_dir();
-    let out = self_command(T, "fill_then_sleep", dir.path())
-        .env("MPPROF_BUFFER_MB", "1")
-        .env("MPPROF_CHUNK_KB", "4")
-        .env("MPPROF_SAMPLE_MS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::output_ok(
+        self_command(T, "fill_then_sleep", dir.path())
+            .env("MPPROF_BUFFER_MB", "1")
+            .env("MPPROF_CHUNK_KB", "4")
+            .env("MPPROF_SAMPLE_MS", "1"),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -544,10 +518,7 @@ fn samples_leave_the_rest_of_a_keep_first_budget_to_the_program() {
         .filter(|e| matches!(e.kind, mpprof_merge::EventKind::Enter { .. }))
         .count();
     assert_eq!(calls, 41_000);
-    let h = mpprof_merge::analysis::check::check(&s);
-    let mut check = Vec::new();
-    mpprof_merge::write::check::write_text(&h, &mut check).unwrap();
-    let check = String::from_utf8(check).unwrap();
+    let (_, check) = common::check_text(&s);
     assert!(
         check.contains("LACKS resource counters: resource samples after three quarters"),
         "{check}"
@@ -615,24 +586,13 @@ fn sampling_off_records_no_samples_and_says_so() {
         println!("sampler_thread={}", u8::from(sampler));
     });
     let dir = session_dir();
-    let out = self_command(T, "off", dir.path())
-        .env("MPPROF_SAMPLE_MS", "0")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::output_ok(self_command(T, "off", dir.path()).env("MPPROF_SAMPLE_MS", "0"));
     assert!(String::from_utf8_lossy(&out.stdout).contains("sampler_thread=0"));
     let s = Session::open(&[dir.path()]).unwrap();
     let f = &s.processes[0].file;
     assert_eq!(f.sampler.as_ref().map(|s| s.interval_ns), Some(0));
     assert!(f.resources.is_empty() && f.sampler_lane().is_none());
-    let h = mpprof_merge::analysis::check::check(&s);
-    let mut check = Vec::new();
-    mpprof_merge::write::check::write_text(&h, &mut check).unwrap();
-    let check = String::from_utf8(check).unwrap();
+    let (h, check) = common::check_text(&s);
     assert!(
         check.contains("resources: off (MPPROF_SAMPLE_MS=0)"),
         "{check}"

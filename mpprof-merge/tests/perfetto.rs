@@ -46,6 +46,17 @@ fn protoc_decode(bytes: &[u8]) -> Option<String> {
     Some(String::from_utf8(out.stdout).unwrap())
 }
 
+/// protoc decodes every byte with Perfetto's field numbers; an unknown or
+/// mistyped field would show as a bare number.
+fn assert_known_fields(text: &str) {
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())),
+        "fields outside the subset: {text}"
+    );
+}
+
 #[test]
 fn pftrace_from_the_cli_decodes_with_protoc() {
     let s = golden_session();
@@ -69,14 +80,7 @@ fn pftrace_from_the_cli_decodes_with_protoc() {
     let Some(text) = protoc_decode(&bytes) else {
         return;
     };
-    // protoc decodes every byte with Perfetto's field numbers; an unknown
-    // or mistyped field would show as a bare number.
-    assert!(
-        !text
-            .lines()
-            .any(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())),
-        "fields outside the subset: {text}"
-    );
+    assert_known_fields(&text);
     for want in [
         "sequence_flags: 1",
         "trusted_packet_sequence_id: 1",
@@ -208,12 +212,7 @@ fn resource_tracks_decode_with_protoc() {
     let Some(text) = protoc_decode(&bytes) else {
         return;
     };
-    assert!(
-        !text
-            .lines()
-            .any(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())),
-        "fields outside the subset: {text}"
-    );
+    assert_known_fields(&text);
     for want in [
         "name: \"CPU %\"",
         "name: \"RSS (MiB)\"",

@@ -3,9 +3,30 @@
 //! session directory, and the test merges what it recorded.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 
 use mpprof_merge::{Event, EventKind, Session};
+
+/// Runs `c` to its end and checks that it succeeded (its stderr in the
+/// message if not); its output.
+pub fn output_ok(c: &mut Command) -> Output {
+    let out = c.output().expect("run the command");
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `check`'s report on `s` and its text, as `mpprof-merge check` prints it.
+pub fn check_text(s: &Session) -> (mpprof_merge::analysis::check::Health, String) {
+    let h = mpprof_merge::analysis::check::check(s);
+    let mut text = Vec::new();
+    mpprof_merge::write::check::write_text(&h, &mut text).expect("write into memory");
+    (h, String::from_utf8(text).expect("the report is UTF-8"))
+}
 
 /// Environment variable that tells a re-executed test binary which role to play.
 pub const ROLE: &str = "MPPROF_TEST_ROLE";
