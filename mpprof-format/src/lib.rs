@@ -25,6 +25,7 @@
 //! - [`kind`], [`word`], [`record_v3`]: event records;
 //! - [`Meta`] and its entries, [`encode_entry`] / [`Entries`];
 //! - [`resource`]: what the resource samples' counters measure;
+//! - [`profile`]: stack samples, off-CPU intervals, modules and stacks;
 //! - [`FlowId`], its bit conventions, the well-known flow names
 //!   ([`flow_name`]) and its W3C `traceparent` form.
 //!
@@ -39,6 +40,7 @@ pub mod chunk;
 mod flow;
 pub mod header;
 mod meta;
+pub mod profile;
 pub mod resource;
 mod traceparent;
 
@@ -46,6 +48,7 @@ pub use chunk::ChunkHeader;
 pub use flow::{flow_name, FlowId, ParseFlowIdError};
 pub use header::FileHeader;
 pub use meta::*;
+pub use profile::{Module, ProfilerInfo};
 pub use resource::{Resource, SamplerInfo, Scope};
 pub use traceparent::TraceparentError;
 
@@ -64,7 +67,11 @@ pub const MAGIC: [u8; 8] = *b"MPPROF\r\n";
 ///   in one `u64`, see [`word`]) instead of 16-byte records, and the record
 ///   kind `BASE`, and [`Meta::Reused`] and [`Meta::Lost`]. Versions 1-3 use
 ///   16-byte records ([`record_v3`]).
-pub const FORMAT_VERSION: u32 = 4;
+/// - 5: record kinds `SAMPLE` and `OFF_CPU`, and [`Meta::Profiler`],
+///   [`Meta::Module`] and [`Meta::Stack`] (see [`profile`]). The layout of
+///   version 4 is otherwise unchanged: a version 5 reader reads version 4
+///   files as they are.
+pub const FORMAT_VERSION: u32 = 5;
 
 /// Size of the file header; chunk 0 starts here. One page, so the chunk area
 /// is page-aligned.
@@ -150,8 +157,20 @@ pub mod kind {
     /// the writer adds another when the high half changes. Not an event: the
     /// reader consumes it.
     pub const BASE: u8 = 9;
+    /// A stack sample (format 5): `site` is the sampled thread's OS thread
+    /// id; two payload words, `[CLOCK_MONOTONIC ns][stack id | cpu << 32]`
+    /// (see [`crate::profile`]). Not a span event: readers time it by its
+    /// payload.
+    pub const SAMPLE: u8 = 10;
+    /// An off-CPU interval (format 5): `site` is the thread's OS thread id;
+    /// two payload words, the CLOCK_MONOTONIC ns it was switched out and
+    /// back in, the second with [`crate::profile::PREEMPTED`] set if it was
+    /// preempted.
+    pub const OFF_CPU: u8 = 11;
     /// The largest kind this version writes.
-    pub const LAST: u8 = BASE;
+    pub const LAST: u8 = OFF_CPU;
+    /// The largest kind of version 4.
+    pub const LAST_V4: u8 = BASE;
     /// The largest kind of versions 1-3.
     pub const LAST_V3: u8 = ASYNC_END;
 
@@ -159,7 +178,7 @@ pub mod kind {
     /// have one 16-byte payload record after each kind with two words here.
     pub const fn payload_words(k: u8) -> u32 {
         match k {
-            COUNTER | FLOW_OUT | FLOW_IN | ASYNC_BEGIN | ASYNC_END => 2,
+            COUNTER | FLOW_OUT | FLOW_IN | ASYNC_BEGIN | ASYNC_END | SAMPLE | OFF_CPU => 2,
             BASE => 1,
             _ => 0,
         }
@@ -271,7 +290,7 @@ mod tests {
         assert_eq!(RECORD_SIZE_V3, 16);
         assert_eq!(CHUNK_HEADER_SIZE, 64);
         assert_eq!(HEADER_SIZE, 4096);
-        assert_eq!(FORMAT_VERSION, 4);
+        assert_eq!(FORMAT_VERSION, 5);
         assert!(header::END <= HEADER_SIZE as usize);
         assert!(chunk::END <= CHUNK_HEADER_SIZE as usize);
         let w = word::new(

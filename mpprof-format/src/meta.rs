@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FlowId, Policy, Resource, SamplerInfo};
+use crate::{FlowId, Module, Policy, ProfilerInfo, Resource, SamplerInfo};
 
 /// Which clock a process's timestamps come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,13 +196,27 @@ pub enum Meta {
     /// December 2026; see [`crate::resource`]). Readers before it skip it
     /// and show the samples as plain counters.
     Resources(Vec<Resource>),
+    /// The sampling profiler of this file (format 5; see
+    /// [`crate::profile`]).
+    Profiler(ProfilerInfo),
+    /// A loaded object's executable mapping, for symbolizing samples
+    /// (format 5).
+    Module(Module),
+    /// An interned stack: the instruction addresses of `SAMPLE` records
+    /// whose stack id is `id`, leaf first (format 5).
+    Stack {
+        /// Id used in `SAMPLE` records (from 1).
+        id: u32,
+        /// Addresses, leaf first; at most [`crate::profile::MAX_FRAMES`].
+        frames: Vec<u64>,
+    },
 }
 
 impl Meta {
     /// Number of variants this version knows: an entry whose first byte
     /// (postcard's variant index) is at least this was written by a newer
     /// writer.
-    pub const VARIANTS: u32 = 9;
+    pub const VARIANTS: u32 = 12;
 }
 
 /// Largest encoded metadata entry (bytes), so an entry always fits one
@@ -352,6 +366,17 @@ pub enum MetaRef<'a> {
     Sampler(&'a SamplerInfo),
     /// [`Meta::Resources`].
     Resources(&'a [Resource]),
+    /// [`Meta::Profiler`].
+    Profiler(&'a ProfilerInfo),
+    /// [`Meta::Module`].
+    Module(&'a Module),
+    /// [`Meta::Stack`].
+    Stack {
+        /// Stack id.
+        id: u32,
+        /// Addresses, leaf first.
+        frames: &'a [u64],
+    },
 }
 
 /// [`Reused`], borrowing its list (see [`MetaRef`]).
@@ -433,6 +458,9 @@ impl Meta {
             }),
             Meta::Sampler(s) => MetaRef::Sampler(s),
             Meta::Resources(r) => MetaRef::Resources(r),
+            Meta::Profiler(p) => MetaRef::Profiler(p),
+            Meta::Module(m) => MetaRef::Module(m),
+            Meta::Stack { id, frames } => MetaRef::Stack { id: *id, frames },
         }
     }
 }
@@ -571,6 +599,45 @@ mod tests {
     }
 
     #[test]
+    fn profile_entries_are_variants_9_to_11() {
+        let p = Meta::Profiler(crate::ProfilerInfo {
+            hz: 1000,
+            switches: true,
+            tid: 7,
+            error: String::new(),
+            lost_records: 2,
+            dropped: 0,
+        });
+        let bytes = postcard::to_stdvec(&p).unwrap();
+        assert_eq!(bytes, [9, 0xE8, 0x07, 1, 7, 0, 2, 0]);
+        let m = Meta::Module(crate::Module {
+            start: 0x1000,
+            end: 0x2000,
+            offset: 0x10,
+            path: "/a".into(),
+            build_id: vec![0xAB],
+        });
+        let bytes = postcard::to_stdvec(&m).unwrap();
+        assert_eq!(
+            bytes,
+            [10, 0x80, 0x20, 0x80, 0x40, 0x10, 2, b'/', b'a', 1, 0xAB]
+        );
+        let st = Meta::Stack {
+            id: 3,
+            frames: vec![0x10, 0x20],
+        };
+        let bytes = postcard::to_stdvec(&st).unwrap();
+        assert_eq!(bytes, [11, 3, 2, 0x10, 0x20]);
+        for m in [p, m, st] {
+            let mut buf = [0u8; MAX_META_ENTRY];
+            let n = encode_entry(&m.as_ref(), &mut buf).unwrap();
+            let read: Vec<Meta> = Entries::new(&buf[..n]).map(Result::unwrap).collect();
+            assert_eq!(read, [m]);
+        }
+        assert_eq!(Meta::VARIANTS, 12);
+    }
+
+    #[test]
     fn lost_is_meta_variant_6() {
         let m = Meta::Lost(Lost {
             lane: 3,
@@ -640,7 +707,7 @@ mod tests {
         // This reader decodes all three.
         let read: Vec<Meta> = Entries::new(&log).map(Result::unwrap).collect();
         assert_eq!(read, [sampler, resources, thread.clone()]);
-        assert_eq!(Meta::VARIANTS, 9);
+        assert!(Meta::VARIANTS >= 9);
         // The older reader: the same framing, its own enum and count.
         let mut rest = &log[..];
         let mut old = Vec::new();

@@ -4,8 +4,8 @@
 
 use mpprof_format::{
     chunk, header, kind, word, Anchor, ChunkHeader, ClockKind, EncodeError, Entries, EntryError,
-    FileHeader, FlowId, Handoff, Lost, Meta, Policy, ProcessInfo, Resource, Reused, SamplerInfo,
-    Scope, SiteKind, MAX_META_ENTRY, META_LEN_SIZE,
+    FileHeader, FlowId, Handoff, Lost, Meta, Module, Policy, ProcessInfo, ProfilerInfo, Resource,
+    Reused, SamplerInfo, Scope, SiteKind, MAX_META_ENTRY, META_LEN_SIZE,
 };
 
 /// xorshift64*: small, deterministic.
@@ -212,6 +212,25 @@ fn random_meta(r: &mut Rng) -> Meta {
             tid: r.u32(),
             unavailable: (0..r.below(4)).map(|_| r.string(200)).collect(),
         }),
+        9 => Meta::Profiler(ProfilerInfo {
+            hz: r.u32(),
+            switches: r.below(2) == 0,
+            tid: r.u32(),
+            error: r.string(300),
+            lost_records: r.big(),
+            dropped: r.big(),
+        }),
+        10 => Meta::Module(Module {
+            start: r.big(),
+            end: r.big(),
+            offset: r.big(),
+            path: r.string(500),
+            build_id: (0..r.below(40)).map(|_| r.below(256) as u8).collect(),
+        }),
+        11 => Meta::Stack {
+            id: r.u32(),
+            frames: (0..r.below(128)).map(|_| r.big()).collect(),
+        },
         _ => Meta::Resources(
             (0..r.below(60))
                 .map(|_| Resource {

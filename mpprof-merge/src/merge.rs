@@ -484,6 +484,8 @@ impl<'a> LaneStream<'a> {
                     site: r.site,
                     flow: flow(),
                 },
+                // Stack samples and off-CPU intervals: see `crate::profile`.
+                kind::SAMPLE | kind::OFF_CPU => continue,
                 _ => {
                     self.stats.bad_records += 1;
                     continue;

@@ -1,11 +1,12 @@
 //! What reading a process file yields: the file's facts, its lanes and
 //! their chunks, and what each thread lost.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use mpprof_format::{
-    Anchor, Handoff, Policy, ProcessInfo, Resource, Reused, SamplerInfo, SiteKind,
+    Anchor, Handoff, Module, Policy, ProcessInfo, ProfilerInfo, Resource, Reused, SamplerInfo,
+    SiteKind,
 };
 
 use super::records::{ChunkRef, RecordReader};
@@ -236,6 +237,15 @@ pub struct ProcessFile {
     /// Counter callsites that hold resource samples, by callsite id (see
     /// `mpprof_format::resource`).
     pub resources: BTreeMap<u32, Resource>,
+    /// The sampling profiler's facts (the last `Meta::Profiler` entry);
+    /// `None` when the process did not sample (see
+    /// `mpprof_format::profile`).
+    pub profiler: Option<ProfilerInfo>,
+    /// Executable mappings of the loaded objects (`Meta::Module`), in
+    /// file order.
+    pub modules: Vec<Module>,
+    /// Interned stacks by id (`Meta::Stack`), leaf first.
+    pub stacks: HashMap<u32, Vec<u64>>,
 }
 
 impl ProcessFile {
@@ -252,7 +262,16 @@ impl ProcessFile {
     /// The lane of the resource sampler's thread, which holds only resource
     /// samples (see [`crate::resources`]).
     pub fn sampler_lane(&self) -> Option<u32> {
-        let tid = self.sampler.as_ref()?.tid;
+        self.lane_of_tid(self.sampler.as_ref()?.tid)
+    }
+
+    /// The lane of the profiler's thread, which holds the stack samples and
+    /// off-CPU intervals (see [`crate::profile`]).
+    pub fn profiler_lane(&self) -> Option<u32> {
+        self.lane_of_tid(self.profiler.as_ref()?.tid)
+    }
+
+    fn lane_of_tid(&self, tid: u32) -> Option<u32> {
         self.lanes
             .iter()
             .find(|(_, l)| l.tid == tid && tid != 0)

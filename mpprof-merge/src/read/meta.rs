@@ -40,6 +40,11 @@ pub(super) fn decode_meta(
             }
             Ok(Meta::Anchor(a)) => pf.anchors.push(a),
             Ok(Meta::Sampler(s)) => pf.sampler = Some(s),
+            Ok(Meta::Profiler(p)) => pf.profiler = Some(p),
+            Ok(Meta::Module(m)) => pf.modules.push(m),
+            Ok(Meta::Stack { id, frames }) => {
+                pf.stacks.insert(id, frames);
+            }
             Ok(Meta::Resources(list)) => {
                 for r in list {
                     pf.resources.insert(r.site, r);

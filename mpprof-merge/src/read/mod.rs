@@ -2,7 +2,7 @@
 //! and every chunk header are validated before their numbers are used, and
 //! every problem names the file, the process and the field.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -191,6 +191,9 @@ pub fn parse(path: &Path, file: Source) -> Result<ProcessFile, ReadError> {
         torn_records: 0,
         sampler: None,
         resources: BTreeMap::new(),
+        profiler: None,
+        modules: Vec::new(),
+        stacks: HashMap::new(),
         handoffs: Vec::new(),
         reuses: Vec::new(),
     };
