@@ -32,12 +32,21 @@ fn golden_files_decode() {
     child_role("golden", || {
         golden_outer();
         mpprof::event!("end");
+        // From format 5, with the profiler on: stack samples, and an
+        // off-CPU interval.
+        if std::env::var_os("MPPROF_SAMPLE_HZ").is_some() {
+            golden_spin(40);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     });
     if std::env::var_os("MPPROF_BLESS").is_some() {
         let dir = session_dir();
         let st = self_command("golden_files_decode", "golden", dir.path())
             .env("MPPROF_CHUNK_KB", "4")
             .env("MPPROF_BUFFER_MB", "1")
+            .env("MPPROF_SAMPLE_MS", "0")
+            .env("MPPROF_SAMPLE_HZ", "1000")
+            .env("MPPROF_SAMPLE_STACK_KB", "4")
             .status()
             .unwrap();
         assert!(st.success());
@@ -48,6 +57,25 @@ fn golden_files_decode() {
         scrub(&mut bytes);
         std::fs::write(data(FORMAT_VERSION), bytes).unwrap();
     }
+    // Format 5's profile: samples with stacks, off-CPU time, modules.
+    let s = Session::open(&[data(5)]).unwrap();
+    let prof = mpprof_merge::profile::Profile::of(&s);
+    let pp = prof.processes[0].as_ref().expect("the profiler's entry");
+    assert_eq!(
+        (pp.info.hz, pp.info.switches, pp.info.error.as_str()),
+        (1000, true, "")
+    );
+    assert!(pp.samples.len() >= 10, "{}", pp.samples.len());
+    assert!(pp
+        .samples
+        .iter()
+        .all(|x| s.processes[0].file.stacks.contains_key(&x.stack)));
+    assert!(!pp.off_cpu.is_empty());
+    assert!(s.processes[0]
+        .file
+        .modules
+        .iter()
+        .all(|m| m.path.starts_with("/golden/")));
     for v in 1..=FORMAT_VERSION {
         let s = Session::open(&[data(v)]).unwrap_or_else(|e| panic!("golden v{v}: {e}"));
         let p = &s.processes[0];
@@ -97,17 +125,33 @@ fn golden_files_decode() {
 }
 
 /// Replaces the machine-specific facts (paths, host name, boot id) in the
-/// process entry of the first metadata chunk, so the committed file names
+/// process entry and the modules' paths, so the committed file names
 /// nothing of the machine that made it.
 fn scrub(bytes: &mut [u8]) {
-    common::file::rewrite_meta(bytes, |m| {
-        if let mpprof::format::Meta::Process(info) = m {
+    common::file::rewrite_meta(bytes, |m| match m {
+        mpprof::format::Meta::Process(info) => {
             info.exe = "/golden/golden".into();
             info.argv = vec!["/golden/golden".into()];
             info.hostname = "golden-host".into();
             info.host_id = "00000000-0000-0000-0000-000000000000".into();
         }
+        mpprof::format::Meta::Module(module) => {
+            let name = mpprof_merge::profile::module_name(&module.path);
+            module.path = format!("/golden/{name}");
+        }
+        _ => {}
     });
+}
+
+/// Burns `ms` of CPU time.
+#[inline(never)]
+fn golden_spin(ms: u64) -> u64 {
+    let start = std::time::Instant::now();
+    let mut x = 1u64;
+    while start.elapsed() < std::time::Duration::from_millis(ms) {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+    x
 }
 
 /// The Chrome writer's timestamps are the merged events' times, to the

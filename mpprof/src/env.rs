@@ -23,6 +23,9 @@ const KNOWN: &[&str] = &[
     "MPPROF_PREPARE",
     "MPPROF_HOST_ID",
     "MPPROF_SAMPLE_MS",
+    "MPPROF_SAMPLE_HZ",
+    "MPPROF_OFF_CPU",
+    "MPPROF_SAMPLE_STACK_KB",
     // Set by `mpprof::spawn` for the child.
     "MPPROF_CLOCK_HZ",
     "MPPROF_PARENT_FLOW",

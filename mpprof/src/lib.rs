@@ -42,6 +42,7 @@ pub mod clock;
 mod env;
 pub mod flow;
 mod future;
+mod perf;
 mod procfs;
 mod record;
 mod session;
@@ -49,6 +50,7 @@ mod spawn;
 mod sync;
 #[cfg(feature = "tracing")]
 mod tracing_layer;
+mod unwind;
 mod warn;
 mod writer;
 

@@ -176,32 +176,37 @@ pub fn append_raw_meta(file: &mut [u8], entry: &[u8]) {
     edit_chunk_header(file, slot, |x| x.committed = committed);
 }
 
-/// Decodes the entries of the first metadata chunk of `file`, lets `edit`
-/// change them, and writes them back framed (the chunk must still hold
-/// them).
-pub fn rewrite_meta(file: &mut [u8], edit: impl FnMut(&mut Meta)) {
-    let slot = first_meta_slot(file);
+/// Decodes the entries of every metadata chunk of `file`, lets `edit`
+/// change them, and writes each chunk's back framed (each chunk must still
+/// hold its own).
+pub fn rewrite_meta(file: &mut [u8], mut edit: impl FnMut(&mut Meta)) {
     let size = chunk_size(file);
-    let data = HEADER_SIZE as usize + slot * size + CHUNK_HEADER_SIZE as usize;
-    let h = ChunkHeader::decode(&file[chunk_header_range(file, slot)]).expect("header");
-    let old = &file[data..data + h.committed as usize];
-    let mut entries: Vec<Meta> = Entries::new(old)
-        .map(|e| e.expect("a decodable entry"))
-        .collect();
-    entries.iter_mut().for_each(edit);
-    let mut out = Vec::new();
-    let mut buf = [0u8; MAX_META_ENTRY];
-    for m in &entries {
-        let n = encode_entry(&m.as_ref(), &mut buf).expect("the entry fits");
-        out.extend_from_slice(&buf[..n]);
+    let n = (file.len() - HEADER_SIZE as usize) / size;
+    for slot in 0..n {
+        let h = ChunkHeader::decode(&file[chunk_header_range(file, slot)]).expect("header");
+        if h.magic != CHUNK_MAGIC || h.kind != CHUNK_META {
+            continue;
+        }
+        let data = HEADER_SIZE as usize + slot * size + CHUNK_HEADER_SIZE as usize;
+        let old = &file[data..data + h.committed as usize];
+        let mut entries: Vec<Meta> = Entries::new(old)
+            .map(|e| e.expect("a decodable entry"))
+            .collect();
+        entries.iter_mut().for_each(&mut edit);
+        let mut out = Vec::new();
+        let mut buf = [0u8; MAX_META_ENTRY];
+        for m in &entries {
+            let n = encode_entry(&m.as_ref(), &mut buf).expect("the entry fits");
+            out.extend_from_slice(&buf[..n]);
+        }
+        assert!(
+            out.len() <= size - CHUNK_HEADER_SIZE as usize,
+            "the entries fit the chunk"
+        );
+        file[data..data + size - CHUNK_HEADER_SIZE as usize].fill(0);
+        file[data..data + out.len()].copy_from_slice(&out);
+        edit_chunk_header(file, slot, |x| x.committed = out.len() as u32);
     }
-    assert!(
-        out.len() <= size - CHUNK_HEADER_SIZE as usize,
-        "the entries fit the chunk"
-    );
-    file[data..data + size - CHUNK_HEADER_SIZE as usize].fill(0);
-    file[data..data + out.len()].copy_from_slice(&out);
-    edit_chunk_header(file, slot, |x| x.committed = out.len() as u32);
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ use crate::{callsite, clock, record};
 mod dir;
 mod hooks;
 mod process;
+mod profiler;
 mod sampler;
 
 #[cfg(feature = "tracing")]

@@ -57,6 +57,13 @@ const FIRST_WAIT: Duration = Duration::from_millis(20);
 /// Longest the finish waits for the sampler's final sample.
 const STOP_WAIT: Duration = Duration::from_millis(250);
 
+/// Longest time between two reads of the profiler's rings (ms).
+const PROFILE_TICK_MS: u64 = super::profiler::TICK_MS;
+
+/// Highest `MPPROF_SAMPLE_HZ` accepted (the kernel's own limit,
+/// `perf_event_max_sample_rate`, is usually lower and throttles).
+const MAX_HZ: u64 = 10_000;
+
 /// Threads sampled one by one at most (each has two counter callsites,
 /// which live as long as the process); more are counted in
 /// `threads.unsampled`.
@@ -104,14 +111,17 @@ impl Sampler {
     /// `host_id`), unless `MPPROF_SAMPLE_MS=0`, which the file says.
     pub(crate) fn start(&'static self, chunks: &'static Chunks, dir: &Path, host_id: &str) {
         let ms = crate::env::number("MPPROF_SAMPLE_MS", DEFAULT_MS, 0, 60_000);
+        let hz = crate::env::number("MPPROF_SAMPLE_HZ", 0, 0, MAX_HZ) as u32;
         if ms == 0 {
             chunks.write_meta(&MetaRef::Sampler(&SamplerInfo {
                 interval_ns: 0,
                 tid: 0,
                 unavailable: Vec::new(),
             }));
-            self.set_done();
-            return;
+            if hz == 0 {
+                self.set_done();
+                return;
+            }
         }
         let lock_path = dir.join(format!(".host-{}.lock", file_safe(host_id)));
         let spawned = std::thread::Builder::new()
@@ -121,7 +131,7 @@ impl Sampler {
                 // A bug here must not leave the finish waiting: whatever
                 // happens, the sampler is done when its thread ends.
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.run(chunks, ms, lock_path)
+                    self.run(chunks, ms, hz, lock_path)
                 }));
                 if r.is_err() {
                     self.set_done();
@@ -176,6 +186,7 @@ impl Sampler {
     /// lives, whether or not the child ever records.
     pub(crate) fn forked_away(&self) {
         self.forked_away.store(true, Ordering::Relaxed);
+        crate::perf::close_in_forked_child();
         let fd = self.host_lock.swap(-1, Ordering::Relaxed);
         if fd >= 0 {
             // SAFETY: the descriptor was the sampler's own, and its thread
@@ -213,9 +224,20 @@ impl Sampler {
         c
     }
 
-    fn run(&self, chunks: &'static Chunks, ms: u64, lock_path: PathBuf) {
-        let interval = Duration::from_millis(ms);
+    /// The thread: a resource sample every `ms` (none if 0) and, with the
+    /// profiler on (`hz` > 0), its records copied out every tick (at most
+    /// [`PROFILE_TICK_MS`] apart, so the kernel's rings do not fill).
+    fn run(&self, chunks: &'static Chunks, ms: u64, hz: u32, lock_path: PathBuf) {
+        let tick_ms = match (ms, hz) {
+            (0, _) => PROFILE_TICK_MS,
+            (ms, 0) => ms,
+            (ms, _) => ms.min(PROFILE_TICK_MS),
+        };
+        // Resource samples every this many ticks.
+        let every = if ms == 0 { 0 } else { (ms / tick_ms).max(1) };
+        let interval = Duration::from_millis(tick_ms);
         let mut st = State::open(chunks, lock_path);
+        let mut prof = (hz > 0).then(|| super::profiler::Profiler::start(chunks, hz, gettid()));
         let start = Instant::now();
         let mut k: u32 = 0;
         loop {
@@ -223,9 +245,14 @@ impl Sampler {
             if chunks.is_finished() {
                 break; // finished without a stop (at exit, the lock busy)
             }
-            st.sample(stop);
-            // After the first sample, and again if a source failed since.
-            st.declare_sampler(ms);
+            if let Some(p) = prof.as_mut() {
+                p.drain(stop, !budget_spent(chunks));
+            }
+            if every > 0 && (stop || u64::from(k) % every == 0) {
+                st.sample(stop);
+                // After the first sample, and again if a source failed since.
+                st.declare_sampler(ms);
+            }
             if k == 0 {
                 self.update(|c| c.first = true);
             }
@@ -240,9 +267,24 @@ impl Sampler {
             k = (k + 1).max(due);
         }
         self.host_lock.store(-1, Ordering::Relaxed);
+        drop(prof);
         drop(st);
         self.set_done();
     }
+}
+
+/// Under keep-first, whether three quarters of the budget are taken: then
+/// resource samples and stack samples stop, so that they never take the
+/// rest of the budget from the program's events. A flight recorder keeps
+/// sampling: it overwrites the oldest.
+fn budget_spent(chunks: &Chunks) -> bool {
+    chunks
+        .using(|c| {
+            let b = c.buf();
+            b.policy() == crate::format::Policy::KeepFirst
+                && u64::from(b.slots_taken()) * 4 >= u64::from(b.max_chunks()) * 3
+        })
+        .unwrap_or(false)
 }
 
 /// `s` with every byte but ASCII letters, digits, `-` and `_` replaced.
@@ -847,14 +889,7 @@ impl State {
         if self.stopped {
             return true;
         }
-        let full = self
-            .chunks
-            .using(|c| {
-                let b = c.buf();
-                b.policy() == crate::format::Policy::KeepFirst
-                    && u64::from(b.slots_taken()) * 4 >= u64::from(b.max_chunks()) * 3
-            })
-            .unwrap_or(false);
+        let full = budget_spent(self.chunks);
         if full {
             self.stopped = true;
             self.unavailable.insert(
