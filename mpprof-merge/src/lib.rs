@@ -16,6 +16,7 @@ pub mod align;
 pub mod analysis;
 mod hash;
 pub mod merge;
+pub mod profile;
 pub mod read;
 pub mod resources;
 pub mod trace;

@@ -4,58 +4,14 @@
 //! protobuf implementation that is not ours.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 mod common;
 
 use common::{bin, golden_session};
 use mpprof_merge::write::perfetto::field::event as te;
 use mpprof_testkit::perfetto as decode;
-
-/// `protoc --decode=perfetto.protos.Trace` of `bytes`, or `None` (after a
-/// SKIPPED line) when protoc is not installed.
-fn protoc_decode(bytes: &[u8]) -> Option<String> {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
-    let child = Command::new("protoc")
-        .arg(format!("--proto_path={}", data.display()))
-        .arg("--decode=perfetto.protos.Trace")
-        .arg("perfetto_subset.proto")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            println!("SKIPPED: protoc is not available ({e}); install protobuf-compiler to run this test");
-            return None;
-        }
-    };
-    let mut stdin = child.stdin.take().unwrap();
-    let input = bytes.to_vec();
-    let feeder = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap().unwrap();
-    assert!(
-        out.status.success(),
-        "protoc --decode failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8(out.stdout).unwrap())
-}
-
-/// protoc decodes every byte with Perfetto's field numbers; an unknown or
-/// mistyped field would show as a bare number.
-fn assert_known_fields(text: &str) {
-    assert!(
-        !text
-            .lines()
-            .any(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())),
-        "fields outside the subset: {text}"
-    );
-}
+use mpprof_testkit::perfetto::{assert_known_fields, protoc_decode};
 
 #[test]
 fn pftrace_from_the_cli_decodes_with_protoc() {

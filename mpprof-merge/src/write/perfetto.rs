@@ -53,6 +53,7 @@ use mpprof_format::flow_name;
 use super::{flow_key, thread_label, Tracks};
 use crate::hash::FastMap;
 use crate::merge::{CounterValue, End, EventKind, MergeStats};
+use crate::profile::Profile;
 use crate::resources::{self, Resources};
 use crate::trace::Session;
 
@@ -76,6 +77,8 @@ pub mod field {
         pub const SEQUENCE_FLAGS: u32 = 13;
         /// `TrackDescriptor track_descriptor = 60`.
         pub const TRACK_DESCRIPTOR: u32 = 60;
+        /// `optional PerfSample perf_sample = 66`.
+        pub const PERF_SAMPLE: u32 = 66;
         /// `SequenceFlags.SEQ_INCREMENTAL_STATE_CLEARED`.
         pub const SEQ_INCREMENTAL_STATE_CLEARED: u64 = 1;
     }
@@ -167,6 +170,55 @@ pub mod field {
         pub const IID: u32 = 1;
         /// `EventName`: `optional string name = 2`.
         pub const NAME: u32 = 2;
+        /// `InternedData`: `repeated InternedString function_names = 5`.
+        pub const FUNCTION_NAMES: u32 = 5;
+        /// `InternedData`: `repeated Frame frames = 6`.
+        pub const FRAMES: u32 = 6;
+        /// `InternedData`: `repeated Callstack callstacks = 7`.
+        pub const CALLSTACKS: u32 = 7;
+        /// `InternedData`: `repeated InternedString build_ids = 16`.
+        pub const BUILD_IDS: u32 = 16;
+        /// `InternedData`: `repeated InternedString mapping_paths = 17`.
+        pub const MAPPING_PATHS: u32 = 17;
+        /// `InternedData`: `repeated Mapping mappings = 19`.
+        pub const MAPPINGS: u32 = 19;
+        /// `InternedString`: `optional bytes str = 2` (its `iid` is 1).
+        pub const STR: u32 = 2;
+    }
+
+    /// `Frame`, `Mapping` and `Callstack` (profiling/profile_common.proto).
+    pub mod profile {
+        /// `Frame`: `optional uint64 function_name_id = 2` (its `iid` is 1).
+        pub const FRAME_FUNCTION_NAME_ID: u32 = 2;
+        /// `Frame`: `optional uint64 mapping_id = 3`.
+        pub const FRAME_MAPPING_ID: u32 = 3;
+        /// `Frame`: `optional uint64 rel_pc = 4`.
+        pub const FRAME_REL_PC: u32 = 4;
+        /// `Mapping`: `optional uint64 build_id = 2`.
+        pub const MAPPING_BUILD_ID: u32 = 2;
+        /// `Mapping`: `repeated uint64 path_string_ids = 7`.
+        pub const MAPPING_PATH_STRING_IDS: u32 = 7;
+        /// `Callstack`: `repeated uint64 frame_ids = 2`, the outermost
+        /// frame first.
+        pub const CALLSTACK_FRAME_IDS: u32 = 2;
+    }
+
+    /// `PerfSample` (profiling/profile_packet.proto).
+    pub mod sample {
+        /// `optional uint32 cpu = 1`.
+        pub const CPU: u32 = 1;
+        /// `optional uint32 pid = 2`.
+        pub const PID: u32 = 2;
+        /// `optional uint32 tid = 3`.
+        pub const TID: u32 = 3;
+        /// `optional uint64 callstack_iid = 4`.
+        pub const CALLSTACK_IID: u32 = 4;
+        /// `optional Profiling.CpuMode cpu_mode = 5`.
+        pub const CPU_MODE: u32 = 5;
+        /// `Profiling.CpuMode.MODE_USER`.
+        pub const MODE_USER: u64 = 2;
+        /// `optional uint64 kernel_records_lost = 17`.
+        pub const KERNEL_RECORDS_LOST: u32 = 17;
     }
 }
 
@@ -206,6 +258,7 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
         next_uuid: 1,
         process_uuids: Vec::with_capacity(session.processes.len()),
         threads: FastMap::default(),
+        bare_threads: HashMap::new(),
         counters: FastMap::default(),
         counter_names: HashMap::new(),
         open_async: FastMap::default(),
@@ -315,6 +368,7 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
     }
     let stats = events.stats();
     w.resources(session, &tracks, &res)?;
+    w.profile(session, &tracks, &Profile::of(session))?;
     // Async spans still open when their process ended: closed there.
     let mut open: Vec<((usize, u64), u64)> = w.open_async.drain().collect();
     open.sort_unstable();
@@ -412,6 +466,9 @@ struct Pf<'a> {
     next_uuid: u64,
     process_uuids: Vec<u64>,
     threads: FastMap<(usize, u32), u64>,
+    /// (process, OS thread id) to the track of a thread without a lane
+    /// (sampled, but it recorded no event).
+    bare_threads: HashMap<(usize, u32), u64>,
     /// (process, counter callsite) to counter track.
     counters: FastMap<(usize, u32), u64>,
     /// (process, counter name) to counter track: callsites sharing a name
@@ -525,6 +582,210 @@ impl Pf<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The stack samples (`PerfSample` packets, which ui.perfetto.dev
+    /// shows as a flame chart per thread and per process) and the off-CPU
+    /// intervals (slices on an "off CPU" track under each thread's track),
+    /// after the events, out of time order, which the trace processor sorts.
+    fn profile(&mut self, session: &Session, tracks: &Tracks, prof: &Profile) -> io::Result<()> {
+        if !prof
+            .processes
+            .iter()
+            .any(|p| p.as_ref().is_some_and(|p| !p.samples.is_empty()))
+        {
+            return self.off_cpu(session, tracks, prof);
+        }
+        // Every frame and function once, for all processes: frame i is
+        // iid i + 1; a mapping per module file name.
+        let mut functions: HashMap<&str, u64> = HashMap::new();
+        let mut modules: HashMap<&str, u64> = HashMap::new();
+        for f in &prof.frames {
+            let n = functions.len() as u64 + 1;
+            functions.entry(&f.function).or_insert(n);
+            let n = modules.len() as u64 + 1;
+            modules.entry(&f.module).or_insert(n);
+        }
+        self.packet(None, |e| {
+            e.msg(pk::INTERNED_DATA, |e| {
+                let mut names: Vec<(&str, u64)> = functions.iter().map(|(k, v)| (*k, *v)).collect();
+                names.sort_unstable_by_key(|x| x.1);
+                for (name, iid) in names {
+                    e.msg(interned::FUNCTION_NAMES, |e| {
+                        e.uint(interned::IID, iid);
+                        e.str(interned::STR, name);
+                    });
+                }
+                let mut mods: Vec<(&str, u64)> = modules.iter().map(|(k, v)| (*k, *v)).collect();
+                mods.sort_unstable_by_key(|x| x.1);
+                for &(name, iid) in &mods {
+                    e.msg(interned::MAPPING_PATHS, |e| {
+                        e.uint(interned::IID, iid);
+                        e.str(interned::STR, name);
+                    });
+                    e.msg(interned::BUILD_IDS, |e| {
+                        e.uint(interned::IID, iid);
+                        e.str(interned::STR, "");
+                    });
+                    e.msg(interned::MAPPINGS, |e| {
+                        e.uint(interned::IID, iid);
+                        e.uint(field::profile::MAPPING_BUILD_ID, iid);
+                        e.uint(field::profile::MAPPING_PATH_STRING_IDS, iid);
+                    });
+                }
+                for (i, f) in prof.frames.iter().enumerate() {
+                    e.msg(interned::FRAMES, |e| {
+                        e.uint(interned::IID, i as u64 + 1);
+                        e.uint(
+                            field::profile::FRAME_FUNCTION_NAME_ID,
+                            functions[f.function.as_str()],
+                        );
+                        e.uint(field::profile::FRAME_MAPPING_ID, modules[f.module.as_str()]);
+                        e.uint(field::profile::FRAME_REL_PC, 0);
+                    });
+                }
+            });
+        })?;
+        let mut next_stack = 1u64;
+        for (pi, pp) in prof.processes.iter().enumerate() {
+            let Some(pp) = pp else { continue };
+            let pid = tracks.pid(pi);
+            // This process's stacks as callstack iids.
+            let mut ids: HashMap<u32, u64> = HashMap::new();
+            for smp in &pp.samples {
+                ids.entry(smp.stack).or_insert_with(|| {
+                    next_stack += 1;
+                    next_stack - 1
+                });
+            }
+            let mut order: Vec<(u32, u64)> = ids.iter().map(|(k, v)| (*k, *v)).collect();
+            order.sort_unstable_by_key(|x| x.1);
+            self.packet(None, |e| {
+                e.msg(pk::INTERNED_DATA, |e| {
+                    for &(stack, iid) in &order {
+                        e.msg(interned::CALLSTACKS, |e| {
+                            e.uint(interned::IID, iid);
+                            for &f in prof.stack(pi, stack).iter().rev() {
+                                e.uint(field::profile::CALLSTACK_FRAME_IDS, u64::from(f) + 1);
+                            }
+                        });
+                    }
+                });
+            })?;
+            for smp in &pp.samples {
+                let tid = self.out_tid(session, tracks, pi, smp.tid);
+                let iid = ids[&smp.stack];
+                self.packet(Some(smp.t), |e| {
+                    e.msg(pk::PERF_SAMPLE, |e| {
+                        e.uint(field::sample::CPU, u64::from(smp.cpu));
+                        e.uint(field::sample::PID, u64::from(pid));
+                        e.uint(field::sample::TID, u64::from(tid));
+                        e.uint(field::sample::CPU_MODE, field::sample::MODE_USER);
+                        e.uint(field::sample::CALLSTACK_IID, iid);
+                    });
+                })?;
+            }
+            if pp.info.lost_records > 0 {
+                let end = session.processes[pi].end_ns;
+                self.packet(Some(end), |e| {
+                    e.msg(pk::PERF_SAMPLE, |e| {
+                        e.uint(field::sample::PID, u64::from(pid));
+                        e.uint(field::sample::KERNEL_RECORDS_LOST, pp.info.lost_records);
+                    });
+                })?;
+            }
+        }
+        self.off_cpu(session, tracks, prof)
+    }
+
+    /// The off-CPU intervals: an "off CPU" track under each thread's.
+    fn off_cpu(&mut self, session: &Session, tracks: &Tracks, prof: &Profile) -> io::Result<()> {
+        for (pi, pp) in prof.processes.iter().enumerate() {
+            let Some(pp) = pp else { continue };
+            let mut i = 0;
+            while i < pp.off_cpu.len() {
+                let tid = pp.off_cpu[i].tid;
+                let list = pp.off_cpu_of(tid);
+                i += list.len();
+                let parent = self.tid_track(session, tracks, pi, tid)?;
+                let uuid = self.uuid();
+                self.packet(None, |e| {
+                    e.msg(pk::TRACK_DESCRIPTOR, |e| {
+                        e.uint(td::UUID, uuid);
+                        e.uint(td::PARENT_UUID, parent);
+                        e.str(td::NAME, "off CPU");
+                    });
+                })?;
+                for o in list {
+                    let name = if o.preempted {
+                        "off CPU (preempted)"
+                    } else {
+                        "off CPU (blocked)"
+                    };
+                    let begin = TrackEvent {
+                        kind: te::TYPE_SLICE_BEGIN,
+                        track: uuid,
+                        name: Name::Str(name.to_owned()),
+                        category: Some("sched"),
+                        ..TrackEvent::default()
+                    };
+                    self.event(o.start, &begin)?;
+                    let end = TrackEvent {
+                        kind: te::TYPE_SLICE_END,
+                        track: uuid,
+                        ..TrackEvent::default()
+                    };
+                    self.event(o.end, &end)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The output tid of thread `tid` of process `pi`: its lane's, or the
+    /// OS thread id for a thread that recorded no event.
+    fn out_tid(&self, s: &Session, tracks: &Tracks, pi: usize, tid: u32) -> u32 {
+        match s.processes[pi]
+            .file
+            .lanes
+            .iter()
+            .find(|(_, l)| l.tid == tid)
+        {
+            Some((&lane, _)) => tracks.tid(pi, lane),
+            None => tid,
+        }
+    }
+
+    /// The thread track of thread `tid` of process `pi`: its lane's, or a
+    /// track of its own for a thread that recorded no event.
+    fn tid_track(&mut self, s: &Session, tracks: &Tracks, pi: usize, tid: u32) -> io::Result<u64> {
+        if let Some((&lane, _)) = s.processes[pi]
+            .file
+            .lanes
+            .iter()
+            .find(|(_, l)| l.tid == tid)
+        {
+            return self.thread_uuid(s, tracks, pi, lane);
+        }
+        if let Some(&u) = self.bare_threads.get(&(pi, tid)) {
+            return Ok(u);
+        }
+        let uuid = self.uuid();
+        self.bare_threads.insert((pi, tid), uuid);
+        let parent = self.process_uuids[pi];
+        let pid = tracks.pid(pi);
+        self.packet(None, |e| {
+            e.msg(pk::TRACK_DESCRIPTOR, |e| {
+                e.uint(td::UUID, uuid);
+                e.uint(td::PARENT_UUID, parent);
+                e.msg(td::THREAD, |e| {
+                    e.int32(field::thread::PID, pid);
+                    e.int32(field::thread::TID, tid);
+                    e.str(field::thread::THREAD_NAME, &format!("thread {tid}"));
+                });
+            });
+        })?;
+        Ok(uuid)
     }
 
     /// A new process track (pid, name); returns its uuid.

@@ -1,0 +1,329 @@
+//! The sampling profiler (`MPPROF_SAMPLE_HZ`) against workloads that know
+//! their truth: a child that spends 70 % of its CPU time in one
+//! un-instrumented function and 30 % in another, and a child blocked 200
+//! ms on a pipe inside an instrumented span. Real `perf_event_open`, real
+//! child processes; where the kernel refuses (a seccomp filter here), the
+//! program runs on with one warning.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{child_role, self_command, session_dir};
+use mpprof_merge::profile::Profile;
+use mpprof_merge::Session;
+
+const TEST: &str = "a_known_profile_and_a_blocked_child_show_in_samples_and_off_cpu_time";
+
+/// CPU time of the calling thread, ns.
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Burns `ns` of this thread's CPU time in arithmetic; looks at the clock
+/// every ~50 µs, so nearly every sample lands in this function itself.
+#[inline(never)]
+fn spin_a(ns: u64, x: &mut u64) {
+    let end = thread_cpu_ns() + ns;
+    while thread_cpu_ns() < end {
+        for _ in 0..20_000 {
+            *x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+}
+
+/// [`spin_a`]'s twin, a distinct function.
+#[inline(never)]
+fn spin_b(ns: u64, x: &mut u64) {
+    let end = thread_cpu_ns() + ns;
+    while thread_cpu_ns() < end {
+        for _ in 0..20_000 {
+            *x = std::hint::black_box(x.wrapping_mul(2862933555777941757).wrapping_add(3));
+        }
+    }
+}
+
+/// 70 % of `total_ms` of CPU time in `spin_a`, 30 % in `spin_b`, in slices
+/// of 7 and 3 ms.
+#[mpprof::instrument]
+fn seventy_thirty(total_ms: u64) -> u64 {
+    let mut x = 1;
+    for _ in 0..total_ms / 10 {
+        spin_a(7_000_000, &mut x);
+        spin_b(3_000_000, &mut x);
+    }
+    x
+}
+
+/// Reads one byte from `fd`, which a thread writes after 200 ms.
+#[mpprof::instrument]
+fn wait_for_pipe(r: &mut std::fs::File) -> u8 {
+    let mut b = [0u8; 1];
+    r.read_exact(&mut b).unwrap();
+    b[0]
+}
+
+fn spawn_role(role: &str) -> std::process::Child {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args([TEST, "--exact", "--nocapture", "--test-threads=1"])
+        .env(common::ROLE, role)
+        .stdout(Stdio::null());
+    mpprof::spawn(&mut c).unwrap()
+}
+
+fn pipe() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors, which the files own.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both are fresh descriptors owned by no one else.
+    unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    }
+}
+
+/// Share (0..1) of process `pi`'s samples in `function` (inclusive: with
+/// the library code it calls, the range iterator and the clock), and the
+/// number of samples.
+fn share(s: &Session, prof: &Profile, pi: usize, function: &str) -> (f64, usize) {
+    let pp = prof.processes[pi].as_ref().expect("the process sampled");
+    let mut hits = 0;
+    for smp in &pp.samples {
+        let frames = prof.stack(pi, smp.stack);
+        let named = frames
+            .iter()
+            .map(|&f| &prof.frames[f as usize])
+            .find(|f| f.function.contains("::spin_"));
+        if named.is_some_and(|f| f.function.ends_with(function)) {
+            hits += 1;
+        }
+    }
+    let _ = s;
+    (
+        hits as f64 / pp.samples.len().max(1) as f64,
+        pp.samples.len(),
+    )
+}
+
+fn process_with(s: &Session, func: &str) -> usize {
+    s.processes
+        .iter()
+        .position(|p| p.file.sites.values().any(|site| site.name.ends_with(func)))
+        .unwrap_or_else(|| panic!("a process ran {func}"))
+}
+
+#[test]
+fn a_known_profile_and_a_blocked_child_show_in_samples_and_off_cpu_time() {
+    child_role("ab", || {
+        println!("{}", seventy_thirty(1000));
+    });
+    child_role("blocked", || {
+        let (mut r, mut w) = pipe();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            w.write_all(b"x").unwrap();
+        });
+        assert_eq!(wait_for_pipe(&mut r), b'x');
+        writer.join().unwrap();
+    });
+    child_role("parent", || {
+        let mut a = spawn_role("ab");
+        let mut b = spawn_role("blocked");
+        assert!(mpprof::wait(&mut a).unwrap().success());
+        assert!(mpprof::wait(&mut b).unwrap().success());
+    });
+    let dir = session_dir();
+    let mut c = self_command(TEST, "parent", dir.path());
+    c.env("MPPROF_SAMPLE_HZ", "1000");
+    let out = common::output_ok(&mut c);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("sampling"), "{stderr}");
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert_eq!(s.processes.len(), 3);
+    let prof = Profile::of(&s);
+    assert!(prof.warnings.is_empty(), "{:?}", prof.warnings);
+
+    // 70 / 30 within 10 points, from about a second of CPU time.
+    let ab = process_with(&s, "seventy_thirty");
+    let (a, n) = share(&s, &prof, ab, "spin_a");
+    let (b, _) = share(&s, &prof, ab, "spin_b");
+    eprintln!(
+        "spin_a {:.1} %, spin_b {:.1} % of {n} samples",
+        100.0 * a,
+        100.0 * b
+    );
+    assert!(n >= 300, "{n} samples of about a second at 1 kHz");
+    assert!((a - 0.7).abs() <= 0.1, "spin_a {a}");
+    assert!((b - 0.3).abs() <= 0.1, "spin_b {b}");
+
+    // The blocked child's 200 ms: off CPU, inside its span.
+    let bl = process_with(&s, "wait_for_pipe");
+    let pp = prof.processes[bl].as_ref().unwrap();
+    let p = &s.processes[bl];
+    let events = common::events(&s);
+    let span = |enter: bool| {
+        events
+            .iter()
+            .find(|e| {
+                e.proc == bl
+                    && matches!(
+                        (enter, e.kind),
+                        (true, mpprof_merge::EventKind::Enter { .. })
+                            | (false, mpprof_merge::EventKind::Exit { .. })
+                    )
+                    && common::site_name(&s, e).is_some_and(|n| n.ends_with("wait_for_pipe"))
+            })
+            .map(|e| (e.ts, e.lane))
+            .expect("the span")
+    };
+    let ((start, lane), (end, _)) = (span(true), span(false));
+    let tid = p.file.lanes[&lane].tid;
+    let (off, preempted) = pp.off_cpu_within(tid, start, end);
+    eprintln!(
+        "wait_for_pipe {:.1} ms, off CPU {:.1} ms ({:.1} preempted)",
+        (end - start) as f64 / 1e6,
+        off as f64 / 1e6,
+        preempted as f64 / 1e6
+    );
+    assert!(off >= 180_000_000, "off CPU {off} ns in the span");
+    assert!(
+        off <= end - start,
+        "off CPU {off} ns in a span of {}",
+        end - start
+    );
+
+    perfetto_shows_the_samples(&s, &prof, ab);
+}
+
+/// The Perfetto output, decoded by protoc against Perfetto's own protos:
+/// a `PerfSample` packet per sample, with a callstack whose frames and
+/// function names the trace defines (outermost first, as the trace
+/// processor reads them), and the off-CPU slices on a track of their own.
+fn perfetto_shows_the_samples(s: &Session, prof: &Profile, ab: usize) {
+    let mut bytes = Vec::new();
+    mpprof_merge::write::perfetto::write(s, &mut bytes).unwrap();
+    let Some(text) = mpprof_testkit::perfetto::protoc_decode(&bytes) else {
+        return;
+    };
+    mpprof_testkit::perfetto::assert_known_fields(&text);
+    let samples: usize = prof
+        .processes
+        .iter()
+        .flatten()
+        .map(|p| p.samples.len())
+        .sum();
+    let t = ProtoText::parse(&text);
+    assert_eq!(t.blocks("perf_sample").count(), samples);
+    let pid = s.processes[ab].file.pid.to_string();
+    let mut in_a = 0;
+    for smp in t.blocks("perf_sample") {
+        assert_eq!(smp.get("cpu_mode").map(String::as_str), Some("MODE_USER"));
+        let cs = smp.get("callstack_iid").expect("a callstack");
+        let names: Vec<&str> = t.callstacks[cs]
+            .iter()
+            .map(|f| t.function_names[&t.frames[f]].as_str())
+            .collect();
+        if smp.get("pid") == Some(&pid) {
+            let a = names.iter().position(|n| *n == "sampling::spin_a");
+            let outer = names.iter().position(|n| n.ends_with("seventy_thirty"));
+            if let (Some(a), Some(outer)) = (a, outer) {
+                assert!(outer < a, "outermost frame first: {names:?}");
+                in_a += 1;
+            }
+        }
+    }
+    assert!(in_a > 100, "{in_a} samples in spin_a under seventy_thirty");
+    let tracks: Vec<_> = t.blocks("track_descriptor").collect();
+    assert!(tracks
+        .iter()
+        .any(|d| d.get("name").map(String::as_str) == Some("\"off CPU\"")));
+    let slices: Vec<_> = t
+        .blocks("track_event")
+        .filter(|e| e.get("name").map(String::as_str) == Some("\"off CPU (blocked)\""))
+        .collect();
+    assert!(!slices.is_empty(), "blocked slices");
+}
+
+/// What protoc's text output defines: interned function names, frames (to
+/// their function name) and callstacks (frame iids, outermost first), and
+/// every message with its scalar fields.
+struct ProtoText {
+    function_names: std::collections::HashMap<String, String>,
+    frames: std::collections::HashMap<String, String>,
+    callstacks: std::collections::HashMap<String, Vec<String>>,
+    /// (message name, its scalar fields).
+    messages: Vec<(String, Vec<(String, String)>)>,
+}
+
+struct Fields<'a>(&'a [(String, String)]);
+
+impl Fields<'_> {
+    fn get(&self, k: &str) -> Option<&String> {
+        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v)
+    }
+}
+
+impl ProtoText {
+    fn parse(text: &str) -> ProtoText {
+        let mut t = ProtoText {
+            function_names: Default::default(),
+            frames: Default::default(),
+            callstacks: Default::default(),
+            messages: Vec::new(),
+        };
+        let mut stack: Vec<(String, Vec<(String, String)>)> = Vec::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(name) = line.strip_suffix(" {") {
+                stack.push((name.to_owned(), Vec::new()));
+            } else if line == "}" {
+                let (name, fields) = stack.pop().expect("balanced braces");
+                let f = Fields(&fields);
+                let iid = || f.get("iid").expect("an iid").clone();
+                match name.as_str() {
+                    "function_names" => {
+                        let s = f.get("str").expect("a string");
+                        t.function_names
+                            .insert(iid(), s.trim_matches('"').to_owned());
+                    }
+                    "frames" => {
+                        let name = f.get("function_name_id").expect("a name");
+                        t.frames.insert(iid(), name.clone());
+                    }
+                    "callstacks" => {
+                        let ids = fields
+                            .iter()
+                            .filter(|(n, _)| n == "frame_ids")
+                            .map(|(_, v)| v.clone())
+                            .collect();
+                        t.callstacks.insert(iid(), ids);
+                    }
+                    _ => {}
+                }
+                t.messages.push((name, fields));
+            } else if let Some((k, v)) = line.split_once(": ") {
+                if let Some(top) = stack.last_mut() {
+                    top.1.push((k.to_owned(), v.to_owned()));
+                }
+            }
+        }
+        t
+    }
+
+    fn blocks<'a>(&'a self, name: &'a str) -> impl Iterator<Item = Fields<'a>> + 'a {
+        self.messages
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, f)| Fields(f))
+    }
+}
