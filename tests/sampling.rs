@@ -204,6 +204,95 @@ fn a_known_profile_and_a_blocked_child_show_in_samples_and_off_cpu_time() {
     );
 
     perfetto_shows_the_samples(&s, &prof, ab);
+    outputs_show_the_samples(&s, ab, bl);
+}
+
+/// The summary, check, folded stacks and Chrome JSON of the same session.
+fn outputs_show_the_samples(s: &Session, ab: usize, bl: usize) {
+    use mpprof_merge::analysis::summary;
+    let sum = summary::compute(s);
+    // Top functions by samples: spin_a first, with about 70 % of the A/B
+    // child's samples on the stack; seventy_thirty on every one.
+    let t = sum.processes[ab]
+        .samples
+        .as_ref()
+        .expect("the A/B child sampled");
+    let total = |name: &str| {
+        let f = t.funcs.iter().find(|f| f.function == name).unwrap();
+        f.total_samples as f64 / t.samples as f64
+    };
+    assert!(
+        (total("sampling::spin_a") - 0.7).abs() <= 0.1,
+        "{:?}",
+        &t.funcs[..5]
+    );
+    assert!(
+        total("sampling::seventy_thirty") > 0.95,
+        "{:?}",
+        &t.funcs[..5]
+    );
+    assert!(sum.tree_samples.as_ref().unwrap().samples >= t.samples);
+    // The function table: wait_for_pipe was off CPU nearly all its time,
+    // seventy_thirty hardly.
+    let func = |pi: usize, name: &str| {
+        sum.processes[pi]
+            .funcs
+            .iter()
+            .find(|(k, _)| k.label.ends_with(name))
+            .unwrap()
+            .1
+    };
+    let w = func(bl, "wait_for_pipe");
+    assert!(
+        w.profiled_ns > 0 && w.off_cpu_ns as f64 > 0.9 * w.profiled_ns as f64,
+        "{w:?}"
+    );
+    let st = func(ab, "seventy_thirty");
+    assert!(
+        (st.off_cpu_ns as f64) < 0.5 * st.profiled_ns as f64,
+        "{st:?}"
+    );
+    let mut text = Vec::new();
+    mpprof_merge::write::summary::write_text(&sum, &mut text, 10).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    assert!(
+        text.contains("Top functions by stack samples (this process)"),
+        "{text}"
+    );
+    assert!(text.contains("offcpu%"), "{text}");
+
+    // check: a profiler line per process.
+    let (_, check) = common::check_text(s);
+    assert_eq!(check.matches("  profiler: 1000 Hz, ").count(), 3, "{check}");
+    assert!(!check.contains("NO SAMPLES"), "{check}");
+
+    // Folded stacks from the samples: spin_a under the span that called it.
+    let opts = mpprof_merge::write::folded::Options {
+        samples: true,
+        ..Default::default()
+    };
+    let (stacks, _) = mpprof_merge::write::folded::collect_with(s, opts);
+    let under_span: u64 = stacks
+        .iter()
+        .filter(|(k, _)| k.contains(";seventy_thirty;sampling::spin_a"))
+        .map(|(_, ns)| ns)
+        .sum();
+    let all: u64 = stacks
+        .iter()
+        .filter(|(k, _)| k.contains("spin_"))
+        .map(|(_, ns)| ns)
+        .sum();
+    // Each sample stands for 1 ms; spin_a takes about 70 % of them.
+    let share = under_span as f64 / all as f64;
+    assert!((share - 0.7).abs() <= 0.1, "{share}: {stacks:?}");
+
+    // Chrome JSON: the blocked child's wait as an off-CPU slice.
+    let long_off_cpu = common::chrome_events(s).into_iter().any(|e| {
+        e["ph"] == "X"
+            && e["name"] == "off CPU (blocked)"
+            && e["dur"].as_f64().is_some_and(|d| d > 150_000.0)
+    });
+    assert!(long_off_cpu, "the 200 ms wait as an off-CPU slice");
 }
 
 /// The Perfetto output, decoded by protoc against Perfetto's own protos:
@@ -326,4 +415,226 @@ impl ProtoText {
             .filter(move |(n, _)| n == name)
             .map(|(_, f)| Fields(f))
     }
+}
+
+/// Burns CPU in `spin_a` inside a span until killed, saying "spinning" on
+/// stdout once it has for `ready_ms`.
+#[mpprof::instrument]
+fn spin_until_killed(ready_ms: u64) {
+    let mut x = 1;
+    spin_a(ready_ms * 1_000_000, &mut x);
+    println!("spinning");
+    loop {
+        spin_a(10_000_000, &mut x);
+    }
+}
+
+/// A process killed with SIGKILL keeps the samples its profiler copied out
+/// before the kill (all but the last tick's, at most 10 ms).
+#[test]
+fn a_killed_process_keeps_its_samples() {
+    const T: &str = "a_killed_process_keeps_its_samples";
+    child_role("spinner", || spin_until_killed(300));
+    let dir = session_dir();
+    let mut child = self_command(T, "spinner", dir.path())
+        .env("MPPROF_SAMPLE_HZ", "1000")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A child that never says it spins is killed after a minute anyway.
+    let pid = child.id() as i32;
+    let (done, watch) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if watch.recv_timeout(Duration::from_secs(60)).is_err() {
+            // SAFETY: kill(2) of our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
+    // The test harness prints its own words first, on the same line.
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let ready = std::io::BufRead::lines(out).any(|l| l.is_ok_and(|l| l.ends_with("spinning")));
+    assert!(ready, "the child said it spins");
+    child.kill().unwrap();
+    let _ = done.send(());
+    watchdog.join().unwrap();
+    child.wait().unwrap();
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert!(!s.processes[0].file.clean, "killed, not finished");
+    let prof = Profile::of(&s);
+    let pp = prof.processes[0].as_ref().unwrap();
+    let in_a = pp
+        .samples
+        .iter()
+        .filter(|x| {
+            prof.stack(0, x.stack)
+                .iter()
+                .any(|&f| prof.frames[f as usize].function == "sampling::spin_a")
+        })
+        .count();
+    eprintln!("{} samples, {in_a} in spin_a", pp.samples.len());
+    // 300 ms of CPU time at 1 kHz before "spinning", on a machine that may
+    // give it less than a core.
+    assert!(in_a >= 150, "{in_a} of {} samples", pp.samples.len());
+}
+
+/// The forked child's first span starts its recording.
+#[mpprof::instrument]
+fn forked_work(x: &mut u64) {
+    spin_a(100_000_000, x);
+}
+
+/// A child forked without exec samples itself, into its own file, and the
+/// parent's samples stay the parent's.
+#[test]
+fn a_forked_child_samples_itself() {
+    const T: &str = "a_forked_child_samples_itself";
+    child_role("forker", || {
+        let session = mpprof::init().unwrap();
+        let mut x = 1;
+        spin_b(50_000_000, &mut x);
+        // SAFETY: fork(2); the child runs Rust code the atfork handlers
+        // prepared for, then exits.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            forked_work(&mut x);
+            drop(session);
+            std::process::exit(0);
+        }
+        let mut status = 0;
+        // SAFETY: waiting for the child just forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert_eq!(status, 0);
+        drop(session);
+    });
+    let dir = session_dir();
+    let mut c = self_command(T, "forker", dir.path());
+    c.env("MPPROF_SAMPLE_HZ", "1000").stdout(Stdio::null());
+    let out = common::output_ok(&mut c);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("sampling"), "{stderr}");
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert_eq!(s.processes.len(), 2);
+    let prof = Profile::of(&s);
+    let in_fn = |pi: usize, name: &str| {
+        let pp = prof.processes[pi].as_ref().expect("sampled");
+        pp.samples
+            .iter()
+            .filter(|x| {
+                prof.stack(pi, x.stack)
+                    .iter()
+                    .any(|&f| prof.frames[f as usize].function == name)
+            })
+            .count()
+    };
+    let child = s
+        .processes
+        .iter()
+        .position(|p| {
+            p.file
+                .info
+                .as_ref()
+                .is_some_and(|i| i.ppid != 0 && i.parent_flow.is_some())
+        })
+        .expect("the forked child");
+    let parent = 1 - child;
+    let (ca, cb) = (
+        in_fn(child, "sampling::spin_a"),
+        in_fn(child, "sampling::spin_b"),
+    );
+    let (pa, pb) = (
+        in_fn(parent, "sampling::spin_a"),
+        in_fn(parent, "sampling::spin_b"),
+    );
+    eprintln!("child: spin_a {ca}, spin_b {cb}; parent: spin_a {pa}, spin_b {pb}");
+    assert!(ca >= 50 && cb == 0, "the child's own samples: {ca} {cb}");
+    assert!(pb >= 25 && pa == 0, "the parent's own samples: {pa} {pb}");
+}
+
+/// Where the kernel refuses `perf_event_open` (here a seccomp filter that
+/// fails it with EACCES, as container runtimes do), the program runs on
+/// and records its spans, with one warning, and the file and `check` say
+/// why there are no samples.
+#[test]
+fn a_refused_perf_event_open_costs_the_samples_only() {
+    const T: &str = "a_refused_perf_event_open_costs_the_samples_only";
+    child_role("refused", || {
+        let mut x = 1;
+        println!("{}", seventy_thirty(50));
+        spin_a(1_000_000, &mut x);
+    });
+    let dir = session_dir();
+    let mut c = self_command(T, "refused", dir.path());
+    c.env("MPPROF_SAMPLE_HZ", "1000").stdout(Stdio::null());
+    // SAFETY: the hook only makes async-signal-safe system calls (prctl)
+    // between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, deny_perf_event_open);
+    }
+    let out = common::output_ok(&mut c);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("mpprof").count(), 1, "one warning: {stderr}");
+    assert!(
+        stderr.contains("sampling (MPPROF_SAMPLE_HZ=1000) is off"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    let s = Session::open(&[dir.path()]).unwrap();
+    assert!(s.processes[0].file.clean);
+    let prof = Profile::of(&s);
+    let pp = prof.processes[0].as_ref().expect("the profiler's entry");
+    assert!(pp.samples.is_empty() && pp.info.error.contains("perf_event_open"));
+    let (_, check) = common::check_text(&s);
+    assert!(check.contains("NO SAMPLES: perf_event_open"), "{check}");
+    // The spans are all there.
+    assert!(common::events(&s)
+        .iter()
+        .any(|e| common::site_name(&s, e).is_some_and(|n| n.ends_with("seventy_thirty"))));
+}
+
+/// Installs a seccomp filter that fails `perf_event_open` with EACCES and
+/// allows everything else.
+fn deny_perf_event_open() -> std::io::Result<()> {
+    // struct sock_filter: code, jt, jf, k.
+    #[repr(C)]
+    struct Filter(u16, u8, u8, u32);
+    #[repr(C)]
+    struct Prog {
+        len: u16,
+        filter: *const Filter,
+    }
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    const ALLOW: u32 = 0x7fff_0000; // SECCOMP_RET_ALLOW
+    const ERRNO: u32 = 0x0005_0000; // SECCOMP_RET_ERRNO
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    let filter = [
+        // The architecture (offset 4 of seccomp_data): anything but
+        // x86_64 is allowed through untouched.
+        Filter(LD_W_ABS, 0, 0, 4),
+        Filter(JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        // The system call number (offset 0).
+        Filter(LD_W_ABS, 0, 0, 0),
+        Filter(JEQ_K, 0, 1, libc::SYS_perf_event_open as u32),
+        Filter(RET_K, 0, 0, ERRNO | libc::EACCES as u32),
+        Filter(RET_K, 0, 0, ALLOW),
+    ];
+    let prog = Prog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr(),
+    };
+    // SAFETY: prctl with the documented arguments; the filter outlives the
+    // call (the kernel copies it).
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const Prog,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

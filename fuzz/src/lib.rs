@@ -67,7 +67,16 @@ pub fn exercise(s: &Session) -> u64 {
     write::chrome::write(s, sink).expect("writing into a sink cannot fail");
     write::folded::write(s, sink).expect("writing into a sink cannot fail");
     // A small stack cap, so the fold below it is exercised too.
-    let fold = write::folded::Options { max_stack: 2 };
+    let fold = write::folded::Options {
+        max_stack: 2,
+        samples: false,
+    };
+    write::folded::write_with(s, sink, fold).expect("writing into a sink cannot fail");
+    // The stack samples' folded stacks (and their symbolization).
+    let fold = write::folded::Options {
+        max_stack: 2,
+        samples: true,
+    };
     write::folded::write_with(s, sink, fold).expect("writing into a sink cannot fail");
     write::perfetto::write(s, sink).expect("writing into a sink cannot fail");
     write::summary::write(s, sink, 10).expect("writing into a sink cannot fail");

@@ -173,21 +173,30 @@ pub struct Profile {
 impl Profile {
     /// Reads and symbolizes every process's samples.
     pub fn of(session: &Session) -> Profile {
-        let processes: Vec<Option<ProcessProfile>> =
-            session.processes.iter().map(of_process).collect();
-        let mut prof = Profile {
-            stacks: vec![HashMap::new(); processes.len()],
-            processes,
-            ..Profile::default()
-        };
-        if prof
-            .processes
-            .iter()
-            .any(|p| p.as_ref().is_some_and(|p| !p.samples.is_empty()))
-        {
+        let mut prof = Profile::read(session);
+        if prof.has_samples() {
             prof.symbolize(session);
         }
         prof
+    }
+
+    /// Reads every process's samples and off-CPU intervals, without
+    /// symbolizing (for what needs only the times).
+    pub fn read(session: &Session) -> Profile {
+        let processes: Vec<Option<ProcessProfile>> =
+            session.processes.iter().map(of_process).collect();
+        Profile {
+            stacks: vec![HashMap::new(); processes.len()],
+            processes,
+            ..Profile::default()
+        }
+    }
+
+    /// Whether any process has samples.
+    pub fn has_samples(&self) -> bool {
+        self.processes
+            .iter()
+            .any(|p| p.as_ref().is_some_and(|p| !p.samples.is_empty()))
     }
 
     /// Whether any process sampled.

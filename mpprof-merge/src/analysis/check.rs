@@ -61,6 +61,11 @@ pub struct ProcessHealth {
     /// The resource counters the process lacks, each with why (a `/proc`
     /// file it could not read: a container, `hidepid`).
     pub lacks: Vec<String>,
+    /// The sampling profiler, in a few words (rate, samples, off-CPU
+    /// intervals, losses); `None` when it was not asked for.
+    pub profiler: Option<String>,
+    /// Why the profiler was off although asked for (the kernel refused).
+    pub profiler_refused: Option<String>,
 }
 
 /// Health of the session.
@@ -95,6 +100,8 @@ pub struct Health {
     pub alignment: crate::align::domains::Alignment,
     /// Merge repairs.
     pub stats: MergeStats,
+    /// What symbolizing the stack samples could not do, a line per binary.
+    pub symbol_warnings: Vec<String>,
 }
 
 impl Health {
@@ -195,6 +202,7 @@ pub fn check(session: &Session) -> Health {
     // (no send is recorded; one that no parent waited for is no defect).
     let exits = session.child_exits();
     let res = crate::resources::Resources::of(session);
+    let prof = crate::profile::Profile::of(session);
     let mut events = session.events();
     for e in events.by_ref() {
         match e.kind {
@@ -276,6 +284,11 @@ pub fn check(session: &Session) -> Health {
                 .map(|l| session.processes[l.parent].file.display_name()),
             sampling: res.processes[pi].as_ref().map(sampling),
             lacks: res.processes[pi].as_ref().map(lacks).unwrap_or_default(),
+            profiler: prof.processes[pi].as_ref().map(profiler),
+            profiler_refused: prof.processes[pi]
+                .as_ref()
+                .filter(|pp| !pp.info.error.is_empty())
+                .map(|pp| pp.info.error.clone()),
         });
     }
     let (mut matched, mut violations, mut unmatched_in) = (0, 0, 0);
@@ -322,5 +335,47 @@ pub fn check(session: &Session) -> Health {
         violations_before_alignment: session.alignment.violations_before,
         alignment: session.alignment.clone(),
         stats: events.stats(),
+        symbol_warnings: prof.warnings.clone(),
     }
+}
+
+/// The profiler's line of a process.
+fn profiler(pp: &crate::profile::ProcessProfile) -> String {
+    let i = &pp.info;
+    if !i.error.is_empty() {
+        return format!("asked for at {} Hz but off: no samples", i.hz);
+    }
+    let mut threads: Vec<u32> = pp.samples.iter().map(|s| s.tid).collect();
+    threads.sort_unstable();
+    threads.dedup();
+    let mut s = format!(
+        "{} Hz, {} stack samples of {} threads",
+        i.hz,
+        pp.samples.len(),
+        threads.len()
+    );
+    if i.switches {
+        s.push_str(&format!(", {} off-CPU intervals", pp.off_cpu.len()));
+    } else {
+        s.push_str(", context switches off (MPPROF_OFF_CPU=0)");
+    }
+    if i.lost_records > 0 {
+        s.push_str(&format!(
+            "; {} kernel records LOST (its ring was full: samples or switches missing)",
+            i.lost_records
+        ));
+    }
+    if i.dropped > 0 {
+        s.push_str(&format!(
+            "; {} samples or intervals DROPPED (buffer budget)",
+            i.dropped
+        ));
+    }
+    if pp.unknown_stacks > 0 {
+        s.push_str(&format!(
+            "; {} samples with a stack not stored (shown without frames)",
+            pp.unknown_stacks
+        ));
+    }
+    s
 }

@@ -36,6 +36,7 @@ use mpprof_format::FlowId;
 use super::key::{func_key, FuncKey};
 use crate::hash::{FastMap, FastSet};
 use crate::merge::{Event, EventKind};
+use crate::profile::Profile;
 use crate::resources::Resources;
 use crate::trace::Session;
 
@@ -70,6 +71,10 @@ pub struct PathSegment {
     /// resource samples (see [`crate::resources::ProcessResources::thread_cpu`]);
     /// `None` without samples of the thread.
     pub on_cpu_ns: Option<i64>,
+    /// Time the segment's thread spent switched out during it (waiting:
+    /// blocked or preempted), ns, from the profiler's context switches
+    /// (see [`crate::profile`]); `None` where they were not recorded.
+    pub off_cpu_ns: Option<i64>,
 }
 
 impl PathSegment {
@@ -193,11 +198,21 @@ pub fn compute(session: &Session) -> CriticalPath {
     for e in session.events() {
         idx.observe(&e);
     }
-    from_index(session, idx, &Resources::of(session))
+    from_index(
+        session,
+        idx,
+        &Resources::of(session),
+        &Profile::read(session),
+    )
 }
 
 /// The walk and the attribution, from a filled [`FlowIndex`].
-pub(crate) fn from_index(session: &Session, mut idx: FlowIndex, res: &Resources) -> CriticalPath {
+pub(crate) fn from_index(
+    session: &Session,
+    mut idx: FlowIndex,
+    res: &Resources,
+    prof: &Profile,
+) -> CriticalPath {
     let has_parent = |pi: usize| {
         session.processes[pi]
             .file
@@ -239,6 +254,13 @@ pub(crate) fn from_index(session: &Session, mut idx: FlowIndex, res: &Resources)
                     let tid = p.file.lanes.get(&lane)?.tid;
                     Some(r.thread_cpu(tid, start_ns, end_ns)?.0.round() as i64)
                 }),
+                off_cpu_ns: prof.processes[pi]
+                    .as_ref()
+                    .filter(|pp| pp.info.switches && pp.info.error.is_empty())
+                    .and_then(|pp| {
+                        let tid = p.file.lanes.get(&lane)?.tid;
+                        Some(pp.off_cpu_within(tid, start_ns, end_ns).0)
+                    }),
                 start_ns,
                 end_ns,
                 via,

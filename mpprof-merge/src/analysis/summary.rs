@@ -11,6 +11,7 @@ use super::key::func_key;
 pub use super::key::FuncKey;
 use crate::hash::FastMap;
 use crate::merge::{EventKind, MergeStats};
+use crate::profile::Profile;
 use crate::resources::{self, ProcessResources};
 use crate::trace::Session;
 use mpprof_format::resource::key;
@@ -37,6 +38,13 @@ pub struct FuncStats {
     pub on_cpu_ns: i64,
     /// Time runnable but waiting for a CPU during the calls, ns.
     pub run_wait_ns: i64,
+    /// Of `cumtime_ns`, the part on threads whose context switches the
+    /// profiler recorded (see [`crate::profile`]): the time `off_cpu_ns`
+    /// is a part of.
+    pub profiled_ns: i64,
+    /// Time switched out (blocked, or preempted) during the calls
+    /// (outermost activations), ns, exact from the context switches.
+    pub off_cpu_ns: i64,
 }
 
 impl FuncStats {
@@ -49,7 +57,39 @@ impl FuncStats {
         self.sampled_ns = self.sampled_ns.saturating_add(o.sampled_ns);
         self.on_cpu_ns = self.on_cpu_ns.saturating_add(o.on_cpu_ns);
         self.run_wait_ns = self.run_wait_ns.saturating_add(o.run_wait_ns);
+        self.profiled_ns = self.profiled_ns.saturating_add(o.profiled_ns);
+        self.off_cpu_ns = self.off_cpu_ns.saturating_add(o.off_cpu_ns);
     }
+}
+
+/// The functions most often on the stack in a set of stack samples,
+/// instrumented or not (see [`crate::profile`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SampleTable {
+    /// Samples.
+    pub samples: u64,
+    /// Samples per second asked for (the largest, for the tree).
+    pub hz: u32,
+    /// Kernel records lost (full rings) and samples dropped (buffer
+    /// budget).
+    pub lost: u64,
+    /// Why the profiler was off, if it was.
+    pub error: String,
+    /// Functions by self samples (the leaf frame), most first.
+    pub funcs: Vec<SampledFunc>,
+}
+
+/// One function of a [`SampleTable`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SampledFunc {
+    /// Function name (or `module+0xoffset`).
+    pub function: String,
+    /// Object file name.
+    pub module: String,
+    /// Samples with it as the leaf frame.
+    pub self_samples: u64,
+    /// Samples with it anywhere on the stack (once per sample).
+    pub total_samples: u64,
 }
 
 /// One process's table.
@@ -70,6 +110,8 @@ pub struct ProcessSummary {
     pub lost_meta: u32,
     /// Its row of the process table, from its resource samples.
     pub resources: Option<ProcessRow>,
+    /// Its stack samples' top functions, when it ran the profiler.
+    pub samples: Option<SampleTable>,
 }
 
 /// A process's row of the `top`-like table: totals from its last resource
@@ -142,6 +184,10 @@ pub struct Summary {
     pub no_space: Vec<String>,
     /// Each host's resource section.
     pub hosts: Vec<HostSection>,
+    /// Every process's stack samples together, when any process sampled.
+    pub tree_samples: Option<SampleTable>,
+    /// What symbolizing the samples could not do (one line per binary).
+    pub symbol_warnings: Vec<String>,
 }
 
 impl Summary {
@@ -167,6 +213,7 @@ pub fn compute(session: &Session) -> Summary {
     let mut stacks: FastMap<(usize, u32), Vec<Frame>> = FastMap::default();
     let mut flows = critical_path::FlowIndex::new(n);
     let res = &resources::Resources::of(session);
+    let prof = Profile::of(session);
     // Each lane's thread samples, found at its first call's exit.
     let mut thread_cpu: FastMap<(usize, u32), Option<resources::ThreadCpu>> = FastMap::default();
     let mut events = session.events();
@@ -202,6 +249,16 @@ pub fn compute(session: &Session) -> Summary {
                         st.on_cpu_ns = st.on_cpu_ns.saturating_add(on.round() as i64);
                         st.run_wait_ns = st.run_wait_ns.saturating_add(wait.round() as i64);
                     }
+                    if let Some(pp) = prof.processes[e.proc].as_ref().filter(|p| p.info.switches) {
+                        let tid = session.processes[e.proc]
+                            .file
+                            .lanes
+                            .get(&e.lane)
+                            .map_or(0, |l| l.tid);
+                        let (off, _) = pp.off_cpu_within(tid, f.start, e.ts);
+                        st.profiled_ns = st.profiled_ns.saturating_add(dur);
+                        st.off_cpu_ns = st.off_cpu_ns.saturating_add(off);
+                    }
                 }
                 if end.reason().is_some() {
                     st.unfinished += 1;
@@ -212,7 +269,7 @@ pub fn compute(session: &Session) -> Summary {
     }
     let stats = events.stats();
     drop(events);
-    let critical_path = critical_path::from_index(session, flows, res);
+    let critical_path = critical_path::from_index(session, flows, res, &prof);
     let mut tree: HashMap<FuncKey, FuncStats> = HashMap::new();
     let mut processes = Vec::new();
     for (pi, p) in session.processes.iter().enumerate() {
@@ -232,8 +289,21 @@ pub fn compute(session: &Session) -> Summary {
             losses: p.file.losses(),
             lost_meta: p.file.lost_meta,
             resources: res.processes[pi].as_ref().map(|r| process_row(p, r)),
+            samples: prof.processes[pi]
+                .as_ref()
+                .map(|pp| sample_table(&prof, &[pi], pp.info.hz)),
         });
     }
+    let sampled: Vec<usize> = (0..n).filter(|&i| prof.processes[i].is_some()).collect();
+    let tree_samples = (!sampled.is_empty()).then(|| {
+        let hz = sampled
+            .iter()
+            .filter_map(|&i| prof.processes[i].as_ref())
+            .map(|p| p.info.hz)
+            .max()
+            .unwrap_or(0);
+        sample_table(&prof, &sampled, hz)
+    });
     let mut tree: Vec<_> = tree.into_iter().collect();
     sort(&mut tree);
     Summary {
@@ -259,7 +329,74 @@ pub fn compute(session: &Session) -> Summary {
                     .collect(),
             })
             .collect(),
+        tree_samples,
+        symbol_warnings: prof.warnings.clone(),
     }
+}
+
+/// The top functions of the samples of processes `procs`.
+fn sample_table(prof: &Profile, procs: &[usize], hz: u32) -> SampleTable {
+    let mut t = SampleTable {
+        hz,
+        ..SampleTable::default()
+    };
+    // Per frame index: (self, total).
+    let mut counts: FastMap<u32, (u64, u64)> = FastMap::default();
+    let mut seen: Vec<u32> = Vec::new();
+    for &pi in procs {
+        let Some(pp) = prof.processes[pi].as_ref() else {
+            continue;
+        };
+        t.lost += pp.info.lost_records + pp.info.dropped;
+        if t.error.is_empty() {
+            t.error = pp.info.error.clone();
+        }
+        // Samples per stack first: a stack's frames are walked once.
+        let mut per_stack: FastMap<u32, u64> = FastMap::default();
+        for smp in &pp.samples {
+            *per_stack.entry(smp.stack).or_default() += 1;
+            t.samples += 1;
+        }
+        for (stack, n) in per_stack {
+            let frames = prof.stack(pi, stack);
+            if let Some(&leaf) = frames.first() {
+                counts.entry(leaf).or_default().0 += n;
+            }
+            seen.clear();
+            for &f in frames {
+                // Once per sample, though recursion repeats it.
+                if !seen.contains(&f) {
+                    seen.push(f);
+                    counts.entry(f).or_default().1 += n;
+                }
+            }
+        }
+    }
+    // Frames of one function (its lines) add up.
+    let mut by_name: HashMap<(&str, &str), (u64, u64)> = HashMap::new();
+    for (f, (own, total)) in counts {
+        let fr = &prof.frames[f as usize];
+        let e = by_name.entry((&fr.function, &fr.module)).or_default();
+        e.0 += own;
+        e.1 += total;
+    }
+    t.funcs = by_name
+        .into_iter()
+        .map(|((function, module), (own, total))| SampledFunc {
+            function: function.to_owned(),
+            module: module.to_owned(),
+            self_samples: own,
+            total_samples: total,
+        })
+        .collect();
+    t.funcs.sort_by(|a, b| {
+        (b.self_samples, b.total_samples, &a.function).cmp(&(
+            a.self_samples,
+            a.total_samples,
+            &b.function,
+        ))
+    });
+    t
 }
 
 /// The process table row of `p`.

@@ -39,6 +39,11 @@ struct Cli {
     #[arg(long, default_value_t = write::folded::DEFAULT_MAX_STACK as u64,
           value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     max_stack: u64,
+    /// Folded and SVG output: stacks from the stack samples
+    /// (MPPROF_SAMPLE_HZ), un-instrumented code included, under the spans
+    /// that covered them; values are CPU time in µs.
+    #[arg(long)]
+    samples: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -198,6 +203,7 @@ fn run() -> Result<ExitCode> {
                 format: cli.format,
                 limit: cli.limit,
                 max_stack: cli.max_stack,
+                samples: cli.samples,
             };
             write_trace(&s, &opts)?;
             Ok(ExitCode::SUCCESS)
@@ -211,6 +217,7 @@ struct TraceOptions {
     format: Option<Format>,
     limit: usize,
     max_stack: u64,
+    samples: bool,
 }
 
 /// Writes the trace of `s` as `opts` say.
@@ -220,6 +227,14 @@ fn write_trace(s: &Session, opts: &TraceOptions) -> Result<()> {
         Some(f) => f,
         None => format_from_extension(&cli.output)?,
     };
+    if cli.samples {
+        if !matches!(format, Format::Folded | Format::Svg) {
+            bail!("--samples applies to folded and SVG output (the Perfetto output has the samples as they are)");
+        }
+        if !mpprof_merge::profile::Profile::read(s).has_samples() {
+            eprintln!("warning: the session has no stack samples (record with MPPROF_SAMPLE_HZ=1000): the flamegraph is empty");
+        }
+    }
     let mut out: Box<dyn Write> = if cli.output == Path::new("-") {
         Box::new(BufWriter::new(std::io::stdout().lock()))
     } else {
@@ -237,6 +252,7 @@ fn write_trace(s: &Session, opts: &TraceOptions) -> Result<()> {
     };
     let fold = write::folded::Options {
         max_stack: cli.max_stack as usize,
+        samples: cli.samples,
     };
     let stats = with_progress(s, || match format {
         Format::Chrome => write::chrome::write(s, &mut out),
@@ -321,6 +337,7 @@ fn record(
         format: None,
         limit,
         max_stack: write::folded::DEFAULT_MAX_STACK as u64,
+        samples: false,
     };
     write_trace(&s, &opts)?;
     write::summary::write(&s, &mut std::io::stdout().lock(), limit)

@@ -43,6 +43,12 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
         for l in &p.lacks {
             writeln!(out, "  LACKS resource counters: {}", terminal(l))?;
         }
+        if let Some(s) = &p.profiler {
+            writeln!(out, "  profiler: {s}")?;
+        }
+        if let Some(e) = &p.profiler_refused {
+            writeln!(out, "  NO SAMPLES: {}", terminal(e))?;
+        }
         if let Some(parent) = &p.linked_by_ppid {
             writeln!(
                 out,
@@ -82,6 +88,9 @@ pub fn write_text(h: &Health, out: &mut dyn Write) -> io::Result<()> {
     }
     for u in &h.unreadable {
         writeln!(out, "UNREADABLE {}", terminal(u))?;
+    }
+    for w in &h.symbol_warnings {
+        writeln!(out, "symbols: {}", terminal(w))?;
     }
     for i in &h.ignored {
         writeln!(out, "ignored {}", terminal(i))?;

@@ -16,6 +16,7 @@ use mpprof_format::flow_name;
 use super::{flow_key, thread_label, Tracks};
 use crate::hash::FastMap;
 use crate::merge::{End, Event, EventKind, MergeStats};
+use crate::profile::Profile;
 use crate::resources::{self, Resources};
 use crate::trace::Session;
 
@@ -80,6 +81,7 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
     }
     let stats = events.stats();
     w.resources(session, &tracks, &res)?;
+    w.off_cpu(session, &tracks, &Profile::read(session))?;
     // Async spans still open when their process ended: closed there.
     let mut open: Vec<((usize, u64), (u32, u32))> = w.open_async.drain().collect();
     open.sort_unstable();
@@ -152,6 +154,35 @@ impl Json<'_> {
             )?;
             for t in &h.tracks {
                 self.counter_track(pid, t)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Each off-CPU interval of the profiler (see [`crate::profile`]) as a
+    /// complete slice on its thread, inside the span it interrupted. (The
+    /// stack samples are in the Perfetto output only: Chrome JSON has no
+    /// sample events that ui.perfetto.dev reads.)
+    fn off_cpu(&mut self, session: &Session, tracks: &Tracks, prof: &Profile) -> io::Result<()> {
+        for (pi, pp) in prof.processes.iter().enumerate() {
+            let Some(pp) = pp else { continue };
+            let p = &session.processes[pi];
+            let pid = tracks.pid(pi);
+            for o in &pp.off_cpu {
+                let tid = match p.file.lanes.iter().find(|(_, l)| l.tid == o.tid) {
+                    Some((&lane, _)) => tracks.tid(pi, lane),
+                    None => o.tid,
+                };
+                self.head("X", pid, tid, o.start)?;
+                self.out.write_all(b",\"dur\":")?;
+                self.line.clear();
+                push_us(&mut self.line, o.end.saturating_sub(o.start));
+                self.out.write_all(&self.line)?;
+                self.out.write_all(if o.preempted {
+                    b",\"cat\":\"sched\",\"name\":\"off CPU (preempted)\"}"
+                } else {
+                    b",\"cat\":\"sched\",\"name\":\"off CPU (blocked)\"}"
+                })?;
             }
         }
         Ok(())

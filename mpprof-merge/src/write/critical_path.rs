@@ -55,14 +55,15 @@ pub fn write(
     // With resource samples: how much of each segment its thread was on a
     // CPU (the rest it waited: for a CPU, for I/O, for a lock or a message).
     let cpu = cp.segments.iter().any(|s| s.on_cpu_ns.is_some());
-    if cpu {
-        writeln!(
-            out,
-            "   start_ms     end_ms     len_ms  on_cpu_ms  process / thread"
-        )?;
-    } else {
-        writeln!(out, "   start_ms     end_ms     len_ms  process / thread")?;
-    }
+    // With the profiler's context switches: how much of it the thread was
+    // switched out (waiting), exactly.
+    let off = cp.segments.iter().any(|s| s.off_cpu_ns.is_some());
+    writeln!(
+        out,
+        "   start_ms     end_ms     len_ms{}{}  process / thread",
+        if cpu { "  on_cpu_ms" } else { "" },
+        if off { " off_cpu_ms" } else { "" }
+    )?;
     for s in cp.segments.iter().take(limit) {
         let thread = if s.thread.is_empty() {
             format!("lane {}", s.lane)
@@ -74,9 +75,14 @@ pub fn write(
             (true, Some(ns)) => format!(" {:>10.3}", ms(ns)),
             (true, None) => format!(" {:>10}", "?"),
         };
+        let off_cpu = match (off, s.off_cpu_ns) {
+            (false, _) => String::new(),
+            (true, Some(ns)) => format!(" {:>10.3}", ms(ns)),
+            (true, None) => format!(" {:>10}", "?"),
+        };
         writeln!(
             out,
-            "{:>11.3} {:>10.3} {:>10.3}{on_cpu}  {} / {thread}",
+            "{:>11.3} {:>10.3} {:>10.3}{on_cpu}{off_cpu}  {} / {thread}",
             ms(s.start_ns.saturating_sub(origin_ns)),
             ms(s.end_ns.saturating_sub(origin_ns)),
             ms(s.len_ns()),

@@ -15,10 +15,14 @@ fn table(out: &mut dyn Write, funcs: &[(FuncKey, FuncStats)], limit: usize) -> i
     // With resource samples: the share of cumtime on a CPU and waiting for
     // one (the rest: blocked or sleeping).
     let cpu = funcs.iter().any(|f| f.1.sampled_ns > 0);
+    // With the profiler's context switches: the share of cumtime switched
+    // out (blocked, sleeping, or preempted), exact.
+    let off = funcs.iter().any(|f| f.1.profiled_ns > 0);
     writeln!(
         out,
-        "   ncalls  tottime  percall  cumtime  percall {}filename:lineno(function)",
-        if cpu { "  cpu%  runq% " } else { "" }
+        "   ncalls  tottime  percall  cumtime  percall {}{}filename:lineno(function)",
+        if cpu { "  cpu%  runq% " } else { "" },
+        if off { " offcpu% " } else { "" }
     )?;
     for (k, s) in funcs.iter().take(limit) {
         let ncalls = if s.ncalls == s.primitive {
@@ -42,9 +46,14 @@ fn table(out: &mut dyn Write, funcs: &[(FuncKey, FuncStats)], limit: usize) -> i
                 100.0 * s.run_wait_ns as f64 / n as f64
             ),
         };
+        let off = match (off, s.profiled_ns) {
+            (false, _) => String::new(),
+            (true, 0) => format!("{:>8} ", "?"),
+            (true, n) => format!("{:>8.1} ", 100.0 * s.off_cpu_ns as f64 / n as f64),
+        };
         writeln!(
             out,
-            "{ncalls:>9} {:>8.3} {per_tot:>8.3} {:>8.3} {per_cum:>8.3} {split}{}{mark}",
+            "{ncalls:>9} {:>8.3} {per_tot:>8.3} {:>8.3} {per_cum:>8.3} {split}{off}{}{mark}",
             secs(s.tottime_ns),
             secs(s.cumtime_ns),
             terminal(&k.location())
@@ -94,6 +103,12 @@ pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<
         s.wall_ns,
     )?;
     table(out, &s.tree, limit)?;
+    if let Some(t) = &s.tree_samples {
+        samples(out, "whole tree", t, limit)?;
+    }
+    for w in &s.symbol_warnings {
+        writeln!(out, "   warning: {}", terminal(w))?;
+    }
     resources(s, out, limit)?;
     for p in &s.processes {
         writeln!(out)?;
@@ -105,6 +120,9 @@ pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<
             p.wall_ns,
         )?;
         table(out, &p.funcs, limit)?;
+        if let Some(t) = &p.samples {
+            samples(out, "this process", t, limit)?;
+        }
         let l = &p.losses;
         if !l.lanes.is_empty() || l.unattributed > 0 {
             writeln!(out)?;
@@ -228,4 +246,48 @@ pub fn write(session: &Session, out: &mut dyn Write, limit: usize) -> io::Result
     let s = summary::compute(session);
     write_text(&s, out, limit)?;
     Ok(s)
+}
+
+/// The top functions of stack samples: instrumented or not, by self
+/// samples (the leaf frame, like `perf report --no-children`), with the
+/// share of samples each was on the stack at all.
+fn samples(
+    out: &mut dyn Write,
+    whose: &str,
+    t: &summary::SampleTable,
+    limit: usize,
+) -> io::Result<()> {
+    writeln!(out)?;
+    if !t.error.is_empty() && t.samples == 0 {
+        return writeln!(out, "   No stack samples ({whose}): {}", terminal(&t.error));
+    }
+    let secs = t.samples as f64 / f64::from(t.hz.max(1));
+    writeln!(
+        out,
+        "   Top functions by stack samples ({whose}): {} samples at {} Hz, about {secs:.3} s on CPU{}",
+        t.samples,
+        t.hz,
+        if t.lost > 0 {
+            format!("; {} samples or switches lost (full kernel ring or buffer budget)", t.lost)
+        } else {
+            String::new()
+        }
+    )?;
+    writeln!(out)?;
+    writeln!(out, "     self%   total%  function (object)")?;
+    let n = t.samples.max(1) as f64;
+    for f in t.funcs.iter().take(limit) {
+        writeln!(
+            out,
+            "    {:>6.1} {:>8.1}  {} ({})",
+            100.0 * f.self_samples as f64 / n,
+            100.0 * f.total_samples as f64 / n,
+            terminal(&f.function),
+            terminal(&f.module)
+        )?;
+    }
+    if t.funcs.len() > limit {
+        writeln!(out, "    ... {} more", t.funcs.len() - limit)?;
+    }
+    Ok(())
 }

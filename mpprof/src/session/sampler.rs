@@ -236,8 +236,10 @@ impl Sampler {
         // Resource samples every this many ticks.
         let every = if ms == 0 { 0 } else { (ms / tick_ms).max(1) };
         let interval = Duration::from_millis(tick_ms);
-        let mut st = State::open(chunks, lock_path);
+        // The profiler first: the program's first samples are what the
+        // start waits for (see `Sampler::start`).
         let mut prof = (hz > 0).then(|| super::profiler::Profiler::start(chunks, hz, gettid()));
+        let mut st = State::open(chunks, lock_path);
         let start = Instant::now();
         let mut k: u32 = 0;
         loop {
