@@ -76,6 +76,45 @@ fn golden_files_decode() {
         .modules
         .iter()
         .all(|m| m.path.starts_with("/golden/")));
+    // Its binaries are not on this machine: frames as addresses, one
+    // warning per binary, no error.
+    assert!(!prof.warnings.is_empty());
+    assert!(
+        prof.warnings
+            .iter()
+            .all(|w| w.starts_with("/golden/") && w.contains("addresses")),
+        "{:?}",
+        prof.warnings
+    );
+    let frames = prof.stack(0, pp.samples[0].stack);
+    assert!(!frames.is_empty());
+    assert!(frames
+        .iter()
+        .all(|&f| prof.frames[f as usize].function.contains("+0x")));
+
+    // The same file whose main module names a binary that is there but is
+    // not the one that ran (this test: another build id): not read.
+    let mut bytes = std::fs::read(data(5)).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    common::file::rewrite_meta(&mut bytes, |m| {
+        if let mpprof::format::Meta::Module(module) = m {
+            if module.path.starts_with("/golden/golden") {
+                module.path = exe.to_string_lossy().into_owned();
+            }
+        }
+    });
+    let dir = session_dir();
+    std::fs::write(dir.path().join("golden.mpb"), &bytes).unwrap();
+    let s = Session::open(&[dir.path()]).unwrap();
+    let prof = mpprof_merge::profile::Profile::of(&s);
+    assert!(
+        prof.warnings
+            .iter()
+            .any(|w| w.starts_with(&*exe.to_string_lossy())
+                && w.contains("not the one that ran (its build id differs)")),
+        "{:?}",
+        prof.warnings
+    );
     for v in 1..=FORMAT_VERSION {
         let s = Session::open(&[data(v)]).unwrap_or_else(|e| panic!("golden v{v}: {e}"));
         let p = &s.processes[0];

@@ -100,7 +100,7 @@ pub(crate) struct Perf {
     rings: Vec<Ring>,
     /// Every descriptor (the rings' and those redirected into them).
     fds: Vec<i32>,
-    /// The record being read, copied whole out of its ring.
+    /// A record that wraps around its ring's end, copied whole.
     scratch: Vec<u64>,
     cfg: Config,
     /// Threads whose events are open (by the thread id).
@@ -215,8 +215,10 @@ impl Perf {
         a.type_ = b::PERF_TYPE_SOFTWARE;
         a.size = std::mem::size_of::<b::perf_event_attr>() as u32;
         a.config = b::PERF_COUNT_SW_TASK_CLOCK as u64;
-        a.__bindgen_anon_1.sample_freq = u64::from(self.cfg.hz.max(1));
-        a.set_freq(1);
+        // A fixed period of task-clock nanoseconds, not a frequency: the
+        // kernel then never re-computes the period (which frequency mode
+        // does at every tick and every switch of an inherited event).
+        a.__bindgen_anon_1.sample_period = 1_000_000_000 / u64::from(self.cfg.hz.max(1));
         a.sample_type = (b::PERF_SAMPLE_TID
             | b::PERF_SAMPLE_TIME
             | b::PERF_SAMPLE_CPU
@@ -261,20 +263,32 @@ impl Perf {
                 if len < 8 || len % 8 != 0 || tail + len as u64 > head {
                     break; // not a record: stop reading this ring
                 }
-                self.scratch.clear();
-                self.scratch.resize(len / 8, 0);
-                let dst = self.scratch.as_mut_ptr() as *mut u8;
-                let first = len.min(size - at);
-                // SAFETY: both ranges are inside the data area and the
-                // scratch buffer of len bytes.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(base.add(data + at), dst, first);
-                    std::ptr::copy_nonoverlapping(base.add(data), dst.add(first), len - first);
-                }
                 tail += len as u64;
-                let words = std::mem::take(&mut self.scratch);
-                parse(hdr.type_, hdr.misc, &words[1..], &mut f);
-                self.scratch = words;
+                if at + len <= size {
+                    // SAFETY: the record lies whole in the data area, 8-byte
+                    // aligned (the area is page-aligned, records' sizes are
+                    // multiples of 8), and the kernel does not write it
+                    // until data_tail passes it.
+                    let words = unsafe {
+                        std::slice::from_raw_parts(base.add(data + at) as *const u64, len / 8)
+                    };
+                    parse(hdr.type_, hdr.misc, &words[1..], &mut f);
+                } else {
+                    // It wraps around the end: copied whole.
+                    self.scratch.clear();
+                    self.scratch.reserve(len / 8);
+                    let dst = self.scratch.as_mut_ptr() as *mut u8;
+                    let first = size - at;
+                    // SAFETY: both ranges are inside the data area, and the
+                    // scratch buffer has room for len bytes, which the two
+                    // copies fill before its length is set.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(base.add(data + at), dst, first);
+                        std::ptr::copy_nonoverlapping(base.add(data), dst.add(first), len - first);
+                        self.scratch.set_len(len / 8);
+                    }
+                    parse(hdr.type_, hdr.misc, &self.scratch[1..], &mut f);
+                }
             }
             // Everything up to tail is read before the kernel may reuse it.
             fence(Ordering::Release);

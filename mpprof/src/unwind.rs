@@ -59,6 +59,36 @@ pub(crate) fn loaded_objects() -> Vec<Object> {
     out
 }
 
+/// The loader's counts of objects loaded and unloaded so far
+/// (`dlpi_adds`, `dlpi_subs`): when they have not changed, neither has the
+/// list of objects. `None` where the loader does not say.
+pub(crate) fn generation() -> Option<(u64, u64)> {
+    let mut out: Option<(u64, u64)> = None;
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        let need = std::mem::offset_of!(libc::dl_phdr_info, dlpi_subs) + 8;
+        if size >= need {
+            // SAFETY: the loader's info is valid for the call and holds the
+            // fields (its size says so); `data` is the Option below.
+            unsafe {
+                *(data as *mut Option<(u64, u64)>) = Some(((*info).dlpi_adds, (*info).dlpi_subs));
+            }
+        }
+        1 // the first object tells; stop
+    }
+    // SAFETY: the callback matches dl_iterate_phdr's contract.
+    unsafe {
+        libc::dl_iterate_phdr(
+            Some(first),
+            &mut out as *mut Option<(u64, u64)> as *mut libc::c_void,
+        )
+    };
+    out
+}
+
 /// Reads one object.
 ///
 /// # Safety

@@ -53,6 +53,8 @@ pub(crate) struct Profiler {
     batch: Vec<Item>,
     ticks: u64,
     own_tid: u32,
+    /// The loader's generation at the last scan of the loaded objects.
+    generation: Option<(u64, u64)>,
 }
 
 #[derive(Clone, Copy)]
@@ -128,6 +130,7 @@ impl Profiler {
             batch: Vec::new(),
             ticks: 0,
             own_tid,
+            generation: None,
         };
         if p.perf.is_some() {
             p.scan_modules();
@@ -195,9 +198,10 @@ impl Profiler {
             Record::Lost(n) => lost += n,
         });
         self.info.lost_records += lost;
-        if unknown {
-            // A library loaded since (dlopen): map it before the samples
-            // that need it are read.
+        if unknown && unwind::generation() != self.generation {
+            // A library loaded since (dlopen): recorded and unwound from
+            // now on. (An address in no object at all, JIT code, changes
+            // no generation and costs no scan.)
             self.scan_modules();
         }
         // The rings interleave; a switch out on one CPU may come after the
@@ -262,6 +266,7 @@ impl Profiler {
     /// Records every executable mapping of a loaded object not recorded
     /// yet.
     fn scan_modules(&mut self) {
+        self.generation = unwind::generation();
         for mut o in unwind::loaded_objects() {
             let new: Vec<_> = o
                 .segments
