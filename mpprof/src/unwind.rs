@@ -342,7 +342,8 @@ mod tests {
     fn this_binary_has_its_segments_build_id_and_unwind_tables() {
         let objs = loaded_objects();
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
-        let here = this_binary_has_its_segments_build_id_and_unwind_tables as usize as u64;
+        let here =
+            this_binary_has_its_segments_build_id_and_unwind_tables as *const () as usize as u64;
         let o = objs
             .iter()
             .find(|o| o.segments.iter().any(|m| m.start <= here && here < m.end))
@@ -393,9 +394,9 @@ mod tests {
         let fn_range = |f: usize| (f as u64)..(f as u64 + 4096);
         let within = |f: usize| frames.iter().any(|&a| fn_range(f).contains(&a));
         assert!(frames.len() >= 4, "{frames:x?}");
-        assert!(within(inner as usize), "{frames:x?}");
-        assert!(within(middle as usize), "{frames:x?}");
-        assert!(within(outer as usize), "{frames:x?}");
+        assert!(within(inner as *const () as usize), "{frames:x?}");
+        assert!(within(middle as *const () as usize), "{frames:x?}");
+        assert!(within(outer as *const () as usize), "{frames:x?}");
     }
 
     #[test]

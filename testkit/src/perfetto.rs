@@ -364,6 +364,57 @@ fn track_event(b: &[u8], ts: u64, names: &HashMap<u64, String>) -> Result<TrackE
     Ok(e)
 }
 
+/// `protoc --decode=perfetto.protos.Trace` of `bytes` against a subset of
+/// Perfetto's own protos (`mpprof-merge/tests/data/perfetto_subset.proto`:
+/// upstream's message names and field numbers), so the bytes are checked
+/// by a protobuf implementation that is not ours; `None` (after a SKIPPED
+/// line) when protoc is not installed.
+pub fn protoc_decode(bytes: &[u8]) -> Option<String> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mpprof-merge/tests/data");
+    let child = Command::new("protoc")
+        .arg(format!("--proto_path={}", data.display()))
+        .arg("--decode=perfetto.protos.Trace")
+        .arg("perfetto_subset.proto")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            println!("SKIPPED: protoc is not available ({e}); install protobuf-compiler to run this test");
+            return None;
+        }
+    };
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = bytes.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("protoc runs");
+    feeder
+        .join()
+        .expect("the feeder")
+        .expect("protoc reads its input");
+    assert!(
+        out.status.success(),
+        "protoc --decode failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8(out.stdout).expect("protoc prints UTF-8"))
+}
+
+/// protoc decodes every byte with Perfetto's field numbers; an unknown or
+/// mistyped field would show as a bare number.
+pub fn assert_known_fields(text: &str) {
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())),
+        "fields outside the subset: {text}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,55 +489,4 @@ mod tests {
         msg(field::TRACE_PACKET, &packet, &mut t);
         assert!(trace(&t).is_err());
     }
-}
-
-/// `protoc --decode=perfetto.protos.Trace` of `bytes` against a subset of
-/// Perfetto's own protos (`mpprof-merge/tests/data/perfetto_subset.proto`:
-/// upstream's message names and field numbers), so the bytes are checked
-/// by a protobuf implementation that is not ours; `None` (after a SKIPPED
-/// line) when protoc is not installed.
-pub fn protoc_decode(bytes: &[u8]) -> Option<String> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../mpprof-merge/tests/data");
-    let child = Command::new("protoc")
-        .arg(format!("--proto_path={}", data.display()))
-        .arg("--decode=perfetto.protos.Trace")
-        .arg("perfetto_subset.proto")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            println!("SKIPPED: protoc is not available ({e}); install protobuf-compiler to run this test");
-            return None;
-        }
-    };
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let input = bytes.to_vec();
-    let feeder = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().expect("protoc runs");
-    feeder
-        .join()
-        .expect("the feeder")
-        .expect("protoc reads its input");
-    assert!(
-        out.status.success(),
-        "protoc --decode failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(String::from_utf8(out.stdout).expect("protoc prints UTF-8"))
-}
-
-/// protoc decodes every byte with Perfetto's field numbers; an unknown or
-/// mistyped field would show as a bare number.
-pub fn assert_known_fields(text: &str) {
-    assert!(
-        !text
-            .lines()
-            .any(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit())),
-        "fields outside the subset: {text}"
-    );
 }
