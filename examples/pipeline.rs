@@ -8,7 +8,8 @@
 //! cargo run --release --example pipeline
 //! ```
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 
 use mpprof::Traced;
@@ -43,12 +44,16 @@ fn handle(req: Request) -> Response {
     }
 }
 
-/// The worker: one request per line on stdin, one response per line on stdout.
+/// The worker: one request per line on stdin, one response per line on
+/// stdout. Both pipes are traced (`mpprof::io::Traced`, under the buffers:
+/// a call per message): the trace shows each read and write, how long the
+/// worker waited for its next request, and the bytes queued in each pipe.
 #[mpprof::instrument]
 fn serve() -> std::io::Result<()> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    for line in std::io::stdin().lock().lines() {
+    let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    let mut out = BufWriter::new(mpprof::io::Traced::new(stdout, "responses"));
+    for line in BufReader::new(mpprof::io::Traced::new(stdin, "requests")).lines() {
         let msg: Traced<Request> = serde_json::from_str(&line?).map_err(std::io::Error::other)?;
         let resp = handle(msg.receive());
         serde_json::to_writer(&mut out, &Traced::new(resp)).map_err(std::io::Error::other)?;
@@ -67,8 +72,15 @@ fn client() -> std::io::Result<u64> {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped()),
     )?;
-    let mut to_worker = child.stdin.take().expect("piped");
-    let mut from_worker = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut to_worker = BufWriter::new(mpprof::io::Traced::new(
+        child.stdin.take().expect("piped"),
+        "requests",
+    ));
+    let mut from_worker = BufReader::new(mpprof::io::Traced::new(
+        child.stdout.take().expect("piped"),
+        "responses",
+    ))
+    .lines();
     let mut total = 0;
     for n in 1..=REQUESTS {
         let _g = mpprof::scope!("request");

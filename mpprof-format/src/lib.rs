@@ -26,6 +26,7 @@
 //! - [`Meta`] and its entries, [`encode_entry`] / [`Entries`];
 //! - [`resource`]: what the resource samples' counters measure;
 //! - [`profile`]: stack samples, off-CPU intervals, modules and stacks;
+//! - [`io`]: traced I/O calls and their channels;
 //! - [`FlowId`], its bit conventions, the well-known flow names
 //!   ([`flow_name`]) and its W3C `traceparent` form.
 //!
@@ -39,6 +40,7 @@ use serde::{Deserialize, Serialize};
 pub mod chunk;
 mod flow;
 pub mod header;
+pub mod io;
 mod meta;
 pub mod profile;
 pub mod resource;
@@ -47,6 +49,7 @@ mod traceparent;
 pub use chunk::ChunkHeader;
 pub use flow::{flow_name, FlowId, ParseFlowIdError};
 pub use header::FileHeader;
+pub use io::{Channel, ChannelKind};
 pub use meta::*;
 pub use profile::{Module, ProfilerInfo};
 pub use resource::{Resource, SamplerInfo, Scope};
@@ -67,8 +70,9 @@ pub const MAGIC: [u8; 8] = *b"MPPROF\r\n";
 ///   in one `u64`, see [`word`]) instead of 16-byte records, and the record
 ///   kind `BASE`, and [`Meta::Reused`] and [`Meta::Lost`]. Versions 1-3 use
 ///   16-byte records ([`record_v3`]).
-/// - 5: record kinds `SAMPLE` and `OFF_CPU`, and [`Meta::Profiler`],
-///   [`Meta::Module`] and [`Meta::Stack`] (see [`profile`]). The layout of
+/// - 5: record kinds `SAMPLE`, `OFF_CPU` and `IO`, and [`Meta::Profiler`],
+///   [`Meta::Module`], [`Meta::Stack`] (see [`profile`]) and
+///   [`Meta::Channel`] (see [`io`]). The layout of
 ///   version 4 is otherwise unchanged: a version 5 reader reads version 4
 ///   files as they are.
 pub const FORMAT_VERSION: u32 = 5;
@@ -167,8 +171,12 @@ pub mod kind {
     /// back in, the second with [`crate::profile::PREEMPTED`] set if it was
     /// preempted.
     pub const OFF_CPU: u8 = 11;
+    /// A traced I/O call (format 5): the word's timestamp is the call's
+    /// end, `site` the channel's id ([`crate::Meta::Channel`]); two payload
+    /// words, `[start timestamp][call]` (see [`crate::io::Call::pack`]).
+    pub const IO: u8 = 12;
     /// The largest kind this version writes.
-    pub const LAST: u8 = OFF_CPU;
+    pub const LAST: u8 = IO;
     /// The largest kind of version 4.
     pub const LAST_V4: u8 = BASE;
     /// The largest kind of versions 1-3.
@@ -178,7 +186,7 @@ pub mod kind {
     /// have one 16-byte payload record after each kind with two words here.
     pub const fn payload_words(k: u8) -> u32 {
         match k {
-            COUNTER | FLOW_OUT | FLOW_IN | ASYNC_BEGIN | ASYNC_END | SAMPLE | OFF_CPU => 2,
+            COUNTER | FLOW_OUT | FLOW_IN | ASYNC_BEGIN | ASYNC_END | SAMPLE | OFF_CPU | IO => 2,
             BASE => 1,
             _ => 0,
         }

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{FlowId, Module, Policy, ProfilerInfo, Resource, SamplerInfo};
+use crate::{Channel, FlowId, Module, Policy, ProfilerInfo, Resource, SamplerInfo};
 
 /// Which clock a process's timestamps come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,13 +210,15 @@ pub enum Meta {
         /// Addresses, leaf first; at most [`crate::profile::MAX_FRAMES`].
         frames: Vec<u64>,
     },
+    /// A traced I/O channel (format 5; see [`crate::io`]).
+    Channel(Channel),
 }
 
 impl Meta {
     /// Number of variants this version knows: an entry whose first byte
     /// (postcard's variant index) is at least this was written by a newer
     /// writer.
-    pub const VARIANTS: u32 = 12;
+    pub const VARIANTS: u32 = 13;
 }
 
 /// Largest encoded metadata entry (bytes), so an entry always fits one
@@ -377,6 +379,8 @@ pub enum MetaRef<'a> {
         /// Addresses, leaf first.
         frames: &'a [u64],
     },
+    /// [`Meta::Channel`].
+    Channel(&'a Channel),
 }
 
 /// [`Reused`], borrowing its list (see [`MetaRef`]).
@@ -461,6 +465,7 @@ impl Meta {
             Meta::Profiler(p) => MetaRef::Profiler(p),
             Meta::Module(m) => MetaRef::Module(m),
             Meta::Stack { id, frames } => MetaRef::Stack { id: *id, frames },
+            Meta::Channel(c) => MetaRef::Channel(c),
         }
     }
 }
@@ -634,7 +639,7 @@ mod tests {
             let read: Vec<Meta> = Entries::new(&buf[..n]).map(Result::unwrap).collect();
             assert_eq!(read, [m]);
         }
-        assert_eq!(Meta::VARIANTS, 12);
+        assert_eq!(Meta::VARIANTS, 13);
     }
 
     #[test]

@@ -105,6 +105,15 @@ pub enum EventKind {
         /// Async span id.
         id: u64,
     },
+    /// A traced I/O call ended (`mpprof::io::Traced`, format 5).
+    Io {
+        /// The channel's id (see [`crate::read::ProcessFile::channels`]).
+        channel: u32,
+        /// When the call began, ns (the event's time is its end).
+        start: i64,
+        /// What it did.
+        call: mpprof_format::io::Call,
+    },
     /// Events were lost here: buffer budget used up or disk full, or (with
     /// `overwritten`) the flight recorder overwrote this thread's oldest
     /// events, which all came before this point.
@@ -486,6 +495,20 @@ impl<'a> LaneStream<'a> {
                 },
                 // Stack samples and off-CPU intervals: see `crate::profile`.
                 kind::SAMPLE | kind::OFF_CPU => continue,
+                kind::IO => {
+                    let [start, call] = r.payload.unwrap_or_default();
+                    let Some(call) = mpprof_format::io::Call::unpack(call) else {
+                        self.stats.bad_records += 1;
+                        continue;
+                    };
+                    // Never after its end (a clock step between the two).
+                    let start = self.p.ns(start).min(ts);
+                    EventKind::Io {
+                        channel: r.site,
+                        start,
+                        call,
+                    }
+                }
                 _ => {
                     self.stats.bad_records += 1;
                     continue;

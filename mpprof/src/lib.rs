@@ -42,6 +42,7 @@ pub mod clock;
 mod env;
 pub mod flow;
 mod future;
+pub mod io;
 mod perf;
 mod procfs;
 mod record;

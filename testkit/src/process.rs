@@ -76,7 +76,7 @@ pub fn site_name(s: &Session, e: &Event) -> Option<String> {
         | EventKind::FlowIn { site, .. }
         | EventKind::AsyncBegin { site, .. }
         | EventKind::AsyncEnd { site, .. } => site,
-        EventKind::Lost { .. } => return None,
+        EventKind::Lost { .. } | EventKind::Io { .. } => return None,
     };
     Some(s.processes[e.proc].site_name(site).into_owned())
 }

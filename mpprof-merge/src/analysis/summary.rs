@@ -112,6 +112,50 @@ pub struct ProcessSummary {
     pub resources: Option<ProcessRow>,
     /// Its stack samples' top functions, when it ran the profiler.
     pub samples: Option<SampleTable>,
+    /// Its traced I/O (`mpprof::io::Traced`), per channel and operation,
+    /// most time first.
+    pub io: Vec<IoRow>,
+}
+
+/// One channel and operation of a process's I/O table: like a row of
+/// `strace -c`, with bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IoRow {
+    /// The channel's id in its process's file.
+    pub channel: u32,
+    /// `pipe`, `tcp`, ...
+    pub kind: String,
+    /// The program's label for it.
+    pub label: String,
+    /// `read` or `write`.
+    pub op: &'static str,
+    /// Calls.
+    pub calls: u64,
+    /// Calls that failed, and the errors by name with their counts.
+    pub errors: u64,
+    /// Failed calls by error.
+    pub error_kinds: Vec<(String, u64)>,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Time in the calls, ns.
+    pub total_ns: i64,
+    /// Longest call, ns.
+    pub max_ns: i64,
+    /// Calls that had to wait (nothing to read, no room to write), and
+    /// their time, ns.
+    pub blocked_calls: u64,
+    /// See `blocked_calls`.
+    pub blocked_ns: i64,
+}
+
+/// A channel that connects processes: the ends of one pipe, socket pair
+/// or connection, traced in each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelLink {
+    /// What it is (`pipe`, `tcp 127.0.0.1:4000 <-> 127.0.0.1:51234`).
+    pub name: String,
+    /// Each traced end: (process index, channel id).
+    pub ends: Vec<(usize, u32)>,
 }
 
 /// A process's row of the `top`-like table: totals from its last resource
@@ -188,6 +232,9 @@ pub struct Summary {
     pub tree_samples: Option<SampleTable>,
     /// What symbolizing the samples could not do (one line per binary).
     pub symbol_warnings: Vec<String>,
+    /// Channels whose ends more than one process traced (or one process
+    /// twice: both ends of a pipe).
+    pub channel_links: Vec<ChannelLink>,
 }
 
 impl Summary {
@@ -216,10 +263,30 @@ pub fn compute(session: &Session) -> Summary {
     let prof = Profile::of(session);
     // Each lane's thread samples, found at its first call's exit.
     let mut thread_cpu: FastMap<(usize, u32), Option<resources::ThreadCpu>> = FastMap::default();
+    let mut io: Vec<FastMap<(u32, u8), IoAcc>> = vec![FastMap::default(); n];
     let mut events = session.events();
     for e in events.by_ref() {
         flows.observe(&e);
         match e.kind {
+            EventKind::Io {
+                channel,
+                start,
+                call,
+            } => {
+                let a = io[e.proc].entry((channel, call.op as u8)).or_default();
+                let d = e.ts.saturating_sub(start).max(0);
+                a.calls += 1;
+                a.bytes += u64::from(call.bytes);
+                a.total_ns = a.total_ns.saturating_add(d);
+                a.max_ns = a.max_ns.max(d);
+                if call.errno != 0 {
+                    *a.errors.entry(call.errno).or_default() += 1;
+                }
+                if call.blocked {
+                    a.blocked_calls += 1;
+                    a.blocked_ns = a.blocked_ns.saturating_add(d);
+                }
+            }
             EventKind::Enter { site } => stacks.entry((e.proc, e.lane)).or_default().push(Frame {
                 site,
                 start: e.ts,
@@ -292,6 +359,7 @@ pub fn compute(session: &Session) -> Summary {
             samples: prof.processes[pi]
                 .as_ref()
                 .map(|pp| sample_table(&prof, &[pi], pp.info.hz)),
+            io: io_rows(p, &io[pi]),
         });
     }
     let sampled: Vec<usize> = (0..n).filter(|&i| prof.processes[i].is_some()).collect();
@@ -331,7 +399,96 @@ pub fn compute(session: &Session) -> Summary {
             .collect(),
         tree_samples,
         symbol_warnings: prof.warnings.clone(),
+        channel_links: channel_links(session),
     }
+}
+
+/// A process's calls on one channel and operation, added up.
+#[derive(Clone, Default)]
+struct IoAcc {
+    calls: u64,
+    bytes: u64,
+    total_ns: i64,
+    max_ns: i64,
+    blocked_calls: u64,
+    blocked_ns: i64,
+    errors: std::collections::BTreeMap<u16, u64>,
+}
+
+fn io_rows(p: &crate::trace::Process, acc: &FastMap<(u32, u8), IoAcc>) -> Vec<IoRow> {
+    let mut rows: Vec<IoRow> = acc
+        .iter()
+        .map(|(&(channel, op), a)| {
+            let c = p.file.channels.get(&channel);
+            IoRow {
+                channel,
+                kind: c.map_or("?", |c| c.kind.name()).to_owned(),
+                label: c.map_or_else(|| format!("channel #{channel}"), |c| c.label.clone()),
+                op: if op == 0 { "read" } else { "write" },
+                calls: a.calls,
+                errors: a.errors.values().sum(),
+                error_kinds: a
+                    .errors
+                    .iter()
+                    .map(|(&e, &n)| (crate::write::io_error(e), n))
+                    .collect(),
+                bytes: a.bytes,
+                total_ns: a.total_ns,
+                max_ns: a.max_ns,
+                blocked_calls: a.blocked_calls,
+                blocked_ns: a.blocked_ns,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| (b.total_ns, &a.label, a.op).cmp(&(a.total_ns, &b.label, b.op)));
+    rows
+}
+
+/// The channels traced at more than one end: a pipe's ends share its
+/// inode, a socket pair's ends name each other's inode, a TCP
+/// connection's ends each other's address (on one host; a connection
+/// between hosts by its addresses alone).
+fn channel_links(session: &Session) -> Vec<ChannelLink> {
+    use mpprof_format::ChannelKind;
+    let mut groups: std::collections::BTreeMap<(String, String), Vec<(usize, u32)>> =
+        std::collections::BTreeMap::new();
+    for (pi, p) in session.processes.iter().enumerate() {
+        let host = p
+            .file
+            .info
+            .as_ref()
+            .map(|i| i.host_id.clone())
+            .unwrap_or_default();
+        for c in p.file.channels.values() {
+            let key = match c.kind {
+                ChannelKind::Pipe => format!("{host} pipe {}:{}", c.dev, c.inode),
+                ChannelKind::Unix if c.peer_inode != 0 => {
+                    let (a, b) = (c.inode.min(c.peer_inode), c.inode.max(c.peer_inode));
+                    format!("{host} unix {a}:{b}")
+                }
+                ChannelKind::Tcp | ChannelKind::Udp if !c.peer.is_empty() => {
+                    let (a, b) = if c.local <= c.peer {
+                        (&c.local, &c.peer)
+                    } else {
+                        (&c.peer, &c.local)
+                    };
+                    format!("{} {a} <-> {b}", c.kind.name())
+                }
+                _ => continue,
+            };
+            let name = match c.kind {
+                ChannelKind::Pipe => format!("pipe (inode {})", c.inode),
+                ChannelKind::Unix => "unix socket pair".to_owned(),
+                _ => key.clone(),
+            };
+            groups.entry((key, name)).or_default().push((pi, c.id));
+        }
+    }
+    groups
+        .into_iter()
+        .filter(|(_, ends)| ends.len() > 1)
+        .map(|((_, name), ends)| ChannelLink { name, ends })
+        .collect()
 }
 
 /// The top functions of the samples of processes `procs`.

@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use mpprof_format::{
-    Anchor, Handoff, Module, Policy, ProcessInfo, ProfilerInfo, Resource, Reused, SamplerInfo,
-    SiteKind,
+    Anchor, Channel, Handoff, Module, Policy, ProcessInfo, ProfilerInfo, Resource, Reused,
+    SamplerInfo, SiteKind,
 };
 
 use super::records::{ChunkRef, RecordReader};
@@ -246,6 +246,9 @@ pub struct ProcessFile {
     pub modules: Vec<Module>,
     /// Interned stacks by id (`Meta::Stack`), leaf first.
     pub stacks: HashMap<u32, Vec<u64>>,
+    /// Traced I/O channels by id (`Meta::Channel`, see
+    /// `mpprof_format::io`).
+    pub channels: BTreeMap<u32, Channel>,
 }
 
 impl ProcessFile {

@@ -45,6 +45,9 @@ pub(super) fn decode_meta(
             Ok(Meta::Stack { id, frames }) => {
                 pf.stacks.insert(id, frames);
             }
+            Ok(Meta::Channel(c)) => {
+                pf.channels.insert(c.id, c);
+            }
             Ok(Meta::Resources(list)) => {
                 for r in list {
                     pf.resources.insert(r.site, r);

@@ -194,6 +194,7 @@ pub fn parse(path: &Path, file: Source) -> Result<ProcessFile, ReadError> {
         profiler: None,
         modules: Vec::new(),
         stacks: HashMap::new(),
+        channels: BTreeMap::new(),
         handoffs: Vec::new(),
         reuses: Vec::new(),
     };

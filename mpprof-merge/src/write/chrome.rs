@@ -331,6 +331,28 @@ impl Json<'_> {
                 // reads back to the same f64).
                 write!(self.out, ",\"args\":{{\"value\":{value}}}}}")
             }
+            EventKind::Io {
+                channel,
+                start,
+                call,
+            } => {
+                self.head("X", pid, tid, start)?;
+                self.out.write_all(b",\"dur\":")?;
+                self.line.clear();
+                push_us(&mut self.line, e.ts.saturating_sub(start));
+                self.out.write_all(&self.line)?;
+                self.out.write_all(b",\"cat\":\"io\",\"name\":")?;
+                self.string(&super::io_name(p, channel, call))?;
+                write!(self.out, ",\"args\":{{\"bytes\":{}", call.bytes)?;
+                if call.blocked {
+                    self.out.write_all(b",\"blocked\":true")?;
+                }
+                if call.errno != 0 {
+                    self.out.write_all(b",\"error\":")?;
+                    self.string(&super::io_error(call.errno))?;
+                }
+                self.out.write_all(b"}}")
+            }
             EventKind::Lost { count, overwritten } => {
                 self.head("i", pid, tid, e.ts)?;
                 let (name, detail) = if overwritten {

@@ -168,3 +168,28 @@ pub fn flow_key(f: FlowId) -> u64 {
     }
     mix(f.process() ^ mix(f.seq()))
 }
+
+/// The slice name of a traced I/O call: `read pipe worker stdout`.
+pub(crate) fn io_name(
+    p: &crate::trace::Process,
+    channel: u32,
+    call: mpprof_format::io::Call,
+) -> String {
+    let op = match call.op {
+        mpprof_format::io::Op::Read => "read",
+        mpprof_format::io::Op::Write => "write",
+    };
+    match p.file.channels.get(&channel) {
+        Some(c) => format!("{op} {} {}", c.kind.name(), c.label),
+        None => format!("{op} channel #{channel}"),
+    }
+}
+
+/// An I/O call's error as the OS says it (`Broken pipe (os error 32)`).
+pub(crate) fn io_error(errno: u16) -> String {
+    if errno == u16::MAX {
+        "error (no OS error number)".to_owned()
+    } else {
+        std::io::Error::from_raw_os_error(i32::from(errno)).to_string()
+    }
+}

@@ -304,6 +304,30 @@ pub fn write(session: &Session, out: &mut dyn Write) -> io::Result<MergeStats> {
                 counter: Some(value),
                 ..TrackEvent::default()
             },
+            EventKind::Io {
+                channel,
+                start,
+                call,
+            } => {
+                // A slice from the call's start to its end (here), on the
+                // thread's track: begun out of time order, which the trace
+                // processor sorts.
+                let track = w.thread_uuid(session, &tracks, e.proc, e.lane)?;
+                let begin = TrackEvent {
+                    kind: te::TYPE_SLICE_BEGIN,
+                    track,
+                    name: Name::Str(super::io_name(p, channel, call)),
+                    category: Some("io"),
+                    annotations: Annotations::Io(call),
+                    ..TrackEvent::default()
+                };
+                w.event(start, &begin)?;
+                TrackEvent {
+                    kind: te::TYPE_SLICE_END,
+                    track,
+                    ..TrackEvent::default()
+                }
+            }
             EventKind::Lost { count, overwritten } => {
                 let (name, detail) = if overwritten {
                     ("events overwritten", "flight recorder (keep-last): this thread's events before this point were overwritten; what is left of its trace starts here")
@@ -432,6 +456,7 @@ enum Annotations {
     Lost(u64, &'static str),
     Flow(String),
     Detail(&'static str),
+    Io(mpprof_format::io::Call),
 }
 
 impl Annotations {
@@ -948,6 +973,21 @@ impl Pf<'_> {
                     }
                     Annotations::Flow(id) => e.annotation_str("flow_id", id),
                     Annotations::Detail(d) => e.annotation_str("detail", d),
+                    Annotations::Io(call) => {
+                        e.msg(te::DEBUG_ANNOTATIONS, |e| {
+                            e.str(da::NAME, "bytes");
+                            e.uint(da::UINT_VALUE, u64::from(call.bytes));
+                        });
+                        if call.blocked {
+                            e.msg(te::DEBUG_ANNOTATIONS, |e| {
+                                e.str(da::NAME, "blocked");
+                                e.uint(da::BOOL_VALUE, 1);
+                            });
+                        }
+                        if call.errno != 0 {
+                            e.annotation_str("error", &super::io_error(call.errno));
+                        }
+                    }
                 }
             });
         })

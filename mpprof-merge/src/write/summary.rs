@@ -123,6 +123,9 @@ pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<
         if let Some(t) = &p.samples {
             samples(out, "this process", t, limit)?;
         }
+        if !p.io.is_empty() {
+            io(out, &p.io, limit)?;
+        }
         let l = &p.losses;
         if !l.lanes.is_empty() || l.unattributed > 0 {
             writeln!(out)?;
@@ -137,6 +140,9 @@ pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<
                 p.lost_meta
             )?;
         }
+    }
+    if !s.channel_links.is_empty() {
+        links(s, out)?;
     }
     for n in &s.no_space {
         writeln!(out)?;
@@ -288,6 +294,69 @@ fn samples(
     }
     if t.funcs.len() > limit {
         writeln!(out, "    ... {} more", t.funcs.len() - limit)?;
+    }
+    Ok(())
+}
+
+/// A process's traced I/O, like `strace -c` with bytes.
+fn io(out: &mut dyn Write, rows: &[summary::IoRow], limit: usize) -> io::Result<()> {
+    writeln!(out)?;
+    writeln!(
+        out,
+        "   I/O by channel (traced calls; blocked: had to wait for data or room)"
+    )?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "      calls  errors          bytes   total_ms     max_ms  blocked  blocked_ms  op     channel"
+    )?;
+    for r in rows.iter().take(limit) {
+        writeln!(
+            out,
+            "   {:>8} {:>7} {:>14} {:>10.3} {:>10.3} {:>8} {:>11.3}  {:<6} {} {}",
+            r.calls,
+            r.errors,
+            r.bytes,
+            r.total_ns as f64 / 1e6,
+            r.max_ns as f64 / 1e6,
+            r.blocked_calls,
+            r.blocked_ns as f64 / 1e6,
+            r.op,
+            r.kind,
+            terminal(&r.label)
+        )?;
+        for (e, n) in &r.error_kinds {
+            writeln!(out, "            {n} x {}", terminal(e))?;
+        }
+    }
+    if rows.len() > limit {
+        writeln!(out, "   ... {} more", rows.len() - limit)?;
+    }
+    Ok(())
+}
+
+/// The channels that connect processes, with each end's traffic.
+fn links(s: &Summary, out: &mut dyn Write) -> io::Result<()> {
+    writeln!(out)?;
+    writeln!(out, "== channels between processes (both ends traced) ==")?;
+    for l in &s.channel_links {
+        writeln!(out, "   {}", terminal(&l.name))?;
+        for &(pi, ch) in &l.ends {
+            let p = &s.processes[pi];
+            for r in p.io.iter().filter(|r| r.channel == ch) {
+                writeln!(
+                    out,
+                    "     {:<30} {:<5} {:>8} calls {:>14} bytes  {:>10.3} ms blocked  ({} {})",
+                    terminal(&p.name),
+                    r.op,
+                    r.calls,
+                    r.bytes,
+                    r.blocked_ns as f64 / 1e6,
+                    r.kind,
+                    terminal(&r.label)
+                )?;
+            }
+        }
     }
     Ok(())
 }
