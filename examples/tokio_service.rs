@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use mpprof::Traced;
 use serde::{Deserialize, Serialize};
+use std::os::fd::AsRawFd;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -116,8 +117,12 @@ async fn worker(id: usize, jobs: Arc<Mutex<mpsc::Receiver<Job>>>) -> u64 {
 /// workers, writes the responses back in order.
 #[mpprof::instrument]
 async fn connection(stream: TcpStream, jobs: mpsc::Sender<Job>) -> io::Result<()> {
-    let (rd, mut wr) = stream.into_split();
-    let mut lines = BufReader::new(rd).lines();
+    // Both directions traced (`mpprof::io::Traced`): each read and write a
+    // slice, with the bytes queued on the socket as a counter track.
+    let fd = stream.as_raw_fd();
+    let (rd, wr) = stream.into_split();
+    let mut wr = mpprof::io::Traced::with_fd(wr, fd, "responses");
+    let mut lines = BufReader::new(mpprof::io::Traced::with_fd(rd, fd, "requests")).lines();
     while let Some(line) = tokio::time::timeout(TIMEOUT, lines.next_line())
         .await
         .map_err(timed_out)??
@@ -184,8 +189,8 @@ fn serve() -> Result<(), Box<dyn Error>> {
 /// response's ends here.
 #[mpprof::instrument]
 async fn call(
-    wr: &mut OwnedWriteHalf,
-    lines: &mut Lines<BufReader<OwnedReadHalf>>,
+    wr: &mut mpprof::io::Traced<OwnedWriteHalf>,
+    lines: &mut Lines<BufReader<mpprof::io::Traced<OwnedReadHalf>>>,
     conn: u64,
     n: u64,
 ) -> io::Result<u64> {
@@ -203,8 +208,10 @@ async fn call(
 #[tracing::instrument]
 async fn client_connection(port: u16, conn: u64) -> io::Result<u64> {
     let stream = TcpStream::connect(("127.0.0.1", port)).await?;
-    let (rd, mut wr) = stream.into_split();
-    let mut lines = BufReader::new(rd).lines();
+    let fd = stream.as_raw_fd();
+    let (rd, wr) = stream.into_split();
+    let mut wr = mpprof::io::Traced::with_fd(wr, fd, "requests");
+    let mut lines = BufReader::new(mpprof::io::Traced::with_fd(rd, fd, "responses")).lines();
     let mut total = 0;
     for n in 1..=REQUESTS_PER_CONNECTION {
         total += call(&mut wr, &mut lines, conn, n).await?;

@@ -67,6 +67,15 @@ pub fn check_chrome(json: &[u8]) -> Vec<Value> {
                 }
             }
             "i" | "C" | "b" | "e" => {}
+            // Complete slices: traced I/O calls, off-CPU intervals and
+            // system calls, each with its duration.
+            "X" => {
+                assert!(e["dur"].as_f64().is_some_and(|d| d >= 0.0), "{e}");
+                assert!(
+                    matches!(e["cat"].as_str(), Some("io" | "sched" | "syscall")),
+                    "{e}"
+                );
+            }
             other => panic!("unexpected phase {other}"),
         }
     }
@@ -280,4 +289,24 @@ fn pipeline_messages_carry_flows_in_both_directions() {
         assert_eq!(ph.events, p.file.recorded_events(), "{}", ph.name);
     }
     assert!(!h.imperfect(), "a clean run is reported as clean");
+    // Both pipes traced at both ends: the 20 requests and responses, byte
+    // for byte on each side.
+    let sum = mpprof_merge::analysis::summary::compute(&s);
+    assert_eq!(sum.channel_links.len(), 2, "{:?}", sum.channel_links);
+    for l in &sum.channel_links {
+        let bytes: Vec<(&str, u64)> = l
+            .ends
+            .iter()
+            .flat_map(|&(pi, ch)| sum.processes[pi].io.iter().filter(move |r| r.channel == ch))
+            .map(|r| (r.op, r.bytes))
+            .collect();
+        let sum_of = |op: &str| bytes.iter().filter(|b| b.0 == op).map(|b| b.1).sum::<u64>();
+        assert!(
+            sum_of("write") > 0 && sum_of("write") == sum_of("read"),
+            "{bytes:?}"
+        );
+    }
+    assert!(evs
+        .iter()
+        .any(|e| e["ph"] == "X" && e["name"] == "write pipe requests"));
 }

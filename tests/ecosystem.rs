@@ -473,4 +473,43 @@ fn tokio_service_shows_request_and_response_arrows() {
     let h = mpprof_merge::analysis::check::check(&s);
     assert_eq!((h.flows_matched, h.causality_violations), (65, 0));
     assert!(!h.imperfect(), "a clean run is reported as clean");
+
+    // The connections' traced I/O (tokio's AsyncRead/AsyncWrite): each of
+    // the 4 connections links the two processes, and what one end wrote
+    // the other read, byte for byte.
+    let sum = mpprof_merge::analysis::summary::compute(&s);
+    let tcp: Vec<_> = sum
+        .channel_links
+        .iter()
+        .filter(|l| l.name.starts_with("tcp 127.0.0.1:"))
+        .collect();
+    assert_eq!(tcp.len(), 4, "{:?}", sum.channel_links);
+    for l in tcp {
+        let rows: Vec<&mpprof_merge::analysis::summary::IoRow> = l
+            .ends
+            .iter()
+            .flat_map(|&(pi, ch)| sum.processes[pi].io.iter().filter(move |r| r.channel == ch))
+            .collect();
+        let bytes = |op: &str, label: &str| {
+            rows.iter()
+                .filter(|r| r.op == op && r.label == label)
+                .map(|r| r.bytes)
+                .sum::<u64>()
+        };
+        assert!(bytes("write", "requests") > 0);
+        assert_eq!(
+            bytes("write", "requests"),
+            bytes("read", "requests"),
+            "{rows:?}"
+        );
+        assert_eq!(
+            bytes("write", "responses"),
+            bytes("read", "responses"),
+            "{rows:?}"
+        );
+    }
+    // Each call a slice of category io.
+    assert!(evs
+        .iter()
+        .any(|e| e["cat"] == "io" && e["name"] == "read tcp requests"));
 }

@@ -564,7 +564,9 @@ fn a_refused_perf_event_open_costs_the_samples_only() {
     });
     let dir = session_dir();
     let mut c = self_command(T, "refused", dir.path());
-    c.env("MPPROF_SAMPLE_HZ", "1000").stdout(Stdio::null());
+    c.env("MPPROF_SAMPLE_HZ", "1000")
+        .env("MPPROF_SYSCALLS", "1")
+        .stdout(Stdio::null());
     // SAFETY: the hook only makes async-signal-safe system calls (prctl)
     // between fork and exec.
     unsafe {
@@ -572,9 +574,14 @@ fn a_refused_perf_event_open_costs_the_samples_only() {
     }
     let out = common::output_ok(&mut c);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(stderr.matches("mpprof").count(), 1, "one warning: {stderr}");
+    // One warning for the samples, one for the system calls.
+    assert_eq!(stderr.matches("mpprof").count(), 2, "{stderr}");
     assert!(
         stderr.contains("sampling (MPPROF_SAMPLE_HZ=1000) is off"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("system call tracing (MPPROF_SYSCALLS=1) is off"),
         "{stderr}"
     );
     assert!(stderr.contains("Permission denied"), "{stderr}");
@@ -637,4 +644,122 @@ fn deny_perf_event_open() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Exactly 100 `write`s, to /dev/null.
+#[mpprof::instrument]
+fn hundred_writes(fd: i32) {
+    for _ in 0..100 {
+        // SAFETY: a write of one byte from a valid buffer to an open
+        // descriptor.
+        let n = unsafe { libc::write(fd, b"x".as_ptr() as *const libc::c_void, 1) };
+        assert_eq!(n, 1);
+    }
+}
+
+/// As root, mounts tracefs where the kernel's tracepoints are read, if it
+/// is not mounted (a fresh machine's `/sys/kernel/tracing` is empty until
+/// then); false when it is not there and cannot be.
+fn ensure_tracefs() -> bool {
+    let dir = "/sys/kernel/tracing";
+    if std::path::Path::new(dir).join("events").exists() {
+        return true;
+    }
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    // SAFETY: mount(2) with NUL-terminated strings and no data.
+    let r = unsafe {
+        libc::mount(
+            c("nodev").as_ptr(),
+            c(dir).as_ptr(),
+            c("tracefs").as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    r == 0
+}
+
+/// `MPPROF_SYSCALLS=1`: as root (or with a permissive
+/// `perf_event_paranoid`) every system call of the process is counted,
+/// here exactly the 100 `write`s of a span; elsewhere the run goes on with
+/// one warning that says why.
+#[test]
+fn system_calls_are_counted_exactly_where_the_kernel_allows_it() {
+    const T: &str = "system_calls_are_counted_exactly_where_the_kernel_allows_it";
+    child_role("hundred", || {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .unwrap();
+        hundred_writes(std::os::fd::AsRawFd::as_raw_fd(&f));
+    });
+    let mounted = ensure_tracefs();
+    let dir = session_dir();
+    let mut c = self_command(T, "hundred", dir.path());
+    c.env("MPPROF_SYSCALLS", "1").stdout(Stdio::null());
+    let out = common::output_ok(&mut c);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let s = Session::open(&[dir.path()]).unwrap();
+    let prof = Profile::read(&s);
+    let pp = prof.processes[0].as_ref().expect("the profiler's entry");
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !pp.info.syscalls {
+        assert!(
+            !root || !mounted,
+            "refused as root: {}",
+            pp.info.syscalls_error
+        );
+        assert_eq!(
+            stderr
+                .matches("system call tracing (MPPROF_SYSCALLS=1) is off")
+                .count(),
+            1,
+            "{stderr}"
+        );
+        let (_, check) = common::check_text(&s);
+        assert!(check.contains("system calls NOT traced"), "{check}");
+        println!("SKIPPED the counts: {}", pp.info.syscalls_error);
+        return;
+    }
+    assert!(!stderr.contains("system call tracing"), "{stderr}");
+    // The span's bounds on its thread.
+    let events = common::events(&s);
+    let span = |enter: bool| {
+        events
+            .iter()
+            .find(|e| {
+                matches!(
+                    (enter, e.kind),
+                    (true, mpprof_merge::EventKind::Enter { .. })
+                        | (false, mpprof_merge::EventKind::Exit { .. })
+                ) && common::site_name(&s, e).is_some_and(|n| n.ends_with("hundred_writes"))
+            })
+            .map(|e| (e.ts, e.lane))
+            .unwrap()
+    };
+    let ((start, lane), (end, _)) = (span(true), span(false));
+    let tid = s.processes[0].file.lanes[&lane].tid;
+    let in_span: Vec<_> = pp
+        .syscalls
+        .iter()
+        .filter(|c| c.tid == tid && c.start >= start && c.end <= end)
+        .collect();
+    let writes = in_span
+        .iter()
+        .filter(|c| mpprof_merge::profile::syscall_name(c.nr) == "write")
+        .count();
+    eprintln!(
+        "{} system calls in the span, {writes} writes",
+        in_span.len()
+    );
+    assert_eq!(writes, 100);
+    assert!(in_span.iter().all(|c| c.errno == 0));
+    // The summary's table and check's line.
+    let sum = mpprof_merge::analysis::summary::compute(&s);
+    let rows = sum.processes[0].syscalls.as_ref().expect("traced");
+    let w = rows.iter().find(|r| r.name == "write").unwrap();
+    assert!(w.calls >= 100, "{w:?}");
+    let (_, check) = common::check_text(&s);
+    assert!(check.contains("system calls traced"), "{check}");
 }

@@ -70,7 +70,7 @@ pub const MAGIC: [u8; 8] = *b"MPPROF\r\n";
 ///   in one `u64`, see [`word`]) instead of 16-byte records, and the record
 ///   kind `BASE`, and [`Meta::Reused`] and [`Meta::Lost`]. Versions 1-3 use
 ///   16-byte records ([`record_v3`]).
-/// - 5: record kinds `SAMPLE`, `OFF_CPU` and `IO`, and [`Meta::Profiler`],
+/// - 5: record kinds `SAMPLE`, `OFF_CPU`, `IO` and `SYSCALL`, and [`Meta::Profiler`],
 ///   [`Meta::Module`], [`Meta::Stack`] (see [`profile`]) and
 ///   [`Meta::Channel`] (see [`io`]). The layout of
 ///   version 4 is otherwise unchanged: a version 5 reader reads version 4
@@ -175,8 +175,12 @@ pub mod kind {
     /// end, `site` the channel's id ([`crate::Meta::Channel`]); two payload
     /// words, `[start timestamp][call]` (see [`crate::io::Call::pack`]).
     pub const IO: u8 = 12;
+    /// A traced system call (format 5, `MPPROF_SYSCALLS=1`): `site` is the
+    /// thread's OS thread id; two payload words, `[CLOCK_MONOTONIC ns it
+    /// began][call]` (see [`crate::profile::Syscall::pack`]).
+    pub const SYSCALL: u8 = 13;
     /// The largest kind this version writes.
-    pub const LAST: u8 = IO;
+    pub const LAST: u8 = SYSCALL;
     /// The largest kind of version 4.
     pub const LAST_V4: u8 = BASE;
     /// The largest kind of versions 1-3.
@@ -186,7 +190,8 @@ pub mod kind {
     /// have one 16-byte payload record after each kind with two words here.
     pub const fn payload_words(k: u8) -> u32 {
         match k {
-            COUNTER | FLOW_OUT | FLOW_IN | ASYNC_BEGIN | ASYNC_END | SAMPLE | OFF_CPU | IO => 2,
+            COUNTER | FLOW_OUT | FLOW_IN | ASYNC_BEGIN | ASYNC_END | SAMPLE | OFF_CPU | IO
+            | SYSCALL => 2,
             BASE => 1,
             _ => 0,
         }

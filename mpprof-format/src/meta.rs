@@ -612,9 +612,11 @@ mod tests {
             error: String::new(),
             lost_records: 2,
             dropped: 0,
+            syscalls: true,
+            syscalls_error: String::new(),
         });
         let bytes = postcard::to_stdvec(&p).unwrap();
-        assert_eq!(bytes, [9, 0xE8, 0x07, 1, 7, 0, 2, 0]);
+        assert_eq!(bytes, [9, 0xE8, 0x07, 1, 7, 0, 2, 0, 1, 0]);
         let m = Meta::Module(crate::Module {
             start: 0x1000,
             end: 0x2000,

@@ -52,6 +52,45 @@ pub struct ProfilerInfo {
     /// Samples and off-CPU intervals read from the kernel but not written
     /// (the buffer budget was spent).
     pub dropped: u64,
+    /// Whether system calls are traced (`SYSCALL` records,
+    /// `MPPROF_SYSCALLS=1`).
+    pub syscalls: bool,
+    /// Why system calls are not traced although asked for, or empty.
+    pub syscalls_error: String,
+}
+
+/// A traced system call, as packed in a `SYSCALL` record's second payload
+/// word (the first is its start, CLOCK_MONOTONIC ns).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Syscall {
+    /// Its number (the architecture's; at most 4095).
+    pub nr: u16,
+    /// The error it returned (`-ret` for a return in `-4095..0`; at most
+    /// 4095), or 0.
+    pub errno: u16,
+    /// Its duration, ns (saturated at 2^40, about 18 minutes).
+    pub dur_ns: u64,
+}
+
+impl Syscall {
+    /// Longest duration a record holds.
+    pub const MAX_DUR: u64 = (1 << 40) - 1;
+
+    /// `dur_ns | nr << 40 | errno << 52`.
+    pub fn pack(self) -> u64 {
+        self.dur_ns.min(Self::MAX_DUR)
+            | u64::from(self.nr & 0xfff) << 40
+            | u64::from(self.errno & 0xfff) << 52
+    }
+
+    /// The call in `w`.
+    pub fn unpack(w: u64) -> Syscall {
+        Syscall {
+            nr: ((w >> 40) & 0xfff) as u16,
+            errno: (w >> 52) as u16,
+            dur_ns: w & Self::MAX_DUR,
+        }
+    }
 }
 
 /// [`Meta::Module`](crate::Meta::Module): a loaded object's executable

@@ -219,6 +219,8 @@ fn random_meta(r: &mut Rng) -> Meta {
             error: r.string(300),
             lost_records: r.big(),
             dropped: r.big(),
+            syscalls: r.below(2) == 0,
+            syscalls_error: r.string(200),
         }),
         10 => Meta::Module(Module {
             start: r.big(),

@@ -494,7 +494,7 @@ impl<'a> LaneStream<'a> {
                     flow: flow(),
                 },
                 // Stack samples and off-CPU intervals: see `crate::profile`.
-                kind::SAMPLE | kind::OFF_CPU => continue,
+                kind::SAMPLE | kind::OFF_CPU | kind::SYSCALL => continue,
                 kind::IO => {
                     let [start, call] = r.payload.unwrap_or_default();
                     let Some(call) = mpprof_format::io::Call::unpack(call) else {

@@ -47,6 +47,30 @@ pub struct OffCpu {
     pub preempted: bool,
 }
 
+/// One traced system call (`MPPROF_SYSCALLS=1`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallEvent {
+    /// OS thread id.
+    pub tid: u32,
+    /// Trace time it began, ns.
+    pub start: i64,
+    /// Trace time it returned, ns.
+    pub end: i64,
+    /// Its number (the recording machine's architecture).
+    pub nr: u16,
+    /// The error it returned, or 0.
+    pub errno: u16,
+}
+
+/// The name of system call `nr` (`write`), or `syscall <nr>`.
+pub fn syscall_name(nr: u16) -> String {
+    #[cfg(target_os = "linux")]
+    if let Some(s) = syscalls::Sysno::new(usize::from(nr)) {
+        return s.name().to_owned();
+    }
+    format!("syscall {nr}")
+}
+
 /// A process's samples and off-CPU intervals.
 #[derive(Clone, Debug, Default)]
 pub struct ProcessProfile {
@@ -58,6 +82,8 @@ pub struct ProcessProfile {
     pub off_cpu: Vec<OffCpu>,
     /// Samples whose stack has no `Meta::Stack` entry (it was not stored).
     pub unknown_stacks: u64,
+    /// Traced system calls by thread, then start.
+    pub syscalls: Vec<SyscallEvent>,
 }
 
 impl ProcessProfile {
@@ -122,6 +148,17 @@ pub fn of_process(p: &Process) -> Option<ProcessProfile> {
                         stack,
                     });
                 }
+                kind::SYSCALL => {
+                    let c = mpprof_format::profile::Syscall::unpack(b);
+                    let start = to_trace(a);
+                    r.syscalls.push(SyscallEvent {
+                        tid: e.site,
+                        start,
+                        end: start.saturating_add(c.dur_ns as i64),
+                        nr: c.nr,
+                        errno: c.errno,
+                    });
+                }
                 kind::OFF_CPU => {
                     let back = b & !PREEMPTED;
                     if back >= a {
@@ -139,6 +176,7 @@ pub fn of_process(p: &Process) -> Option<ProcessProfile> {
     }
     r.samples.sort_by_key(|s| (s.t, s.tid));
     r.off_cpu.sort_by_key(|o| (o.tid, o.start));
+    r.syscalls.sort_by_key(|c| (c.tid, c.start));
     Some(r)
 }
 

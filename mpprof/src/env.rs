@@ -26,6 +26,7 @@ const KNOWN: &[&str] = &[
     "MPPROF_SAMPLE_HZ",
     "MPPROF_OFF_CPU",
     "MPPROF_SAMPLE_STACK_KB",
+    "MPPROF_SYSCALLS",
     // Set by `mpprof::spawn` for the child.
     "MPPROF_CLOCK_HZ",
     "MPPROF_PARENT_FLOW",

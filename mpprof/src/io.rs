@@ -40,6 +40,11 @@ use crate::session::{self, OFF};
 pub struct Traced<S> {
     inner: S,
     ch: Box<Described>,
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    /// An async read or write that returned `Pending`: the operation, when
+    /// its first poll began and the bytes then queued (its slice spans the
+    /// wait, from that first poll to the one that is ready).
+    pending: Option<(Op, u64, Option<u64>)>,
 }
 
 /// The channel's description and where it was last written.
@@ -53,13 +58,25 @@ impl<S: AsRawFd> Traced<S> {
     /// Traces `inner` under `label` (`"worker stdout"`): looks at what its
     /// descriptor is (a few system calls, once).
     pub fn new(inner: S, label: &str) -> Traced<S> {
-        let channel = describe(inner.as_raw_fd(), label);
+        let fd = inner.as_raw_fd();
+        Traced::with_fd(inner, fd, label)
+    }
+}
+
+impl<S> Traced<S> {
+    /// Traces `inner`, whose calls go to descriptor `fd`, under `label`:
+    /// for a stream that does not give its descriptor (tokio's split
+    /// halves: `Traced::with_fd(rd, stream.as_raw_fd(), ...)` before
+    /// `into_split`). `fd` must stay `inner`'s for as long as it lives.
+    pub fn with_fd(inner: S, fd: RawFd, label: &str) -> Traced<S> {
+        let channel = describe(fd, label);
         Traced {
             inner,
             ch: Box::new(Described {
                 channel,
                 registered: AtomicU32::new(0),
             }),
+            pending: None,
         }
     }
 }
@@ -107,14 +124,36 @@ impl<S> Traced<S> {
         len: usize,
         f: impl FnOnce(&mut S) -> io::Result<usize>,
     ) -> io::Result<usize> {
+        let (start, queued) = self.begin(op);
+        let r = f(&mut self.inner);
+        self.end(op, len, start, queued, false, &r);
+        r
+    }
+
+    /// Before a call: the queue depth (recorded), and the start time.
+    fn begin(&self, op: Op) -> (u64, Option<u64>) {
         let ch = &self.ch.channel;
         let queued = queued(ch, op);
         if let Some(q) = queued {
             record::counter_id(ch.depth_site, record::CounterValue::UInt(q));
         }
-        let start = clock::now();
-        let r = f(&mut self.inner);
-        let (bytes, errno) = match &r {
+        (clock::now(), queued)
+    }
+
+    /// After a call of `op` for `len` bytes that began at `start` with
+    /// `queued` bytes waiting: its record. `waited`: an async call that was
+    /// pending first.
+    fn end(
+        &self,
+        op: Op,
+        len: usize,
+        start: u64,
+        queued: Option<u64>,
+        waited: bool,
+        r: &io::Result<usize>,
+    ) {
+        let ch = &self.ch.channel;
+        let (bytes, errno) = match r {
             Ok(n) => ((*n).min(u32::MAX as usize) as u32, 0),
             Err(e) => (
                 0,
@@ -122,13 +161,14 @@ impl<S> Traced<S> {
                     .map_or(u16::MAX, |n| n.clamp(1, 0xfffe) as u16),
             ),
         };
-        let would_block = matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-        let blocked = !would_block
-            && match (op, queued) {
-                (Op::Read, Some(q)) => q == 0,
-                (Op::Write, Some(q)) => ch.capacity > 0 && q + len as u64 > ch.capacity,
-                _ => false,
-            };
+        let would_block = matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        let blocked = waited
+            || !would_block
+                && match (op, queued) {
+                    (Op::Read, Some(q)) => q == 0,
+                    (Op::Write, Some(q)) => ch.capacity > 0 && q + len as u64 > ch.capacity,
+                    _ => false,
+                };
         let call = Call {
             op,
             bytes,
@@ -137,7 +177,6 @@ impl<S> Traced<S> {
         };
         record::record_with_payload(ch.id, kind::IO, [start, call.pack()]);
         self.register();
-        r
     }
 
     /// Writes the channel's description into the current file, once per
@@ -225,6 +264,108 @@ impl<S: Write> Write for Traced<S> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(feature = "tokio")]
+mod tokio_io {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    use super::*;
+
+    impl<S: Unpin> Traced<S> {
+        /// One poll of an async call: a call that is ready is recorded
+        /// from its first poll (the wait included); a pending one is not
+        /// recorded yet.
+        fn poll_traced<T>(
+            &mut self,
+            op: Op,
+            len: usize,
+            poll: impl FnOnce(&mut S) -> Poll<io::Result<T>>,
+            moved: impl FnOnce(&T) -> usize,
+        ) -> Poll<io::Result<T>> {
+            if record::state() == OFF {
+                self.pending = None;
+                return poll(&mut self.inner);
+            }
+            let (start, queued, waited) = match self.pending.take() {
+                Some((o, start, queued)) if o == op => (start, queued, true),
+                _ => {
+                    let (start, queued) = self.begin(op);
+                    (start, queued, false)
+                }
+            };
+            match poll(&mut self.inner) {
+                Poll::Pending => {
+                    self.pending = Some((op, start, queued));
+                    Poll::Pending
+                }
+                Poll::Ready(r) => {
+                    // What the record needs: the bytes, or the error's
+                    // number (or kind).
+                    let n = match &r {
+                        Ok(t) => Ok(moved(t)),
+                        Err(e) => Err(e.raw_os_error().map_or_else(
+                            || io::Error::from(e.kind()),
+                            io::Error::from_raw_os_error,
+                        )),
+                    };
+                    self.end(op, len, start, queued, waited, &n);
+                    Poll::Ready(r)
+                }
+            }
+        }
+    }
+
+    impl<S: AsyncRead + Unpin> AsyncRead for Traced<S> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            let this = self.get_mut();
+            let before = buf.filled().len();
+            let len = buf.remaining();
+            let filled = std::cell::Cell::new(before);
+            let r = this.poll_traced(
+                Op::Read,
+                len,
+                |s| {
+                    let r = Pin::new(s).poll_read(cx, buf);
+                    filled.set(buf.filled().len());
+                    r
+                },
+                |_| filled.get() - before,
+            );
+            r
+        }
+    }
+
+    impl<S: AsyncWrite + Unpin> AsyncWrite for Traced<S> {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let this = self.get_mut();
+            this.poll_traced(
+                Op::Write,
+                buf.len(),
+                |s| Pin::new(s).poll_write(cx, buf),
+                |&n| n,
+            )
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        }
     }
 }
 

@@ -50,6 +50,9 @@ pub(crate) struct Config {
     pub stack: u32,
     /// Data area of each CPU's ring, bytes (a power of two).
     pub ring: usize,
+    /// Instead of task-clock samples: every hit of this tracepoint (its id
+    /// under tracefs `events/`), with its raw data.
+    pub tracepoint: Option<u64>,
 }
 
 /// One record read from a ring.
@@ -73,6 +76,9 @@ pub(crate) enum Record<'a> {
         out: bool,
         preempt: bool,
     },
+    /// A tracepoint's hit: its raw data (the event's fields, as its
+    /// tracefs `format` lays them out).
+    Raw { tid: u32, time: u64, data: &'a [u8] },
     /// The kernel lost this many records (the ring was full).
     Lost(u64),
 }
@@ -212,6 +218,22 @@ impl Perf {
     fn attr(&self) -> b::perf_event_attr {
         // SAFETY: perf_event_attr is plain data; all zero is its default.
         let mut a: b::perf_event_attr = unsafe { std::mem::zeroed() };
+        if let Some(id) = self.cfg.tracepoint {
+            a.type_ = b::PERF_TYPE_TRACEPOINT;
+            a.size = std::mem::size_of::<b::perf_event_attr>() as u32;
+            a.config = id;
+            a.__bindgen_anon_1.sample_period = 1;
+            a.sample_type = (b::PERF_SAMPLE_TID
+                | b::PERF_SAMPLE_TIME
+                | b::PERF_SAMPLE_CPU
+                | b::PERF_SAMPLE_RAW) as u64;
+            a.set_inherit(1);
+            a.set_inherit_thread(1);
+            a.set_sample_id_all(1);
+            a.set_use_clockid(1);
+            a.clockid = libc::CLOCK_MONOTONIC;
+            return a;
+        }
         a.type_ = b::PERF_TYPE_SOFTWARE;
         a.size = std::mem::size_of::<b::perf_event_attr>() as u32;
         a.config = b::PERF_COUNT_SW_TASK_CLOCK as u64;
@@ -240,6 +262,7 @@ impl Perf {
     /// Reads every record the kernel wrote since the last call, ring by
     /// ring (each ring in time order; the rings interleave).
     pub(crate) fn drain(&mut self, mut f: impl FnMut(Record<'_>)) {
+        let raw = self.cfg.tracepoint.is_some();
         for i in 0..self.rings.len() {
             let r = &self.rings[i];
             // SAFETY: the ring's first page is the kernel's control page.
@@ -272,7 +295,7 @@ impl Perf {
                     let words = unsafe {
                         std::slice::from_raw_parts(base.add(data + at) as *const u64, len / 8)
                     };
-                    parse(hdr.type_, hdr.misc, &words[1..], &mut f);
+                    parse(hdr.type_, hdr.misc, &words[1..], raw, &mut f);
                 } else {
                     // It wraps around the end: copied whole.
                     self.scratch.clear();
@@ -287,7 +310,7 @@ impl Perf {
                         std::ptr::copy_nonoverlapping(base.add(data), dst.add(first), len - first);
                         self.scratch.set_len(len / 8);
                     }
-                    parse(hdr.type_, hdr.misc, &self.scratch[1..], &mut f);
+                    parse(hdr.type_, hdr.misc, &self.scratch[1..], raw, &mut f);
                 }
             }
             // Everything up to tail is read before the kernel may reuse it.
@@ -300,9 +323,25 @@ impl Perf {
 
 /// Decodes one record's body (the words after its header) with the layout
 /// [`Perf::attr`] asked for.
-fn parse(ty: u32, misc: u16, w: &[u64], f: &mut impl FnMut(Record<'_>)) {
+fn parse(ty: u32, misc: u16, w: &[u64], raw: bool, f: &mut impl FnMut(Record<'_>)) {
     let tid_of = |x: u64| (x >> 32) as u32;
     match ty {
+        b::PERF_RECORD_SAMPLE if raw => {
+            // TID, TIME, CPU, then RAW: a u32 size and that many bytes.
+            let Some(&[pidtid, time, _cpu, first]) = w.get(..4) else {
+                return;
+            };
+            let size = (first & 0xffff_ffff) as usize;
+            // SAFETY: any u64 slice is a valid byte slice of 8x its length.
+            let bytes = unsafe { std::slice::from_raw_parts(w.as_ptr() as *const u8, w.len() * 8) };
+            if let Some(data) = bytes.get(28..28 + size) {
+                f(Record::Raw {
+                    tid: tid_of(pidtid),
+                    time,
+                    data,
+                });
+            }
+        }
         b::PERF_RECORD_SAMPLE => {
             // TID (pid, tid), TIME, CPU (cpu, res), REGS_USER (abi, then
             // bp, sp, ip unless abi is 0), STACK_USER (size, size bytes,

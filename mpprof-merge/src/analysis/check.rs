@@ -342,7 +342,7 @@ pub fn check(session: &Session) -> Health {
 /// The profiler's line of a process.
 fn profiler(pp: &crate::profile::ProcessProfile) -> String {
     let i = &pp.info;
-    if !i.error.is_empty() {
+    if !i.error.is_empty() && !i.syscalls {
         return format!("asked for at {} Hz but off: no samples", i.hz);
     }
     let mut threads: Vec<u32> = pp.samples.iter().map(|s| s.tid).collect();
@@ -356,8 +356,13 @@ fn profiler(pp: &crate::profile::ProcessProfile) -> String {
     );
     if i.switches {
         s.push_str(&format!(", {} off-CPU intervals", pp.off_cpu.len()));
-    } else {
+    } else if i.hz > 0 {
         s.push_str(", context switches off (MPPROF_OFF_CPU=0)");
+    }
+    if i.syscalls {
+        s.push_str(&format!(", {} system calls traced", pp.syscalls.len()));
+    } else if !i.syscalls_error.is_empty() {
+        s.push_str(&format!("; system calls NOT traced: {}", i.syscalls_error));
     }
     if i.lost_records > 0 {
         s.push_str(&format!(

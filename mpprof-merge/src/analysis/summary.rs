@@ -115,6 +115,26 @@ pub struct ProcessSummary {
     /// Its traced I/O (`mpprof::io::Traced`), per channel and operation,
     /// most time first.
     pub io: Vec<IoRow>,
+    /// Its system calls (`MPPROF_SYSCALLS=1`), like `strace -c`, most
+    /// time first; `None` when not traced.
+    pub syscalls: Option<Vec<SyscallRow>>,
+    /// Why system calls were not traced although asked for.
+    pub syscalls_error: Option<String>,
+}
+
+/// One system call's row: like `strace -c`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyscallRow {
+    /// Its name (`write`).
+    pub name: String,
+    /// Calls.
+    pub calls: u64,
+    /// Calls that returned an error.
+    pub errors: u64,
+    /// Time in the calls, ns.
+    pub total_ns: i64,
+    /// Longest call, ns.
+    pub max_ns: i64,
 }
 
 /// One channel and operation of a process's I/O table: like a row of
@@ -360,6 +380,14 @@ pub fn compute(session: &Session) -> Summary {
                 .as_ref()
                 .map(|pp| sample_table(&prof, &[pi], pp.info.hz)),
             io: io_rows(p, &io[pi]),
+            syscalls: prof.processes[pi]
+                .as_ref()
+                .filter(|pp| pp.info.syscalls)
+                .map(|pp| syscall_rows(&pp.syscalls)),
+            syscalls_error: prof.processes[pi]
+                .as_ref()
+                .filter(|pp| !pp.info.syscalls_error.is_empty())
+                .map(|pp| pp.info.syscalls_error.clone()),
         });
     }
     let sampled: Vec<usize> = (0..n).filter(|&i| prof.processes[i].is_some()).collect();
@@ -401,6 +429,24 @@ pub fn compute(session: &Session) -> Summary {
         symbol_warnings: prof.warnings.clone(),
         channel_links: channel_links(session),
     }
+}
+
+fn syscall_rows(calls: &[crate::profile::SyscallEvent]) -> Vec<SyscallRow> {
+    let mut by: std::collections::BTreeMap<u16, SyscallRow> = std::collections::BTreeMap::new();
+    for c in calls {
+        let r = by.entry(c.nr).or_insert_with(|| SyscallRow {
+            name: crate::profile::syscall_name(c.nr),
+            ..SyscallRow::default()
+        });
+        let d = c.end.saturating_sub(c.start).max(0);
+        r.calls += 1;
+        r.errors += u64::from(c.errno != 0);
+        r.total_ns = r.total_ns.saturating_add(d);
+        r.max_ns = r.max_ns.max(d);
+    }
+    let mut rows: Vec<SyscallRow> = by.into_values().collect();
+    rows.sort_by(|a, b| (b.total_ns, &a.name).cmp(&(a.total_ns, &b.name)));
+    rows
 }
 
 /// A process's calls on one channel and operation, added up.

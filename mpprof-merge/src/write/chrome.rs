@@ -184,6 +184,26 @@ impl Json<'_> {
                     b",\"cat\":\"sched\",\"name\":\"off CPU (blocked)\"}"
                 })?;
             }
+            // Traced system calls (MPPROF_SYSCALLS=1), likewise.
+            for c in &pp.syscalls {
+                let tid = match p.file.lanes.iter().find(|(_, l)| l.tid == c.tid) {
+                    Some((&lane, _)) => tracks.tid(pi, lane),
+                    None => c.tid,
+                };
+                self.head("X", pid, tid, c.start)?;
+                self.out.write_all(b",\"dur\":")?;
+                self.line.clear();
+                push_us(&mut self.line, c.end.saturating_sub(c.start));
+                self.out.write_all(&self.line)?;
+                self.out.write_all(b",\"cat\":\"syscall\",\"name\":")?;
+                self.string(&crate::profile::syscall_name(c.nr))?;
+                if c.errno != 0 {
+                    self.out.write_all(b",\"args\":{\"error\":")?;
+                    self.string(&super::io_error(c.errno))?;
+                    self.out.write_all(b"}")?;
+                }
+                self.out.write_all(b"}")?;
+            }
         }
         Ok(())
     }

@@ -763,6 +763,39 @@ impl Pf<'_> {
                     self.event(o.end, &end)?;
                 }
             }
+            // Traced system calls: a "syscalls" track under each thread.
+            let mut i = 0;
+            while i < pp.syscalls.len() {
+                let tid = pp.syscalls[i].tid;
+                let n = pp.syscalls[i..].iter().take_while(|c| c.tid == tid).count();
+                let list = &pp.syscalls[i..i + n];
+                i += n;
+                let parent = self.tid_track(session, tracks, pi, tid)?;
+                let uuid = self.uuid();
+                self.packet(None, |e| {
+                    e.msg(pk::TRACK_DESCRIPTOR, |e| {
+                        e.uint(td::UUID, uuid);
+                        e.uint(td::PARENT_UUID, parent);
+                        e.str(td::NAME, "syscalls");
+                    });
+                })?;
+                for c in list {
+                    let begin = TrackEvent {
+                        kind: te::TYPE_SLICE_BEGIN,
+                        track: uuid,
+                        name: Name::Str(crate::profile::syscall_name(c.nr)),
+                        category: Some("syscall"),
+                        ..TrackEvent::default()
+                    };
+                    self.event(c.start, &begin)?;
+                    let end = TrackEvent {
+                        kind: te::TYPE_SLICE_END,
+                        track: uuid,
+                        ..TrackEvent::default()
+                    };
+                    self.event(c.end, &end)?;
+                }
+            }
         }
         Ok(())
     }

@@ -126,6 +126,13 @@ pub fn write_text(s: &Summary, out: &mut dyn Write, limit: usize) -> io::Result<
         if !p.io.is_empty() {
             io(out, &p.io, limit)?;
         }
+        if let Some(rows) = &p.syscalls {
+            syscalls(out, rows, limit)?;
+        }
+        if let Some(e) = &p.syscalls_error {
+            writeln!(out)?;
+            writeln!(out, "   No system calls traced: {}", terminal(e))?;
+        }
         let l = &p.losses;
         if !l.lanes.is_empty() || l.unattributed > 0 {
             writeln!(out)?;
@@ -357,6 +364,30 @@ fn links(s: &Summary, out: &mut dyn Write) -> io::Result<()> {
                 )?;
             }
         }
+    }
+    Ok(())
+}
+
+/// A process's system calls, like `strace -c`.
+fn syscalls(out: &mut dyn Write, rows: &[summary::SyscallRow], limit: usize) -> io::Result<()> {
+    writeln!(out)?;
+    let calls: u64 = rows.iter().map(|r| r.calls).sum();
+    writeln!(out, "   System calls (like strace -c): {calls} calls")?;
+    writeln!(out)?;
+    writeln!(out, "      calls  errors   total_ms     max_ms  syscall")?;
+    for r in rows.iter().take(limit) {
+        writeln!(
+            out,
+            "   {:>8} {:>7} {:>10.3} {:>10.3}  {}",
+            r.calls,
+            r.errors,
+            r.total_ns as f64 / 1e6,
+            r.max_ns as f64 / 1e6,
+            r.name
+        )?;
+    }
+    if rows.len() > limit {
+        writeln!(out, "   ... {} more", rows.len() - limit)?;
     }
     Ok(())
 }

@@ -23,6 +23,7 @@ mod hooks;
 mod process;
 mod profiler;
 mod sampler;
+mod syscalls;
 
 #[cfg(feature = "tracing")]
 pub(crate) use hooks::{hold_across_fork, ForkLock};

@@ -23,6 +23,8 @@ use crate::perf::{self, Perf, Record};
 use crate::record;
 use crate::unwind::{self, Unwinder};
 
+use super::syscalls::Syscalls;
+
 /// Bytes of stack copied per sample, KiB (`MPPROF_SAMPLE_STACK_KB`): the
 /// innermost frames of deeper stacks.
 const DEFAULT_STACK_KB: u64 = 16;
@@ -38,6 +40,8 @@ const THREADS_EVERY: u64 = 50;
 pub(crate) struct Profiler {
     chunks: &'static Chunks,
     perf: Option<Perf>,
+    /// System call tracing, when asked for and allowed.
+    syscalls: Option<Syscalls>,
     unwinder: Unwinder,
     /// The sample being unwound's frames.
     frames: Vec<u64>,
@@ -84,7 +88,13 @@ impl Item {
 impl Profiler {
     /// Starts profiling at `hz` samples a second (with context switches
     /// unless `MPPROF_OFF_CPU=0`), from the sampler thread `own_tid`.
-    pub(crate) fn start(chunks: &'static Chunks, hz: u32, own_tid: u32) -> Profiler {
+    /// `hz` 0: no samples (only system calls, when `syscalls`).
+    pub(crate) fn start(
+        chunks: &'static Chunks,
+        hz: u32,
+        syscalls: bool,
+        own_tid: u32,
+    ) -> Profiler {
         let switches = crate::env::choice("MPPROF_OFF_CPU", &["1", "0", "on", "off"], "1");
         let switches = matches!(switches, "1" | "on");
         let stack_kb = crate::env::number("MPPROF_SAMPLE_STACK_KB", DEFAULT_STACK_KB, 1, 63) as u32;
@@ -99,6 +109,7 @@ impl Profiler {
             switches,
             stack,
             ring,
+            tracepoint: None,
         };
         let mut info = ProfilerInfo {
             hz,
@@ -107,6 +118,10 @@ impl Profiler {
             ..ProfilerInfo::default()
         };
         let perf = match Perf::open(cfg, own_tid) {
+            _ if hz == 0 => {
+                info.switches = false;
+                None
+            }
             Ok(p) => Some(p),
             Err(e) => {
                 info.error = refusal(&e);
@@ -117,9 +132,27 @@ impl Profiler {
                 None
             }
         };
+        let syscalls = if syscalls {
+            match Syscalls::open(own_tid) {
+                Ok(s) => {
+                    info.syscalls = true;
+                    Some(s)
+                }
+                Err(e) => {
+                    crate::warn::warn(format_args!(
+                        "system call tracing (MPPROF_SYSCALLS=1) is off in this process: {e}"
+                    ));
+                    info.syscalls_error = e;
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut p = Profiler {
             chunks,
             perf,
+            syscalls,
             unwinder: Unwinder::new(),
             frames: Vec::with_capacity(MAX_FRAMES),
             info,
@@ -145,10 +178,19 @@ impl Profiler {
     /// buffer budget leaves room for samples (else they are counted as
     /// dropped).
     pub(crate) fn drain(&mut self, last: bool, room: bool) {
+        self.ticks += 1;
+        if let Some(sys) = self.syscalls.as_mut() {
+            if self.ticks % THREADS_EVERY == 0 {
+                sys.add_new_threads(self.own_tid);
+            }
+            let (lost, dropped) = sys.drain(room);
+            self.info.lost_records += lost;
+            self.info.dropped += dropped;
+        }
         let Some(perf) = self.perf.as_mut() else {
+            self.declare();
             return;
         };
-        self.ticks += 1;
         if self.ticks % THREADS_EVERY == 0 {
             perf.add_new_threads(self.own_tid);
         }
@@ -196,6 +238,7 @@ impl Profiler {
                 preempt,
             }),
             Record::Lost(n) => lost += n,
+            Record::Raw { .. } => {}
         });
         self.info.lost_records += lost;
         if unknown && unwind::generation() != self.generation {

@@ -112,13 +112,15 @@ impl Sampler {
     pub(crate) fn start(&'static self, chunks: &'static Chunks, dir: &Path, host_id: &str) {
         let ms = crate::env::number("MPPROF_SAMPLE_MS", DEFAULT_MS, 0, 60_000);
         let hz = crate::env::number("MPPROF_SAMPLE_HZ", 0, 0, MAX_HZ) as u32;
+        let syscalls = crate::env::choice("MPPROF_SYSCALLS", &["0", "1", "off", "on"], "0");
+        let syscalls = matches!(syscalls, "1" | "on");
         if ms == 0 {
             chunks.write_meta(&MetaRef::Sampler(&SamplerInfo {
                 interval_ns: 0,
                 tid: 0,
                 unavailable: Vec::new(),
             }));
-            if hz == 0 {
+            if hz == 0 && !syscalls {
                 self.set_done();
                 return;
             }
@@ -131,7 +133,7 @@ impl Sampler {
                 // A bug here must not leave the finish waiting: whatever
                 // happens, the sampler is done when its thread ends.
                 let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    self.run(chunks, ms, hz, lock_path)
+                    self.run(chunks, ms, hz, syscalls, lock_path)
                 }));
                 if r.is_err() {
                     self.set_done();
@@ -227,18 +229,20 @@ impl Sampler {
     /// The thread: a resource sample every `ms` (none if 0) and, with the
     /// profiler on (`hz` > 0), its records copied out every tick (at most
     /// [`PROFILE_TICK_MS`] apart, so the kernel's rings do not fill).
-    fn run(&self, chunks: &'static Chunks, ms: u64, hz: u32, lock_path: PathBuf) {
-        let tick_ms = match (ms, hz) {
+    fn run(&self, chunks: &'static Chunks, ms: u64, hz: u32, syscalls: bool, lock_path: PathBuf) {
+        let profiling = hz > 0 || syscalls;
+        let tick_ms = match (ms, profiling) {
             (0, _) => PROFILE_TICK_MS,
-            (ms, 0) => ms,
-            (ms, _) => ms.min(PROFILE_TICK_MS),
+            (ms, false) => ms,
+            (ms, true) => ms.min(PROFILE_TICK_MS),
         };
         // Resource samples every this many ticks.
         let every = if ms == 0 { 0 } else { (ms / tick_ms).max(1) };
         let interval = Duration::from_millis(tick_ms);
         // The profiler first: the program's first samples are what the
         // start waits for (see `Sampler::start`).
-        let mut prof = (hz > 0).then(|| super::profiler::Profiler::start(chunks, hz, gettid()));
+        let mut prof =
+            profiling.then(|| super::profiler::Profiler::start(chunks, hz, syscalls, gettid()));
         let mut st = State::open(chunks, lock_path);
         let start = Instant::now();
         let mut k: u32 = 0;
