@@ -286,6 +286,44 @@ fn outputs_show_the_samples(s: &Session, ab: usize, bl: usize) {
     let share = under_span as f64 / all as f64;
     assert!((share - 0.7).abs() <= 0.1, "{share}: {stacks:?}");
 
+    // The Firefox Profiler's format: the A/B child's thread has its
+    // samples, with spin_a among their functions, and seventy_thirty as a
+    // marker; the blocked child's thread has its off-CPU marker.
+    let mut fx = Vec::new();
+    mpprof_merge::write::firefox::write(s, &mut fx).unwrap();
+    let fx: serde_json::Value = serde_json::from_slice(&fx).unwrap();
+    let threads = fx["threads"].as_array().unwrap();
+    let names = |t: &serde_json::Value, table: &str| -> Vec<String> {
+        let strings = t["stringArray"].as_array().unwrap();
+        t[table]["name"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                strings[i.as_u64().unwrap() as usize]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let pid = |pi: usize| s.processes[pi].file.pid.to_string();
+    let sampled = threads
+        .iter()
+        .filter(|t| t["pid"].as_str() == Some(&pid(ab)))
+        .find(|t| t["samples"]["length"].as_u64() > Some(300))
+        .expect("the A/B child's thread with its samples");
+    assert!(names(sampled, "funcTable")
+        .iter()
+        .any(|n| n == "sampling::spin_a"));
+    assert!(names(sampled, "markers")
+        .iter()
+        .any(|n| n.ends_with("seventy_thirty")));
+    assert!(threads
+        .iter()
+        .filter(|t| t["pid"].as_str() == Some(&pid(bl)))
+        .any(|t| names(t, "markers").iter().any(|n| n == "off CPU (blocked)")));
+
     // Chrome JSON: the blocked child's wait as an off-CPU slice.
     let long_off_cpu = common::chrome_events(s).into_iter().any(|e| {
         e["ph"] == "X"

@@ -14,6 +14,8 @@ fn every_format_is_written() {
         ("t.txt", "ncalls  tottime  percall  cumtime  percall"),
         // Perfetto protobuf: the process name is a length-delimited string.
         ("t.pftrace", "golden (pid 3450)"),
+        // The Firefox Profiler's processed format.
+        ("t.fxprof.json", "\"preprocessedProfileVersion\""),
     ] {
         let out = s.path().join(file);
         let st = bin().arg(s.path()).arg("-o").arg(&out).output().unwrap();
@@ -28,6 +30,14 @@ fn every_format_is_written() {
     let st = bin().args(["summary"]).arg(s.path()).output().unwrap();
     assert!(st.status.success());
     assert!(String::from_utf8_lossy(&st.stdout).contains("golden::golden_outer"));
+    // --samples applies to flamegraphs only, and says so.
+    let st = bin()
+        .arg(s.path())
+        .args(["-o", "-", "--samples"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    assert!(String::from_utf8_lossy(&st.stderr).contains("--samples applies to folded and SVG output"));
 }
 
 #[test]

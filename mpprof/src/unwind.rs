@@ -379,9 +379,22 @@ mod tests {
             unsafe {
                 std::arch::asm!("lea {ip}, [rip]", "mov {sp}, rsp", "mov {bp}, rbp", ip = out(reg) ip, sp = out(reg) sp, bp = out(reg) bp);
             }
-            // SAFETY: the 16 KiB above sp are this thread's stack (its
-            // callers' frames; the test thread's stack is far larger).
-            let stack = unsafe { std::slice::from_raw_parts(sp as *const u8, 16384) }.to_vec();
+            // The stack from sp up to its top (at most 16 KiB, as the
+            // kernel copies it): a thread starts near its stack's top, so
+            // a fixed 16 KiB could run past it.
+            // SAFETY: pthread_getattr_np fills `attr` for this thread, and
+            // pthread_attr_getstack reads it; destroyed after.
+            let top = unsafe {
+                let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+                assert_eq!(libc::pthread_getattr_np(libc::pthread_self(), &mut attr), 0);
+                let (mut base, mut size) = (std::ptr::null_mut(), 0usize);
+                assert_eq!(libc::pthread_attr_getstack(&attr, &mut base, &mut size), 0);
+                libc::pthread_attr_destroy(&mut attr);
+                base as u64 + size as u64
+            };
+            let len = (top - sp).min(16384) as usize;
+            // SAFETY: sp..sp+len is this thread's stack, mapped.
+            let stack = unsafe { std::slice::from_raw_parts(sp as *const u8, len) }.to_vec();
             let mut out = Vec::new();
             u.unwind(Regs { bp, sp, ip }, &stack, 64, &mut out);
             out

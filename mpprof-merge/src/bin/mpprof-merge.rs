@@ -24,7 +24,8 @@ struct Cli {
     inputs: Vec<PathBuf>,
     /// Output file; `-` for stdout. The format follows from the extension
     /// (.json: chrome, .pftrace: perfetto, .folded: folded, .svg: svg, .txt:
-    /// summary, .prom: openmetrics) unless --format is given.
+    /// summary, .prom: openmetrics, .fxprof.json: firefox) unless --format
+    /// is given.
     #[arg(short, long, default_value = "trace.json")]
     output: PathBuf,
     /// Output format.
@@ -122,6 +123,9 @@ enum Format {
     Summary,
     /// The summary as OpenMetrics text (Prometheus, promtool).
     Openmetrics,
+    /// Firefox Profiler (profiler.firefox.com): samples, spans and I/O as
+    /// markers.
+    Firefox,
 }
 
 fn main() -> ExitCode {
@@ -261,6 +265,7 @@ fn write_trace(s: &Session, opts: &TraceOptions) -> Result<()> {
         Format::Svg => write::folded::write_svg_with(s, &mut out, fold),
         Format::Perfetto => write::perfetto::write(s, &mut out),
         Format::Openmetrics => write::openmetrics::write(s, &mut out).map(|s| s.stats),
+        Format::Firefox => write::firefox::write(s, &mut out),
     })
     .with_context(incomplete)?;
     out.flush().with_context(incomplete)?;
@@ -492,6 +497,10 @@ fn ignore_interrupts() {
 }
 
 fn format_from_extension(p: &Path) -> Result<Format> {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name.ends_with(".fxprof.json") || name.ends_with(".fxprof") {
+        return Ok(Format::Firefox);
+    }
     match p.extension().and_then(|e| e.to_str()) {
         Some("json") => Ok(Format::Chrome),
         Some("txt") => Ok(Format::Summary),

@@ -6,6 +6,7 @@ pub mod check;
 pub mod chrome;
 pub mod critical_path;
 pub mod escape;
+pub mod firefox;
 pub mod folded;
 pub mod openmetrics;
 pub mod perfetto;
