@@ -11,26 +11,13 @@ use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{child_role, self_command, session_dir};
+use common::{child_role, pipe, self_command, session_dir};
 use mpprof::io::Traced;
 use mpprof_merge::analysis::summary;
 use mpprof_merge::{EventKind, Session};
 
 const BLOCK: usize = 64 * 1024;
 
-fn pipe() -> (std::fs::File, std::fs::File) {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: pipe writes two descriptors, which the files own.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: both are fresh descriptors owned by no one else.
-    unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    }
-}
 const BLOCKS: usize = 64;
 
 fn spawn_role(test: &str, role: &str, stdin: Stdio) -> std::process::Child {

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{child_role, self_command, session_dir};
+use common::{child_role, pipe, self_command, session_dir};
 use mpprof_merge::profile::Profile;
 use mpprof_merge::Session;
 
@@ -77,20 +77,6 @@ fn spawn_role(role: &str) -> std::process::Child {
         .env(common::ROLE, role)
         .stdout(Stdio::null());
     mpprof::spawn(&mut c).unwrap()
-}
-
-fn pipe() -> (std::fs::File, std::fs::File) {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: pipe writes two descriptors, which the files own.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: both are fresh descriptors owned by no one else.
-    unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    }
 }
 
 /// Share (0..1) of process `pi`'s samples in `function` (inclusive: with

@@ -19,20 +19,7 @@ use std::time::Duration;
 
 use criterion::Criterion;
 use mpprof::io::Traced;
-
-fn pipe() -> (std::fs::File, std::fs::File) {
-    use std::os::fd::FromRawFd;
-    let mut fds = [0; 2];
-    // SAFETY: pipe writes two descriptors, which the files own.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: both are fresh descriptors owned by no one else.
-    unsafe {
-        (
-            std::fs::File::from_raw_fd(fds[0]),
-            std::fs::File::from_raw_fd(fds[1]),
-        )
-    }
-}
+use mpprof_testkit::pipe;
 
 fn round_trip<R: Read, W: Write>(r: &mut R, w: &mut W, buf: &mut [u8; 64]) {
     w.write_all(black_box(&buf[..])).unwrap();

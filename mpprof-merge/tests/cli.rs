@@ -37,7 +37,9 @@ fn every_format_is_written() {
         .output()
         .unwrap();
     assert!(!st.status.success());
-    assert!(String::from_utf8_lossy(&st.stderr).contains("--samples applies to folded and SVG output"));
+    assert!(
+        String::from_utf8_lossy(&st.stderr).contains("--samples applies to folded and SVG output")
+    );
 }
 
 #[test]

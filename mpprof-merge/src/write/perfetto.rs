@@ -723,79 +723,72 @@ impl Pf<'_> {
         self.off_cpu(session, tracks, prof)
     }
 
-    /// The off-CPU intervals: an "off CPU" track under each thread's.
+    /// The off-CPU intervals and the traced system calls: an "off CPU" and
+    /// a "syscalls" track under each thread's.
     fn off_cpu(&mut self, session: &Session, tracks: &Tracks, prof: &Profile) -> io::Result<()> {
         for (pi, pp) in prof.processes.iter().enumerate() {
             let Some(pp) = pp else { continue };
-            let mut i = 0;
-            while i < pp.off_cpu.len() {
-                let tid = pp.off_cpu[i].tid;
-                let list = pp.off_cpu_of(tid);
-                i += list.len();
-                let parent = self.tid_track(session, tracks, pi, tid)?;
-                let uuid = self.uuid();
-                self.packet(None, |e| {
-                    e.msg(pk::TRACK_DESCRIPTOR, |e| {
-                        e.uint(td::UUID, uuid);
-                        e.uint(td::PARENT_UUID, parent);
-                        e.str(td::NAME, "off CPU");
-                    });
-                })?;
-                for o in list {
-                    let name = if o.preempted {
-                        "off CPU (preempted)"
-                    } else {
-                        "off CPU (blocked)"
-                    };
-                    let begin = TrackEvent {
-                        kind: te::TYPE_SLICE_BEGIN,
-                        track: uuid,
-                        name: Name::Str(name.to_owned()),
-                        category: Some("sched"),
-                        ..TrackEvent::default()
-                    };
-                    self.event(o.start, &begin)?;
-                    let end = TrackEvent {
-                        kind: te::TYPE_SLICE_END,
-                        track: uuid,
-                        ..TrackEvent::default()
-                    };
-                    self.event(o.end, &end)?;
+            let off = pp.off_cpu.iter().map(|o| {
+                let name = if o.preempted {
+                    "off CPU (preempted)"
+                } else {
+                    "off CPU (blocked)"
+                };
+                (o.tid, o.start, o.end, name.to_owned())
+            });
+            self.slice_tracks(session, tracks, pi, "off CPU", "sched", off)?;
+            let calls = pp
+                .syscalls
+                .iter()
+                .map(|c| (c.tid, c.start, c.end, crate::profile::syscall_name(c.nr)));
+            self.slice_tracks(session, tracks, pi, "syscalls", "syscall", calls)?;
+        }
+        Ok(())
+    }
+
+    /// Slices (thread, start, end, name), grouped by thread (consecutive),
+    /// on a track named `track` under each thread's track.
+    fn slice_tracks(
+        &mut self,
+        session: &Session,
+        tracks: &Tracks,
+        pi: usize,
+        track: &str,
+        category: &'static str,
+        slices: impl Iterator<Item = (u32, i64, i64, String)>,
+    ) -> io::Result<()> {
+        let mut current: Option<(u32, u64)> = None;
+        for (tid, start, end, name) in slices {
+            let uuid = match current {
+                Some((t, u)) if t == tid => u,
+                _ => {
+                    let parent = self.tid_track(session, tracks, pi, tid)?;
+                    let uuid = self.uuid();
+                    self.packet(None, |e| {
+                        e.msg(pk::TRACK_DESCRIPTOR, |e| {
+                            e.uint(td::UUID, uuid);
+                            e.uint(td::PARENT_UUID, parent);
+                            e.str(td::NAME, track);
+                        });
+                    })?;
+                    current = Some((tid, uuid));
+                    uuid
                 }
-            }
-            // Traced system calls: a "syscalls" track under each thread.
-            let mut i = 0;
-            while i < pp.syscalls.len() {
-                let tid = pp.syscalls[i].tid;
-                let n = pp.syscalls[i..].iter().take_while(|c| c.tid == tid).count();
-                let list = &pp.syscalls[i..i + n];
-                i += n;
-                let parent = self.tid_track(session, tracks, pi, tid)?;
-                let uuid = self.uuid();
-                self.packet(None, |e| {
-                    e.msg(pk::TRACK_DESCRIPTOR, |e| {
-                        e.uint(td::UUID, uuid);
-                        e.uint(td::PARENT_UUID, parent);
-                        e.str(td::NAME, "syscalls");
-                    });
-                })?;
-                for c in list {
-                    let begin = TrackEvent {
-                        kind: te::TYPE_SLICE_BEGIN,
-                        track: uuid,
-                        name: Name::Str(crate::profile::syscall_name(c.nr)),
-                        category: Some("syscall"),
-                        ..TrackEvent::default()
-                    };
-                    self.event(c.start, &begin)?;
-                    let end = TrackEvent {
-                        kind: te::TYPE_SLICE_END,
-                        track: uuid,
-                        ..TrackEvent::default()
-                    };
-                    self.event(c.end, &end)?;
-                }
-            }
+            };
+            let begin = TrackEvent {
+                kind: te::TYPE_SLICE_BEGIN,
+                track: uuid,
+                name: Name::Str(name),
+                category: Some(category),
+                ..TrackEvent::default()
+            };
+            self.event(start, &begin)?;
+            let end_ev = TrackEvent {
+                kind: te::TYPE_SLICE_END,
+                track: uuid,
+                ..TrackEvent::default()
+            };
+            self.event(end, &end_ev)?;
         }
         Ok(())
     }
