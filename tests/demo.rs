@@ -234,6 +234,65 @@ fn worker_pool_demo_shows_every_worker_and_every_spawn_arrow() {
         }
     }
     assert_eq!(n, 10);
+    firefox_profile_loads_with_every_process(&common::recorded_session(cwd.path()));
+}
+
+/// The demo's Firefox Profiler profile has its 11 processes, each worker
+/// with its `worker_function` marker; and the Firefox Profiler's own
+/// command-line tool (npm `@firefox-devtools/profiler-cli`, installed by
+/// `.ci/run` into `tools/firefox-profiler-cli`) loads it and counts them.
+fn firefox_profile_loads_with_every_process(dir: &std::path::Path) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = tempfile::tempdir().unwrap();
+    let file = out.path().join("demo.fxprof.json");
+    let s = mpprof_merge::Session::open(&[dir]).unwrap();
+    let mut f = std::fs::File::create(&file).unwrap();
+    mpprof_merge::write::firefox::write(&s, &mut f).unwrap();
+    drop(f);
+    let v: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let threads = v["threads"].as_array().unwrap();
+    let pids: std::collections::BTreeSet<&str> =
+        threads.iter().filter_map(|t| t["pid"].as_str()).collect();
+    assert_eq!(pids.len(), 11, "{pids:?}");
+    let with_work = threads
+        .iter()
+        .filter(|t| {
+            let strings = t["stringArray"].as_array().unwrap();
+            t["markers"]["name"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| strings[i.as_u64().unwrap() as usize] == "worker_function")
+        })
+        .count();
+    assert_eq!(with_work, 10);
+
+    let cli = root.join("tools/firefox-profiler-cli/node_modules/.bin/profiler-cli");
+    if !cli.exists() {
+        println!(
+            "SKIPPED the Firefox Profiler's own check: {} is not installed (.ci/run installs it with npm)",
+            cli.display()
+        );
+        return;
+    }
+    let sessions = tempfile::tempdir().unwrap();
+    let run = |args: &[&std::ffi::OsStr]| {
+        let o = std::process::Command::new(&cli)
+            .args(args)
+            .env("PROFILER_CLI_SESSION_DIR", sessions.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    run(&["load".as_ref(), file.as_os_str()]);
+    let info = run(&["profile".as_ref(), "info".as_ref()]);
+    run(&["stop".as_ref(), "--all".as_ref()]);
+    assert!(info.contains("across 11 processes"), "{info}");
 }
 
 #[test]
