@@ -235,6 +235,131 @@ fn worker_pool_demo_shows_every_worker_and_every_spawn_arrow() {
     }
     assert_eq!(n, 10);
     firefox_profile_loads_with_every_process(&common::recorded_session(cwd.path()));
+    otlp_export_delivers_every_span(&common::recorded_session(cwd.path()));
+}
+
+/// OTLP export to a loopback OTLP/HTTP receiver that decodes each request
+/// with the official protos' types (`opentelemetry-proto`) and refuses the
+/// first one (503, which the exporter retries): every span arrives once,
+/// in one trace, each worker's outermost span a child of the parent's span
+/// that spawned it, with wall-clock times.
+fn otlp_export_delivers_every_span(dir: &std::path::Path) {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    use std::io::{BufRead, Read, Write};
+    let s = mpprof_merge::Session::open(&[dir]).unwrap();
+    let spans_in_session = s
+        .events()
+        .filter(|e| matches!(e.kind, mpprof_merge::EventKind::Enter { .. }))
+        .count();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let receiver = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut refused = false;
+        l.set_nonblocking(false).unwrap();
+        for conn in l.incoming() {
+            let mut conn = std::io::BufReader::new(conn.unwrap());
+            let mut len = 0;
+            let mut first = String::new();
+            conn.read_line(&mut first).unwrap();
+            assert!(first.starts_with("POST /v1/traces HTTP/1.1"), "{first}");
+            loop {
+                let mut h = String::new();
+                conn.read_line(&mut h).unwrap();
+                if h == "\r\n" {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; len];
+            conn.read_exact(&mut body).unwrap();
+            let w = conn.get_mut();
+            if !refused {
+                refused = true;
+                w.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+                    .unwrap();
+                continue;
+            }
+            got.push(ExportTraceServiceRequest::decode(&body[..]).unwrap());
+            w.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .unwrap();
+            let n: usize = got
+                .iter()
+                .flat_map(|r| &r.resource_spans)
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            if n >= spans_in_session {
+                return got;
+            }
+        }
+        got
+    });
+    let sent = mpprof_merge::write::otlp::send(&s, &url).unwrap();
+    assert_eq!(sent, spans_in_session);
+    let got = receiver.join().unwrap();
+    let resources: Vec<_> = got.iter().flat_map(|r| &r.resource_spans).collect();
+    let spans: Vec<_> = resources
+        .iter()
+        .flat_map(|r| &r.scope_spans)
+        .flat_map(|s| &s.spans)
+        .collect();
+    assert_eq!(spans.len(), spans_in_session);
+    let mut ids: Vec<&Vec<u8>> = spans.iter().map(|s| &s.span_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), spans.len(), "span ids unique");
+    let traces: HashSet<&Vec<u8>> = spans.iter().map(|s| &s.trace_id).collect();
+    assert_eq!(traces.len(), 1, "one causal tree, one trace");
+    let pids: HashSet<i64> = resources
+        .iter()
+        .map(|r| {
+            let attrs = &r.resource.as_ref().unwrap().attributes;
+            let get = |k: &str| {
+                attrs
+                    .iter()
+                    .find(|a| a.key == k)
+                    .and_then(|a| a.value.clone())
+            };
+            use opentelemetry_proto::tonic::common::v1::any_value::Value as V;
+            assert_eq!(
+                get("service.name").and_then(|v| v.value),
+                Some(V::StringValue("worker_pool".into()))
+            );
+            match get("process.pid").and_then(|v| v.value) {
+                Some(V::IntValue(p)) => p,
+                other => panic!("{other:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(pids.len(), 11);
+    // Each worker's run_worker span has the parent's spawning span as its
+    // parent, in another process's resource.
+    let by_id: HashMap<&Vec<u8>, &str> = spans
+        .iter()
+        .map(|s| (&s.span_id, s.name.as_str()))
+        .collect();
+    let workers: Vec<_> = spans.iter().filter(|s| s.name == "run_worker").collect();
+    assert_eq!(workers.len(), 10);
+    for w in &workers {
+        let parent = by_id.get(&w.parent_span_id).copied();
+        assert!(parent.is_some(), "run_worker's parent span was exported");
+        assert_ne!(parent, Some("run_worker"));
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    for sp in &spans {
+        assert!(sp.start_time_unix_nano <= sp.end_time_unix_nano);
+        assert!(
+            now - sp.start_time_unix_nano < 3_600_000_000_000,
+            "wall-clock times"
+        );
+    }
 }
 
 /// The demo's Firefox Profiler profile has its 11 processes, each worker

@@ -16,6 +16,8 @@ fn every_format_is_written() {
         ("t.pftrace", "golden (pid 3450)"),
         // The Firefox Profiler's processed format.
         ("t.fxprof.json", "\"preprocessedProfileVersion\""),
+        // OTLP protobuf: the span names are length-delimited strings.
+        ("t.otlp.pb", "golden_outer"),
     ] {
         let out = s.path().join(file);
         let st = bin().arg(s.path()).arg("-o").arg(&out).output().unwrap();
@@ -30,6 +32,24 @@ fn every_format_is_written() {
     let st = bin().args(["summary"]).arg(s.path()).output().unwrap();
     assert!(st.status.success());
     assert!(String::from_utf8_lossy(&st.stdout).contains("golden::golden_outer"));
+    // An OTLP endpoint that refuses: retried, then a clear error.
+    let st = bin()
+        .arg(s.path())
+        .args(["-o", "-", "--otlp", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(
+        err.contains("http://127.0.0.1:1") && err.contains("after 5 attempts"),
+        "{err}"
+    );
+    let st = bin()
+        .arg(s.path())
+        .args(["-o", "-", "--otlp", "https://example.invalid"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&st.stderr).contains("only http:// OTLP endpoints"));
     // --samples applies to flamegraphs only, and says so.
     let st = bin()
         .arg(s.path())

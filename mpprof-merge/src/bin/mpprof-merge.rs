@@ -24,8 +24,8 @@ struct Cli {
     inputs: Vec<PathBuf>,
     /// Output file; `-` for stdout. The format follows from the extension
     /// (.json: chrome, .pftrace: perfetto, .folded: folded, .svg: svg, .txt:
-    /// summary, .prom: openmetrics, .fxprof.json: firefox) unless --format
-    /// is given.
+    /// summary, .prom: openmetrics, .fxprof.json: firefox, .otlp.pb: otlp)
+    /// unless --format is given.
     #[arg(short, long, default_value = "trace.json")]
     output: PathBuf,
     /// Output format.
@@ -40,6 +40,11 @@ struct Cli {
     #[arg(long, default_value_t = write::folded::DEFAULT_MAX_STACK as u64,
           value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     max_stack: u64,
+    /// Also send every span to this OTLP/HTTP endpoint
+    /// (`http://host:4318`: Jaeger, Grafana Tempo, an OpenTelemetry
+    /// collector), in batches, retried with backoff.
+    #[arg(long, value_name = "URL")]
+    otlp: Option<String>,
     /// Folded and SVG output: stacks from the stack samples
     /// (MPPROF_SAMPLE_HZ), un-instrumented code included, under the spans
     /// that covered them; values are CPU time in µs.
@@ -126,6 +131,8 @@ enum Format {
     /// Firefox Profiler (profiler.firefox.com): samples, spans and I/O as
     /// markers.
     Firefox,
+    /// OTLP spans (an ExportTraceServiceRequest, protobuf).
+    Otlp,
 }
 
 fn main() -> ExitCode {
@@ -210,6 +217,10 @@ fn run() -> Result<ExitCode> {
                 samples: cli.samples,
             };
             write_trace(&s, &opts)?;
+            if let Some(url) = &cli.otlp {
+                let n = mpprof_merge::write::otlp::send(&s, url).map_err(anyhow::Error::msg)?;
+                eprintln!("sent {n} spans to {url}");
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -266,6 +277,7 @@ fn write_trace(s: &Session, opts: &TraceOptions) -> Result<()> {
         Format::Perfetto => write::perfetto::write(s, &mut out),
         Format::Openmetrics => write::openmetrics::write(s, &mut out).map(|s| s.stats),
         Format::Firefox => write::firefox::write(s, &mut out),
+        Format::Otlp => write::otlp::write(s, &mut out),
     })
     .with_context(incomplete)?;
     out.flush().with_context(incomplete)?;
@@ -500,6 +512,9 @@ fn format_from_extension(p: &Path) -> Result<Format> {
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
     if name.ends_with(".fxprof.json") || name.ends_with(".fxprof") {
         return Ok(Format::Firefox);
+    }
+    if name.ends_with(".otlp.pb") || name.ends_with(".otlp") {
+        return Ok(Format::Otlp);
     }
     match p.extension().and_then(|e| e.to_str()) {
         Some("json") => Ok(Format::Chrome),

@@ -9,6 +9,7 @@ pub mod escape;
 pub mod firefox;
 pub mod folded;
 pub mod openmetrics;
+pub mod otlp;
 pub mod perfetto;
 pub mod summary;
 
