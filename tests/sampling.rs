@@ -787,3 +787,53 @@ fn system_calls_are_counted_exactly_where_the_kernel_allows_it() {
     let (_, check) = common::check_text(&s);
     assert!(check.contains("system calls traced"), "{check}");
 }
+
+/// A thread started after the profiler is sampled from its start, once:
+/// its events are inherited from its creator's, never opened a second
+/// time. Its samples match its CPU time at 1 kHz.
+#[test]
+fn a_thread_started_later_is_sampled_once() {
+    const T: &str = "a_thread_started_later_is_sampled_once";
+    child_role("late", || {
+        let session = mpprof::init().unwrap();
+        let t = std::thread::Builder::new()
+            .name("late".into())
+            .spawn(|| {
+                let mut x = 1;
+                let start = thread_cpu_ns();
+                spin_a(900_000_000, &mut x);
+                println!("cpu_ms {}", (thread_cpu_ns() - start) / 1_000_000);
+            })
+            .unwrap();
+        t.join().unwrap();
+        drop(session);
+    });
+    let dir = session_dir();
+    let mut c = self_command(T, "late", dir.path());
+    c.env("MPPROF_SAMPLE_HZ", "1000");
+    let out = common::output_ok(&mut c);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let cpu_ms: f64 = stdout
+        .split("cpu_ms ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("the thread's CPU time");
+    let s = Session::open(&[dir.path()]).unwrap();
+    let prof = Profile::of(&s);
+    let pp = prof.processes[0].as_ref().unwrap();
+    let in_a = pp
+        .samples
+        .iter()
+        .filter(|x| {
+            prof.stack(0, x.stack)
+                .iter()
+                .any(|&f| prof.frames[f as usize].function == "sampling::spin_a")
+        })
+        .count() as f64;
+    eprintln!("{in_a} samples in spin_a for {cpu_ms} ms of CPU");
+    assert!(
+        in_a > 0.8 * cpu_ms && in_a < 1.1 * cpu_ms,
+        "{in_a} samples for {cpu_ms} ms"
+    );
+}

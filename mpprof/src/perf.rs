@@ -109,8 +109,6 @@ pub(crate) struct Perf {
     /// A record that wraps around its ring's end, copied whole.
     scratch: Vec<u64>,
     cfg: Config,
-    /// Threads whose events are open (by the thread id).
-    threads: Vec<u32>,
     cpus: Vec<i32>,
 }
 
@@ -127,39 +125,38 @@ impl Perf {
             fds: Vec::new(),
             scratch: Vec::new(),
             cfg,
-            threads: Vec::new(),
             cpus: cpus(),
         };
+        // The threads as they are now, listed before any event is open: a
+        // thread that one of them creates from here on inherits its
+        // creator's events. (Listing after opening some would open a
+        // second set for the threads those already cover, and sample them
+        // twice.) A thread created, in the moment of opening, by a thread
+        // whose events are not open yet is missed.
+        let mut tids: Vec<u32> = std::fs::read_dir("/proc/self/task")
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                    .filter(|&t| t != skip)
+                    .collect()
+            })
+            .unwrap_or_default();
         // SAFETY: getpid has no preconditions.
         let pid = unsafe { libc::getpid() } as u32;
         // The main thread first: the test of whether the kernel allows any
         // of it, whose error is the one to report.
-        if pid != skip {
-            p.add_thread(pid)?;
+        tids.sort_unstable_by_key(|&t| t != pid);
+        for (i, tid) in tids.into_iter().enumerate() {
+            match p.add_thread(tid) {
+                Err(e) if i == 0 => return Err(e),
+                // A thread that exited meanwhile (ESRCH) is no loss.
+                _ => {}
+            }
         }
-        p.add_new_threads(skip);
         if p.rings.is_empty() {
             return Err(io::Error::other("no CPU accepted the events"));
         }
         Ok(p)
-    }
-
-    /// Opens the events of threads that appeared since (created by a
-    /// thread without them: only the profiler's own, or in the moment
-    /// between listing the threads and opening their creator's events).
-    pub(crate) fn add_new_threads(&mut self, skip: u32) {
-        let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-            return;
-        };
-        for e in dir.flatten() {
-            let Some(tid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if tid != skip && !self.threads.contains(&tid) {
-                // A thread that exited meanwhile (ESRCH) is no loss.
-                let _ = self.add_thread(tid);
-            }
-        }
     }
 
     fn add_thread(&mut self, tid: u32) -> io::Result<()> {
@@ -199,7 +196,6 @@ impl Perf {
         if opened == 0 {
             return Err(first_err.unwrap_or_else(|| io::Error::other("no CPU")));
         }
-        self.threads.push(tid);
         Ok(())
     }
 

@@ -32,10 +32,6 @@ const DEFAULT_STACK_KB: u64 = 16;
 /// The sampler thread reads the rings this often when profiling (ms).
 pub(crate) const TICK_MS: u64 = 10;
 
-/// The profiler looks for threads it has no events for (made by a thread
-/// without them) every this many ticks.
-const THREADS_EVERY: u64 = 50;
-
 /// The sampling profiler's state, owned by the sampler thread.
 pub(crate) struct Profiler {
     chunks: &'static Chunks,
@@ -55,8 +51,6 @@ pub(crate) struct Profiler {
     out: HashMap<u32, (u64, bool)>,
     /// This drain's records, sorted by time before they are written.
     batch: Vec<Item>,
-    ticks: u64,
-    own_tid: u32,
     /// The loader's generation at the last scan of the loaded objects.
     generation: Option<(u64, u64)>,
 }
@@ -161,8 +155,6 @@ impl Profiler {
             modules: Vec::new(),
             out: HashMap::new(),
             batch: Vec::new(),
-            ticks: 0,
-            own_tid,
             generation: None,
         };
         if p.perf.is_some() {
@@ -178,11 +170,7 @@ impl Profiler {
     /// buffer budget leaves room for samples (else they are counted as
     /// dropped).
     pub(crate) fn drain(&mut self, last: bool, room: bool) {
-        self.ticks += 1;
         if let Some(sys) = self.syscalls.as_mut() {
-            if self.ticks % THREADS_EVERY == 0 {
-                sys.add_new_threads(self.own_tid);
-            }
             let (lost, dropped) = sys.drain(room);
             self.info.lost_records += lost;
             self.info.dropped += dropped;
@@ -191,9 +179,6 @@ impl Profiler {
             self.declare();
             return;
         };
-        if self.ticks % THREADS_EVERY == 0 {
-            perf.add_new_threads(self.own_tid);
-        }
         let mut lost = 0;
         let mut unknown = false;
         let (batch, stacks, modules, chunks) = (

@@ -68,13 +68,6 @@ impl Syscalls {
         })
     }
 
-    /// Opens the tracepoints of threads that appeared since (see
-    /// `Perf::add_new_threads`).
-    pub(crate) fn add_new_threads(&mut self, skip: u32) {
-        self.enter.add_new_threads(skip);
-        self.exit.add_new_threads(skip);
-    }
-
     /// Pairs what the kernel wrote since the last call into `SYSCALL`
     /// records (when `room`; else counted in the returned drops); returns
     /// (kernel records lost, calls dropped).
