@@ -236,6 +236,71 @@ fn worker_pool_demo_shows_every_worker_and_every_spawn_arrow() {
     assert_eq!(n, 10);
     firefox_profile_loads_with_every_process(&common::recorded_session(cwd.path()));
     otlp_export_delivers_every_span(&common::recorded_session(cwd.path()));
+    speedscope_shows_slices_that_end(&cwd.path().join("trace.json"));
+}
+
+/// The demo's Chrome JSON in speedscope (its npm app, under Debian's
+/// headless Chromium, driven by `tools/speedscope-check/check.mjs`): a
+/// profile per process's main thread, each worker's `worker_function`
+/// about 10 ms (not running to its thread's end), and the parent's
+/// `spawn` slices closed before its wait. Speedscope closes a `B` only
+/// with an `E` of the same name: unnamed `E`s made every slice a
+/// staircase to the end of its thread.
+fn speedscope_shows_slices_that_end(trace: &std::path::Path) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tool = root.join("tools/speedscope-check");
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !tool.join("node_modules/speedscope").exists() || !std::path::Path::new(&chromium).exists() {
+        println!(
+            "SKIPPED the speedscope check: needs npm's speedscope in {} and {chromium} (.ci/run installs both)",
+            tool.display()
+        );
+        return;
+    }
+    let out = std::process::Command::new("node")
+        .arg(tool.join("check.mjs"))
+        .arg(trace)
+        .env("CHROMIUM", &chromium)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["count"], 11, "{v}");
+    let profiles = v["profiles"].as_array().unwrap();
+    let total = |p: &Value, sym: &str| {
+        p["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["symbol"] == sym)
+            .and_then(|r| r["total_ms"].as_f64())
+    };
+    let workers: Vec<&Value> = profiles
+        .iter()
+        .filter(|p| total(p, "worker_function").is_some())
+        .collect();
+    assert_eq!(workers.len(), 10, "{v}");
+    for w in workers {
+        let f = total(w, "worker_function").unwrap();
+        assert!((9.0..200.0).contains(&f), "worker_function {f} ms: {w}");
+    }
+    let parent = profiles
+        .iter()
+        .find(|p| total(p, "parent").is_some())
+        .expect("the parent's profile");
+    let (spawns, whole) = (
+        total(parent, "spawn worker_pool").unwrap(),
+        total(parent, "parent").unwrap(),
+    );
+    assert!(
+        spawns < 0.9 * whole,
+        "spawn slices end: {spawns} of {whole} ms"
+    );
+    assert!(total(parent, "wait_for_workers").is_some(), "{parent}");
 }
 
 /// OTLP export to a loopback OTLP/HTTP receiver that decodes each request
