@@ -478,15 +478,7 @@ fn a_killed_process_keeps_its_samples() {
     assert!(!s.processes[0].file.clean, "killed, not finished");
     let prof = Profile::of(&s);
     let pp = prof.processes[0].as_ref().unwrap();
-    let in_a = pp
-        .samples
-        .iter()
-        .filter(|x| {
-            prof.stack(0, x.stack)
-                .iter()
-                .any(|&f| prof.frames[f as usize].function == "sampling::spin_a")
-        })
-        .count();
+    let in_a = samples_in(&prof, 0, "sampling::spin_a");
     eprintln!("{} samples, {in_a} in spin_a", pp.samples.len());
     // 300 ms of CPU time at 1 kHz before "spinning", on a machine that may
     // give it less than a core.
@@ -531,17 +523,7 @@ fn a_forked_child_samples_itself() {
     let s = Session::open(&[dir.path()]).unwrap();
     assert_eq!(s.processes.len(), 2);
     let prof = Profile::of(&s);
-    let in_fn = |pi: usize, name: &str| {
-        let pp = prof.processes[pi].as_ref().expect("sampled");
-        pp.samples
-            .iter()
-            .filter(|x| {
-                prof.stack(pi, x.stack)
-                    .iter()
-                    .any(|&f| prof.frames[f as usize].function == name)
-            })
-            .count()
-    };
+    let in_fn = |pi: usize, name: &str| samples_in(&prof, pi, name);
     let child = s
         .processes
         .iter()
@@ -813,16 +795,7 @@ fn a_thread_started_later_is_sampled_once() {
         .expect("the thread's CPU time");
     let s = Session::open(&[dir.path()]).unwrap();
     let prof = Profile::of(&s);
-    let pp = prof.processes[0].as_ref().unwrap();
-    let in_a = pp
-        .samples
-        .iter()
-        .filter(|x| {
-            prof.stack(0, x.stack)
-                .iter()
-                .any(|&f| prof.frames[f as usize].function == "sampling::spin_a")
-        })
-        .count() as f64;
+    let in_a = samples_in(&prof, 0, "sampling::spin_a") as f64;
     eprintln!("{in_a} samples in spin_a for {cpu_ms} ms of CPU");
     assert!(
         in_a > 0.8 * cpu_ms && in_a < 1.1 * cpu_ms,
@@ -850,4 +823,17 @@ fn span_of(s: &Session, pi: usize, name: &str) -> (i64, i64, u32) {
     };
     let ((start, lane), (end, _)) = (find(true), find(false));
     (start, end, s.processes[pi].file.lanes[&lane].tid)
+}
+
+/// Samples of process `pi` with function `name` anywhere on their stack.
+fn samples_in(prof: &Profile, pi: usize, name: &str) -> usize {
+    let pp = prof.processes[pi].as_ref().expect("sampled");
+    pp.samples
+        .iter()
+        .filter(|x| {
+            prof.stack(pi, x.stack)
+                .iter()
+                .any(|&f| prof.frames[f as usize].function == name)
+        })
+        .count()
 }
