@@ -274,7 +274,9 @@ impl ProcessFile {
         self.lane_of_tid(self.profiler.as_ref()?.tid)
     }
 
-    fn lane_of_tid(&self, tid: u32) -> Option<u32> {
+    /// The lane of OS thread `tid` (the first, if its id was reused), if
+    /// it recorded any event.
+    pub fn lane_of_tid(&self, tid: u32) -> Option<u32> {
         self.lanes
             .iter()
             .find(|(_, l)| l.tid == tid && tid != 0)

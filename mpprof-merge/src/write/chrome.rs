@@ -169,15 +169,8 @@ impl Json<'_> {
             let p = &session.processes[pi];
             let pid = tracks.pid(pi);
             for o in &pp.off_cpu {
-                let tid = match p.file.lanes.iter().find(|(_, l)| l.tid == o.tid) {
-                    Some((&lane, _)) => tracks.tid(pi, lane),
-                    None => o.tid,
-                };
-                self.head("X", pid, tid, o.start)?;
-                self.out.write_all(b",\"dur\":")?;
-                self.line.clear();
-                push_us(&mut self.line, o.end.saturating_sub(o.start));
-                self.out.write_all(&self.line)?;
+                let tid = tracks.thread_tid(pi, p, o.tid);
+                self.complete(pid, tid, o.start, o.end)?;
                 self.out.write_all(if o.preempted {
                     b",\"cat\":\"sched\",\"name\":\"off CPU (preempted)\"}"
                 } else {
@@ -186,15 +179,8 @@ impl Json<'_> {
             }
             // Traced system calls (MPPROF_SYSCALLS=1), likewise.
             for c in &pp.syscalls {
-                let tid = match p.file.lanes.iter().find(|(_, l)| l.tid == c.tid) {
-                    Some((&lane, _)) => tracks.tid(pi, lane),
-                    None => c.tid,
-                };
-                self.head("X", pid, tid, c.start)?;
-                self.out.write_all(b",\"dur\":")?;
-                self.line.clear();
-                push_us(&mut self.line, c.end.saturating_sub(c.start));
-                self.out.write_all(&self.line)?;
+                let tid = tracks.thread_tid(pi, p, c.tid);
+                self.complete(pid, tid, c.start, c.end)?;
                 self.out.write_all(b",\"cat\":\"syscall\",\"name\":")?;
                 self.string(&crate::profile::syscall_name(c.nr))?;
                 if c.errno != 0 {
@@ -206,6 +192,16 @@ impl Json<'_> {
             }
         }
         Ok(())
+    }
+
+    /// The start of a complete slice (`X`) from `start` to `end`: its head
+    /// and duration; the caller writes the rest and the closing brace.
+    fn complete(&mut self, pid: u32, tid: u32, start: i64, end: i64) -> io::Result<()> {
+        self.head("X", pid, tid, start)?;
+        self.out.write_all(b",\"dur\":")?;
+        self.line.clear();
+        push_us(&mut self.line, end.saturating_sub(start));
+        self.out.write_all(&self.line)
     }
 
     /// A counter track of process `pid`.
@@ -356,11 +352,7 @@ impl Json<'_> {
                 start,
                 call,
             } => {
-                self.head("X", pid, tid, start)?;
-                self.out.write_all(b",\"dur\":")?;
-                self.line.clear();
-                push_us(&mut self.line, e.ts.saturating_sub(start));
-                self.out.write_all(&self.line)?;
+                self.complete(pid, tid, start, e.ts)?;
                 self.out.write_all(b",\"cat\":\"io\",\"name\":")?;
                 self.string(&super::io_name(p, channel, call))?;
                 write!(self.out, ",\"args\":{{\"bytes\":{}", call.bytes)?;

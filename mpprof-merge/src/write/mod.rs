@@ -98,6 +98,15 @@ impl Tracks {
     pub fn tid(&self, i: usize, lane: u32) -> u32 {
         self.tids.get(&(i, lane)).copied().unwrap_or(self.pids[i])
     }
+
+    /// Output tid of OS thread `tid` of process `i` (`p`): its lane's, or
+    /// the OS thread id for a thread that recorded no event (sampled only).
+    pub fn thread_tid(&self, i: usize, p: &crate::trace::Process, tid: u32) -> u32 {
+        match p.file.lane_of_tid(tid) {
+            Some(lane) => self.tid(i, lane),
+            None => tid,
+        }
+    }
 }
 
 /// The label of thread `tid` of process `p` in resource track names: its

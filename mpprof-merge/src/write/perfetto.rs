@@ -589,10 +589,7 @@ impl Pf<'_> {
             let Some(r) = r else { continue };
             let p = &session.processes[pi];
             for t in resources::process_tracks(r, |tid, comm| thread_label(p, tid, comm)) {
-                let lane = t
-                    .tid
-                    .and_then(|tid| p.file.lanes.iter().find(|(_, l)| l.tid == tid))
-                    .map(|(&lane, _)| lane);
+                let lane = t.tid.and_then(|tid| p.file.lane_of_tid(tid));
                 let parent = match lane {
                     Some(lane) => self.thread_uuid(session, tracks, pi, lane)?,
                     None => self.process_uuids[pi],
@@ -698,7 +695,7 @@ impl Pf<'_> {
                 });
             })?;
             for smp in &pp.samples {
-                let tid = self.out_tid(session, tracks, pi, smp.tid);
+                let tid = tracks.thread_tid(pi, &session.processes[pi], smp.tid);
                 let iid = ids[&smp.stack];
                 self.packet(Some(smp.t), |e| {
                     e.msg(pk::PERF_SAMPLE, |e| {
@@ -793,29 +790,10 @@ impl Pf<'_> {
         Ok(())
     }
 
-    /// The output tid of thread `tid` of process `pi`: its lane's, or the
-    /// OS thread id for a thread that recorded no event.
-    fn out_tid(&self, s: &Session, tracks: &Tracks, pi: usize, tid: u32) -> u32 {
-        match s.processes[pi]
-            .file
-            .lanes
-            .iter()
-            .find(|(_, l)| l.tid == tid)
-        {
-            Some((&lane, _)) => tracks.tid(pi, lane),
-            None => tid,
-        }
-    }
-
     /// The thread track of thread `tid` of process `pi`: its lane's, or a
     /// track of its own for a thread that recorded no event.
     fn tid_track(&mut self, s: &Session, tracks: &Tracks, pi: usize, tid: u32) -> io::Result<u64> {
-        if let Some((&lane, _)) = s.processes[pi]
-            .file
-            .lanes
-            .iter()
-            .find(|(_, l)| l.tid == tid)
-        {
+        if let Some(lane) = s.processes[pi].file.lane_of_tid(tid) {
             return self.thread_uuid(s, tracks, pi, lane);
         }
         if let Some(&u) = self.bare_threads.get(&(pi, tid)) {
