@@ -20,15 +20,6 @@ const BLOCK: usize = 64 * 1024;
 
 const BLOCKS: usize = 64;
 
-fn spawn_role(test: &str, role: &str, stdin: Stdio) -> std::process::Child {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(common::ROLE, role)
-        .stdin(stdin)
-        .stdout(Stdio::null());
-    mpprof::spawn(&mut c).unwrap()
-}
-
 #[mpprof::instrument]
 fn produce(to: &mut Traced<std::process::ChildStdin>) {
     let block = vec![7u8; BLOCK];
@@ -76,7 +67,7 @@ fn a_fast_producer_fills_the_pipe_and_both_ends_agree_on_the_bytes() {
         assert_eq!(consume(&mut from), BLOCK * BLOCKS);
     });
     child_role("producer", || {
-        let mut child = spawn_role(T, "consumer", Stdio::piped());
+        let mut child = common::spawn_role(T, "consumer", Stdio::piped());
         let mut to = Traced::new(child.stdin.take().unwrap(), "to consumer");
         assert_eq!(to.kind(), "pipe");
         produce(&mut to);

@@ -9,7 +9,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{child_role, self_command, session_dir};
@@ -61,14 +61,6 @@ fn write_synced(path: &Path, mib: usize) {
     f.sync_all().unwrap();
     drop(f);
     std::fs::remove_file(path).unwrap();
-}
-
-fn spawn_role(role: &str) -> std::process::Child {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([TEST, "--exact", "--nocapture", "--test-threads=1"])
-        .env(common::ROLE, role)
-        .stdout(Stdio::null());
-    mpprof::spawn(&mut c).unwrap()
 }
 
 fn wait_all(children: Vec<std::process::Child>) {
@@ -131,8 +123,14 @@ fn a_workload_that_knows_its_truth_shows_it_in_tracks_and_tables() {
     child_role("parent", || {
         // The burner and the sleeper together (one core each at most),
         // then the allocator and the writer.
-        wait_all(vec![spawn_role("burn"), spawn_role("sleep")]);
-        wait_all(vec![spawn_role("alloc"), spawn_role("write")]);
+        wait_all(vec![
+            common::spawn_role(TEST, "burn", Stdio::inherit()),
+            common::spawn_role(TEST, "sleep", Stdio::inherit()),
+        ]);
+        wait_all(vec![
+            common::spawn_role(TEST, "alloc", Stdio::inherit()),
+            common::spawn_role(TEST, "write", Stdio::inherit()),
+        ]);
     });
     let dir = session_dir();
     // On the disk of the build, not a tmpfs: its writes reach a device.

@@ -8,7 +8,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{child_role, pipe, self_command, session_dir};
@@ -71,14 +71,6 @@ fn wait_for_pipe(r: &mut std::fs::File) -> u8 {
     b[0]
 }
 
-fn spawn_role(role: &str) -> std::process::Child {
-    let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args([TEST, "--exact", "--nocapture", "--test-threads=1"])
-        .env(common::ROLE, role)
-        .stdout(Stdio::null());
-    mpprof::spawn(&mut c).unwrap()
-}
-
 /// Share (0..1) of process `pi`'s samples in `function` (inclusive: with
 /// the library code it calls, the range iterator and the clock), and the
 /// number of samples.
@@ -124,8 +116,8 @@ fn a_known_profile_and_a_blocked_child_show_in_samples_and_off_cpu_time() {
         writer.join().unwrap();
     });
     child_role("parent", || {
-        let mut a = spawn_role("ab");
-        let mut b = spawn_role("blocked");
+        let mut a = common::spawn_role(TEST, "ab", Stdio::inherit());
+        let mut b = common::spawn_role(TEST, "blocked", Stdio::inherit());
         assert!(mpprof::wait(&mut a).unwrap().success());
         assert!(mpprof::wait(&mut b).unwrap().success());
     });

@@ -82,3 +82,14 @@ pub fn answer_pings() {
         out.flush().unwrap();
     }
 }
+
+/// Spawns the current test binary as a child in `role` of test `test`
+/// with `mpprof::spawn` (so it joins the session; its stdout discarded).
+pub fn spawn_role(test: &str, role: &str, stdin: std::process::Stdio) -> std::process::Child {
+    let mut c = Command::new(std::env::current_exe().expect("test binary path"));
+    c.args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .stdin(stdin)
+        .stdout(std::process::Stdio::null());
+    mpprof::spawn(&mut c).expect("spawn the child")
+}
